@@ -1,0 +1,469 @@
+//! Configuration errors, the rejection errors every pattern returns, and
+//! helpers to inspect a [`BoxError`].
+//!
+//! Rejections are small structs, boxed into [`BoxError`] as tower does, and
+//! recognised by downcasting. They live here, rather than in each pattern
+//! crate, so that [`kind_of`], [`retry_after`] and the HTTP and gRPC mappings
+//! know all of them.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The error type of every layer that can reject: tower's convention.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// A configuration value was invalid: names the component, the field and
+/// the reason.
+///
+/// ```
+/// use buttress_core::ConfigError;
+///
+/// let err = ConfigError::new("bulkhead", "max_concurrent", "must be at least 1");
+/// assert_eq!(err.field(), "max_concurrent");
+/// assert_eq!(err.to_string(), "invalid bulkhead config: max_concurrent must be at least 1");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    component: &'static str,
+    field: &'static str,
+    reason: String,
+}
+
+impl ConfigError {
+    /// A new error for `field` of `component`.
+    pub fn new(component: &'static str, field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            component,
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The component kind (`"bulkhead"`, `"timeout"`, ...).
+    pub fn component(&self) -> &'static str {
+        self.component
+    }
+
+    /// The field that was invalid.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// Why it was invalid.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {} config: {} {}",
+            self.component, self.field, self.reason
+        )
+    }
+}
+
+impl StdError for ConfigError {}
+
+/// A call did not complete within its timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Elapsed {
+    name: Arc<str>,
+    timeout: Duration,
+}
+
+impl Elapsed {
+    /// A timeout of `timeout` in the component `name` fired.
+    pub fn new(name: Arc<str>, timeout: Duration) -> Self {
+        Self { name, timeout }
+    }
+
+    /// The name of the timeout layer.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The timeout that was exceeded.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request timed out after {:?} (timeout `{}`)", self.timeout, self.name)
+    }
+}
+
+impl StdError for Elapsed {}
+
+/// Why a bulkhead rejected a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum BulkheadFullReason {
+    /// Every permit was taken and the wait queue was full (or disabled).
+    QueueFull,
+    /// The call waited in the queue for `max_wait` without getting a permit.
+    WaitTimedOut,
+}
+
+impl fmt::Display for BulkheadFullReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BulkheadFullReason::QueueFull => "wait queue full",
+            BulkheadFullReason::WaitTimedOut => "wait in queue timed out",
+        })
+    }
+}
+
+/// A bulkhead had no capacity for the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BulkheadFull {
+    name: Arc<str>,
+    reason: BulkheadFullReason,
+    retry_after: Option<Duration>,
+}
+
+impl BulkheadFull {
+    /// The bulkhead `name` rejected a call for `reason`.
+    pub fn new(name: Arc<str>, reason: BulkheadFullReason) -> Self {
+        Self {
+            name,
+            reason,
+            retry_after: None,
+        }
+    }
+
+    /// Attach a retry hint.
+    pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
+        self.retry_after = Some(retry_after);
+        self
+    }
+
+    /// The name of the bulkhead.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Why the call was rejected.
+    pub fn reason(&self) -> BulkheadFullReason {
+        self.reason
+    }
+
+    /// How long to wait before trying again, if known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for BulkheadFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "bulkhead `{}` is full: {}", self.name, self.reason)
+    }
+}
+
+impl StdError for BulkheadFull {}
+
+/// A circuit breaker is open (or forced open) and rejected the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CircuitOpen {
+    name: Arc<str>,
+    retry_after: Option<Duration>,
+}
+
+impl CircuitOpen {
+    /// The breaker `name` is open; it admits probes again after `retry_after`
+    /// (`None` when forced open).
+    pub fn new(name: Arc<str>, retry_after: Option<Duration>) -> Self {
+        Self { name, retry_after }
+    }
+
+    /// The name of the breaker.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Time left until the breaker lets probes through, if known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for CircuitOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "circuit `{}` is open", self.name)
+    }
+}
+
+impl StdError for CircuitOpen {}
+
+/// A rate limiter rejected the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimited {
+    name: Arc<str>,
+    retry_after: Option<Duration>,
+    limit: Option<u64>,
+    remaining: Option<u64>,
+    reset: Option<Duration>,
+}
+
+impl RateLimited {
+    /// The limiter `name` rejected a call; the next one is admitted after
+    /// `retry_after`.
+    pub fn new(name: Arc<str>, retry_after: Option<Duration>) -> Self {
+        Self {
+            name,
+            retry_after,
+            limit: None,
+            remaining: None,
+            reset: None,
+        }
+    }
+
+    /// Attach the quota, for the `RateLimit-*` response headers.
+    pub fn with_quota(mut self, limit: u64, remaining: u64, reset: Duration) -> Self {
+        self.limit = Some(limit);
+        self.remaining = Some(remaining);
+        self.reset = Some(reset);
+        self
+    }
+
+    /// The name of the limiter.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How long until a call would be admitted.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// Requests allowed per window, if known.
+    pub fn limit(&self) -> Option<u64> {
+        self.limit
+    }
+
+    /// Requests left in the window, if known.
+    pub fn remaining(&self) -> Option<u64> {
+        self.remaining
+    }
+
+    /// Time until the quota is fully restored, if known.
+    pub fn reset(&self) -> Option<Duration> {
+        self.reset
+    }
+}
+
+impl fmt::Display for RateLimited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rate limit `{}` exceeded", self.name)
+    }
+}
+
+impl StdError for RateLimited {}
+
+/// Retries were exhausted; the last error is the `source()`.
+#[derive(Debug)]
+pub struct RetryExhausted {
+    name: Arc<str>,
+    attempts: u32,
+    last: BoxError,
+}
+
+impl RetryExhausted {
+    /// `attempts` attempts of the retry layer `name` all failed; `last` is
+    /// the last error.
+    pub fn new(name: Arc<str>, attempts: u32, last: BoxError) -> Self {
+        Self {
+            name,
+            attempts,
+            last,
+        }
+    }
+
+    /// The name of the retry layer.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How many attempts were made in all.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The last error.
+    pub fn last_error(&self) -> &BoxError {
+        &self.last
+    }
+
+    /// Take the last error.
+    pub fn into_last_error(self) -> BoxError {
+        self.last
+    }
+}
+
+impl fmt::Display for RetryExhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "retry `{}` gave up after {} attempts",
+            self.name, self.attempts
+        )
+    }
+}
+
+impl StdError for RetryExhausted {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&*self.last)
+    }
+}
+
+/// The kinds of rejection that buttress knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// [`Elapsed`].
+    Timeout,
+    /// [`BulkheadFull`].
+    BulkheadFull,
+    /// [`CircuitOpen`].
+    CircuitOpen,
+    /// [`RateLimited`].
+    RateLimited,
+    /// [`RetryExhausted`].
+    RetryExhausted,
+}
+
+/// The kind of the first buttress rejection in `err`'s `source()` chain,
+/// `err` itself included.
+///
+/// ```
+/// use buttress_core::error::{kind_of, BoxError, ErrorKind, RetryExhausted, CircuitOpen};
+///
+/// let open: BoxError = CircuitOpen::new("db".into(), None).into();
+/// assert_eq!(kind_of(&*open), Some(ErrorKind::CircuitOpen));
+/// let wrapped: BoxError = RetryExhausted::new("r".into(), 3, open).into();
+/// assert_eq!(kind_of(&*wrapped), Some(ErrorKind::RetryExhausted));
+/// assert_eq!(kind_of(&*std::io::Error::other("x")), None);
+/// ```
+pub fn kind_of(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
+    chain(err).find_map(kind_of_one)
+}
+
+/// The kind of the first rejection in the chain that is not a
+/// [`RetryExhausted`] wrapper: what finally stopped the call.
+pub fn root_kind_of(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
+    chain(err)
+        .filter_map(kind_of_one)
+        .find(|k| *k != ErrorKind::RetryExhausted)
+}
+
+fn kind_of_one(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
+    if err.is::<Elapsed>() {
+        Some(ErrorKind::Timeout)
+    } else if err.is::<BulkheadFull>() {
+        Some(ErrorKind::BulkheadFull)
+    } else if err.is::<CircuitOpen>() {
+        Some(ErrorKind::CircuitOpen)
+    } else if err.is::<RateLimited>() {
+        Some(ErrorKind::RateLimited)
+    } else if err.is::<RetryExhausted>() {
+        Some(ErrorKind::RetryExhausted)
+    } else {
+        None
+    }
+}
+
+/// Finds an error of type `T` in `err`'s `source()` chain.
+///
+/// ```
+/// use buttress_core::error::{find, BoxError, BulkheadFull, BulkheadFullReason, RetryExhausted};
+///
+/// let full: BoxError = BulkheadFull::new("db".into(), BulkheadFullReason::QueueFull).into();
+/// let err: BoxError = RetryExhausted::new("r".into(), 2, full).into();
+/// assert_eq!(find::<BulkheadFull>(&*err).unwrap().name(), "db");
+/// ```
+pub fn find<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    chain(err).find_map(|e| e.downcast_ref::<T>())
+}
+
+/// The retry hint carried by the first buttress rejection in the chain that
+/// has one.
+///
+/// ```
+/// use buttress_core::error::{retry_after, BoxError, CircuitOpen};
+/// use std::time::Duration;
+///
+/// let err: BoxError = CircuitOpen::new("db".into(), Some(Duration::from_secs(3))).into();
+/// assert_eq!(retry_after(&*err), Some(Duration::from_secs(3)));
+/// ```
+pub fn retry_after(err: &(dyn StdError + 'static)) -> Option<Duration> {
+    chain(err).find_map(|e| {
+        if let Some(e) = e.downcast_ref::<CircuitOpen>() {
+            e.retry_after()
+        } else if let Some(e) = e.downcast_ref::<RateLimited>() {
+            e.retry_after()
+        } else if let Some(e) = e.downcast_ref::<BulkheadFull>() {
+            e.retry_after()
+        } else {
+            None
+        }
+    })
+}
+
+/// `err`, then its sources, outermost first.
+pub fn chain<'a>(
+    err: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> + 'a {
+    // A cycle in a hand-written `source()` must not hang us.
+    std::iter::successors(Some(err), |e: &&'a (dyn StdError + 'static)| (*e).source()).take(64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapper(BoxError);
+    impl fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("wrapper")
+        }
+    }
+    impl StdError for Wrapper {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[test]
+    fn kind_of_walks_the_source_chain() {
+        let inner: BoxError = RateLimited::new("api".into(), Some(Duration::from_millis(1500))).into();
+        let outer: BoxError = Wrapper(inner).into();
+        assert_eq!(kind_of(&*outer), Some(ErrorKind::RateLimited));
+        assert_eq!(retry_after(&*outer), Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn root_kind_skips_retry_wrapper() {
+        let inner: BoxError = Elapsed::new("t".into(), Duration::from_secs(1)).into();
+        let outer: BoxError = RetryExhausted::new("r".into(), 3, inner).into();
+        assert_eq!(kind_of(&*outer), Some(ErrorKind::RetryExhausted));
+        assert_eq!(root_kind_of(&*outer), Some(ErrorKind::Timeout));
+        let plain: BoxError = RetryExhausted::new("r".into(), 3, "io".into()).into();
+        assert_eq!(root_kind_of(&*plain), None);
+    }
+
+    #[test]
+    fn displays_are_lowercase_and_name_the_instance() {
+        let e = BulkheadFull::new("db".into(), BulkheadFullReason::WaitTimedOut);
+        assert_eq!(e.to_string(), "bulkhead `db` is full: wait in queue timed out");
+        let e = Elapsed::new("upstream".into(), Duration::from_millis(250));
+        assert_eq!(e.to_string(), "request timed out after 250ms (timeout `upstream`)");
+    }
+}

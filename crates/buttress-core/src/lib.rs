@@ -1,0 +1,51 @@
+//! Shared building blocks of [buttress](https://docs.rs/buttress): the
+//! resilience middleware for tower.
+//!
+//! Application code rarely depends on this crate directly; the facade
+//! crate `buttress` re-exports it. Pattern crates use it for:
+//!
+//! - [`Outcome`] and [`Classifier`]: is a result a success, a failure, or
+//!   not counted? Presets for errors, HTTP and gRPC.
+//! - [`Listeners`]: the events of every pattern, zero cost when nobody
+//!   listens, safe against panicking listeners.
+//! - [`Registry`]: named components with a snapshot and controls, for health
+//!   checks and dashboards.
+//! - [`key`]: which bucket a request belongs to, for keyed instances.
+//! - [`error`]: [`ConfigError`], the rejection errors ([`BulkheadFull`],
+//!   [`Elapsed`], [`CircuitOpen`], [`RateLimited`], [`RetryExhausted`]) and
+//!   helpers to inspect a [`BoxError`].
+//! - [`response`]: rejections to HTTP responses, [`grpc`] (feature `tonic`):
+//!   to `tonic::Status`.
+//! - [`deadline`]: per-request deadlines carried in request extensions.
+//!
+//! ```
+//! use buttress_core::{error::kind_of, BoxError, Elapsed, ErrorKind};
+//! use std::time::Duration;
+//!
+//! let err: BoxError = Elapsed::new("upstream".into(), Duration::from_secs(2)).into();
+//! assert_eq!(kind_of(&*err), Some(ErrorKind::Timeout));
+//! ```
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod config;
+pub mod deadline;
+pub mod error;
+pub mod event;
+#[cfg(feature = "tonic")]
+pub mod grpc;
+pub mod key;
+pub mod outcome;
+pub mod registry;
+pub mod response;
+
+pub use error::{
+    BoxError, BulkheadFull, BulkheadFullReason, CircuitOpen, ConfigError, Elapsed, ErrorKind,
+    RateLimited, RetryExhausted,
+};
+pub use event::{Listener, Listeners};
+pub use key::KeyExtractor;
+pub use outcome::{Classifier, ErrorsAsFailures, GrpcClassifier, HttpClassifier, Outcome};
+#[cfg(feature = "tonic")]
+pub use outcome::TonicStatusClassifier;
+pub use registry::{Component, Registry};

@@ -349,7 +349,7 @@ pub enum ErrorKind {
 /// assert_eq!(kind_of(&*open), Some(ErrorKind::CircuitOpen));
 /// let wrapped: BoxError = RetryExhausted::new("r".into(), 3, open).into();
 /// assert_eq!(kind_of(&*wrapped), Some(ErrorKind::RetryExhausted));
-/// assert_eq!(kind_of(&*std::io::Error::other("x")), None);
+/// assert_eq!(kind_of(&std::io::Error::other("x")), None);
 /// ```
 pub fn kind_of(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
     chain(err).find_map(kind_of_one)

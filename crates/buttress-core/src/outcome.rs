@@ -329,7 +329,7 @@ mod tests {
         assert_eq!(c.classify(&status(429)), Outcome::Failure);
         assert_eq!(c.classify(&status(500)), Outcome::Failure);
         assert_eq!(c.classify(&status(503)), Outcome::Failure);
-        assert_eq!(c.classify(&Err(())), Outcome::Failure);
+        assert_eq!(c.classify(&Err::<Response<()>, ()>(())), Outcome::Failure);
         let lenient = HttpClassifier::new().too_many_requests_is_failure(false);
         assert_eq!(lenient.classify(&status(429)), Outcome::Success);
     }
@@ -350,7 +350,7 @@ mod tests {
         }
         // Status in the trailers: unknown at header time.
         assert_eq!(c.classify(&status(200)), Outcome::Success);
-        assert_eq!(c.classify(&Err(())), Outcome::Failure);
+        assert_eq!(c.classify(&Err::<Response<()>, ()>(())), Outcome::Failure);
         let unknown_ok = GrpcClassifier::new().with_success(GrpcCode::Unknown);
         assert_eq!(unknown_ok.classify(&grpc("2")), Outcome::Success);
     }

@@ -60,6 +60,7 @@ impl std::error::Error for DuplicateName {}
 /// use buttress_core::registry::{Component, Registry};
 /// use std::any::Any;
 ///
+/// #[derive(Clone)]
 /// struct Pool;
 /// impl Component for Pool {
 ///     fn name(&self) -> &str { "pool" }

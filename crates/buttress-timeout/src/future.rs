@@ -1,0 +1,142 @@
+//! The response future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use buttress_core::error::{BoxError, Elapsed};
+use pin_project_lite::pin_project;
+use tokio::time::{sleep_until, Instant, Sleep};
+
+use crate::events::{Phase, TimeoutEvent};
+use crate::layer::Shared;
+
+/// When the timer of one call goes off.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Arm {
+    /// `timeout` after the first poll that finds the inner future pending.
+    Lazy(Duration),
+    /// At a known instant, standing for the given timeout.
+    At(Instant, Duration),
+    /// Never.
+    Never,
+}
+
+impl Arm {
+    fn timeout(self) -> Duration {
+        match self {
+            Arm::Lazy(d) | Arm::At(_, d) => d,
+            Arm::Never => Duration::MAX,
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Timeout`](crate::Timeout).
+    ///
+    /// The timer is armed only if the inner future is not ready at its
+    /// first poll, so a call that completes at once never reads the clock
+    /// nor touches the timer wheel.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Running {
+            #[pin]
+            inner: F,
+            #[pin]
+            sleep: Option<Sleep>,
+            arm: Arm,
+            shared: Arc<Shared>,
+        },
+        Elapsed {
+            error: Option<Elapsed>,
+        },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(inner: F, arm: Arm, shared: Arc<Shared>) -> Self {
+        Self {
+            kind: Kind::Running {
+                inner,
+                sleep: None,
+                arm,
+                shared,
+            },
+        }
+    }
+
+    pub(crate) fn elapsed(error: Elapsed) -> Self {
+        Self {
+            kind: Kind::Elapsed { error: Some(error) },
+        }
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Running {
+                inner,
+                mut sleep,
+                arm,
+                shared,
+            } => {
+                if let Poll::Ready(res) = inner.poll(cx) {
+                    return Poll::Ready(res.map_err(Into::into));
+                }
+                if sleep.is_none() {
+                    let deadline = match *arm {
+                        Arm::Lazy(d) => Instant::now().checked_add(d),
+                        Arm::At(at, _) => Some(at),
+                        Arm::Never => None,
+                    };
+                    match deadline {
+                        Some(at) => sleep.set(Some(sleep_until(at))),
+                        None => {
+                            *arm = Arm::Never;
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                if let Some(timer) = sleep.as_pin_mut() {
+                    if timer.poll(cx).is_ready() {
+                        let timeout = arm.timeout();
+                        shared.record_timeout(|| TimeoutEvent::TimedOut {
+                            name: shared.name.clone(),
+                            timeout,
+                            phase: Phase::Call,
+                        });
+                        return Poll::Ready(Err(Elapsed::new(shared.name.clone(), timeout).into()));
+                    }
+                }
+                Poll::Pending
+            }
+            KindProj::Elapsed { error } => {
+                let error = error.take().expect("polled after completion");
+                Poll::Ready(Err(error.into()))
+            }
+        }
+    }
+}

@@ -1,0 +1,319 @@
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use buttress_core::registry::Component;
+use buttress_core::{ConfigError, Listener, Listeners, Registry};
+use tower_layer::Layer;
+
+use crate::events::TimeoutEvent;
+use crate::policy::{FixedTimeout, HttpDeadlines};
+use crate::service::Timeout;
+
+const KIND: &str = "timeout";
+
+/// State shared by a layer and every service and future it makes.
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    timeout_nanos: AtomicU64,
+    pub(crate) include_ready: bool,
+    pub(crate) listeners: Listeners<TimeoutEvent>,
+    timed_out: AtomicU64,
+}
+
+impl Shared {
+    #[inline]
+    pub(crate) fn timeout(&self) -> Duration {
+        Duration::from_nanos(self.timeout_nanos.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn record_timeout(&self, event: impl FnOnce() -> TimeoutEvent) {
+        self.timed_out.fetch_add(1, Ordering::Relaxed);
+        self.listeners.emit(event);
+    }
+}
+
+fn to_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Applies a timeout to every call of the wrapped service.
+///
+/// The type parameter `P` decides per-request limits: [`FixedTimeout`] (the
+/// default) or [`HttpDeadlines`] (through [`TimeoutLayer::for_http`]).
+///
+/// ```
+/// use buttress_timeout::TimeoutLayer;
+/// use std::time::Duration;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let svc = ServiceBuilder::new()
+///     .layer(TimeoutLayer::new(Duration::from_millis(10)))
+///     .service_fn(|()| async {
+///         tokio::time::sleep(Duration::from_secs(1)).await;
+///         Ok::<_, std::convert::Infallible>(())
+///     });
+/// let err = svc.oneshot(()).await.unwrap_err();
+/// assert!(err.is::<buttress_timeout::error::Elapsed>());
+/// # }
+/// ```
+pub struct TimeoutLayer<P = FixedTimeout> {
+    shared: Arc<Shared>,
+    policy: P,
+}
+
+impl<P: Clone> Clone for TimeoutLayer<P> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+impl<P: fmt::Debug> fmt::Debug for TimeoutLayer<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimeoutLayer")
+            .field("name", &self.shared.name)
+            .field("timeout", &self.shared.timeout())
+            .field("include_ready", &self.shared.include_ready)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl TimeoutLayer {
+    /// A timeout of `timeout` per call, named `"timeout"`.
+    ///
+    /// This constructor does not validate: a zero timeout fails every call
+    /// whose future is not ready at its first poll. Use
+    /// [`TimeoutLayer::builder`] for a validated, named, observable layer.
+    pub fn new(timeout: Duration) -> Self {
+        Self::from_parts(Arc::from(KIND), timeout, false, Listeners::new())
+    }
+
+    /// A builder for a named, validated layer.
+    pub fn builder(timeout: Duration) -> TimeoutBuilder {
+        TimeoutBuilder {
+            name: Arc::from(KIND),
+            timeout,
+            include_ready: false,
+            registry: None,
+            listeners: Listeners::new(),
+        }
+    }
+
+    fn from_parts(
+        name: Arc<str>,
+        timeout: Duration,
+        include_ready: bool,
+        listeners: Listeners<TimeoutEvent>,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                name,
+                timeout_nanos: AtomicU64::new(to_nanos(timeout)),
+                include_ready,
+                listeners,
+                timed_out: AtomicU64::new(0),
+            }),
+            policy: FixedTimeout,
+        }
+    }
+}
+
+impl<P> TimeoutLayer<P> {
+    /// Per-request deadlines for `http::Request`s: a
+    /// [`TimeoutOverride`](buttress_core::deadline::TimeoutOverride)
+    /// extension, the `grpc-timeout` header and an outer
+    /// [`Deadline`](buttress_core::deadline::Deadline); see
+    /// [`HttpDeadlines`].
+    pub fn for_http(self) -> TimeoutLayer<HttpDeadlines> {
+        self.with_policy(HttpDeadlines::new())
+    }
+
+    /// Uses `policy` to decide per-request limits.
+    pub fn with_policy<P2>(self, policy: P2) -> TimeoutLayer<P2> {
+        TimeoutLayer {
+            shared: self.shared,
+            policy,
+        }
+    }
+
+    /// A handle to observe the layer and change its timeout at run time.
+    pub fn handle(&self) -> TimeoutHandle {
+        TimeoutHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S, P: Clone> Layer<S> for TimeoutLayer<P> {
+    type Service = Timeout<S, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Timeout::from_shared(inner, self.shared.clone(), self.policy.clone())
+    }
+}
+
+/// Builds a [`TimeoutLayer`].
+pub struct TimeoutBuilder {
+    name: Arc<str>,
+    timeout: Duration,
+    include_ready: bool,
+    registry: Option<Registry>,
+    listeners: Listeners<TimeoutEvent>,
+}
+
+impl fmt::Debug for TimeoutBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimeoutBuilder")
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .field("include_ready", &self.include_ready)
+            .field("listeners", &self.listeners)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TimeoutBuilder {
+    /// The instance name, used in errors, events and the registry.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The time limit of each call.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Counts the wait for the inner service's readiness against the
+    /// timeout too (default `false`, like tower's `Timeout`).
+    ///
+    /// When the inner service is still not ready at the deadline,
+    /// `poll_ready` reports ready (an error there would make the service
+    /// unusable) and the next call fails at once with
+    /// [`Elapsed`](crate::error::Elapsed), without reaching the inner
+    /// service. When it becomes ready in time, the call gets what is left
+    /// of the same budget.
+    pub fn include_ready(mut self, yes: bool) -> Self {
+        self.include_ready = yes;
+        self
+    }
+
+    /// Registers the layer in `registry` under its name.
+    pub fn registry(mut self, registry: &Registry) -> Self {
+        self.registry = Some(registry.clone());
+        self
+    }
+
+    /// Adds an event listener.
+    pub fn on_event(mut self, listener: impl Listener<TimeoutEvent>) -> Self {
+        self.listeners = self.listeners.with(listener);
+        self
+    }
+
+    /// Validates and builds the layer.
+    pub fn build(self) -> Result<TimeoutLayer, ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError::new(KIND, "name", "must not be empty"));
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::new(KIND, "timeout", "must be greater than zero"));
+        }
+        let layer = TimeoutLayer::from_parts(
+            self.name,
+            self.timeout,
+            self.include_ready,
+            self.listeners,
+        );
+        if let Some(registry) = &self.registry {
+            registry
+                .register(layer.handle())
+                .map_err(|e| ConfigError::new(KIND, "name", e.to_string()))?;
+        }
+        Ok(layer)
+    }
+}
+
+/// Observes a timeout layer and changes its limit at run time.
+#[derive(Clone)]
+pub struct TimeoutHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for TimeoutHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimeoutHandle")
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+/// The state of a timeout layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct TimeoutSnapshot {
+    /// The current time limit.
+    #[cfg_attr(feature = "serde", serde(with = "buttress_core::config::duration"))]
+    pub timeout: Duration,
+    /// Whether readiness counts against the limit.
+    pub include_ready: bool,
+    /// Calls that ran out of time since the start (or the last reset).
+    pub timed_out: u64,
+}
+
+impl TimeoutHandle {
+    /// The instance name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The current state.
+    pub fn snapshot(&self) -> TimeoutSnapshot {
+        TimeoutSnapshot {
+            timeout: self.shared.timeout(),
+            include_ready: self.shared.include_ready,
+            timed_out: self.shared.timed_out.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Changes the time limit for calls made from now on.
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.shared
+            .timeout_nanos
+            .store(to_nanos(timeout), Ordering::Relaxed);
+    }
+}
+
+impl Component for TimeoutHandle {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn snapshot(&self) -> serde_json::Value {
+        let s = TimeoutHandle::snapshot(self);
+        serde_json::json!({
+            "timeout_ms": u64::try_from(s.timeout.as_millis()).unwrap_or(u64::MAX),
+            "include_ready": s.include_ready,
+            "timed_out": s.timed_out,
+        })
+    }
+
+    fn reset(&self) {
+        self.shared.timed_out.store(0, Ordering::Relaxed);
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

@@ -1,0 +1,309 @@
+//! Contract tests of the timeout layer, under tokio's paused clock.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use buttress_core::deadline::{Deadline, TimeoutOverride};
+use buttress_core::Registry;
+use buttress_timeout::error::Elapsed;
+use buttress_timeout::{Phase, TimeoutConfig, TimeoutEvent, TimeoutHandle, TimeoutLayer};
+use tokio::time::{self, Instant};
+use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
+use tower::{service_fn, Layer, Service, ServiceExt};
+use tower_test::mock;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn sleeper() -> impl Service<u64, Response = u64, Error = std::convert::Infallible, Future = impl Future<Output = Result<u64, std::convert::Infallible>> + Send> + Clone {
+    service_fn(|d: u64| async move {
+        time::sleep(ms(d)).await;
+        Ok::<_, std::convert::Infallible>(d)
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn response_before_timeout_passes_through() {
+    let svc = TimeoutLayer::new(ms(100)).layer(sleeper());
+    assert_eq!(svc.oneshot(99).await.unwrap(), 99);
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_fails_with_name_and_duration_exactly_at_deadline() {
+    let layer = TimeoutLayer::builder(ms(100)).name("inventory").build().unwrap();
+    let mut svc = layer.layer(sleeper());
+    let start = Instant::now();
+    let err = svc.ready().await.unwrap().call(1_000).await.unwrap_err();
+    assert_eq!(start.elapsed(), ms(100));
+    let e = err.downcast_ref::<Elapsed>().expect("an Elapsed");
+    assert_eq!(e.name(), "inventory");
+    assert_eq!(e.timeout(), ms(100));
+}
+
+#[test]
+fn ready_at_first_poll_never_touches_the_timer() {
+    // No tokio runtime here: creating a timer would panic.
+    let svc = TimeoutLayer::new(ms(1)).layer(service_fn(|x: u8| async move { Ok::<_, std::io::Error>(x) }));
+    let mut svc = svc;
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    assert!(svc.poll_ready(&mut cx).is_ready());
+    let mut fut = pin!(svc.call(7));
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(7)) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn timer_is_measured_from_first_pending_poll() {
+    let (svc, mut handle) = mock::pair::<(), ()>();
+    let mut svc = TimeoutLayer::new(ms(50)).layer(svc);
+    handle.allow(1);
+    svc.ready().await.unwrap();
+    let mut fut = task::spawn(svc.call(()));
+    // Time passing before the first poll does not count.
+    time::advance(ms(200)).await;
+    assert_pending!(fut.poll());
+    time::advance(ms(49)).await;
+    assert_pending!(fut.poll());
+    let req = handle.next_request().await.unwrap();
+    time::advance(ms(1)).await;
+    let err = assert_ready!(fut.poll()).unwrap_err();
+    assert!(err.is::<Elapsed>());
+    drop(req);
+}
+
+#[tokio::test(start_paused = true)]
+async fn inner_error_passes_through_boxed() {
+    let svc = TimeoutLayer::new(ms(10)).layer(service_fn(|()| async {
+        Err::<(), _>(std::io::Error::other("refused"))
+    }));
+    let err = svc.oneshot(()).await.unwrap_err();
+    assert_eq!(err.to_string(), "refused");
+    assert!(!err.is::<Elapsed>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn extension_override_replaces_configured_timeout() {
+    let inner = service_fn(|req: http::Request<u64>| async move {
+        time::sleep(ms(*req.body())).await;
+        Ok::<_, std::convert::Infallible>(())
+    });
+    let svc = TimeoutLayer::new(ms(100)).for_http().layer(inner);
+
+    let mut longer = http::Request::new(150);
+    longer.extensions_mut().insert(TimeoutOverride(ms(200)));
+    svc.clone().oneshot(longer).await.expect("200ms override lets 150ms through");
+
+    let mut shorter = http::Request::new(50);
+    shorter.extensions_mut().insert(TimeoutOverride(ms(20)));
+    let err = svc.oneshot(shorter).await.unwrap_err();
+    assert_eq!(err.downcast_ref::<Elapsed>().unwrap().timeout(), ms(20));
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_timeout_header_shortens_but_never_extends() {
+    let inner = service_fn(|req: http::Request<u64>| async move {
+        time::sleep(ms(*req.body())).await;
+        Ok::<_, std::convert::Infallible>(())
+    });
+    let svc = TimeoutLayer::new(ms(100)).for_http().layer(inner);
+
+    let req = http::Request::builder().header("grpc-timeout", "30m").body(50).unwrap();
+    let start = Instant::now();
+    let err = svc.clone().oneshot(req).await.unwrap_err();
+    assert_eq!(start.elapsed(), ms(30));
+    assert_eq!(err.downcast_ref::<Elapsed>().unwrap().timeout(), ms(30));
+
+    let req = http::Request::builder().header("grpc-timeout", "10S").body(150).unwrap();
+    let err = svc.oneshot(req).await.unwrap_err();
+    assert_eq!(err.downcast_ref::<Elapsed>().unwrap().timeout(), ms(100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_grpc_timeout_is_ignored() {
+    let inner = service_fn(|req: http::Request<u64>| async move {
+        time::sleep(ms(*req.body())).await;
+        Ok::<_, std::convert::Infallible>(())
+    });
+    let svc = TimeoutLayer::new(ms(100)).for_http().layer(inner);
+    for bad in ["-5m", "5", "5x", "123456789m", "1.5S"] {
+        let req = http::Request::builder().header("grpc-timeout", bad).body(60).unwrap();
+        svc.clone().oneshot(req).await.unwrap_or_else(|e| panic!("{bad}: {e}"));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_is_propagated_and_an_earlier_outer_one_wins() {
+    let seen = Arc::new(Mutex::new(None));
+    let s = seen.clone();
+    let inner = service_fn(move |req: http::Request<u64>| {
+        *s.lock().unwrap() = req.extensions().get::<Deadline>().copied();
+        async move {
+            time::sleep(ms(*req.body())).await;
+            Ok::<_, std::convert::Infallible>(())
+        }
+    });
+    let svc = TimeoutLayer::new(ms(100)).for_http().layer(inner);
+
+    let start = Instant::now();
+    svc.clone().oneshot(http::Request::new(1)).await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), Some(Deadline(start + ms(100))));
+
+    let mut req = http::Request::new(500);
+    let outer = Instant::now() + ms(40);
+    req.extensions_mut().insert(Deadline(outer));
+    let err = svc.oneshot(req).await.unwrap_err();
+    assert_eq!(Instant::now(), outer);
+    assert_eq!(*seen.lock().unwrap(), Some(Deadline(outer)));
+    assert_eq!(err.downcast_ref::<Elapsed>().unwrap().timeout(), ms(40));
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_wait_is_not_counted_by_default() {
+    let (svc, mut handle) = mock::pair::<(), ()>();
+    let mut svc = mock::Spawn::new(TimeoutLayer::new(ms(10)).layer(svc));
+    handle.allow(0);
+    assert_pending!(svc.poll_ready());
+    time::advance(ms(1_000)).await;
+    assert_pending!(svc.poll_ready());
+    handle.allow(1);
+    assert_ready_ok!(svc.poll_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn include_ready_times_out_without_calling_inner() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let layer = TimeoutLayer::builder(ms(10))
+        .name("ready")
+        .include_ready(true)
+        .on_event(move |e: &TimeoutEvent| ev.lock().unwrap().push(e.clone()))
+        .build()
+        .unwrap();
+    let (svc, mut handle) = mock::pair::<(), ()>();
+    let mut svc = mock::Spawn::new(layer.layer(svc));
+    handle.allow(0);
+    assert_pending!(svc.poll_ready());
+    time::advance(ms(9)).await;
+    assert_pending!(svc.poll_ready());
+    time::advance(ms(1)).await;
+    // Not an error from poll_ready: ready, and the call fails.
+    assert_ready_ok!(svc.poll_ready());
+    let err = svc.call(()).await.unwrap_err();
+    assert!(err.is::<Elapsed>());
+    assert_eq!(handle.poll_request().map(|r| r.is_some()), Poll::Pending);
+    assert_eq!(
+        *events.lock().unwrap(),
+        vec![TimeoutEvent::TimedOut {
+            name: "ready".into(),
+            timeout: ms(10),
+            phase: Phase::Ready
+        }]
+    );
+    // The service is usable again afterwards.
+    handle.allow(1);
+    assert_ready_ok!(svc.poll_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn include_ready_gives_the_call_what_is_left_of_the_budget() {
+    let layer = TimeoutLayer::builder(ms(100)).include_ready(true).build().unwrap();
+    let (svc, mut handle) = mock::pair::<(), ()>();
+    let mut svc = mock::Spawn::new(layer.layer(svc));
+    handle.allow(0);
+    let start = Instant::now();
+    assert_pending!(svc.poll_ready());
+    time::advance(ms(70)).await;
+    handle.allow(1);
+    assert_ready_ok!(svc.poll_ready());
+    let fut = svc.call(());
+    let _req = handle.next_request().await.unwrap();
+    let err = fut.await.unwrap_err();
+    assert!(err.is::<Elapsed>());
+    assert_eq!(start.elapsed(), ms(100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_and_counter_on_call_timeout_and_runtime_change() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let registry = Registry::new();
+    let layer = TimeoutLayer::builder(ms(50))
+        .name("up")
+        .registry(&registry)
+        .on_event(move |e: &TimeoutEvent| ev.lock().unwrap().push(e.clone()))
+        .on_event(|_: &TimeoutEvent| panic!("a broken listener"))
+        .build()
+        .unwrap();
+    let svc = layer.layer(sleeper());
+    svc.clone().oneshot(10).await.unwrap();
+    assert!(svc.clone().oneshot(60).await.is_err());
+    let handle: TimeoutHandle = registry.get("up").expect("registered");
+    assert_eq!(handle.snapshot().timed_out, 1);
+    handle.set_timeout(ms(80));
+    svc.clone().oneshot(60).await.expect("the new limit applies");
+    assert_eq!(
+        *events.lock().unwrap(),
+        vec![TimeoutEvent::TimedOut { name: "up".into(), timeout: ms(50), phase: Phase::Call }]
+    );
+    let snap = registry.snapshot();
+    assert_eq!(snap["up"]["kind"], "timeout");
+    assert_eq!(snap["up"]["state"]["timeout_ms"], 80);
+    assert_eq!(snap["up"]["state"]["timed_out"], 1);
+    registry.reset_all();
+    assert_eq!(handle.snapshot().timed_out, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_future_emits_nothing() {
+    let hits = Arc::new(Mutex::new(0));
+    let h = hits.clone();
+    let layer = TimeoutLayer::builder(ms(5))
+        .on_event(move |_: &TimeoutEvent| *h.lock().unwrap() += 1)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(sleeper());
+    let mut fut = task::spawn(svc.ready().await.unwrap().call(100));
+    assert_pending!(fut.poll());
+    drop(fut);
+    time::advance(ms(10)).await;
+    assert_eq!(*hits.lock().unwrap(), 0);
+    assert_eq!(layer.handle().snapshot().timed_out, 0);
+}
+
+#[test]
+fn invalid_config_is_a_typed_error() {
+    let err = TimeoutLayer::builder(Duration::ZERO).build().unwrap_err();
+    assert_eq!(err.field(), "timeout");
+    let err = TimeoutLayer::builder(ms(1)).name("").build().unwrap_err();
+    assert_eq!(err.field(), "name");
+    let registry = Registry::new();
+    TimeoutLayer::builder(ms(1)).name("a").registry(&registry).build().unwrap();
+    let err = TimeoutLayer::builder(ms(1)).name("a").registry(&registry).build().unwrap_err();
+    assert_eq!(err.field(), "name");
+    let config: TimeoutConfig =
+        serde_json::from_str(r#"{"name":"x","timeout":"1m 30s","include_ready":true}"#).unwrap();
+    assert_eq!(config.timeout, Duration::from_secs(90));
+    assert!(serde_json::from_str::<TimeoutConfig>(r#"{"timeout":"soon"}"#).is_err());
+    assert!(serde_json::from_str::<TimeoutConfig>(r#"{"timout":"1s"}"#).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn huge_timeout_never_fires_and_never_panics() {
+    let svc = TimeoutLayer::new(Duration::MAX).layer(sleeper());
+    assert_eq!(svc.oneshot(10_000).await.unwrap(), 10_000);
+    let inner = service_fn(|req: http::Request<u64>| async move {
+        time::sleep(ms(*req.body())).await;
+        Ok::<_, std::convert::Infallible>(())
+    });
+    let svc = TimeoutLayer::new(ms(5)).for_http().layer(inner);
+    let mut req = http::Request::new(10);
+    req.extensions_mut().insert(TimeoutOverride(Duration::MAX));
+    svc.oneshot(req).await.unwrap();
+}

@@ -1,0 +1,25 @@
+//! Criterion timings of every case in `buttress_benches::cases()`.
+//!
+//! `cargo bench -p buttress-benches` (add `-- timeout/` to filter).
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+
+fn layers(c: &mut Criterion) {
+    let rt = buttress_benches::runtime();
+    let _guard = rt.enter();
+    for mut case in buttress_benches::cases() {
+        c.bench_function(&case.id(), |b| b.iter(|| case.run()));
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(50);
+    targets = layers
+}
+criterion_main!(benches);

@@ -1,0 +1,236 @@
+//! The benchmark cases of buttress, side by side with tower and
+//! tower-resilience.
+//!
+//! One list, [`cases`], feeds both the criterion bench (`benches/layers.rs`)
+//! and the allocation test (`tests/alloc.rs`), so every case that is timed is
+//! also checked for heap allocations. Each case is a layer built once,
+//! outside the timed loop, over a bare service; one run is `poll_ready`,
+//! `call` and polling the response future to completion with a no-op waker.
+//!
+//! The cases must run inside a tokio runtime context (see [`runtime`]):
+//! timers need its time driver.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// Who wrote the layer of a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Impl {
+    /// No layer: the baseline.
+    Bare,
+    /// buttress.
+    Buttress,
+    /// tower's own middleware.
+    Tower,
+    /// tower-resilience.
+    TowerResilience,
+}
+
+impl Impl {
+    /// A short label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Impl::Bare => "bare",
+            Impl::Buttress => "buttress",
+            Impl::Tower => "tower",
+            Impl::TowerResilience => "tower-resilience",
+        }
+    }
+}
+
+/// One benchmark case: a layer over a bare service, built once.
+pub struct Case {
+    /// The pattern (`"timeout"`, `"bulkhead"`, ...) or `"baseline"`.
+    pub group: &'static str,
+    /// The inner service: `"ready"` or `"pending_once"`.
+    pub inner: &'static str,
+    /// Who wrote the layer.
+    pub imp: Impl,
+    run: Box<dyn FnMut()>,
+}
+
+impl std::fmt::Debug for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Case").field("id", &self.id()).finish()
+    }
+}
+
+impl Case {
+    /// `group/impl/inner`, the criterion id.
+    pub fn id(&self) -> String {
+        format!("{}/{}/{}", self.group, self.imp.label(), self.inner)
+    }
+
+    /// One happy-path call.
+    #[inline]
+    pub fn run(&mut self) {
+        (self.run)()
+    }
+
+    fn new<S>(group: &'static str, inner: &'static str, imp: Impl, mut svc: S) -> Self
+    where
+        S: Service<u64> + 'static,
+    {
+        Case {
+            group,
+            inner,
+            imp,
+            run: Box::new(move || drive(&mut svc, black_box(1))),
+        }
+    }
+}
+
+/// `poll_ready`, `call`, poll to completion.
+#[inline]
+fn drive<S: Service<u64>>(svc: &mut S, req: u64) {
+    let mut cx = Context::from_waker(Waker::noop());
+    match svc.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        _ => panic!("a benchmark service must be ready"),
+    }
+    let mut fut = pin!(svc.call(req));
+    loop {
+        if let Poll::Ready(res) = fut.as_mut().poll(&mut cx) {
+            assert!(res.is_ok(), "a benchmark call must succeed");
+            black_box(res.ok());
+            return;
+        }
+    }
+}
+
+/// A bare service whose future is `std::future::Ready`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadySvc;
+
+impl Service<u64> for ReadySvc {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<u64, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        std::future::ready(Ok(req))
+    }
+}
+
+/// A bare service whose future is pending once (waking itself) before it
+/// completes: the case where a timeout must arm its timer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PendingOnceSvc;
+
+/// The future of [`PendingOnceSvc`].
+#[derive(Debug)]
+pub struct PendingOnce {
+    value: u64,
+    polled: bool,
+}
+
+impl Future for PendingOnce {
+    type Output = Result<u64, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.polled {
+            Poll::Ready(Ok(self.value))
+        } else {
+            self.polled = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
+
+impl Service<u64> for PendingOnceSvc {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = PendingOnce;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        PendingOnce {
+            value: req,
+            polled: false,
+        }
+    }
+}
+
+/// The runtime the cases run in: current-thread, time enabled. Enter it
+/// (`let _guard = rt.enter();`) before calling [`cases`].
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a tokio runtime")
+}
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const PERMITS: usize = 1_000;
+
+/// Every case, in report order. Must be called inside a runtime context.
+pub fn cases() -> Vec<Case> {
+    let mut cases = vec![
+        Case::new("baseline", "ready", Impl::Bare, ReadySvc),
+        Case::new("baseline", "pending_once", Impl::Bare, PendingOnceSvc),
+    ];
+
+    // Timeout.
+    let ours = buttress_timeout::TimeoutLayer::new(TIMEOUT);
+    let rez = tower_resilience::timelimiter::TimeLimiterLayer::builder()
+        .timeout_duration(TIMEOUT)
+        .build();
+    cases.push(Case::new("timeout", "ready", Impl::Buttress, ours.layer(ReadySvc)));
+    cases.push(Case::new(
+        "timeout",
+        "ready",
+        Impl::Tower,
+        tower::timeout::Timeout::new(ReadySvc, TIMEOUT),
+    ));
+    cases.push(Case::new("timeout", "ready", Impl::TowerResilience, rez.layer(ReadySvc)));
+    cases.push(Case::new(
+        "timeout",
+        "pending_once",
+        Impl::Buttress,
+        ours.layer(PendingOnceSvc),
+    ));
+    cases.push(Case::new(
+        "timeout",
+        "pending_once",
+        Impl::Tower,
+        tower::timeout::Timeout::new(PendingOnceSvc, TIMEOUT),
+    ));
+    cases.push(Case::new(
+        "timeout",
+        "pending_once",
+        Impl::TowerResilience,
+        rez.layer(PendingOnceSvc),
+    ));
+
+    // Bulkhead.
+    let ours = buttress_bulkhead::BulkheadLayer::new(PERMITS);
+    let rez = tower_resilience::bulkhead::BulkheadLayer::builder()
+        .max_concurrent_calls(PERMITS)
+        .build()
+        .expect("a valid tower-resilience bulkhead");
+    cases.push(Case::new("bulkhead", "ready", Impl::Buttress, ours.layer(ReadySvc)));
+    cases.push(Case::new(
+        "bulkhead",
+        "ready",
+        Impl::Tower,
+        tower::limit::ConcurrencyLimit::new(ReadySvc, PERMITS),
+    ));
+    cases.push(Case::new("bulkhead", "ready", Impl::TowerResilience, rez.layer(ReadySvc)));
+
+    cases
+}

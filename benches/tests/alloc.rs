@@ -1,0 +1,42 @@
+//! Heap allocations per happy-path call, for every benchmark case.
+//!
+//! Allocation counts are deterministic, so this is an exact test: every
+//! buttress layer must make 0 allocations per call. The counts of the other
+//! implementations are printed for the record (`--nocapture`).
+
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use std::alloc::System;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const CALLS: usize = 1_000;
+
+#[test]
+fn buttress_layers_make_no_heap_allocation_per_call() {
+    let rt = buttress_benches::runtime();
+    let _guard = rt.enter();
+    let mut failures = Vec::new();
+    for mut case in buttress_benches::cases() {
+        // Warm up: lazily initialised runtime structures (timer wheel
+        // levels, thread-locals) are not per-call costs.
+        for _ in 0..16 {
+            case.run();
+        }
+        let region = Region::new(GLOBAL);
+        for _ in 0..CALLS {
+            case.run();
+        }
+        let stats = region.change();
+        let per_call = stats.allocations as f64 / CALLS as f64;
+        println!("{:<45} {per_call:>6.2} allocations per call", case.id());
+        if matches!(
+            case.imp,
+            buttress_benches::Impl::Buttress | buttress_benches::Impl::Bare
+        ) && stats.allocations != 0
+        {
+            failures.push(format!("{}: {} allocations in {CALLS} calls", case.id(), stats.allocations));
+        }
+    }
+    assert!(failures.is_empty(), "allocating buttress cases: {failures:#?}");
+}

@@ -91,7 +91,19 @@ mod tests {
         assert_eq!(p("2M"), Some(Duration::from_secs(120)));
         assert_eq!(p("99999999n"), Some(Duration::from_nanos(99_999_999)));
         assert_eq!(p("10u"), Some(Duration::from_micros(10)));
-        for bad in ["", "S", "1", "1s", "1 S", " 1S", "1.5S", "+1S", "1SS", "١S", "999999999m"] {
+        for bad in [
+            "",
+            "S",
+            "1",
+            "1s",
+            "1 S",
+            " 1S",
+            "1.5S",
+            "+1S",
+            "1SS",
+            "١S",
+            "999999999m",
+        ] {
             assert_eq!(p(bad), None, "{bad:?}");
         }
     }
@@ -99,12 +111,12 @@ mod tests {
     #[test]
     fn earliest_deadline() {
         let now = Instant::now();
-        let a = Some(Deadline(now));
-        let b = Some(Deadline(now + Duration::from_secs(1)));
-        assert_eq!(Deadline::earliest(a, b), a);
-        assert_eq!(Deadline::earliest(None, b), b);
+        let a = Deadline(now);
+        let b = Deadline(now + Duration::from_secs(1));
+        assert_eq!(Deadline::earliest(Some(a), Some(b)), Some(a));
+        assert_eq!(Deadline::earliest(None, Some(b)), Some(b));
         assert_eq!(Deadline::earliest(None, None), None);
-        assert_eq!(b.unwrap().remaining(now), Duration::from_secs(1));
-        assert_eq!(a.unwrap().remaining(now + Duration::from_secs(5)), Duration::ZERO);
+        assert_eq!(b.remaining(now), Duration::from_secs(1));
+        assert_eq!(a.remaining(now + Duration::from_secs(5)), Duration::ZERO);
     }
 }

@@ -95,7 +95,11 @@ impl Elapsed {
 
 impl fmt::Display for Elapsed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "request timed out after {:?} (timeout `{}`)", self.timeout, self.name)
+        write!(
+            f,
+            "request timed out after {:?} (timeout `{}`)",
+            self.timeout, self.name
+        )
     }
 }
 
@@ -443,7 +447,8 @@ mod tests {
 
     #[test]
     fn kind_of_walks_the_source_chain() {
-        let inner: BoxError = RateLimited::new("api".into(), Some(Duration::from_millis(1500))).into();
+        let inner: BoxError =
+            RateLimited::new("api".into(), Some(Duration::from_millis(1500))).into();
         let outer: BoxError = Wrapper(inner).into();
         assert_eq!(kind_of(&*outer), Some(ErrorKind::RateLimited));
         assert_eq!(retry_after(&*outer), Some(Duration::from_millis(1500)));
@@ -462,8 +467,14 @@ mod tests {
     #[test]
     fn displays_are_lowercase_and_name_the_instance() {
         let e = BulkheadFull::new("db".into(), BulkheadFullReason::WaitTimedOut);
-        assert_eq!(e.to_string(), "bulkhead `db` is full: wait in queue timed out");
+        assert_eq!(
+            e.to_string(),
+            "bulkhead `db` is full: wait in queue timed out"
+        );
         let e = Elapsed::new("upstream".into(), Duration::from_millis(250));
-        assert_eq!(e.to_string(), "request timed out after 250ms (timeout `upstream`)");
+        assert_eq!(
+            e.to_string(),
+            "request timed out after 250ms (timeout `upstream`)"
+        );
     }
 }

@@ -388,7 +388,8 @@ mod tests {
             b = b.header(*k, *v);
         }
         let mut r = b.body(()).unwrap();
-        r.extensions_mut().insert(peer.parse::<SocketAddr>().unwrap());
+        r.extensions_mut()
+            .insert(peer.parse::<SocketAddr>().unwrap());
         r
     }
 

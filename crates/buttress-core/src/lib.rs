@@ -45,7 +45,7 @@ pub use error::{
 };
 pub use event::{Listener, Listeners};
 pub use key::KeyExtractor;
-pub use outcome::{Classifier, ErrorsAsFailures, GrpcClassifier, HttpClassifier, Outcome};
 #[cfg(feature = "tonic")]
 pub use outcome::TonicStatusClassifier;
+pub use outcome::{Classifier, ErrorsAsFailures, GrpcClassifier, HttpClassifier, Outcome};
 pub use registry::{Component, Registry};

@@ -3,7 +3,9 @@
 use std::fmt;
 
 use http::{HeaderMap, Response, StatusCode};
-use tower_http::classify::{ClassifiedResponse, ClassifyEos, ClassifyResponse, GrpcErrorsAsFailures};
+use tower_http::classify::{
+    ClassifiedResponse, ClassifyEos, ClassifyResponse, GrpcErrorsAsFailures,
+};
 
 pub use tower_http::classify::GrpcCode;
 
@@ -335,7 +337,10 @@ mod tests {
     }
 
     fn grpc(code: &str) -> Result<Response<()>, ()> {
-        Ok(Response::builder().header("grpc-status", code).body(()).unwrap())
+        Ok(Response::builder()
+            .header("grpc-status", code)
+            .body(())
+            .unwrap())
     }
 
     #[test]
@@ -343,7 +348,11 @@ mod tests {
         let c = GrpcClassifier::new();
         assert_eq!(c.classify(&grpc("0")), Outcome::Success);
         for failing in ["2", "4", "8", "13", "14", "15"] {
-            assert_eq!(c.classify(&grpc(failing)), Outcome::Failure, "code {failing}");
+            assert_eq!(
+                c.classify(&grpc(failing)),
+                Outcome::Failure,
+                "code {failing}"
+            );
         }
         for ok in ["1", "3", "5", "6", "7", "9", "10", "11", "12", "16"] {
             assert_eq!(c.classify(&grpc(ok)), Outcome::Success, "code {ok}");

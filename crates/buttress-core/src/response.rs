@@ -69,7 +69,10 @@ pub fn retry_after_secs(wait: Duration) -> Option<u64> {
 
 /// Builds the response for an error, as described in the [module
 /// docs](self). `timeout_status` is the status for [`Elapsed`].
-pub fn error_response<B: Default>(err: &(dyn std::error::Error + 'static), timeout_status: StatusCode) -> Response<B> {
+pub fn error_response<B: Default>(
+    err: &(dyn std::error::Error + 'static),
+    timeout_status: StatusCode,
+) -> Response<B> {
     let mut res = Response::new(B::default());
     let (status, retry_after) = classify(err, timeout_status, res.headers_mut());
     *res.status_mut() = status;
@@ -241,7 +244,8 @@ pin_project! {
 
 impl<F> fmt::Debug for ErrorToResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ErrorToResponseFuture").finish_non_exhaustive()
+        f.debug_struct("ErrorToResponseFuture")
+            .finish_non_exhaustive()
     }
 }
 

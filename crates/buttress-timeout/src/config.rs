@@ -45,7 +45,7 @@ impl TimeoutConfig {
     /// A builder preset from this config, to add a registry or listeners.
     pub fn builder(&self) -> TimeoutBuilder {
         TimeoutLayer::builder(self.timeout)
-            .name(self.name.as_str())
+            .name(self.name.clone())
             .include_ready(self.include_ready)
     }
 

@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{sleep_until, Instant, Sleep};
 
 use crate::events::{Phase, TimeoutEvent};
-use crate::layer::Shared;
+use crate::layer::Link;
 
 /// When the timer of one call goes off.
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +55,7 @@ pin_project! {
             #[pin]
             sleep: Option<Sleep>,
             arm: Arm,
-            shared: Arc<Shared>,
+            link: Link,
         },
         Elapsed {
             error: Option<Elapsed>,
@@ -64,13 +64,13 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, arm: Arm, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(inner: F, arm: Arm, link: Link) -> Self {
         Self {
             kind: Kind::Running {
                 inner,
                 sleep: None,
                 arm,
-                shared,
+                link,
             },
         }
     }
@@ -95,40 +95,42 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Running {
                 inner,
                 mut sleep,
                 arm,
-                shared,
+                link,
             } => {
                 if let Poll::Ready(res) = inner.poll(cx) {
                     return Poll::Ready(res.map_err(Into::into));
                 }
                 if sleep.is_none() {
-                    let deadline = match *arm {
-                        Arm::Lazy(d) => Instant::now().checked_add(d),
-                        Arm::At(at, _) => Some(at),
-                        Arm::Never => None,
-                    };
-                    match deadline {
-                        Some(at) => sleep.set(Some(sleep_until(at))),
-                        None => {
-                            *arm = Arm::Never;
-                            return Poll::Pending;
-                        }
+                    match *arm {
+                        // `sleep` reads the clock once and saturates a
+                        // deadline too far away to represent.
+                        Arm::Lazy(d) => sleep.set(Some(tokio::time::sleep(d))),
+                        Arm::At(at, _) => sleep.set(Some(sleep_until(at))),
+                        Arm::Never => return Poll::Pending,
                     }
                 }
                 if let Some(timer) = sleep.as_pin_mut() {
                     if timer.poll(cx).is_ready() {
                         let timeout = arm.timeout();
-                        shared.record_timeout(|| TimeoutEvent::TimedOut {
-                            name: shared.name.clone(),
-                            timeout,
-                            phase: Phase::Call,
-                        });
-                        return Poll::Ready(Err(Elapsed::new(shared.name.clone(), timeout).into()));
+                        let name = match link {
+                            Link::Quiet(name) => Arc::from(*name),
+                            Link::Observed(shared) => {
+                                shared.record_timeout(|| TimeoutEvent::TimedOut {
+                                    name: shared.name.clone(),
+                                    timeout,
+                                    phase: Phase::Call,
+                                });
+                                shared.name.clone()
+                            }
+                        };
+                        return Poll::Ready(Err(Elapsed::new(name, timeout).into()));
                     }
                 }
                 Poll::Pending

@@ -1,5 +1,6 @@
+use std::borrow::Cow;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,13 @@ const KIND: &str = "timeout";
 /// State shared by a layer and every service and future it makes.
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
+    /// The name when it is a `&'static str`: a future can then carry it
+    /// instead of a clone of this `Arc`.
+    static_name: Option<&'static str>,
+    /// Whether anyone can observe this layer beyond the error: listeners,
+    /// a registry entry or a handle. Until then futures carry no `Arc` and
+    /// the call path touches no shared reference count.
+    observed: AtomicBool,
     timeout_nanos: AtomicU64,
     pub(crate) include_ready: bool,
     pub(crate) listeners: Listeners<TimeoutEvent>,
@@ -25,13 +33,36 @@ pub(crate) struct Shared {
 impl Shared {
     #[inline]
     pub(crate) fn timeout(&self) -> Duration {
-        Duration::from_nanos(self.timeout_nanos.load(Ordering::Relaxed))
+        Duration::from_nanos(self.timeout_nanos())
+    }
+
+    /// The limit in nanoseconds: one relaxed load, no division.
+    #[inline]
+    pub(crate) fn timeout_nanos(&self) -> u64 {
+        self.timeout_nanos.load(Ordering::Relaxed)
+    }
+
+    /// What a response future needs to report a timeout.
+    #[inline]
+    pub(crate) fn link(self: &Arc<Self>) -> Link {
+        match self.static_name {
+            Some(name) if !self.observed.load(Ordering::Relaxed) => Link::Quiet(name),
+            _ => Link::Observed(self.clone()),
+        }
     }
 
     pub(crate) fn record_timeout(&self, event: impl FnOnce() -> TimeoutEvent) {
         self.timed_out.fetch_add(1, Ordering::Relaxed);
         self.listeners.emit(event);
     }
+}
+
+/// A response future's way back to its layer, for the timeout path only.
+pub(crate) enum Link {
+    /// Nobody observes the layer: the static name is all the error needs.
+    Quiet(&'static str),
+    /// Listeners, a registry or a handle: count and emit.
+    Observed(Arc<Shared>),
 }
 
 fn to_nanos(d: Duration) -> u64 {
@@ -92,13 +123,13 @@ impl TimeoutLayer {
     /// whose future is not ready at its first poll. Use
     /// [`TimeoutLayer::builder`] for a validated, named, observable layer.
     pub fn new(timeout: Duration) -> Self {
-        Self::from_parts(Arc::from(KIND), timeout, false, Listeners::new())
+        Self::from_parts(Cow::Borrowed(KIND), timeout, false, Listeners::new())
     }
 
     /// A builder for a named, validated layer.
     pub fn builder(timeout: Duration) -> TimeoutBuilder {
         TimeoutBuilder {
-            name: Arc::from(KIND),
+            name: Cow::Borrowed(KIND),
             timeout,
             include_ready: false,
             registry: None,
@@ -107,14 +138,20 @@ impl TimeoutLayer {
     }
 
     fn from_parts(
-        name: Arc<str>,
+        name: Cow<'static, str>,
         timeout: Duration,
         include_ready: bool,
         listeners: Listeners<TimeoutEvent>,
     ) -> Self {
+        let static_name = match name {
+            Cow::Borrowed(s) => Some(s),
+            Cow::Owned(_) => None,
+        };
         Self {
             shared: Arc::new(Shared {
-                name,
+                name: Arc::from(name.as_ref()),
+                static_name,
+                observed: AtomicBool::new(!listeners.is_empty()),
                 timeout_nanos: AtomicU64::new(to_nanos(timeout)),
                 include_ready,
                 listeners,
@@ -144,7 +181,12 @@ impl<P> TimeoutLayer<P> {
     }
 
     /// A handle to observe the layer and change its timeout at run time.
+    ///
+    /// The timeout count of the snapshot starts when the first handle is
+    /// taken (or at build time for a registered layer): until a layer is
+    /// observed, its futures do not touch the shared state at all.
     pub fn handle(&self) -> TimeoutHandle {
+        self.shared.observed.store(true, Ordering::Relaxed);
         TimeoutHandle {
             shared: self.shared.clone(),
         }
@@ -161,7 +203,7 @@ impl<S, P: Clone> Layer<S> for TimeoutLayer<P> {
 
 /// Builds a [`TimeoutLayer`].
 pub struct TimeoutBuilder {
-    name: Arc<str>,
+    name: Cow<'static, str>,
     timeout: Duration,
     include_ready: bool,
     registry: Option<Registry>,
@@ -181,7 +223,10 @@ impl fmt::Debug for TimeoutBuilder {
 
 impl TimeoutBuilder {
     /// The instance name, used in errors, events and the registry.
-    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+    ///
+    /// A `&'static str` costs nothing per call; a `String` name makes every
+    /// call carry a reference to the layer.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.name = name.into();
         self
     }
@@ -224,14 +269,14 @@ impl TimeoutBuilder {
             return Err(ConfigError::new(KIND, "name", "must not be empty"));
         }
         if self.timeout.is_zero() {
-            return Err(ConfigError::new(KIND, "timeout", "must be greater than zero"));
+            return Err(ConfigError::new(
+                KIND,
+                "timeout",
+                "must be greater than zero",
+            ));
         }
-        let layer = TimeoutLayer::from_parts(
-            self.name,
-            self.timeout,
-            self.include_ready,
-            self.listeners,
-        );
+        let layer =
+            TimeoutLayer::from_parts(self.name, self.timeout, self.include_ready, self.listeners);
         if let Some(registry) = &self.registry {
             registry
                 .register(layer.handle())

@@ -3,6 +3,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use buttress_core::error::{BoxError, Elapsed};
 use tokio::time::{sleep_until, Instant, Sleep};
@@ -20,6 +21,9 @@ pub struct Timeout<S, P = FixedTimeout> {
     shared: Arc<Shared>,
     policy: P,
     ready: ReadyWait,
+    /// The limit as last read, so that a call costs one relaxed load and a
+    /// compare instead of a nanoseconds-to-`Duration` division.
+    cached: (u64, Duration),
 }
 
 /// The readiness budget (only with `include_ready`).
@@ -37,12 +41,23 @@ struct ReadyWait {
 
 impl<S, P> Timeout<S, P> {
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared>, policy: P) -> Self {
+        let cached = (shared.timeout_nanos(), shared.timeout());
         Self {
             inner,
             shared,
             policy,
             ready: ReadyWait::default(),
+            cached,
         }
+    }
+
+    #[inline]
+    fn configured(&mut self) -> Duration {
+        let nanos = self.shared.timeout_nanos();
+        if nanos != self.cached.0 {
+            self.cached = (nanos, Duration::from_nanos(nanos));
+        }
+        self.cached.1
     }
 
     /// The inner service.
@@ -102,7 +117,8 @@ where
         }
         if !self.ready.armed {
             self.ready.armed = true;
-            self.ready.deadline = Instant::now().checked_add(self.shared.timeout());
+            let timeout = self.configured();
+            self.ready.deadline = Instant::now().checked_add(timeout);
             if let Some(deadline) = self.ready.deadline {
                 match &mut self.ready.sleep {
                     Some(sleep) => sleep.as_mut().reset(deadline),
@@ -115,10 +131,11 @@ where
                 if sleep.as_mut().poll(cx).is_ready() {
                     self.ready.armed = false;
                     self.ready.elapsed = true;
+                    let timeout = self.configured();
                     let shared = &self.shared;
                     shared.record_timeout(|| TimeoutEvent::TimedOut {
                         name: shared.name.clone(),
-                        timeout: shared.timeout(),
+                        timeout,
                         phase: Phase::Ready,
                     });
                     return Poll::Ready(Ok(()));
@@ -129,7 +146,7 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let configured = self.shared.timeout();
+        let configured = self.configured();
         if std::mem::take(&mut self.ready.elapsed) {
             self.ready.deadline = None;
             return ResponseFuture::elapsed(Elapsed::new(self.shared.name.clone(), configured));
@@ -148,6 +165,6 @@ where
                 }
             }
         };
-        ResponseFuture::new(self.inner.call(req), arm, self.shared.clone())
+        ResponseFuture::new(self.inner.call(req), arm, self.shared.link())
     }
 }

@@ -19,7 +19,12 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn sleeper() -> impl Service<u64, Response = u64, Error = std::convert::Infallible, Future = impl Future<Output = Result<u64, std::convert::Infallible>> + Send> + Clone {
+fn sleeper() -> impl Service<
+    u64,
+    Response = u64,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<u64, std::convert::Infallible>> + Send,
+> + Clone {
     service_fn(|d: u64| async move {
         time::sleep(ms(d)).await;
         Ok::<_, std::convert::Infallible>(d)
@@ -34,7 +39,10 @@ async fn response_before_timeout_passes_through() {
 
 #[tokio::test(start_paused = true)]
 async fn timeout_fails_with_name_and_duration_exactly_at_deadline() {
-    let layer = TimeoutLayer::builder(ms(100)).name("inventory").build().unwrap();
+    let layer = TimeoutLayer::builder(ms(100))
+        .name("inventory")
+        .build()
+        .unwrap();
     let mut svc = layer.layer(sleeper());
     let start = Instant::now();
     let err = svc.ready().await.unwrap().call(1_000).await.unwrap_err();
@@ -47,7 +55,10 @@ async fn timeout_fails_with_name_and_duration_exactly_at_deadline() {
 #[test]
 fn ready_at_first_poll_never_touches_the_timer() {
     // No tokio runtime here: creating a timer would panic.
-    let svc = TimeoutLayer::new(ms(1)).layer(service_fn(|x: u8| async move { Ok::<_, std::io::Error>(x) }));
+    let svc =
+        TimeoutLayer::new(ms(1)).layer(service_fn(
+            |x: u8| async move { Ok::<_, std::io::Error>(x) },
+        ));
     let mut svc = svc;
     let waker = std::task::Waker::noop();
     let mut cx = Context::from_waker(waker);
@@ -98,7 +109,10 @@ async fn extension_override_replaces_configured_timeout() {
 
     let mut longer = http::Request::new(150);
     longer.extensions_mut().insert(TimeoutOverride(ms(200)));
-    svc.clone().oneshot(longer).await.expect("200ms override lets 150ms through");
+    svc.clone()
+        .oneshot(longer)
+        .await
+        .expect("200ms override lets 150ms through");
 
     let mut shorter = http::Request::new(50);
     shorter.extensions_mut().insert(TimeoutOverride(ms(20)));
@@ -114,13 +128,19 @@ async fn grpc_timeout_header_shortens_but_never_extends() {
     });
     let svc = TimeoutLayer::new(ms(100)).for_http().layer(inner);
 
-    let req = http::Request::builder().header("grpc-timeout", "30m").body(50).unwrap();
+    let req = http::Request::builder()
+        .header("grpc-timeout", "30m")
+        .body(50)
+        .unwrap();
     let start = Instant::now();
     let err = svc.clone().oneshot(req).await.unwrap_err();
     assert_eq!(start.elapsed(), ms(30));
     assert_eq!(err.downcast_ref::<Elapsed>().unwrap().timeout(), ms(30));
 
-    let req = http::Request::builder().header("grpc-timeout", "10S").body(150).unwrap();
+    let req = http::Request::builder()
+        .header("grpc-timeout", "10S")
+        .body(150)
+        .unwrap();
     let err = svc.oneshot(req).await.unwrap_err();
     assert_eq!(err.downcast_ref::<Elapsed>().unwrap().timeout(), ms(100));
 }
@@ -133,8 +153,14 @@ async fn malformed_grpc_timeout_is_ignored() {
     });
     let svc = TimeoutLayer::new(ms(100)).for_http().layer(inner);
     for bad in ["-5m", "5", "5x", "123456789m", "1.5S"] {
-        let req = http::Request::builder().header("grpc-timeout", bad).body(60).unwrap();
-        svc.clone().oneshot(req).await.unwrap_or_else(|e| panic!("{bad}: {e}"));
+        let req = http::Request::builder()
+            .header("grpc-timeout", bad)
+            .body(60)
+            .unwrap();
+        svc.clone()
+            .oneshot(req)
+            .await
+            .unwrap_or_else(|e| panic!("{bad}: {e}"));
     }
 }
 
@@ -213,7 +239,10 @@ async fn include_ready_times_out_without_calling_inner() {
 
 #[tokio::test(start_paused = true)]
 async fn include_ready_gives_the_call_what_is_left_of_the_budget() {
-    let layer = TimeoutLayer::builder(ms(100)).include_ready(true).build().unwrap();
+    let layer = TimeoutLayer::builder(ms(100))
+        .include_ready(true)
+        .build()
+        .unwrap();
     let (svc, mut handle) = mock::pair::<(), ()>();
     let mut svc = mock::Spawn::new(layer.layer(svc));
     handle.allow(0);
@@ -247,10 +276,17 @@ async fn events_and_counter_on_call_timeout_and_runtime_change() {
     let handle: TimeoutHandle = registry.get("up").expect("registered");
     assert_eq!(handle.snapshot().timed_out, 1);
     handle.set_timeout(ms(80));
-    svc.clone().oneshot(60).await.expect("the new limit applies");
+    svc.clone()
+        .oneshot(60)
+        .await
+        .expect("the new limit applies");
     assert_eq!(
         *events.lock().unwrap(),
-        vec![TimeoutEvent::TimedOut { name: "up".into(), timeout: ms(50), phase: Phase::Call }]
+        vec![TimeoutEvent::TimedOut {
+            name: "up".into(),
+            timeout: ms(50),
+            phase: Phase::Call
+        }]
     );
     let snap = registry.snapshot();
     assert_eq!(snap["up"]["kind"], "timeout");
@@ -284,8 +320,16 @@ fn invalid_config_is_a_typed_error() {
     let err = TimeoutLayer::builder(ms(1)).name("").build().unwrap_err();
     assert_eq!(err.field(), "name");
     let registry = Registry::new();
-    TimeoutLayer::builder(ms(1)).name("a").registry(&registry).build().unwrap();
-    let err = TimeoutLayer::builder(ms(1)).name("a").registry(&registry).build().unwrap_err();
+    TimeoutLayer::builder(ms(1))
+        .name("a")
+        .registry(&registry)
+        .build()
+        .unwrap();
+    let err = TimeoutLayer::builder(ms(1))
+        .name("a")
+        .registry(&registry)
+        .build()
+        .unwrap_err();
     assert_eq!(err.field(), "name");
     let config: TimeoutConfig =
         serde_json::from_str(r#"{"name":"x","timeout":"1m 30s","include_ready":true}"#).unwrap();
@@ -306,4 +350,26 @@ async fn huge_timeout_never_fires_and_never_panics() {
     let mut req = http::Request::new(10);
     req.extensions_mut().insert(TimeoutOverride(Duration::MAX));
     svc.oneshot(req).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn unobserved_layer_still_names_its_error_and_counts_once_observed() {
+    let layer = TimeoutLayer::new(ms(5));
+    let svc = layer.layer(sleeper());
+    let err = svc.clone().oneshot(50).await.unwrap_err();
+    assert_eq!(err.downcast_ref::<Elapsed>().unwrap().name(), "timeout");
+    // Observing starts the count; services made earlier report to it too.
+    let handle = layer.handle();
+    assert_eq!(handle.snapshot().timed_out, 0);
+    assert!(svc.clone().oneshot(50).await.is_err());
+    assert!(svc.oneshot(50).await.is_err());
+    assert_eq!(handle.snapshot().timed_out, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn owned_names_are_reported() {
+    let name = format!("shard-{}", 7);
+    let layer = TimeoutLayer::builder(ms(5)).name(name).build().unwrap();
+    let err = layer.layer(sleeper()).oneshot(50).await.unwrap_err();
+    assert_eq!(err.downcast_ref::<Elapsed>().unwrap().name(), "shard-7");
 }

@@ -2,10 +2,10 @@
 //!
 //! | error in the chain | code | metadata |
 //! |---|---|---|
-//! | [`BulkheadFull`](crate::error::BulkheadFull) | `Unavailable` | `grpc-retry-pushback-ms` when known |
-//! | [`CircuitOpen`](crate::error::CircuitOpen) | `Unavailable` | `grpc-retry-pushback-ms` when known |
-//! | [`RateLimited`](crate::error::RateLimited) | `ResourceExhausted` | `grpc-retry-pushback-ms` when known |
-//! | [`Elapsed`](crate::error::Elapsed) | `DeadlineExceeded` | |
+//! | [`BulkheadFull`] | `Unavailable` | `grpc-retry-pushback-ms` when known |
+//! | [`CircuitOpen`] | `Unavailable` | `grpc-retry-pushback-ms` when known |
+//! | [`RateLimited`] | `ResourceExhausted` | `grpc-retry-pushback-ms` when known |
+//! | [`Elapsed`] | `DeadlineExceeded` | |
 //! | a `tonic::Status` | itself | |
 //! | anything else | `Internal`, without the error text | |
 

@@ -1,0 +1,530 @@
+//! One bulkhead per key: per client, per tenant, per upstream host.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use buttress_core::error::{BoxError, BulkheadFull};
+use buttress_core::registry::Component;
+use buttress_core::{BulkheadFullReason, ConfigError, KeyExtractor, Listener, Listeners, Registry};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::events::BulkheadEvent;
+use crate::layer::{validate, BulkheadHandle, KIND};
+use crate::state::{Acquire, BulkheadSnapshot, Permit, Shared};
+
+const KEYED_KIND: &str = "keyed_bulkhead";
+
+struct Entry {
+    shared: Arc<Shared>,
+    last_used: Instant,
+}
+
+struct KeyedShared<K> {
+    name: Arc<str>,
+    max_concurrent: usize,
+    max_queue: usize,
+    max_wait: Option<Duration>,
+    listeners: Listeners<BulkheadEvent>,
+    max_keys: usize,
+    idle_timeout: Duration,
+    map: Mutex<HashMap<K, Entry>>,
+    /// Requests whose key the extractor could not find share this one.
+    unkeyed: Arc<Shared>,
+}
+
+impl<K: Hash + Eq + Clone> KeyedShared<K> {
+    fn new_bulkhead(&self) -> Arc<Shared> {
+        Arc::new(Shared::new(
+            self.name.clone(),
+            self.max_concurrent,
+            self.max_queue,
+            self.max_wait,
+            self.listeners.clone(),
+        ))
+    }
+
+    /// The bulkhead of `key`; `None` when the map is full of keys in use.
+    fn get(&self, key: K) -> Option<Arc<Shared>> {
+        let now = Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = map.get_mut(&key) {
+            entry.last_used = now;
+            return Some(entry.shared.clone());
+        }
+        if map.len() >= self.max_keys {
+            let idle = self.idle_timeout;
+            // Only the map holds an evicted bulkhead: no call, queued
+            // caller or permit refers to it, so no limit is split in two.
+            map.retain(|_, e| {
+                !(Arc::strong_count(&e.shared) == 1 && now.duration_since(e.last_used) >= idle)
+            });
+            if map.len() >= self.max_keys {
+                return None;
+            }
+        }
+        let shared = self.new_bulkhead();
+        map.insert(
+            key,
+            Entry {
+                shared: shared.clone(),
+                last_used: now,
+            },
+        );
+        Some(shared)
+    }
+}
+
+/// One bulkhead per key, the key taken from each request by a
+/// [`KeyExtractor`] (client IP, header, tenant extension, URI authority...).
+///
+/// The map of keys is bounded by `max_keys`: a key whose bulkhead has been
+/// unused for `idle_timeout` (no call running or queued) is evicted when
+/// room is needed, and when every key is in use a request with a new key is
+/// rejected with [`BulkheadFull`] (`QueueFull`) rather than growing memory,
+/// so a client rotating keys cannot exhaust it. Requests without a key
+/// share one extra bulkhead with the same limits.
+///
+/// Because the key is known only in `call`, the wait for a permit happens
+/// in the response future: `call` calls the inner service at once and the
+/// future polls the inner future only after it got the key's permit. That
+/// suits handlers and clients whose futures do the work when polled; an
+/// inner service that starts work eagerly in `call` should get one
+/// unkeyed [`BulkheadLayer`](crate::BulkheadLayer) per upstream instead.
+///
+/// ```
+/// use buttress_bulkhead::KeyedBulkheadLayer;
+/// use buttress_core::key::Header;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = KeyedBulkheadLayer::builder(Header::new(http::HeaderName::from_static("x-tenant")))
+///     .name("per-tenant")
+///     .max_concurrent(4)
+///     .build()
+///     .unwrap();
+/// let svc = ServiceBuilder::new()
+///     .layer(layer.clone())
+///     .service_fn(|_req: http::Request<()>| async { Ok::<_, std::convert::Infallible>("ok") });
+/// let req = http::Request::builder().header("x-tenant", "acme").body(()).unwrap();
+/// assert_eq!(svc.oneshot(req).await.unwrap(), "ok");
+/// assert_eq!(layer.handle().keys(), 1);
+/// # }
+/// ```
+pub struct KeyedBulkheadLayer<X, K> {
+    extractor: Arc<X>,
+    shared: Arc<KeyedShared<K>>,
+}
+
+impl<X, K> Clone for KeyedBulkheadLayer<X, K> {
+    fn clone(&self) -> Self {
+        Self {
+            extractor: self.extractor.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<X, K> fmt::Debug for KeyedBulkheadLayer<X, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedBulkheadLayer")
+            .field("name", &self.shared.name)
+            .field("max_concurrent", &self.shared.max_concurrent)
+            .field("max_keys", &self.shared.max_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<X> KeyedBulkheadLayer<X, ()> {
+    /// A builder keyed by `extractor`.
+    pub fn builder(extractor: X) -> KeyedBulkheadBuilder<X> {
+        KeyedBulkheadBuilder {
+            extractor,
+            name: Arc::from(KIND),
+            max_concurrent: 25,
+            max_queue: 0,
+            max_wait: None,
+            max_keys: 10_000,
+            idle_timeout: Duration::from_secs(60),
+            registry: None,
+            listeners: Listeners::new(),
+        }
+    }
+}
+
+impl<X, K> KeyedBulkheadLayer<X, K> {
+    /// A handle to observe the keyed bulkhead.
+    pub fn handle(&self) -> KeyedBulkheadHandle<K> {
+        KeyedBulkheadHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S, X, K> Layer<S> for KeyedBulkheadLayer<X, K> {
+    type Service = KeyedBulkhead<S, X, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyedBulkhead {
+            inner,
+            extractor: self.extractor.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Builds a [`KeyedBulkheadLayer`].
+pub struct KeyedBulkheadBuilder<X> {
+    extractor: X,
+    name: Arc<str>,
+    max_concurrent: usize,
+    max_queue: usize,
+    max_wait: Option<Duration>,
+    max_keys: usize,
+    idle_timeout: Duration,
+    registry: Option<Registry>,
+    listeners: Listeners<BulkheadEvent>,
+}
+
+impl<X> fmt::Debug for KeyedBulkheadBuilder<X> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedBulkheadBuilder")
+            .field("name", &self.name)
+            .field("max_concurrent", &self.max_concurrent)
+            .field("max_keys", &self.max_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<X> KeyedBulkheadBuilder<X> {
+    /// The instance name (default `"bulkhead"`).
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Calls allowed at once per key (default 25).
+    pub fn max_concurrent(mut self, max: usize) -> Self {
+        self.max_concurrent = max;
+        self
+    }
+
+    /// Callers allowed to wait per key (default 0).
+    pub fn max_queue(mut self, max: usize) -> Self {
+        self.max_queue = max;
+        self
+    }
+
+    /// Queue timeout per caller (default none).
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = Some(max_wait);
+        self
+    }
+
+    /// Keys kept at most (default 10 000).
+    pub fn max_keys(mut self, max: usize) -> Self {
+        self.max_keys = max;
+        self
+    }
+
+    /// How long a key must be unused before it may be evicted (default
+    /// 60 s).
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
+    /// Registers the keyed bulkhead's handle in `registry`.
+    pub fn registry(mut self, registry: &Registry) -> Self {
+        self.registry = Some(registry.clone());
+        self
+    }
+
+    /// Adds an event listener, shared by every key's bulkhead.
+    pub fn on_event(mut self, listener: impl Listener<BulkheadEvent>) -> Self {
+        self.listeners = self.listeners.with(listener);
+        self
+    }
+
+    /// Validates and builds the layer. The key type `K` is the extractor's
+    /// key for the request type the layer is used with.
+    pub fn build<K>(self) -> Result<KeyedBulkheadLayer<X, K>, ConfigError>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+    {
+        validate(&self.name, self.max_concurrent, self.max_queue)?;
+        if self.max_keys == 0 {
+            return Err(ConfigError::new(KIND, "max_keys", "must be at least 1"));
+        }
+        let unkeyed = Arc::new(Shared::new(
+            self.name.clone(),
+            self.max_concurrent,
+            self.max_queue,
+            self.max_wait,
+            self.listeners.clone(),
+        ));
+        let layer = KeyedBulkheadLayer {
+            extractor: Arc::new(self.extractor),
+            shared: Arc::new(KeyedShared {
+                name: self.name,
+                max_concurrent: self.max_concurrent,
+                max_queue: self.max_queue,
+                max_wait: self.max_wait,
+                listeners: self.listeners,
+                max_keys: self.max_keys,
+                idle_timeout: self.idle_timeout,
+                map: Mutex::new(HashMap::new()),
+                unkeyed,
+            }),
+        };
+        if let Some(registry) = &self.registry {
+            registry
+                .register(layer.handle())
+                .map_err(|e| ConfigError::new(KIND, "name", e.to_string()))?;
+        }
+        Ok(layer)
+    }
+}
+
+/// The service of [`KeyedBulkheadLayer`].
+pub struct KeyedBulkhead<S, X, K> {
+    inner: S,
+    extractor: Arc<X>,
+    shared: Arc<KeyedShared<K>>,
+}
+
+impl<S: Clone, X, K> Clone for KeyedBulkhead<S, X, K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            extractor: self.extractor.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, X, K> fmt::Debug for KeyedBulkhead<S, X, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedBulkhead")
+            .field("inner", &self.inner)
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+impl<S, X, K, Req> Service<Req> for KeyedBulkhead<S, X, K>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    X: KeyExtractor<Req, Key = K>,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = KeyedResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let bulkhead = match self.extractor.extract(&req) {
+            Some(key) => self.shared.get(key),
+            None => Some(self.shared.unkeyed.clone()),
+        };
+        let Some(bulkhead) = bulkhead else {
+            let shared = &self.shared.unkeyed;
+            shared.record_rejected();
+            shared.listeners.emit(|| BulkheadEvent::Rejected {
+                name: shared.name.clone(),
+                reason: BulkheadFullReason::QueueFull,
+            });
+            tracing::debug!(name = %self.shared.name, "every key is in use; request rejected");
+            return KeyedResponseFuture {
+                state: KeyedState::Rejected {
+                    error: Some(BulkheadFull::new(
+                        self.shared.name.clone(),
+                        BulkheadFullReason::QueueFull,
+                    )),
+                },
+            };
+        };
+        KeyedResponseFuture {
+            state: KeyedState::Running {
+                inner: self.inner.call(req),
+                acquire: Some(Acquire::new(bulkhead)),
+                permit: None,
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`KeyedBulkhead`]: waits for the key's permit,
+    /// then drives the inner future while holding it.
+    pub struct KeyedResponseFuture<F> {
+        #[pin]
+        state: KeyedState<F>,
+    }
+}
+
+pin_project! {
+    #[project = KeyedProj]
+    enum KeyedState<F> {
+        Running {
+            #[pin]
+            inner: F,
+            acquire: Option<Acquire>,
+            permit: Option<Permit>,
+        },
+        Rejected {
+            error: Option<BulkheadFull>,
+        },
+    }
+}
+
+impl<F> fmt::Debug for KeyedResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedResponseFuture")
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, T, E> Future for KeyedResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            KeyedProj::Running {
+                inner,
+                acquire,
+                permit,
+            } => {
+                if let Some(acq) = acquire {
+                    match acq.poll_acquire(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(p)) => {
+                            *permit = Some(p);
+                            *acquire = None;
+                        }
+                        Poll::Ready(Err(reason)) => {
+                            let name = acq.name();
+                            *acquire = None;
+                            return Poll::Ready(Err(BulkheadFull::new(name, reason).into()));
+                        }
+                    }
+                }
+                match inner.poll(cx) {
+                    Poll::Ready(res) => {
+                        drop(permit.take());
+                        Poll::Ready(res.map_err(Into::into))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            KeyedProj::Rejected { error } => {
+                let error = error.take().expect("polled after completion");
+                Poll::Ready(Err(error.into()))
+            }
+        }
+    }
+}
+
+/// Observes a keyed bulkhead.
+pub struct KeyedBulkheadHandle<K> {
+    shared: Arc<KeyedShared<K>>,
+}
+
+impl<K> Clone for KeyedBulkheadHandle<K> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for KeyedBulkheadHandle<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedBulkheadHandle")
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+impl<K: Hash + Eq> KeyedBulkheadHandle<K> {
+    /// Keys held now.
+    pub fn keys(&self) -> usize {
+        self.shared
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// The bulkhead of one key, if it is held.
+    pub fn key(&self, key: &K) -> Option<BulkheadHandle> {
+        let map = self.shared.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key).map(|e| BulkheadHandle::new(e.shared.clone()))
+    }
+
+    /// The bulkhead shared by requests without a key.
+    pub fn unkeyed(&self) -> BulkheadHandle {
+        BulkheadHandle::new(self.shared.unkeyed.clone())
+    }
+
+    /// Totals over every key held now and the unkeyed bulkhead
+    /// (`max_concurrent` is the per-key limit).
+    pub fn totals(&self) -> BulkheadSnapshot {
+        let map = self.shared.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut total = self.shared.unkeyed.snapshot();
+        for e in map.values() {
+            let s = e.shared.snapshot();
+            total.active += s.active;
+            total.queued += s.queued;
+            total.available += s.available;
+            total.completed += s.completed;
+            total.rejected += s.rejected;
+        }
+        total
+    }
+}
+
+impl<K: Hash + Eq + Send + Sync + 'static> Component for KeyedBulkheadHandle<K> {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn kind(&self) -> &'static str {
+        KEYED_KIND
+    }
+
+    fn snapshot(&self) -> serde_json::Value {
+        let t = self.totals();
+        serde_json::json!({
+            "keys": self.keys(),
+            "max_keys": self.shared.max_keys,
+            "max_concurrent_per_key": self.shared.max_concurrent,
+            "active": t.active,
+            "queued": t.queued,
+            "completed": t.completed,
+            "rejected": t.rejected,
+        })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

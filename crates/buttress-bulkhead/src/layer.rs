@@ -1,0 +1,296 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use buttress_core::registry::Component;
+use buttress_core::{ConfigError, Listener, Listeners, Registry};
+use tower_layer::Layer;
+
+use crate::events::BulkheadEvent;
+use crate::service::Bulkhead;
+use crate::state::{BulkheadSnapshot, Shared};
+
+pub(crate) const KIND: &str = "bulkhead";
+
+/// Limits how many calls run at once, with an optional bounded wait queue.
+///
+/// Every service made by one layer (and every clone of them) shares the
+/// same permits, so applying one layer to several axum routes gives them
+/// one common limit.
+///
+/// ```
+/// use buttress_bulkhead::BulkheadLayer;
+/// use std::time::Duration;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = BulkheadLayer::builder()
+///     .name("db")
+///     .max_concurrent(10)
+///     .max_queue(100)
+///     .max_wait(Duration::from_millis(50))
+///     .build()
+///     .unwrap();
+/// let svc = ServiceBuilder::new()
+///     .layer(layer.clone())
+///     .service_fn(|q: &'static str| async move { Ok::<_, std::convert::Infallible>(q.len()) });
+/// assert_eq!(svc.oneshot("select 1").await.unwrap(), 8);
+/// assert_eq!(layer.handle().snapshot().completed, 1);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct BulkheadLayer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for BulkheadLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.shared, f)
+    }
+}
+
+impl BulkheadLayer {
+    /// At most `max_concurrent` calls at once, no queue: a call that finds
+    /// no free permit is rejected at once (Resilience4j's default wait of
+    /// zero). Named `"bulkhead"`.
+    ///
+    /// A limit of 0 rejects every call; it can be raised later through the
+    /// [`handle`](Self::handle). Use [`BulkheadLayer::builder`] for a
+    /// queue, a name, events and a registry entry.
+    pub fn new(max_concurrent: usize) -> Self {
+        Self::from_shared(Shared::new(
+            Arc::from(KIND),
+            max_concurrent,
+            0,
+            None,
+            Listeners::new(),
+        ))
+    }
+
+    /// A builder.
+    pub fn builder() -> BulkheadBuilder {
+        BulkheadBuilder::default()
+    }
+
+    fn from_shared(shared: Shared) -> Self {
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// A handle to observe the bulkhead and change its limits at run time.
+    pub fn handle(&self) -> BulkheadHandle {
+        BulkheadHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for BulkheadLayer {
+    type Service = Bulkhead<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Bulkhead::from_shared(inner, self.shared.clone())
+    }
+}
+
+/// Builds a [`BulkheadLayer`].
+pub struct BulkheadBuilder {
+    name: Arc<str>,
+    max_concurrent: usize,
+    max_queue: usize,
+    max_wait: Option<Duration>,
+    registry: Option<Registry>,
+    listeners: Listeners<BulkheadEvent>,
+}
+
+impl Default for BulkheadBuilder {
+    fn default() -> Self {
+        Self {
+            name: Arc::from(KIND),
+            max_concurrent: 25,
+            max_queue: 0,
+            max_wait: None,
+            registry: None,
+            listeners: Listeners::new(),
+        }
+    }
+}
+
+impl fmt::Debug for BulkheadBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BulkheadBuilder")
+            .field("name", &self.name)
+            .field("max_concurrent", &self.max_concurrent)
+            .field("max_queue", &self.max_queue)
+            .field("max_wait", &self.max_wait)
+            .field("listeners", &self.listeners)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BulkheadBuilder {
+    /// The instance name, used in errors, events and the registry
+    /// (default `"bulkhead"`).
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Calls allowed to run at once (default 25, as Resilience4j).
+    pub fn max_concurrent(mut self, max: usize) -> Self {
+        self.max_concurrent = max;
+        self
+    }
+
+    /// Callers allowed to wait for a permit, in FIFO order (default 0: no
+    /// queue, reject at once).
+    pub fn max_queue(mut self, max: usize) -> Self {
+        self.max_queue = max;
+        self
+    }
+
+    /// How long a caller may wait in the queue before it is rejected with
+    /// [`WaitTimedOut`](crate::error::BulkheadFullReason::WaitTimedOut)
+    /// (default: no limit while queued). Zero disables the queue.
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = Some(max_wait);
+        self
+    }
+
+    /// Registers the bulkhead's handle in `registry` under its name.
+    pub fn registry(mut self, registry: &Registry) -> Self {
+        self.registry = Some(registry.clone());
+        self
+    }
+
+    /// Adds an event listener.
+    pub fn on_event(mut self, listener: impl Listener<BulkheadEvent>) -> Self {
+        self.listeners = self.listeners.with(listener);
+        self
+    }
+
+    /// Validates and builds the layer.
+    pub fn build(self) -> Result<BulkheadLayer, ConfigError> {
+        validate(&self.name, self.max_concurrent, self.max_queue)?;
+        let layer = BulkheadLayer::from_shared(Shared::new(
+            self.name,
+            self.max_concurrent,
+            self.max_queue,
+            self.max_wait,
+            self.listeners,
+        ));
+        if let Some(registry) = &self.registry {
+            registry
+                .register(layer.handle())
+                .map_err(|e| ConfigError::new(KIND, "name", e.to_string()))?;
+        }
+        Ok(layer)
+    }
+}
+
+pub(crate) fn validate(
+    name: &str,
+    max_concurrent: usize,
+    max_queue: usize,
+) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::new(KIND, "name", "must not be empty"));
+    }
+    if max_concurrent == 0 {
+        return Err(ConfigError::new(
+            KIND,
+            "max_concurrent",
+            "must be at least 1",
+        ));
+    }
+    if max_concurrent > isize::MAX as usize {
+        return Err(ConfigError::new(KIND, "max_concurrent", "is too large"));
+    }
+    if max_queue > isize::MAX as usize {
+        return Err(ConfigError::new(KIND, "max_queue", "is too large"));
+    }
+    Ok(())
+}
+
+/// Observes a bulkhead and changes its limits at run time.
+#[derive(Clone)]
+pub struct BulkheadHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for BulkheadHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.shared, f)
+    }
+}
+
+impl BulkheadHandle {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// The instance name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The current state.
+    pub fn snapshot(&self) -> BulkheadSnapshot {
+        self.shared.snapshot()
+    }
+
+    /// Changes the limit of concurrent calls. Calls in flight are not
+    /// touched: lowering the limit below them only delays new calls until
+    /// enough have finished; raising it admits queued callers at once.
+    pub fn set_max_concurrent(&self, max: usize) {
+        self.shared.set_max_concurrent(max.min(isize::MAX as usize));
+    }
+
+    /// Changes the queue bound for callers arriving from now on; callers
+    /// already waiting keep their place.
+    pub fn set_max_queue(&self, max: usize) {
+        self.shared.set_max_queue(max);
+    }
+
+    /// Changes the queue timeout for callers queued from now on.
+    pub fn set_max_wait(&self, max_wait: Option<Duration>) {
+        self.shared.set_max_wait(max_wait);
+    }
+
+    /// `true` when no call holds a permit and nobody waits.
+    pub fn is_idle(&self) -> bool {
+        self.shared.is_idle()
+    }
+}
+
+impl Component for BulkheadHandle {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn snapshot(&self) -> serde_json::Value {
+        let s = self.shared.snapshot();
+        serde_json::json!({
+            "max_concurrent": s.max_concurrent,
+            "active": s.active,
+            "queued": s.queued,
+            "available": s.available,
+            "completed": s.completed,
+            "rejected": s.rejected,
+        })
+    }
+
+    fn reset(&self) {
+        self.shared.reset_counters();
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

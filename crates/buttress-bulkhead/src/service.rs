@@ -1,0 +1,120 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use buttress_core::error::{BoxError, BulkheadFull};
+use buttress_core::BulkheadFullReason;
+use tower_service::Service;
+
+use crate::future::ResponseFuture;
+use crate::state::{Acquire, Permit, Shared};
+
+/// Limits the concurrent calls of the inner service; made by
+/// [`BulkheadLayer`](crate::BulkheadLayer).
+///
+/// The wait for a permit happens in `poll_ready`, so callers that drive
+/// readiness (tower's `Buffer`, a `ServiceExt::ready` loop) get
+/// backpressure. A rejection is not an error from `poll_ready`: the service
+/// reports ready and the next call fails with
+/// [`BulkheadFull`](crate::error::BulkheadFull) without reaching the inner
+/// service, as tower's `LoadShed` does.
+pub struct Bulkhead<S> {
+    inner: S,
+    shared: Arc<Shared>,
+    state: State,
+}
+
+enum State {
+    Idle,
+    Acquiring(Acquire),
+    Holding(Permit),
+    Rejected(BulkheadFullReason),
+}
+
+impl<S> Bulkhead<S> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        Self {
+            inner,
+            shared,
+            state: State::Idle,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service (and releasing any
+    /// permit it held).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone> Clone for Bulkhead<S> {
+    /// A clone shares the bulkhead but starts without a permit.
+    fn clone(&self) -> Self {
+        Self::from_shared(self.inner.clone(), self.shared.clone())
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Bulkhead<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bulkhead")
+            .field("inner", &self.inner)
+            .field("name", &self.shared.name)
+            .field("holds_permit", &matches!(self.state, State::Holding(_)))
+            .finish()
+    }
+}
+
+impl<S, Req> Service<Req> for Bulkhead<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        loop {
+            match &mut self.state {
+                State::Holding(_) => return self.inner.poll_ready(cx).map_err(Into::into),
+                State::Rejected(_) => return Poll::Ready(Ok(())),
+                State::Idle => {
+                    if self.shared.try_acquire() {
+                        self.state = State::Holding(Permit::new(self.shared.clone(), None));
+                    } else {
+                        self.state = State::Acquiring(Acquire::new(self.shared.clone()));
+                    }
+                }
+                State::Acquiring(acquire) => match acquire.poll_acquire(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(permit)) => self.state = State::Holding(permit),
+                    Poll::Ready(Err(reason)) => self.state = State::Rejected(reason),
+                },
+            }
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Holding(permit) => ResponseFuture::called(self.inner.call(req), permit),
+            State::Rejected(reason) => {
+                ResponseFuture::rejected(BulkheadFull::new(self.shared.name.clone(), reason))
+            }
+            State::Idle | State::Acquiring(_) => {
+                panic!("poll_ready must be called (and return ready) before call")
+            }
+        }
+    }
+}

@@ -1,0 +1,540 @@
+//! Contract tests of the bulkhead, in the style of tower's concurrency
+//! limit tests.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use buttress_bulkhead::error::{BulkheadFull, BulkheadFullReason};
+use buttress_bulkhead::{
+    BulkheadConfig, BulkheadEvent, BulkheadHandle, BulkheadLayer, BulkheadSnapshot,
+};
+use buttress_core::Registry;
+use tokio::time;
+use tokio_test::{assert_pending, assert_ready_ok};
+use tower::Layer;
+use tower_test::{assert_request_eq, mock};
+
+fn layer(max: usize, queue: usize, wait: Option<Duration>) -> BulkheadLayer {
+    let b = BulkheadLayer::builder()
+        .name("db")
+        .max_concurrent(max)
+        .max_queue(queue);
+    match wait {
+        Some(w) => b.max_wait(w),
+        None => b,
+    }
+    .build()
+    .unwrap()
+}
+
+fn reason(err: &buttress_core::BoxError) -> BulkheadFullReason {
+    err.downcast_ref::<BulkheadFull>()
+        .expect("a BulkheadFull")
+        .reason()
+}
+
+/// (active, queued, available)
+fn snap(h: &BulkheadHandle) -> (usize, usize, usize) {
+    let s = h.snapshot();
+    (s.active, s.queued, s.available)
+}
+
+#[tokio::test(start_paused = true)]
+async fn permits_up_to_max_concurrent_then_rejects_when_no_queue() {
+    let l = layer(2, 0, None);
+    let (inner, mut handle) = mock::pair::<&'static str, &'static str>();
+    let mut s1 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s2 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s3 = mock::Spawn::new(l.layer(inner));
+
+    assert_ready_ok!(s1.poll_ready());
+    let r1 = s1.call("a");
+    assert_ready_ok!(s2.poll_ready());
+    let r2 = s2.call("b");
+    // Full: ready, and the call fails without reaching the inner service.
+    assert_ready_ok!(s3.poll_ready());
+    let err = s3.call("c").await.unwrap_err();
+    assert_eq!(reason(&err), BulkheadFullReason::QueueFull);
+
+    assert_request_eq!(handle, "a").send_response("A");
+    assert_request_eq!(handle, "b").send_response("B");
+    assert_eq!(r1.await.unwrap(), "A");
+    assert_eq!(r2.await.unwrap(), "B");
+    assert!(
+        handle.poll_request().is_pending(),
+        "the rejected call never reached the inner service"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejection_is_not_an_error_from_poll_ready() {
+    let l = layer(1, 0, None);
+    let (inner, _handle) = mock::pair::<&'static str, &'static str>();
+    let mut s1 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s2 = mock::Spawn::new(l.layer(inner));
+    assert_ready_ok!(s1.poll_ready());
+    let _held = s1.call("a");
+    for _ in 0..3 {
+        assert_ready_ok!(s2.poll_ready());
+        assert!(s2.call("b").await.is_err());
+    }
+    assert_eq!(l.handle().snapshot().rejected, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_callers_are_served_fifo() {
+    let l = layer(1, 3, None);
+    let h = l.handle();
+    let (inner, mut handle) = mock::pair::<&'static str, &'static str>();
+    let mut s1 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s2 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s3 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s4 = mock::Spawn::new(l.layer(inner));
+
+    assert_ready_ok!(s1.poll_ready());
+    let r1 = s1.call("1");
+    assert_pending!(s2.poll_ready());
+    assert_pending!(s3.poll_ready());
+    assert_pending!(s4.poll_ready());
+    assert_eq!(snap(&h), (1, 3, 0));
+
+    assert_request_eq!(handle, "1").send_response("one");
+    assert_eq!(r1.await.unwrap(), "one");
+    // Only the first waiter is served.
+    assert!(s2.is_woken());
+    assert!(!s3.is_woken());
+    assert_ready_ok!(s2.poll_ready());
+    assert_pending!(s3.poll_ready());
+    assert_pending!(s4.poll_ready());
+    let r2 = s2.call("2");
+    assert_request_eq!(handle, "2").send_response("two");
+    r2.await.unwrap();
+    assert_ready_ok!(s3.poll_ready());
+    assert_pending!(s4.poll_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_full_rejects_with_reason() {
+    let l = layer(1, 1, None);
+    let (inner, _handle) = mock::pair::<&'static str, &'static str>();
+    let mut s1 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s2 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s3 = mock::Spawn::new(l.layer(inner));
+    assert_ready_ok!(s1.poll_ready());
+    let _held = s1.call("1");
+    assert_pending!(s2.poll_ready());
+    assert_ready_ok!(s3.poll_ready());
+    let err = s3.call("3").await.unwrap_err();
+    assert_eq!(reason(&err), BulkheadFullReason::QueueFull);
+    assert_eq!(err.to_string(), "bulkhead `db` is full: wait queue full");
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_timeout_rejects_with_reason_and_leaves_queue() {
+    let l = layer(1, 4, Some(Duration::from_millis(50)));
+    let h = l.handle();
+    let (inner, _handle) = mock::pair::<&'static str, &'static str>();
+    let mut s1 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s2 = mock::Spawn::new(l.layer(inner));
+    assert_ready_ok!(s1.poll_ready());
+    let _held = s1.call("1");
+    assert_pending!(s2.poll_ready());
+    time::advance(Duration::from_millis(49)).await;
+    assert_pending!(s2.poll_ready());
+    assert_eq!(h.snapshot().queued, 1);
+    time::advance(Duration::from_millis(1)).await;
+    assert_ready_ok!(s2.poll_ready());
+    assert_eq!(h.snapshot().queued, 0);
+    let err = s2.call("2").await.unwrap_err();
+    assert_eq!(reason(&err), BulkheadFullReason::WaitTimedOut);
+    assert_eq!(h.snapshot().rejected, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_max_wait_disables_the_queue() {
+    let l = layer(1, 4, Some(Duration::ZERO));
+    let (inner, _handle) = mock::pair::<&'static str, &'static str>();
+    let mut s1 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s2 = mock::Spawn::new(l.layer(inner));
+    assert_ready_ok!(s1.poll_ready());
+    let _held = s1.call("1");
+    assert_ready_ok!(s2.poll_ready());
+    assert_eq!(
+        reason(&s2.call("2").await.unwrap_err()),
+        BulkheadFullReason::QueueFull
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn response_future_drop_releases_capacity() {
+    let l = layer(1, 0, None);
+    let (inner, _handle) = mock::pair::<&'static str, &'static str>();
+    let mut s1 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s2 = mock::Spawn::new(l.layer(inner));
+    assert_ready_ok!(s1.poll_ready());
+    let r1 = s1.call("1");
+    assert_eq!(snap(&l.handle()), (1, 0, 0));
+    drop(r1);
+    assert_eq!(snap(&l.handle()), (0, 0, 1));
+    assert_ready_ok!(s2.poll_ready());
+    let _r2 = s2.call("2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn inner_error_releases_capacity() {
+    let l = layer(1, 0, None);
+    let (inner, mut handle) = mock::pair::<&'static str, &'static str>();
+    let mut s1 = mock::Spawn::new(l.layer(inner));
+    assert_ready_ok!(s1.poll_ready());
+    let r1 = s1.call("1");
+    assert_request_eq!(handle, "1").send_error("boom");
+    assert_eq!(r1.await.unwrap_err().to_string(), "boom");
+    assert_eq!(
+        l.handle().snapshot(),
+        BulkheadSnapshot {
+            max_concurrent: 1,
+            active: 0,
+            queued: 0,
+            available: 1,
+            completed: 1,
+            rejected: 0,
+        }
+    );
+    assert_ready_ok!(s1.poll_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn service_drop_frees_capacity() {
+    let l = layer(1, 0, None);
+    let (inner, _handle) = mock::pair::<&'static str, &'static str>();
+    let mut s1 = mock::Spawn::new(l.layer(inner.clone()));
+    assert_ready_ok!(s1.poll_ready());
+    assert_eq!(l.handle().snapshot().active, 1);
+    drop(s1);
+    assert_eq!(l.handle().snapshot().active, 0);
+    let mut s2 = mock::Spawn::new(l.layer(inner));
+    assert_ready_ok!(s2.poll_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn reserve_capacity_without_sending_request() {
+    let l = layer(1, 0, None);
+    let (inner, mut handle) = mock::pair::<&'static str, &'static str>();
+    let mut s1 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s2 = mock::Spawn::new(l.layer(inner));
+    // s1 reserves and keeps its permit across polls.
+    assert_ready_ok!(s1.poll_ready());
+    assert_ready_ok!(s1.poll_ready());
+    assert_ready_ok!(s2.poll_ready());
+    assert!(s2.call("2").await.is_err());
+    let r1 = s1.call("1");
+    assert_request_eq!(handle, "1").send_response("ok");
+    assert_eq!(r1.await.unwrap(), "ok");
+}
+
+#[tokio::test(start_paused = true)]
+async fn permit_is_kept_while_inner_is_not_ready() {
+    let l = layer(1, 0, None);
+    let (inner, mut handle) = mock::pair::<&'static str, &'static str>();
+    let mut s1 = mock::Spawn::new(l.layer(inner));
+    handle.allow(0);
+    assert_pending!(s1.poll_ready());
+    assert_eq!(l.handle().snapshot().active, 1);
+    handle.allow(1);
+    assert_ready_ok!(s1.poll_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn clone_starts_without_permit() {
+    let l = layer(1, 0, None);
+    let (inner, _handle) = mock::pair::<&'static str, &'static str>();
+    let mut s1 = mock::Spawn::new(l.layer(inner));
+    assert_ready_ok!(s1.poll_ready());
+    let mut s2 = mock::Spawn::new(s1.get_ref().clone());
+    assert_eq!(l.handle().snapshot().active, 1, "the clone took nothing");
+    assert_ready_ok!(s2.poll_ready());
+    assert!(s2.call("x").await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn service_drop_while_queued_leaves_queue_at_once() {
+    let l = layer(1, 2, None);
+    let h = l.handle();
+    let (inner, _handle) = mock::pair::<&'static str, &'static str>();
+    let mut s1 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s2 = mock::Spawn::new(l.layer(inner));
+    assert_ready_ok!(s1.poll_ready());
+    let r1 = s1.call("1");
+    assert_pending!(s2.poll_ready());
+    assert_eq!(h.snapshot().queued, 1);
+    drop(s2);
+    assert_eq!(h.snapshot().queued, 0);
+    drop(r1);
+    assert_eq!(snap(&h), (0, 0, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_waiter_never_takes_a_permit_later() {
+    let l = layer(1, 2, None);
+    let h = l.handle();
+    let (inner, _handle) = mock::pair::<&'static str, &'static str>();
+    let mut s1 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s2 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s3 = mock::Spawn::new(l.layer(inner));
+    assert_ready_ok!(s1.poll_ready());
+    let r1 = s1.call("1");
+    assert_pending!(s2.poll_ready());
+    assert_pending!(s3.poll_ready());
+    drop(s2);
+    drop(r1);
+    // The permit went to s3, the live waiter behind the cancelled one.
+    assert_eq!(snap(&h), (1, 0, 0));
+    assert_ready_ok!(s3.poll_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn granted_waiter_dropped_passes_the_permit_on() {
+    let l = layer(1, 2, None);
+    let h = l.handle();
+    let (inner, _handle) = mock::pair::<&'static str, &'static str>();
+    let mut s1 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s2 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s3 = mock::Spawn::new(l.layer(inner));
+    assert_ready_ok!(s1.poll_ready());
+    let r1 = s1.call("1");
+    assert_pending!(s2.poll_ready());
+    assert_pending!(s3.poll_ready());
+    drop(r1); // granted to s2, which has not been polled since
+    assert_eq!(snap(&h), (1, 1, 0));
+    drop(s2);
+    assert_eq!(snap(&h), (1, 0, 0));
+    assert!(s3.is_woken());
+    assert_ready_ok!(s3.poll_ready());
+    drop(s3);
+    assert_eq!(snap(&h), (0, 0, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn resize_up_grants_waiters_and_resize_down_keeps_in_flight() {
+    let l = layer(2, 4, None);
+    let h = l.handle();
+    let (inner, mut handle) = mock::pair::<&'static str, &'static str>();
+    let mut s0 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s1 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s2 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s3 = mock::Spawn::new(l.layer(inner));
+    assert_ready_ok!(s0.poll_ready());
+    let r0 = s0.call("0");
+    assert_ready_ok!(s1.poll_ready());
+    let r1 = s1.call("1");
+    assert_pending!(s2.poll_ready());
+    assert_pending!(s3.poll_ready());
+
+    h.set_max_concurrent(3);
+    assert_eq!(snap(&h), (3, 1, 0));
+    assert_ready_ok!(s2.poll_ready());
+    assert_pending!(s3.poll_ready());
+
+    h.set_max_concurrent(1);
+    // In-flight calls are untouched; the limit binds as they finish.
+    let s = h.snapshot();
+    assert_eq!((s.max_concurrent, s.active, s.available), (1, 3, 0));
+    assert_request_eq!(handle, "0").send_response("a");
+    r0.await.unwrap();
+    assert_pending!(s3.poll_ready());
+    assert_request_eq!(handle, "1").send_response("b");
+    r1.await.unwrap();
+    assert_pending!(s3.poll_ready());
+    drop(s2); // gives back the permit it held
+    assert_ready_ok!(s3.poll_ready());
+    assert_eq!(snap(&h), (1, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn set_max_queue_and_max_wait_apply_to_new_arrivals() {
+    let l = layer(1, 0, None);
+    let h = l.handle();
+    let (inner, _handle) = mock::pair::<&'static str, &'static str>();
+    let mut s1 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s2 = mock::Spawn::new(l.layer(inner));
+    assert_ready_ok!(s1.poll_ready());
+    let _held = s1.call("1");
+    h.set_max_queue(1);
+    h.set_max_wait(Some(Duration::from_millis(10)));
+    assert_pending!(s2.poll_ready());
+    time::advance(Duration::from_millis(10)).await;
+    assert_ready_ok!(s2.poll_ready());
+    assert_eq!(
+        reason(&s2.call("2").await.unwrap_err()),
+        BulkheadFullReason::WaitTimedOut
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_are_emitted_in_order() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let l = BulkheadLayer::builder()
+        .name("db")
+        .max_concurrent(1)
+        .max_queue(1)
+        .on_event(move |e: &BulkheadEvent| ev.lock().unwrap().push(e.clone()))
+        .build()
+        .unwrap();
+    let (inner, mut handle) = mock::pair::<&'static str, &'static str>();
+    let mut s1 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s2 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s3 = mock::Spawn::new(l.layer(inner));
+    assert_ready_ok!(s1.poll_ready());
+    let r1 = s1.call("1");
+    assert_pending!(s2.poll_ready());
+    assert_ready_ok!(s3.poll_ready());
+    let _ = s3.call("3").await;
+    time::advance(Duration::from_millis(7)).await;
+    assert_request_eq!(handle, "1").send_response("x");
+    r1.await.unwrap();
+    assert_ready_ok!(s2.poll_ready());
+    drop(s2);
+
+    let name: Arc<str> = "db".into();
+    assert_eq!(
+        *events.lock().unwrap(),
+        vec![
+            BulkheadEvent::Permitted {
+                name: name.clone(),
+                waited: Duration::ZERO
+            },
+            BulkheadEvent::Queued {
+                name: name.clone(),
+                queued: 1
+            },
+            BulkheadEvent::Rejected {
+                name: name.clone(),
+                reason: BulkheadFullReason::QueueFull
+            },
+            BulkheadEvent::Finished {
+                name: name.clone(),
+                held: Duration::from_millis(7)
+            },
+            BulkheadEvent::Permitted {
+                name: name.clone(),
+                waited: Duration::from_millis(7)
+            },
+            BulkheadEvent::Finished {
+                name,
+                held: Duration::ZERO
+            },
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn panicking_listener_does_not_break_calls() {
+    let l = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .on_event(|_: &BulkheadEvent| panic!("listener bug"))
+        .build()
+        .unwrap();
+    let (inner, mut handle) = mock::pair::<&'static str, &'static str>();
+    let mut s = mock::Spawn::new(l.layer(inner));
+    for _ in 0..2 {
+        assert_ready_ok!(s.poll_ready());
+        let r = s.call("x");
+        assert_request_eq!(handle, "x").send_response("y");
+        assert_eq!(r.await.unwrap(), "y");
+    }
+    assert_eq!(l.handle().snapshot().completed, 2);
+    assert_eq!(l.handle().snapshot().active, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn registered_in_registry_with_snapshot() {
+    let registry = Registry::new();
+    let l = BulkheadLayer::builder()
+        .name("payments")
+        .max_concurrent(3)
+        .registry(&registry)
+        .build()
+        .unwrap();
+    let (inner, _handle) = mock::pair::<&'static str, &'static str>();
+    let mut s = mock::Spawn::new(l.layer(inner));
+    assert_ready_ok!(s.poll_ready());
+    let snap = registry.snapshot();
+    assert_eq!(snap["payments"]["kind"], "bulkhead");
+    assert_eq!(snap["payments"]["state"]["active"], 1);
+    assert_eq!(snap["payments"]["state"]["available"], 2);
+    let handle: BulkheadHandle = registry.get("payments").unwrap();
+    handle.set_max_concurrent(5);
+    assert_eq!(l.handle().snapshot().max_concurrent, 5);
+}
+
+#[test]
+fn invalid_config_is_a_typed_error() {
+    let registry = Registry::new();
+    BulkheadLayer::builder()
+        .name("a")
+        .registry(&registry)
+        .build()
+        .unwrap();
+    let err = BulkheadLayer::builder()
+        .name("a")
+        .registry(&registry)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "name");
+    assert_eq!(
+        BulkheadLayer::builder()
+            .max_concurrent(0)
+            .build()
+            .unwrap_err()
+            .field(),
+        "max_concurrent"
+    );
+    assert_eq!(
+        BulkheadLayer::builder()
+            .name("")
+            .build()
+            .unwrap_err()
+            .field(),
+        "name"
+    );
+    assert_eq!(
+        BulkheadLayer::builder()
+            .max_concurrent(usize::MAX)
+            .build()
+            .unwrap_err()
+            .field(),
+        "max_concurrent"
+    );
+}
+
+#[test]
+fn config_from_serde_with_humantime() {
+    let c: BulkheadConfig = serde_json::from_str(
+        r#"{"name":"db","max_concurrent":8,"max_queue":16,"max_wait":"1s 500ms"}"#,
+    )
+    .unwrap();
+    assert_eq!(c.max_wait, Some(Duration::from_millis(1500)));
+    let s = c.build().unwrap().handle().snapshot();
+    assert_eq!((s.max_concurrent, s.available), (8, 8));
+    assert_eq!(BulkheadConfig::default().max_concurrent, 25);
+    assert!(serde_json::from_str::<BulkheadConfig>(r#"{"max_wait":"forever"}"#).is_err());
+    assert!(serde_json::from_str::<BulkheadConfig>(r#"{"max_concurent":1}"#).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_without_builder_rejects_at_once_when_full() {
+    let l = BulkheadLayer::new(1);
+    let (inner, _handle) = mock::pair::<&'static str, &'static str>();
+    let mut s1 = mock::Spawn::new(l.layer(inner.clone()));
+    let mut s2 = mock::Spawn::new(l.layer(inner));
+    assert_ready_ok!(s1.poll_ready());
+    assert_ready_ok!(s2.poll_ready());
+    let err = s2.call("x").await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<BulkheadFull>().unwrap().name(),
+        "bulkhead"
+    );
+    drop(s1);
+    assert_ready_ok!(s2.poll_ready());
+}

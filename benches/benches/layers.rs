@@ -2,6 +2,9 @@
 //!
 //! `cargo bench -p buttress-benches` (add `-- timeout/` to filter).
 
+// criterion_group! and criterion_main! generate undocumented public items.
+#![allow(missing_docs)]
+
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};

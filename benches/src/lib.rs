@@ -190,14 +190,24 @@ pub fn cases() -> Vec<Case> {
     let rez = tower_resilience::timelimiter::TimeLimiterLayer::builder()
         .timeout_duration(TIMEOUT)
         .build();
-    cases.push(Case::new("timeout", "ready", Impl::Buttress, ours.layer(ReadySvc)));
+    cases.push(Case::new(
+        "timeout",
+        "ready",
+        Impl::Buttress,
+        ours.layer(ReadySvc),
+    ));
     cases.push(Case::new(
         "timeout",
         "ready",
         Impl::Tower,
         tower::timeout::Timeout::new(ReadySvc, TIMEOUT),
     ));
-    cases.push(Case::new("timeout", "ready", Impl::TowerResilience, rez.layer(ReadySvc)));
+    cases.push(Case::new(
+        "timeout",
+        "ready",
+        Impl::TowerResilience,
+        rez.layer(ReadySvc),
+    ));
     cases.push(Case::new(
         "timeout",
         "pending_once",
@@ -223,14 +233,24 @@ pub fn cases() -> Vec<Case> {
         .max_concurrent_calls(PERMITS)
         .build()
         .expect("a valid tower-resilience bulkhead");
-    cases.push(Case::new("bulkhead", "ready", Impl::Buttress, ours.layer(ReadySvc)));
+    cases.push(Case::new(
+        "bulkhead",
+        "ready",
+        Impl::Buttress,
+        ours.layer(ReadySvc),
+    ));
     cases.push(Case::new(
         "bulkhead",
         "ready",
         Impl::Tower,
         tower::limit::ConcurrencyLimit::new(ReadySvc, PERMITS),
     ));
-    cases.push(Case::new("bulkhead", "ready", Impl::TowerResilience, rez.layer(ReadySvc)));
+    cases.push(Case::new(
+        "bulkhead",
+        "ready",
+        Impl::TowerResilience,
+        rez.layer(ReadySvc),
+    ));
 
     cases
 }

@@ -35,8 +35,15 @@ fn buttress_layers_make_no_heap_allocation_per_call() {
             buttress_benches::Impl::Buttress | buttress_benches::Impl::Bare
         ) && stats.allocations != 0
         {
-            failures.push(format!("{}: {} allocations in {CALLS} calls", case.id(), stats.allocations));
+            failures.push(format!(
+                "{}: {} allocations in {CALLS} calls",
+                case.id(),
+                stats.allocations
+            ));
         }
     }
-    assert!(failures.is_empty(), "allocating buttress cases: {failures:#?}");
+    assert!(
+        failures.is_empty(),
+        "allocating buttress cases: {failures:#?}"
+    );
 }

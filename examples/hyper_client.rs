@@ -22,17 +22,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A server whose answer takes 100 ms per `n`.
     let app = Router::new().route(
         "/{n}",
-        get(|axum::extract::Path(n): axum::extract::Path<u64>| async move {
-            tokio::time::sleep(Duration::from_millis(100 * n)).await;
-            format!("{n}")
-        }),
+        get(
+            |axum::extract::Path(n): axum::extract::Path<u64>| async move {
+                tokio::time::sleep(Duration::from_millis(100 * n)).await;
+                format!("{n}")
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let bulkhead = BulkheadLayer::builder().name("upstream").max_concurrent(4).build()?;
-    let timeout = TimeoutLayer::builder(Duration::from_millis(300)).name("upstream").build()?;
+    let bulkhead = BulkheadLayer::builder()
+        .name("upstream")
+        .max_concurrent(4)
+        .build()?;
+    let timeout = TimeoutLayer::builder(Duration::from_millis(300))
+        .name("upstream")
+        .build()?;
     let client = ServiceBuilder::new()
         .bulkhead_with(bulkhead)
         .timeout_with(timeout)
@@ -42,7 +49,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let client = client.clone();
         let uri = format!("http://{addr}/{}", n % 5);
         tokio::spawn(async move {
-            let req = http::Request::get(uri).body(String::new()).expect("request");
+            let req = http::Request::get(uri)
+                .body(String::new())
+                .expect("request");
             (n, client.oneshot(req).await)
         })
     });

@@ -32,14 +32,20 @@ async fn client_timeout_fails_with_a_typed_elapsed() {
         .name("upstream")
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new().timeout_with(timeout).service(client());
+    let svc = ServiceBuilder::new()
+        .timeout_with(timeout)
+        .service(client());
 
-    let req = http::Request::get(server.url("/slow")).body(String::new()).unwrap();
+    let req = http::Request::get(server.url("/slow"))
+        .body(String::new())
+        .unwrap();
     let err = svc.clone().oneshot(req).await.unwrap_err();
     assert_eq!(kind_of(&*err), Some(ErrorKind::Timeout));
     assert_eq!(err.downcast_ref::<Elapsed>().unwrap().name(), "upstream");
 
-    let req = http::Request::get(server.url("/fast")).body(String::new()).unwrap();
+    let req = http::Request::get(server.url("/fast"))
+        .body(String::new())
+        .unwrap();
     let res = svc.oneshot(req).await.unwrap();
     assert_eq!(res.status(), 200);
     server.shutdown().await;
@@ -62,11 +68,15 @@ async fn client_bulkhead_rejects_the_call_beyond_its_limit() {
         .service(client());
 
     // The first caller holds the only permit while its slow call runs.
-    let slow = http::Request::get(server.url("/slow")).body(String::new()).unwrap();
+    let slow = http::Request::get(server.url("/slow"))
+        .body(String::new())
+        .unwrap();
     let in_flight = first.ready().await.unwrap().call(slow);
     let in_flight = tokio::spawn(in_flight);
 
-    let fast = http::Request::get(server.url("/fast")).body(String::new()).unwrap();
+    let fast = http::Request::get(server.url("/fast"))
+        .body(String::new())
+        .unwrap();
     let err = second.oneshot(fast).await.unwrap_err();
     let full = err.downcast_ref::<BulkheadFull>().expect("a BulkheadFull");
     assert_eq!(full.name(), "upstream-pool");

@@ -17,7 +17,10 @@ use tower::ServiceBuilder;
 async fn until_active(handle: &BulkheadHandle, active: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while handle.snapshot().active != active {
-        assert!(Instant::now() < deadline, "bulkhead never reached {active} active calls");
+        assert!(
+            Instant::now() < deadline,
+            "bulkhead never reached {active} active calls"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -26,7 +29,10 @@ async fn until_active(handle: &BulkheadHandle, active: usize) {
 async fn until_queued(handle: &BulkheadHandle, queued: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while handle.snapshot().queued != queued {
-        assert!(Instant::now() < deadline, "bulkhead never reached {queued} queued calls");
+        assert!(
+            Instant::now() < deadline,
+            "bulkhead never reached {queued} queued calls"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -100,8 +106,11 @@ async fn queued_request_that_waits_too_long_gets_503() {
         .unwrap();
     let handle = bulkhead.handle();
     let gate = Arc::new(Semaphore::new(0));
-    let app = gated_app(gate.clone())
-        .layer(ServiceBuilder::new().error_to_response().bulkhead_with(bulkhead));
+    let app = gated_app(gate.clone()).layer(
+        ServiceBuilder::new()
+            .error_to_response()
+            .bulkhead_with(bulkhead),
+    );
     let server = TestServer::start(app).await;
     let http = client();
 
@@ -114,7 +123,10 @@ async fn queued_request_that_waits_too_long_gets_503() {
     let started = Instant::now();
     let waited = get(&http, &server.url("/fast"), &[]).await;
     assert_eq!(waited.status, 503);
-    assert!(started.elapsed() >= Duration::from_millis(50), "waited in the queue first");
+    assert!(
+        started.elapsed() >= Duration::from_millis(50),
+        "waited in the queue first"
+    );
     until_queued(&handle, 0).await;
 
     gate.add_permits(1);
@@ -160,7 +172,11 @@ async fn grpc_timeout_header_shortens_the_server_timeout() {
                 "late"
             }),
         )
-        .layer(ServiceBuilder::new().error_to_response().timeout_with(timeout));
+        .layer(
+            ServiceBuilder::new()
+                .error_to_response()
+                .timeout_with(timeout),
+        );
     let server = TestServer::start(app).await;
     let http = client();
 

@@ -24,7 +24,9 @@ pub struct TestServer {
 impl TestServer {
     /// Serves `app` on an OS-assigned port of 127.0.0.1.
     pub async fn start(app: axum::Router) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

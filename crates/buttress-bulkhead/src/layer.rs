@@ -205,7 +205,7 @@ pub(crate) fn validate(
             "must be at least 1",
         ));
     }
-    if max_concurrent > isize::MAX as usize {
+    if max_concurrent > crate::state::MAX_PERMITS {
         return Err(ConfigError::new(KIND, "max_concurrent", "is too large"));
     }
     if max_queue > isize::MAX as usize {
@@ -241,11 +241,11 @@ impl BulkheadHandle {
         self.shared.snapshot()
     }
 
-    /// Changes the limit of concurrent calls. Calls in flight are not
+    /// Changes the limit of concurrent calls (at most 2^30). Calls in flight are not
     /// touched: lowering the limit below them only delays new calls until
     /// enough have finished; raising it admits queued callers at once.
     pub fn set_max_concurrent(&self, max: usize) {
-        self.shared.set_max_concurrent(max.min(isize::MAX as usize));
+        self.shared.set_max_concurrent(max);
     }
 
     /// Changes the queue bound for callers arriving from now on; callers

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -25,18 +25,39 @@ use crate::events::BulkheadEvent;
 /// `max_wait` stored as nanoseconds; this value means "no limit".
 const NO_LIMIT: u64 = u64::MAX;
 
+/// The largest limit: keeps the biased count of free permits inside the
+/// low 32 bits of [`Shared::state`] whatever the resizes.
+pub(crate) const MAX_PERMITS: usize = 1 << 30;
+
+/// Free permits are stored plus this bias, so that a negative count (after
+/// the limit was lowered below the calls in flight) fits in 32 bits.
+const BIAS: i64 = 1 << 31;
+const LOW: u64 = 0xFFFF_FFFF;
+/// One permit taken, in the high half of [`Shared::state`].
+const TAKEN_ONE: u64 = 1 << 32;
+
+#[inline]
+fn available_of(state: u64) -> i64 {
+    (state & LOW) as i64 - BIAS
+}
+
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
-    /// Free permits; negative after the limit was lowered below the calls
-    /// in flight.
-    available: AtomicIsize,
+    /// Low 32 bits: free permits plus [`BIAS`] (negative after the limit
+    /// was lowered below the calls in flight). High 32 bits: permits ever
+    /// taken, wrapping, with the wraps counted in `epochs`. One word, so a
+    /// permit costs one compare-and-swap to take and one add to give back,
+    /// and the `completed` count comes for free.
+    state: AtomicU64,
+    epochs: AtomicU64,
+    /// `completed` at the last reset.
+    completed_base: AtomicU64,
     max_concurrent: AtomicUsize,
     max_queue: AtomicUsize,
     max_wait_nanos: AtomicU64,
     /// Callers in the queue (raised before they look at `available`).
     waiters: AtomicUsize,
     queue: Mutex<VecDeque<Arc<Waiter>>>,
-    completed: AtomicU64,
     rejected: AtomicU64,
     pub(crate) listeners: Listeners<BulkheadEvent>,
 }
@@ -98,13 +119,14 @@ impl Shared {
     ) -> Self {
         Self {
             name,
-            available: AtomicIsize::new(to_isize(max_concurrent)),
-            max_concurrent: AtomicUsize::new(max_concurrent),
+            state: AtomicU64::new((BIAS + max_concurrent.min(MAX_PERMITS) as i64) as u64),
+            epochs: AtomicU64::new(0),
+            completed_base: AtomicU64::new(0),
+            max_concurrent: AtomicUsize::new(max_concurrent.min(MAX_PERMITS)),
             max_queue: AtomicUsize::new(max_queue),
             max_wait_nanos: AtomicU64::new(wait_to_nanos(max_wait)),
             waiters: AtomicUsize::new(0),
             queue: Mutex::new(VecDeque::new()),
-            completed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             listeners,
         }
@@ -118,16 +140,22 @@ impl Shared {
 
     #[inline]
     fn take_available(&self) -> bool {
-        let mut cur = self.available.load(Relaxed);
+        let mut cur = self.state.load(Relaxed);
         loop {
-            if cur <= 0 {
+            if available_of(cur) <= 0 {
                 return false;
             }
+            let next = (cur - 1).wrapping_add(TAKEN_ONE);
             match self
-                .available
-                .compare_exchange_weak(cur, cur - 1, SeqCst, Relaxed)
+                .state
+                .compare_exchange_weak(cur, next, SeqCst, Relaxed)
             {
-                Ok(_) => return true,
+                Ok(_) => {
+                    if cur >> 32 == LOW {
+                        self.epochs.fetch_add(1, Relaxed);
+                    }
+                    return true;
+                }
                 Err(actual) => cur = actual,
             }
         }
@@ -158,7 +186,7 @@ impl Shared {
     /// Gives a permit back (a call finished, or a granted permit was never
     /// used) and hands free permits to waiters, front first.
     pub(crate) fn release(&self) {
-        self.available.fetch_add(1, SeqCst);
+        self.state.fetch_add(1, SeqCst);
         if self.waiters.load(SeqCst) != 0 {
             self.grant_waiters();
         }
@@ -195,10 +223,6 @@ impl Shared {
         waiter.granted.load(SeqCst)
     }
 
-    pub(crate) fn record_completed(&self) {
-        self.completed.fetch_add(1, Relaxed);
-    }
-
     pub(crate) fn record_rejected(&self) {
         self.rejected.fetch_add(1, Relaxed);
     }
@@ -211,9 +235,14 @@ impl Shared {
     }
 
     pub(crate) fn set_max_concurrent(&self, max: usize) {
+        let max = max.min(MAX_PERMITS);
         let old = self.max_concurrent.swap(max, SeqCst);
-        let delta = to_isize(max) - to_isize(old);
-        self.available.fetch_add(delta, SeqCst);
+        let delta = max as i64 - old as i64;
+        if delta >= 0 {
+            self.state.fetch_add(delta as u64, SeqCst);
+        } else {
+            self.state.fetch_sub(delta.unsigned_abs(), SeqCst);
+        }
         if delta > 0 && self.waiters.load(SeqCst) != 0 {
             self.grant_waiters();
         }
@@ -229,31 +258,40 @@ impl Shared {
 
     pub(crate) fn snapshot(&self) -> BulkheadSnapshot {
         let max = self.max_concurrent.load(SeqCst);
-        let available = self.available.load(SeqCst);
+        let state = self.state.load(SeqCst);
+        let available = available_of(state);
+        let active = (max as i64 - available).max(0) as u64;
         BulkheadSnapshot {
             max_concurrent: max,
-            active: (to_isize(max) - available).max(0) as usize,
+            active: active as usize,
             queued: self.waiters.load(SeqCst),
             available: available.max(0) as usize,
-            completed: self.completed.load(Relaxed),
+            completed: self.completed_raw(state, active)
+                .saturating_sub(self.completed_base.load(Relaxed)),
             rejected: self.rejected.load(Relaxed),
         }
     }
 
+    /// Permits ever released: taken minus held now.
+    fn completed_raw(&self, state: u64, active: u64) -> u64 {
+        let taken = (self.epochs.load(Relaxed) << 32) | (state >> 32);
+        taken.saturating_sub(active)
+    }
+
     pub(crate) fn reset_counters(&self) {
-        self.completed.store(0, Relaxed);
+        let max = self.max_concurrent.load(SeqCst);
+        let state = self.state.load(SeqCst);
+        let active = (max as i64 - available_of(state)).max(0) as u64;
+        self.completed_base
+            .store(self.completed_raw(state, active), Relaxed);
         self.rejected.store(0, Relaxed);
     }
 
     /// No call holds a permit and nobody waits.
     pub(crate) fn is_idle(&self) -> bool {
         self.waiters.load(SeqCst) == 0
-            && self.available.load(SeqCst) >= to_isize(self.max_concurrent.load(SeqCst))
+            && available_of(self.state.load(SeqCst)) >= self.max_concurrent.load(SeqCst) as i64
     }
-}
-
-fn to_isize(n: usize) -> isize {
-    isize::try_from(n).unwrap_or(isize::MAX)
 }
 
 fn wait_to_nanos(d: Option<Duration>) -> u64 {
@@ -292,7 +330,6 @@ impl Permit {
 impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
-        self.shared.record_completed();
         self.shared.release();
         if let Some(since) = self.since {
             let shared = &self.shared;
@@ -435,5 +472,63 @@ impl Drop for Acquire {
                 self.shared.release();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(max: usize) -> Shared {
+        Shared::new(Arc::from("t"), max, 0, None, Listeners::new())
+    }
+
+    #[test]
+    fn completed_count_survives_the_wrap_of_the_packed_counter() {
+        let s = shared(2);
+        // Pretend u32::MAX permits were taken and released already.
+        s.state.fetch_add(LOW << 32, SeqCst);
+        assert_eq!(s.snapshot().completed, u64::from(u32::MAX));
+        assert!(s.take_available());
+        assert!(s.take_available());
+        assert!(!s.take_available());
+        assert_eq!(s.snapshot().active, 2);
+        s.release();
+        s.release();
+        let snap = s.snapshot();
+        assert_eq!((snap.active, snap.available), (0, 2));
+        assert_eq!(snap.completed, u64::from(u32::MAX) + 2);
+    }
+
+    #[test]
+    fn negative_availability_after_shrinking_is_exact() {
+        let s = shared(3);
+        for _ in 0..3 {
+            assert!(s.take_available());
+        }
+        s.set_max_concurrent(1);
+        let snap = s.snapshot();
+        assert_eq!((snap.max_concurrent, snap.active, snap.available), (1, 3, 0));
+        s.release();
+        s.release();
+        assert!(!s.take_available(), "still at the new limit");
+        s.release();
+        assert!(s.take_available());
+        s.set_max_concurrent(usize::MAX);
+        assert_eq!(s.snapshot().max_concurrent, MAX_PERMITS);
+        assert_eq!(s.snapshot().available, MAX_PERMITS - 1);
+    }
+
+    #[test]
+    fn reset_restarts_completed_and_rejected() {
+        let s = shared(1);
+        assert!(s.take_available());
+        s.release();
+        s.record_rejected();
+        s.reset_counters();
+        assert_eq!((s.snapshot().completed, s.snapshot().rejected), (0, 0));
+        assert!(s.take_available());
+        s.release();
+        assert_eq!(s.snapshot().completed, 1);
     }
 }

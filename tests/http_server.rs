@@ -6,35 +6,24 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get as get_route;
 use axum::Router;
-use buttress::bulkhead::{BulkheadHandle, BulkheadLayer};
+use buttress::bulkhead::{BulkheadHandle, BulkheadLayer, BulkheadSnapshot};
 use buttress::timeout::TimeoutLayer;
 use buttress::ServiceBuilderExt;
 use buttress_integration_tests::{client, get, TestServer};
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 
-/// Waits (bounded) until the bulkhead reports `active` calls.
-async fn until_active(handle: &BulkheadHandle, active: usize) {
+/// Waits (bounded) until the bulkhead's snapshot satisfies `what`.
+async fn until(handle: &BulkheadHandle, what: &str, test: impl Fn(&BulkheadSnapshot) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while handle.snapshot().active != active {
-        assert!(
-            Instant::now() < deadline,
-            "bulkhead never reached {active} active calls"
-        );
+    while !test(&handle.snapshot()) {
+        assert!(Instant::now() < deadline, "bulkhead never reached: {what}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
-/// Waits (bounded) until the bulkhead reports `queued` waiters.
-async fn until_queued(handle: &BulkheadHandle, queued: usize) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while handle.snapshot().queued != queued {
-        assert!(
-            Instant::now() < deadline,
-            "bulkhead never reached {queued} queued calls"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+async fn until_active(handle: &BulkheadHandle, active: usize) {
+    until(handle, "active calls", |s| s.active == active).await;
 }
 
 /// A router whose `/hold` handler waits for the gate; `/fast` answers.
@@ -127,7 +116,7 @@ async fn queued_request_that_waits_too_long_gets_503() {
         started.elapsed() >= Duration::from_millis(50),
         "waited in the queue first"
     );
-    until_queued(&handle, 0).await;
+    until(&handle, "empty queue", |s| s.queued == 0).await;
 
     gate.add_permits(1);
     assert_eq!(holder.await.unwrap().status, 200);

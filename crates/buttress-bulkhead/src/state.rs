@@ -146,10 +146,7 @@ impl Shared {
                 return false;
             }
             let next = (cur - 1).wrapping_add(TAKEN_ONE);
-            match self
-                .state
-                .compare_exchange_weak(cur, next, SeqCst, Relaxed)
-            {
+            match self.state.compare_exchange_weak(cur, next, SeqCst, Relaxed) {
                 Ok(_) => {
                     if cur >> 32 == LOW {
                         self.epochs.fetch_add(1, Relaxed);
@@ -266,7 +263,8 @@ impl Shared {
             active: active as usize,
             queued: self.waiters.load(SeqCst),
             available: available.max(0) as usize,
-            completed: self.completed_raw(state, active)
+            completed: self
+                .completed_raw(state, active)
                 .saturating_sub(self.completed_base.load(Relaxed)),
             rejected: self.rejected.load(Relaxed),
         }
@@ -508,7 +506,10 @@ mod tests {
         }
         s.set_max_concurrent(1);
         let snap = s.snapshot();
-        assert_eq!((snap.max_concurrent, snap.active, snap.available), (1, 3, 0));
+        assert_eq!(
+            (snap.max_concurrent, snap.active, snap.available),
+            (1, 3, 0)
+        );
         s.release();
         s.release();
         assert!(!s.take_available(), "still at the new limit");

@@ -41,8 +41,7 @@ fn layer(max_keys: usize, queue: usize) -> Layered {
 
 fn service(
     l: &Layered,
-) -> impl Service<Req, Response = (), Error = buttress_core::BoxError, Future = impl Send> + Clone
-{
+) -> impl Service<Req, Response = (), Error = buttress_core::BoxError, Future = impl Send> + Clone {
     l.layer(service_fn(|r: Req| async move {
         let _ = r.done.await;
         Ok::<_, std::convert::Infallible>(())
@@ -170,13 +169,12 @@ async fn dropping_a_keyed_future_releases_its_permit() {
 #[test]
 fn keyed_registry_and_config_errors() {
     let registry = Registry::new();
-    let l: Layered = KeyedBulkheadLayer::builder(FnKey::new(
-        key_of as fn(&Req) -> Option<&'static str>,
-    ))
-    .name("per-client")
-    .registry(&registry)
-    .build()
-    .unwrap();
+    let l: Layered =
+        KeyedBulkheadLayer::builder(FnKey::new(key_of as fn(&Req) -> Option<&'static str>))
+            .name("per-client")
+            .registry(&registry)
+            .build()
+            .unwrap();
     assert_eq!(registry.snapshot()["per-client"]["kind"], "keyed_bulkhead");
     assert_eq!(registry.snapshot()["per-client"]["state"]["keys"], 0);
     drop(l);

@@ -1,18 +1,21 @@
-//! Criterion timings of every case in `buttress_benches::cases()`.
+//! Criterion timings of every case in `cases::cases()`.
 //!
 //! `cargo bench -p buttress-benches` (add `-- timeout/` to filter).
 
 // criterion_group! and criterion_main! generate undocumented public items.
 #![allow(missing_docs)]
 
+#[path = "../cases.rs"]
+mod cases;
+
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn layers(c: &mut Criterion) {
-    let rt = buttress_benches::runtime();
+    let rt = cases::runtime();
     let _guard = rt.enter();
-    for mut case in buttress_benches::cases() {
+    for mut case in cases::cases() {
         c.bench_function(&case.id(), |b| b.iter(|| case.run()));
     }
 }

@@ -4,6 +4,9 @@
 //! buttress layer must make 0 allocations per call. The counts of the other
 //! implementations are printed for the record (`--nocapture`).
 
+#[path = "../cases.rs"]
+mod cases;
+
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use std::alloc::System;
 
@@ -14,10 +17,10 @@ const CALLS: usize = 1_000;
 
 #[test]
 fn buttress_layers_make_no_heap_allocation_per_call() {
-    let rt = buttress_benches::runtime();
+    let rt = cases::runtime();
     let _guard = rt.enter();
     let mut failures = Vec::new();
-    for mut case in buttress_benches::cases() {
+    for mut case in cases::cases() {
         // Warm up: lazily initialised runtime structures (timer wheel
         // levels, thread-locals) are not per-call costs.
         for _ in 0..16 {
@@ -32,7 +35,7 @@ fn buttress_layers_make_no_heap_allocation_per_call() {
         println!("{:<45} {per_call:>6.2} allocations per call", case.id());
         if matches!(
             case.imp,
-            buttress_benches::Impl::Buttress | buttress_benches::Impl::Bare
+            cases::Impl::Buttress | cases::Impl::Bare
         ) && stats.allocations != 0
         {
             failures.push(format!(

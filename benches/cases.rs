@@ -1,14 +1,18 @@
 //! The benchmark cases of buttress, side by side with tower and
 //! tower-resilience.
 //!
-//! One list, [`cases`], feeds both the criterion bench (`benches/layers.rs`)
+//! One list, `cases()`, feeds both the criterion bench (`benches/layers.rs`)
 //! and the allocation test (`tests/alloc.rs`), so every case that is timed is
 //! also checked for heap allocations. Each case is a layer built once,
 //! outside the timed loop, over a bare service; one run is `poll_ready`,
 //! `call` and polling the response future to completion with a no-op waker.
 //!
-//! The cases must run inside a tokio runtime context (see [`runtime`]):
+//! The cases must run inside a tokio runtime context (see `runtime()`):
 //! timers need its time driver.
+
+// Included by both the bench and the allocation test, which use
+// different parts of it.
+#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,7 +26,7 @@ use tower_service::Service;
 
 /// Who wrote the layer of a case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Impl {
+pub(crate) enum Impl {
     /// No layer: the baseline.
     Bare,
     /// buttress.
@@ -35,7 +39,7 @@ pub enum Impl {
 
 impl Impl {
     /// A short label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Impl::Bare => "bare",
             Impl::Buttress => "buttress",
@@ -46,13 +50,13 @@ impl Impl {
 }
 
 /// One benchmark case: a layer over a bare service, built once.
-pub struct Case {
+pub(crate) struct Case {
     /// The pattern (`"timeout"`, `"bulkhead"`, ...) or `"baseline"`.
-    pub group: &'static str,
+    pub(crate) group: &'static str,
     /// The inner service: `"ready"` or `"pending_once"`.
-    pub inner: &'static str,
+    pub(crate) inner: &'static str,
     /// Who wrote the layer.
-    pub imp: Impl,
+    pub(crate) imp: Impl,
     run: Box<dyn FnMut()>,
 }
 
@@ -64,13 +68,13 @@ impl std::fmt::Debug for Case {
 
 impl Case {
     /// `group/impl/inner`, the criterion id.
-    pub fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         format!("{}/{}/{}", self.group, self.imp.label(), self.inner)
     }
 
     /// One happy-path call.
     #[inline]
-    pub fn run(&mut self) {
+    pub(crate) fn run(&mut self) {
         (self.run)()
     }
 
@@ -107,7 +111,7 @@ fn drive<S: Service<u64>>(svc: &mut S, req: u64) {
 
 /// A bare service whose future is `std::future::Ready`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ReadySvc;
+pub(crate) struct ReadySvc;
 
 impl Service<u64> for ReadySvc {
     type Response = u64;
@@ -126,11 +130,11 @@ impl Service<u64> for ReadySvc {
 /// A bare service whose future is pending once (waking itself) before it
 /// completes: the case where a timeout must arm its timer.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct PendingOnceSvc;
+pub(crate) struct PendingOnceSvc;
 
 /// The future of [`PendingOnceSvc`].
 #[derive(Debug)]
-pub struct PendingOnce {
+pub(crate) struct PendingOnce {
     value: u64,
     polled: bool,
 }
@@ -168,7 +172,7 @@ impl Service<u64> for PendingOnceSvc {
 
 /// The runtime the cases run in: current-thread, time enabled. Enter it
 /// (`let _guard = rt.enter();`) before calling [`cases`].
-pub fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -179,7 +183,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 const PERMITS: usize = 1_000;
 
 /// Every case, in report order. Must be called inside a runtime context.
-pub fn cases() -> Vec<Case> {
+pub(crate) fn cases() -> Vec<Case> {
     let mut cases = vec![
         Case::new("baseline", "ready", Impl::Bare, ReadySvc),
         Case::new("baseline", "pending_once", Impl::Bare, PendingOnceSvc),

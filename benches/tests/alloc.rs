@@ -33,11 +33,7 @@ fn buttress_layers_make_no_heap_allocation_per_call() {
         let stats = region.change();
         let per_call = stats.allocations as f64 / CALLS as f64;
         println!("{:<45} {per_call:>6.2} allocations per call", case.id());
-        if matches!(
-            case.imp,
-            cases::Impl::Buttress | cases::Impl::Bare
-        ) && stats.allocations != 0
-        {
+        if matches!(case.imp, cases::Impl::Buttress | cases::Impl::Bare) && stats.allocations != 0 {
             failures.push(format!(
                 "{}: {} allocations in {CALLS} calls",
                 case.id(),

@@ -14,7 +14,8 @@
 #      when not root), rustfmt/clippy components, cargo-deny
 #   2. start Redis and PostgreSQL on 127.0.0.1 (scripts/services.sh), exported
 #      as BUTTRESS_REDIS_URL and BUTTRESS_POSTGRES_URL, stopped on exit
-#   3. cargo fmt --check, clippy -D warnings, the tests (cargo-nextest when
+#   3. cargo fmt --check, clippy -D warnings, cargo check of each crate's
+#      feature combinations, the tests (cargo-nextest when
 #      installed, plus doctests; else cargo test), cargo doc with warnings
 #      denied, cargo deny (licenses, bans, sources), a 3-second demo run
 #
@@ -23,7 +24,7 @@
 
 set -euo pipefail
 
-usage() { sed -n '3,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '3,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 quick=false
 install=true
@@ -161,6 +162,23 @@ if ! $quick; then
 
     section "cargo clippy (warnings denied)"
     cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+    # Each published crate must also build with its features off and one at
+    # a time, not only with everything on.
+    section "Feature combinations (cargo check)"
+    for combo in \
+        "-p buttress-core --no-default-features" \
+        "-p buttress-core --no-default-features --features tonic" \
+        "-p buttress-core --no-default-features --features axum" \
+        "-p buttress-timeout --no-default-features" \
+        "-p buttress-bulkhead --no-default-features" \
+        "-p buttress --no-default-features" \
+        "-p buttress --no-default-features --features timeout" \
+        "-p buttress --no-default-features --features bulkhead"; do
+        echo "    cargo check $combo"
+        # shellcheck disable=SC2086 # the combination is a list of words
+        cargo check --quiet $combo
+    done
 fi
 
 # Test output is kept to count the results afterwards; colour stays on for a

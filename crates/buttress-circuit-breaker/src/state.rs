@@ -1,0 +1,615 @@
+//! The breaker's state machine, shared by the layer, its services, their
+//! futures and the handle.
+//!
+//! The state and a generation counter share one atomic word: admission is a
+//! single load in the closed state. Transitions are rare; they take a small
+//! mutex, re-check the word, prepare the data of the state they enter and
+//! only then publish the new word, so a transition happens once and emits
+//! exactly one event however many callers race for it. Every admitted call
+//! carries the generation it was admitted in; a result from an earlier
+//! generation (a call admitted before the breaker opened) updates the
+//! counters and events but never the window or the verdict of a later
+//! state.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use buttress_core::{Listeners, Outcome};
+use tokio::time::Instant;
+
+use crate::events::CircuitBreakerEvent;
+use crate::window::CountWindow;
+
+/// The state of a circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum State {
+    /// Calls pass; outcomes are recorded and may trip the breaker.
+    Closed,
+    /// Calls are rejected until the open wait has passed.
+    Open,
+    /// A limited number of probe calls pass; their outcomes decide.
+    HalfOpen,
+    /// Calls pass and nothing is recorded (forced by an operator).
+    Disabled,
+    /// Calls are rejected until an operator changes the state.
+    ForcedOpen,
+    /// Calls pass, outcomes are recorded and events emitted, but the breaker
+    /// never trips (forced by an operator).
+    MetricsOnly,
+}
+
+impl State {
+    const ALL: [State; 6] = [
+        State::Closed,
+        State::Open,
+        State::HalfOpen,
+        State::Disabled,
+        State::ForcedOpen,
+        State::MetricsOnly,
+    ];
+
+    fn code(self) -> u64 {
+        self as u64
+    }
+
+    fn from_code(code: u64) -> State {
+        Self::ALL[(code as usize) % Self::ALL.len()]
+    }
+
+    /// The state's name in snake case, as in metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+            State::Disabled => "disabled",
+            State::ForcedOpen => "forced_open",
+            State::MetricsOnly => "metrics_only",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Spreads a small seed over all bits (xorshift needs a well-mixed state).
+fn splitmix64(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[inline]
+fn state_of(word: u64) -> State {
+    State::from_code(word & 0xff)
+}
+
+#[inline]
+fn gen_of(word: u64) -> u64 {
+    word >> 8
+}
+
+/// How long the breaker stays open.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct OpenWait {
+    pub(crate) base: Duration,
+    /// Growth factor per consecutive opening (1.0: fixed).
+    pub(crate) multiplier: f64,
+    pub(crate) max: Duration,
+    /// Fraction of the wait drawn at random, in `[0, 1]`: the wait is
+    /// `w * (1 - jitter * u)` for `u` uniform in `[0, 1)`.
+    pub(crate) jitter: f64,
+}
+
+impl OpenWait {
+    /// The wait after `opens` consecutive openings (1 for the first).
+    pub(crate) fn wait(&self, opens: u32, unit: f64) -> Duration {
+        let exp = i32::try_from(opens.saturating_sub(1)).unwrap_or(i32::MAX);
+        let grown = self.base.as_secs_f64() * self.multiplier.powi(exp);
+        let capped = grown.min(self.max.as_secs_f64()).max(0.0);
+        let jittered = capped * (1.0 - self.jitter * unit);
+        Duration::try_from_secs_f64(jittered).unwrap_or(self.max)
+    }
+}
+
+/// Everything the state machine needs from the configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) failure_rate_threshold: f64,
+    pub(crate) slow_call_rate_threshold: f64,
+    pub(crate) slow_call_duration: Option<Duration>,
+    pub(crate) window_size: u32,
+    pub(crate) minimum_calls: u32,
+    pub(crate) consecutive_failures: Option<u32>,
+    pub(crate) half_open_calls: u32,
+    pub(crate) open_wait: OpenWait,
+    pub(crate) automatic_half_open: bool,
+    pub(crate) max_wait_in_half_open: Option<Duration>,
+    pub(crate) seed: u64,
+}
+
+/// What admission decided for one call.
+pub(crate) enum Admission {
+    /// Go ahead; `probe` when the call is a half-open probe.
+    Permit { gen: u64, probe: bool },
+    /// Rejected; the time left until the breaker lets probes through.
+    Reject(Option<Duration>),
+}
+
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    pub(crate) settings: Settings,
+    pub(crate) listeners: Listeners<CircuitBreakerEvent>,
+    word: AtomicU64,
+    transition: Mutex<()>,
+    base: Instant,
+    window: CountWindow,
+    consecutive: AtomicU32,
+    consecutive_opens: AtomicU32,
+    open_until: AtomicU64,
+    half_open_since: AtomicU64,
+    probes_taken: AtomicU32,
+    probes_done: AtomicU32,
+    probes_failed: AtomicU32,
+    probes_slow: AtomicU32,
+    not_permitted: AtomicU64,
+    rng: AtomicU64,
+    this: Weak<Shared>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("name", &self.name)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(
+        name: Arc<str>,
+        settings: Settings,
+        listeners: Listeners<CircuitBreakerEvent>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|this| Shared {
+            name,
+            window: CountWindow::new(settings.window_size),
+            rng: AtomicU64::new(splitmix64(settings.seed) | 1),
+            settings,
+            listeners,
+            word: AtomicU64::new(State::Closed.code()),
+            transition: Mutex::new(()),
+            base: Instant::now(),
+            consecutive: AtomicU32::new(0),
+            consecutive_opens: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            half_open_since: AtomicU64::new(0),
+            probes_taken: AtomicU32::new(0),
+            probes_done: AtomicU32::new(0),
+            probes_failed: AtomicU32::new(0),
+            probes_slow: AtomicU32::new(0),
+            not_permitted: AtomicU64::new(0),
+            this: this.clone(),
+        })
+    }
+
+    pub(crate) fn state(&self) -> State {
+        state_of(self.word.load(Acquire))
+    }
+
+    fn nanos_since_base(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn now_nanos(&self) -> u64 {
+        self.nanos_since_base(Instant::now())
+    }
+
+    fn instant_at(&self, nanos: u64) -> Instant {
+        self.base
+            .checked_add(Duration::from_nanos(nanos))
+            .unwrap_or(self.base)
+    }
+
+    /// A uniform number in `[0, 1)` from a shared xorshift state.
+    fn unit(&self) -> f64 {
+        let mut x = self.rng.load(Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.store(x, Relaxed);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Admission of one call.
+    #[inline]
+    pub(crate) fn admit(&self) -> Admission {
+        loop {
+            let word = self.word.load(Acquire);
+            match state_of(word) {
+                State::Closed | State::Disabled | State::MetricsOnly => {
+                    return Admission::Permit {
+                        gen: gen_of(word),
+                        probe: false,
+                    }
+                }
+                State::ForcedOpen => return self.not_permitted(None),
+                State::Open => {
+                    let now = self.now_nanos();
+                    let until = self.open_until.load(Acquire);
+                    if now < until {
+                        return self.not_permitted(Some(Duration::from_nanos(until - now)));
+                    }
+                    self.transition_from(word, State::HalfOpen);
+                }
+                State::HalfOpen => {
+                    if let Some(max) = self.settings.max_wait_in_half_open {
+                        let since = self.half_open_since.load(Acquire);
+                        let max = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+                        if self.now_nanos().saturating_sub(since) >= max {
+                            self.transition_from(word, State::Open);
+                            continue;
+                        }
+                    }
+                    let taken = self.probes_taken.fetch_add(1, AcqRel);
+                    if taken < self.settings.half_open_calls && self.word.load(Acquire) == word {
+                        return Admission::Permit {
+                            gen: gen_of(word),
+                            probe: true,
+                        };
+                    }
+                    self.probes_taken.fetch_sub(1, AcqRel);
+                    if self.word.load(Acquire) != word {
+                        continue;
+                    }
+                    return self.not_permitted(None);
+                }
+            }
+        }
+    }
+
+    fn not_permitted(&self, retry_after: Option<Duration>) -> Admission {
+        self.not_permitted.fetch_add(1, Relaxed);
+        self.listeners.emit(|| CircuitBreakerEvent::NotPermitted {
+            name: self.name.clone(),
+        });
+        Admission::Reject(retry_after)
+    }
+
+    /// A probe admitted in generation `gen` ended without a verdict
+    /// (dropped, cancelled, ignored): its slot is free again.
+    pub(crate) fn release_probe(&self, gen: u64) {
+        if gen_of(self.word.load(Acquire)) == gen {
+            self.probes_taken.fetch_sub(1, AcqRel);
+        }
+    }
+
+    /// Records the outcome of a call admitted in generation `gen`.
+    /// Returns `true` when the outcome was recorded (a probe's slot is then
+    /// used up).
+    pub(crate) fn record(
+        &self,
+        gen: u64,
+        probe: bool,
+        outcome: Outcome,
+        elapsed: Option<Duration>,
+    ) -> bool {
+        let slow = match (self.settings.slow_call_duration, elapsed) {
+            (Some(limit), Some(e)) => e > limit,
+            _ => false,
+        };
+        let failed = outcome.is_failure();
+        self.emit_outcome(outcome, slow, elapsed);
+        if outcome == Outcome::Ignored {
+            return false;
+        }
+        let word = self.word.load(Acquire);
+        if gen_of(word) != gen {
+            // Admitted in an earlier state: counted in the events only.
+            return false;
+        }
+        match state_of(word) {
+            State::Closed | State::MetricsOnly => {
+                self.record_closed(word, failed, slow);
+                true
+            }
+            State::HalfOpen if probe => {
+                self.record_probe(word, failed, slow);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn emit_outcome(&self, outcome: Outcome, slow: bool, elapsed: Option<Duration>) {
+        if self.listeners.is_empty() {
+            return;
+        }
+        let name = || self.name.clone();
+        self.listeners.emit(|| match outcome {
+            Outcome::Success => CircuitBreakerEvent::Success { name: name() },
+            Outcome::Failure => CircuitBreakerEvent::Failure { name: name() },
+            Outcome::Ignored => CircuitBreakerEvent::Ignored { name: name() },
+        });
+        if slow {
+            self.listeners.emit(|| CircuitBreakerEvent::SlowCall {
+                name: name(),
+                elapsed: elapsed.unwrap_or_default(),
+            });
+        }
+    }
+
+    #[inline]
+    fn record_closed(&self, word: u64, failed: bool, slow: bool) {
+        if let Some(limit) = self.settings.consecutive_failures {
+            if failed {
+                let n = self.consecutive.fetch_add(1, AcqRel) + 1;
+                if n >= limit {
+                    self.exceeded(word, 100.0, 0.0);
+                }
+            } else if self.consecutive.load(Relaxed) != 0 {
+                self.consecutive.store(0, Relaxed);
+            }
+            return;
+        }
+        self.window.record(failed, slow);
+        if failed || slow {
+            let rates = self.window.rates();
+            let minimum = u64::from(self.settings.minimum_calls.min(self.settings.window_size));
+            if rates.calls >= minimum {
+                let (fr, sr) = (rates.failure_rate(), rates.slow_rate());
+                if fr >= self.settings.failure_rate_threshold
+                    || sr >= self.settings.slow_call_rate_threshold
+                {
+                    self.exceeded(word, fr, sr);
+                }
+            }
+        }
+    }
+
+    fn exceeded(&self, word: u64, failure_rate: f64, slow_call_rate: f64) {
+        self.listeners
+            .emit(|| CircuitBreakerEvent::ThresholdExceeded {
+                name: self.name.clone(),
+                failure_rate,
+                slow_call_rate,
+            });
+        if state_of(word) == State::Closed {
+            self.transition_from(word, State::Open);
+        }
+    }
+
+    fn record_probe(&self, word: u64, failed: bool, slow: bool) {
+        if failed {
+            self.probes_failed.fetch_add(1, AcqRel);
+        }
+        if slow {
+            self.probes_slow.fetch_add(1, AcqRel);
+        }
+        let done = self.probes_done.fetch_add(1, AcqRel) + 1;
+        let n = self.settings.half_open_calls;
+        if done < n {
+            return;
+        }
+        let calls = f64::from(n);
+        let fr = f64::from(self.probes_failed.load(Acquire)) * 100.0 / calls;
+        let sr = f64::from(self.probes_slow.load(Acquire)) * 100.0 / calls;
+        if fr >= self.settings.failure_rate_threshold
+            || sr >= self.settings.slow_call_rate_threshold
+        {
+            self.exceeded_in_half_open(word, fr, sr);
+        } else {
+            self.transition_from(word, State::Closed);
+        }
+    }
+
+    fn exceeded_in_half_open(&self, word: u64, fr: f64, sr: f64) {
+        self.listeners
+            .emit(|| CircuitBreakerEvent::ThresholdExceeded {
+                name: self.name.clone(),
+                failure_rate: fr,
+                slow_call_rate: sr,
+            });
+        self.transition_from(word, State::Open);
+    }
+
+    /// Moves from the exact state word `from` to `to`; does nothing if
+    /// another caller changed the state first.
+    pub(crate) fn transition_from(&self, from: u64, to: State) -> bool {
+        let guard = self.transition.lock().unwrap_or_else(|e| e.into_inner());
+        if self.word.load(Acquire) != from {
+            return false;
+        }
+        self.enter(state_of(from), to);
+        self.word
+            .store(((gen_of(from) + 1) << 8) | to.code(), Release);
+        drop(guard);
+        self.after_enter(to, gen_of(from) + 1);
+        self.listeners
+            .emit(|| CircuitBreakerEvent::StateTransition {
+                name: self.name.clone(),
+                from: state_of(from),
+                to,
+            });
+        true
+    }
+
+    /// Forces a state, whatever the current one (operator controls).
+    pub(crate) fn force(&self, to: State) {
+        loop {
+            let word = self.word.load(Acquire);
+            if state_of(word) == to && to != State::Closed {
+                return;
+            }
+            if self.transition_from(word, to) {
+                return;
+            }
+        }
+    }
+
+    /// Prepares the data of `to` before the new state is published.
+    fn enter(&self, from: State, to: State) {
+        match to {
+            State::Closed | State::MetricsOnly | State::Disabled => {
+                self.window.reset();
+                self.consecutive.store(0, Release);
+                if to == State::Closed {
+                    self.consecutive_opens.store(0, Release);
+                }
+            }
+            State::Open => {
+                let opens = if matches!(from, State::Closed | State::HalfOpen | State::Open) {
+                    self.consecutive_opens.fetch_add(1, AcqRel) + 1
+                } else {
+                    1
+                };
+                let wait = self.settings.open_wait.wait(opens, self.unit());
+                let until = self
+                    .now_nanos()
+                    .saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
+                self.open_until.store(until, Release);
+            }
+            State::HalfOpen => {
+                self.probes_taken.store(0, Release);
+                self.probes_done.store(0, Release);
+                self.probes_failed.store(0, Release);
+                self.probes_slow.store(0, Release);
+                self.half_open_since.store(self.now_nanos(), Release);
+            }
+            State::ForcedOpen => {}
+        }
+    }
+
+    /// Timers for automatic transitions, after the new state is published.
+    fn after_enter(&self, to: State, gen: u64) {
+        let at = match to {
+            State::Open if self.settings.automatic_half_open => {
+                self.instant_at(self.open_until.load(Acquire))
+            }
+            State::HalfOpen => match self.settings.max_wait_in_half_open {
+                Some(max) => Instant::now() + max,
+                None => return,
+            },
+            _ => return,
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!(
+                name = %self.name,
+                "no tokio runtime: the breaker changes state on the next call instead"
+            );
+            return;
+        };
+        let this = self.this.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            if let Some(shared) = this.upgrade() {
+                shared.on_timer(gen);
+            }
+        });
+    }
+
+    fn on_timer(&self, gen: u64) {
+        let word = self.word.load(Acquire);
+        if gen_of(word) != gen {
+            return;
+        }
+        match state_of(word) {
+            State::Open => {
+                self.transition_from(word, State::HalfOpen);
+            }
+            State::HalfOpen => {
+                self.transition_from(word, State::Open);
+            }
+            _ => {}
+        }
+    }
+
+    /// Rates of the current window, `None` below the minimum of calls.
+    pub(crate) fn snapshot(&self) -> crate::CircuitBreakerSnapshot {
+        let word = self.word.load(Acquire);
+        let state = state_of(word);
+        let (calls, failed, slow) = match state {
+            State::HalfOpen => (
+                u64::from(self.probes_done.load(Acquire)),
+                u64::from(self.probes_failed.load(Acquire)),
+                u64::from(self.probes_slow.load(Acquire)),
+            ),
+            _ if self.settings.consecutive_failures.is_some() => {
+                let c = u64::from(self.consecutive.load(Acquire));
+                (c, c, 0)
+            }
+            _ => {
+                let r = self.window.rates();
+                (r.calls, r.failed, r.slow)
+            }
+        };
+        let minimum = match state {
+            State::HalfOpen => u64::from(self.settings.half_open_calls),
+            _ => u64::from(self.settings.minimum_calls.min(self.settings.window_size)),
+        };
+        let rate = |n: u64| {
+            (calls >= minimum && calls > 0 && self.settings.consecutive_failures.is_none())
+                .then(|| n as f64 * 100.0 / calls as f64)
+        };
+        let retry_after = (state == State::Open).then(|| {
+            let until = self.open_until.load(Acquire);
+            Duration::from_nanos(until.saturating_sub(self.now_nanos()))
+        });
+        crate::CircuitBreakerSnapshot {
+            state,
+            failure_rate: rate(failed),
+            slow_call_rate: rate(slow),
+            buffered_calls: calls,
+            failed_calls: failed,
+            slow_calls: slow,
+            not_permitted_calls: self.not_permitted.load(Relaxed),
+            retry_after,
+        }
+    }
+
+    pub(crate) fn reset(&self) {
+        self.not_permitted.store(0, Relaxed);
+        self.force(State::Closed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_wait_grows_caps_and_jitters_below_the_cap() {
+        let w = OpenWait {
+            base: Duration::from_secs(5),
+            multiplier: 2.0,
+            max: Duration::from_secs(300),
+            jitter: 0.0,
+        };
+        assert_eq!(w.wait(1, 0.5), Duration::from_secs(5));
+        assert_eq!(w.wait(2, 0.5), Duration::from_secs(10));
+        assert_eq!(w.wait(4, 0.5), Duration::from_secs(40));
+        assert_eq!(w.wait(20, 0.5), Duration::from_secs(300));
+        let j = OpenWait { jitter: 0.5, ..w };
+        // At the cap the spread remains: 150 s to 300 s.
+        assert_eq!(j.wait(20, 0.0), Duration::from_secs(300));
+        assert_eq!(j.wait(20, 0.5), Duration::from_secs(225));
+        assert!(j.wait(20, 0.999) > Duration::from_secs(150));
+    }
+
+    #[test]
+    fn state_codes_round_trip() {
+        for s in State::ALL {
+            assert_eq!(state_of((7 << 8) | s.code()), s);
+            assert_eq!(gen_of((7 << 8) | s.code()), 7);
+        }
+    }
+}

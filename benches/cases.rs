@@ -57,6 +57,9 @@ pub(crate) struct Case {
     pub(crate) inner: &'static str,
     /// Who wrote the layer.
     pub(crate) imp: Impl,
+    /// Heap allocations a buttress case may make per call: 0 on every happy
+    /// path; 1 where the call is a rejection (the boxed error).
+    pub(crate) allowed_allocations: usize,
     run: Box<dyn FnMut()>,
 }
 
@@ -86,14 +89,29 @@ impl Case {
             group,
             inner,
             imp,
-            run: Box::new(move || drive(&mut svc, black_box(1))),
+            allowed_allocations: 0,
+            run: Box::new(move || drive(&mut svc, black_box(1), true)),
+        }
+    }
+
+    /// A case whose every call is rejected by the layer.
+    fn rejecting<S>(group: &'static str, imp: Impl, mut svc: S) -> Self
+    where
+        S: Service<u64> + 'static,
+    {
+        Case {
+            group,
+            inner: "rejected",
+            imp,
+            allowed_allocations: 1,
+            run: Box::new(move || drive(&mut svc, black_box(1), false)),
         }
     }
 }
 
 /// `poll_ready`, `call`, poll to completion.
 #[inline]
-fn drive<S: Service<u64>>(svc: &mut S, req: u64) {
+fn drive<S: Service<u64>>(svc: &mut S, req: u64, expect_ok: bool) {
     let mut cx = Context::from_waker(Waker::noop());
     match svc.poll_ready(&mut cx) {
         Poll::Ready(Ok(())) => {}
@@ -102,7 +120,11 @@ fn drive<S: Service<u64>>(svc: &mut S, req: u64) {
     let mut fut = pin!(svc.call(req));
     loop {
         if let Poll::Ready(res) = fut.as_mut().poll(&mut cx) {
-            assert!(res.is_ok(), "a benchmark call must succeed");
+            assert_eq!(
+                res.is_ok(),
+                expect_ok,
+                "a benchmark call must end as expected"
+            );
             black_box(res.ok());
             return;
         }
@@ -254,6 +276,37 @@ pub(crate) fn cases() -> Vec<Case> {
         "ready",
         Impl::TowerResilience,
         rez.layer(ReadySvc),
+    ));
+
+    // Circuit breaker, closed: Resilience4j's defaults (count window of 100).
+    let ours = buttress_circuit_breaker::CircuitBreakerLayer::builder()
+        .build()
+        .expect("a valid breaker");
+    let rez = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .build()
+        .expect("a valid tower-resilience breaker");
+    cases.push(Case::new(
+        "breaker",
+        "ready",
+        Impl::Buttress,
+        ours.layer(ReadySvc),
+    ));
+    cases.push(Case::new(
+        "breaker",
+        "ready",
+        Impl::TowerResilience,
+        rez.layer(ReadySvc),
+    ));
+
+    // Circuit breaker, forced open: every call is rejected.
+    let open = buttress_circuit_breaker::CircuitBreakerLayer::builder()
+        .build()
+        .expect("a valid breaker");
+    open.handle().force_open();
+    cases.push(Case::rejecting(
+        "breaker",
+        Impl::Buttress,
+        open.layer(ReadySvc),
     ));
 
     cases

@@ -1,7 +1,8 @@
 //! The count-based sliding window: the outcomes of the last `size` calls.
 //!
 //! Two rings of bits (failed, slow), one bit per call, and a counter of
-//! calls ever recorded. Recording a call takes one atomic add for its slot
+//! cursor (next slot, calls in the window). Recording a call takes one
+//! compare-and-swap for its slot
 //! and touches a bit only when it changes, so a success that replaces a
 //! success costs one read-modify-write. Rates are counted (popcount) only
 //! when a verdict is needed, which is after a failure or a slow call: a
@@ -14,9 +15,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::*};
 
+const LOW: u64 = 0xFFFF_FFFF;
+
 pub(crate) struct CountWindow {
     size: u64,
-    recorded: AtomicU64,
+    /// Low 32 bits: the slot the next call writes. High 32 bits: calls in
+    /// the window, saturating at `size`. One compare-and-swap advances
+    /// both, with no division on the hot path.
+    cursor: AtomicU64,
     failed: Box<[AtomicU64]>,
     slow: Box<[AtomicU64]>,
 }
@@ -56,7 +62,7 @@ impl CountWindow {
         let size = u64::from(size.max(1));
         Self {
             size,
-            recorded: AtomicU64::new(0),
+            cursor: AtomicU64::new(0),
             failed: words(size),
             slow: words(size),
         }
@@ -64,14 +70,32 @@ impl CountWindow {
 
     #[inline]
     pub(crate) fn record(&self, failed: bool, slow: bool) {
-        let slot = self.recorded.fetch_add(1, AcqRel) % self.size;
+        let slot = self.advance();
         let (word, mask) = ((slot / 64) as usize, 1u64 << (slot % 64));
         set_bit(&self.failed[word], mask, failed);
         set_bit(&self.slow[word], mask, slow);
     }
 
+    /// Takes the next slot; returns its index.
+    #[inline]
+    fn advance(&self) -> u64 {
+        let mut cur = self.cursor.load(Relaxed);
+        loop {
+            let (slot, calls) = (cur & LOW, cur >> 32);
+            let next_slot = if slot + 1 == self.size { 0 } else { slot + 1 };
+            let next = ((calls + u64::from(calls < self.size)) << 32) | next_slot;
+            match self
+                .cursor
+                .compare_exchange_weak(cur, next, AcqRel, Relaxed)
+            {
+                Ok(_) => return slot,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
     pub(crate) fn rates(&self) -> Rates {
-        let calls = self.recorded.load(Acquire).min(self.size);
+        let calls = self.cursor.load(Acquire) >> 32;
         let count = |bits: &[AtomicU64]| -> u64 {
             bits.iter()
                 .map(|w| u64::from(w.load(Acquire).count_ones()))
@@ -85,7 +109,7 @@ impl CountWindow {
     }
 
     pub(crate) fn reset(&self) {
-        self.recorded.store(0, Release);
+        self.cursor.store(0, Release);
         for w in self.failed.iter().chain(self.slow.iter()) {
             w.store(0, Release);
         }

@@ -1,10 +1,9 @@
 //! The count-based sliding window: the outcomes of the last `size` calls.
 //!
-//! Two rings of bits (failed, slow), one bit per call, and a counter of
-//! cursor (next slot, calls in the window). Recording a call takes one
-//! compare-and-swap for its slot
-//! and touches a bit only when it changes, so a success that replaces a
-//! success costs one read-modify-write. Rates are counted (popcount) only
+//! Two rings of bits (failed, slow), one bit per call, and a cursor (next
+//! slot, calls in the window). Recording a call takes one compare-and-swap
+//! for its slot and touches a bit only when it changes, so a success that
+//! replaces a success costs one read-modify-write. Rates are counted (popcount) only
 //! when a verdict is needed, which is after a failure or a slow call: a
 //! plain success can never trip a breaker.
 //!

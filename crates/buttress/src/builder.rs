@@ -20,7 +20,12 @@ mod sealed {
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
+/// let breaker = buttress::circuit_breaker::CircuitBreakerLayer::builder()
+///     .name("upstream")
+///     .build()
+///     .unwrap();
 /// let svc = ServiceBuilder::new()
+///     .circuit_breaker(breaker)
 ///     .bulkhead(8)
 ///     .call_timeout(Duration::from_secs(1))
 ///     .service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x + 1) });
@@ -61,6 +66,13 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         self,
         layer: buttress_bulkhead::BulkheadLayer,
     ) -> ServiceBuilder<Stack<buttress_bulkhead::BulkheadLayer, L>>;
+
+    /// A configured [`CircuitBreakerLayer`](crate::circuit_breaker::CircuitBreakerLayer).
+    #[cfg(feature = "circuit-breaker")]
+    fn circuit_breaker<C>(
+        self,
+        layer: buttress_circuit_breaker::CircuitBreakerLayer<C>,
+    ) -> ServiceBuilder<Stack<buttress_circuit_breaker::CircuitBreakerLayer<C>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -97,6 +109,14 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: buttress_bulkhead::BulkheadLayer,
     ) -> ServiceBuilder<Stack<buttress_bulkhead::BulkheadLayer, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "circuit-breaker")]
+    fn circuit_breaker<C>(
+        self,
+        layer: buttress_circuit_breaker::CircuitBreakerLayer<C>,
+    ) -> ServiceBuilder<Stack<buttress_circuit_breaker::CircuitBreakerLayer<C>, L>> {
         self.layer(layer)
     }
 }

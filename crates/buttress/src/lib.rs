@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | per-call timeout, per-request deadlines | [`timeout`] | `timeout` (default) |
 //! | bulkhead: concurrency limit, bounded queue, queue timeout | [`bulkhead`] | `bulkhead` (default) |
+//! | circuit breaker: rate windows, slow calls, RAII half-open probes | [`circuit_breaker`] | `circuit-breaker` (default) |
 //! | classification, events, registry, keys, errors to responses | [`core`] | always |
 //!
 //! Every layer:
@@ -68,6 +69,12 @@ pub mod timeout {
 #[cfg(feature = "bulkhead")]
 pub mod bulkhead {
     pub use buttress_bulkhead::*;
+}
+
+/// Circuit breakers; see [`buttress_circuit_breaker`].
+#[cfg(feature = "circuit-breaker")]
+pub mod circuit_breaker {
+    pub use buttress_circuit_breaker::*;
 }
 
 mod builder;

@@ -298,6 +298,18 @@ pub(crate) fn cases() -> Vec<Case> {
         rez.layer(ReadySvc),
     ));
 
+    // Circuit breaker, closed, time window of 60 s (one clock read per call).
+    let timed = buttress_circuit_breaker::CircuitBreakerLayer::builder()
+        .time_window(std::time::Duration::from_secs(60))
+        .build()
+        .expect("a valid breaker");
+    cases.push(Case::new(
+        "breaker-time-window",
+        "ready",
+        Impl::Buttress,
+        timed.layer(ReadySvc),
+    ));
+
     // Circuit breaker, forced open: every call is rejected.
     let open = buttress_circuit_breaker::CircuitBreakerLayer::builder()
         .build()

@@ -20,6 +20,7 @@ const MAX_OPEN_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// | `slow_call_rate_threshold` | 100 % | 100 % |
 /// | `slow_call_duration` | none (no clock read per call) | 60 s |
 /// | `window_size` (last N calls) | 100 | 100 |
+/// | `time_window` (last N seconds, instead) | none | (a window type) |
 /// | `minimum_calls` (clamped to the window) | 100 | 100 |
 /// | `permitted_calls_in_half_open` | 10 | 10 |
 /// | `wait_in_open` | 60 s | 60 s |
@@ -64,8 +65,16 @@ pub struct CircuitBreakerConfig {
         serde(with = "buttress_core::config::option_duration")
     )]
     pub slow_call_duration: Option<Duration>,
-    /// The window: the outcomes of the last `window_size` calls.
+    /// The count window: the outcomes of the last `window_size` calls.
     pub window_size: u32,
+    /// A time window instead: the outcomes of the last N whole seconds
+    /// (per-second buckets). `minimum_calls` is then not clamped: size it
+    /// to the traffic one window sees.
+    #[cfg_attr(
+        feature = "serde",
+        serde(with = "buttress_core::config::option_duration")
+    )]
+    pub time_window: Option<Duration>,
     /// Calls needed in the window before a rate is computed.
     pub minimum_calls: u32,
     /// Open after this many failures in a row instead of by rate.
@@ -110,6 +119,7 @@ impl Default for CircuitBreakerConfig {
             slow_call_rate_threshold: 100.0,
             slow_call_duration: None,
             window_size: 100,
+            time_window: None,
             minimum_calls: 100,
             consecutive_failures: None,
             permitted_calls_in_half_open: 10,
@@ -147,6 +157,20 @@ impl CircuitBreakerConfig {
         if self.window_size == 0 {
             return Err(err("window_size", "must be at least 1"));
         }
+        let time_window_secs = match self.time_window {
+            None => None,
+            Some(w)
+                if w.subsec_nanos() == 0 && (1..=u64::from(u32::MAX)).contains(&w.as_secs()) =>
+            {
+                Some(w.as_secs() as u32)
+            }
+            Some(_) => {
+                return Err(err(
+                    "time_window",
+                    "must be a whole number of seconds, at least 1",
+                ))
+            }
+        };
         if self.minimum_calls == 0 {
             return Err(err("minimum_calls", "must be at least 1"));
         }
@@ -176,6 +200,7 @@ impl CircuitBreakerConfig {
             slow_call_rate_threshold: self.slow_call_rate_threshold,
             slow_call_duration: self.slow_call_duration,
             window_size: self.window_size,
+            time_window_secs,
             minimum_calls: self.minimum_calls,
             consecutive_failures: self.consecutive_failures,
             half_open_calls: self.permitted_calls_in_half_open,

@@ -93,8 +93,12 @@ where
             } => {
                 let result = ready!(inner.poll(cx));
                 let outcome = classifier.classify(&result);
-                let elapsed = start.map(|s| s.elapsed());
-                let recorded = shared.record(probe.gen, probe.slot.is_some(), outcome, elapsed);
+                // One clock read serves both the slow-call check and the
+                // time window; none when neither is configured.
+                let end = (start.is_some() || shared.needs_clock()).then(Instant::now);
+                let elapsed = start.zip(end).map(|(s, e)| e.saturating_duration_since(s));
+                let recorded =
+                    shared.record(probe.gen, probe.slot.is_some(), outcome, elapsed, end);
                 if let Some(slot) = probe.slot.take() {
                     let mut slot = slot;
                     slot.used = recorded;

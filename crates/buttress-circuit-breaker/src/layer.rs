@@ -186,6 +186,13 @@ impl<C> CircuitBreakerBuilder<C> {
         self
     }
 
+    /// Use a time window of `window` (whole seconds) instead of the count
+    /// window.
+    pub fn time_window(mut self, window: Duration) -> Self {
+        self.config.time_window = Some(window);
+        self
+    }
+
     /// Reopen a half-open breaker that gets no verdict for this long.
     pub fn max_wait_in_half_open(mut self, max: Duration) -> Self {
         self.config.max_wait_in_half_open = Some(max);

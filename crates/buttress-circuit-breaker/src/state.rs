@@ -20,7 +20,7 @@ use buttress_core::{Listeners, Outcome};
 use tokio::time::Instant;
 
 use crate::events::CircuitBreakerEvent;
-use crate::window::CountWindow;
+use crate::window::{CountWindow, Rates, TimeWindow};
 
 /// The state of a circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,6 +127,8 @@ pub(crate) struct Settings {
     pub(crate) slow_call_rate_threshold: f64,
     pub(crate) slow_call_duration: Option<Duration>,
     pub(crate) window_size: u32,
+    /// A time-based window of this many seconds instead of the count one.
+    pub(crate) time_window_secs: Option<u32>,
     pub(crate) minimum_calls: u32,
     pub(crate) consecutive_failures: Option<u32>,
     pub(crate) half_open_calls: u32,
@@ -134,6 +136,11 @@ pub(crate) struct Settings {
     pub(crate) automatic_half_open: bool,
     pub(crate) max_wait_in_half_open: Option<Duration>,
     pub(crate) seed: u64,
+}
+
+enum Window {
+    Count(CountWindow),
+    Time(TimeWindow),
 }
 
 /// What admission decided for one call.
@@ -151,7 +158,7 @@ pub(crate) struct Shared {
     word: AtomicU64,
     transition: Mutex<()>,
     base: Instant,
-    window: CountWindow,
+    window: Window,
     consecutive: AtomicU32,
     consecutive_opens: AtomicU32,
     open_until: AtomicU64,
@@ -182,7 +189,10 @@ impl Shared {
     ) -> Arc<Self> {
         Arc::new_cyclic(|this| Shared {
             name,
-            window: CountWindow::new(settings.window_size),
+            window: match settings.time_window_secs {
+                Some(secs) => Window::Time(TimeWindow::new(secs)),
+                None => Window::Count(CountWindow::new(settings.window_size)),
+            },
             rng: AtomicU64::new(splitmix64(settings.seed) | 1),
             settings,
             listeners,
@@ -302,6 +312,7 @@ impl Shared {
         probe: bool,
         outcome: Outcome,
         elapsed: Option<Duration>,
+        end: Option<Instant>,
     ) -> bool {
         let slow = match (self.settings.slow_call_duration, elapsed) {
             (Some(limit), Some(e)) => e > limit,
@@ -319,7 +330,7 @@ impl Shared {
         }
         match state_of(word) {
             State::Closed | State::MetricsOnly => {
-                self.record_closed(word, failed, slow);
+                self.record_closed(word, failed, slow, end);
                 true
             }
             State::HalfOpen if probe => {
@@ -349,7 +360,7 @@ impl Shared {
     }
 
     #[inline]
-    fn record_closed(&self, word: u64, failed: bool, slow: bool) {
+    fn record_closed(&self, word: u64, failed: bool, slow: bool, end: Option<Instant>) {
         if let Some(limit) = self.settings.consecutive_failures {
             if failed {
                 let n = self.consecutive.fetch_add(1, AcqRel) + 1;
@@ -361,11 +372,20 @@ impl Shared {
             }
             return;
         }
-        self.window.record(failed, slow);
+        let second = match &self.window {
+            Window::Count(w) => {
+                w.record(failed, slow);
+                0
+            }
+            Window::Time(w) => {
+                let second = self.second(end.unwrap_or_else(Instant::now));
+                w.record(second, failed, slow);
+                second
+            }
+        };
         if failed || slow {
-            let rates = self.window.rates();
-            let minimum = u64::from(self.settings.minimum_calls.min(self.settings.window_size));
-            if rates.calls >= minimum {
+            let rates = self.window_rates(second);
+            if rates.calls >= self.minimum_calls() {
                 let (fr, sr) = (rates.failure_rate(), rates.slow_rate());
                 if fr >= self.settings.failure_rate_threshold
                     || sr >= self.settings.slow_call_rate_threshold
@@ -373,6 +393,41 @@ impl Shared {
                     self.exceeded(word, fr, sr);
                 }
             }
+        }
+    }
+
+    /// Whether recording needs the time a call ended.
+    #[inline]
+    pub(crate) fn needs_clock(&self) -> bool {
+        matches!(self.window, Window::Time(_))
+    }
+
+    fn second(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_secs()
+    }
+
+    fn window_rates(&self, second: u64) -> Rates {
+        match &self.window {
+            Window::Count(w) => w.rates(),
+            Window::Time(w) => w.rates(second),
+        }
+    }
+
+    fn window_reset(&self) {
+        match &self.window {
+            Window::Count(w) => w.reset(),
+            Window::Time(w) => w.reset(),
+        }
+    }
+
+    /// Calls needed before a rate is computed: clamped to the size of a
+    /// count window; as configured for a time window, which has no size.
+    fn minimum_calls(&self) -> u64 {
+        match &self.window {
+            Window::Count(_) => {
+                u64::from(self.settings.minimum_calls.min(self.settings.window_size))
+            }
+            Window::Time(_) => u64::from(self.settings.minimum_calls),
         }
     }
 
@@ -460,7 +515,7 @@ impl Shared {
     fn enter(&self, from: State, to: State) {
         match to {
             State::Closed | State::MetricsOnly | State::Disabled => {
-                self.window.reset();
+                self.window_reset();
                 self.consecutive.store(0, Release);
                 if to == State::Closed {
                     self.consecutive_opens.store(0, Release);
@@ -548,13 +603,13 @@ impl Shared {
                 (c, c, 0)
             }
             _ => {
-                let r = self.window.rates();
+                let r = self.window_rates(self.second(Instant::now()));
                 (r.calls, r.failed, r.slow)
             }
         };
         let minimum = match state {
             State::HalfOpen => u64::from(self.settings.half_open_calls),
-            _ => u64::from(self.settings.minimum_calls.min(self.settings.window_size)),
+            _ => self.minimum_calls(),
         };
         let rate = |n: u64| {
             (calls >= minimum && calls > 0 && self.settings.consecutive_failures.is_none())

@@ -188,3 +188,206 @@ mod tests {
         assert_eq!(r.slow_rate(), 50.0);
     }
 }
+
+/// The time-based sliding window: the outcomes of the last `secs` whole
+/// seconds, one bucket per second.
+///
+/// A bucket is one atomic word per pair of counts, stamped with the second
+/// it holds: recording is one compare-and-swap (two for a slow call), and a
+/// bucket left over from an earlier lap is reset by the first call that
+/// lands in it. Rates sum the buckets whose stamp lies in the window, only
+/// when a verdict is needed.
+pub(crate) struct TimeWindow {
+    secs: u64,
+    /// Stamp, calls, failed.
+    calls: Box<[AtomicU64]>,
+    /// Stamp, slow calls.
+    slow: Box<[AtomicU64]>,
+}
+
+// A bucket word: valid (1 bit) | stamp (21 bits) | two counts (21 bits
+// each). The stamp is the second modulo 2^21 (about 24 days): a bucket is
+// only read for the seconds of the current window, so an old bucket could
+// be mistaken for a current one only if it was last written a multiple of
+// 24 days ago to the day, to the second.
+const STAMP_BITS: u32 = 21;
+const COUNT_BITS: u32 = 21;
+const STAMP_MASK: u64 = (1 << STAMP_BITS) - 1;
+const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
+const VALID: u64 = 1 << 63;
+const EMPTY: u64 = 0;
+
+/// The stamp of a bucket word, `None` for an empty bucket.
+#[inline]
+fn stamp_of(word: u64) -> Option<u64> {
+    (word & VALID != 0).then_some((word >> (2 * COUNT_BITS)) & STAMP_MASK)
+}
+
+#[inline]
+fn lo(word: u64) -> u64 {
+    word & COUNT_MAX
+}
+
+#[inline]
+fn hi(word: u64) -> u64 {
+    (word >> COUNT_BITS) & COUNT_MAX
+}
+
+/// Adds `(add_lo, add_hi)` to the counts of `word` for second `stamp`,
+/// resetting counts left from another second; counts saturate.
+#[inline]
+fn bump(word: &AtomicU64, stamp: u64, add_lo: u64, add_hi: u64) {
+    let mut cur = word.load(Relaxed);
+    loop {
+        let (l, h) = if stamp_of(cur) == Some(stamp) {
+            (lo(cur), hi(cur))
+        } else {
+            (0, 0)
+        };
+        let next = VALID
+            | (stamp << (2 * COUNT_BITS))
+            | ((h + add_hi).min(COUNT_MAX) << COUNT_BITS)
+            | (l + add_lo).min(COUNT_MAX);
+        match word.compare_exchange_weak(cur, next, AcqRel, Relaxed) {
+            Ok(_) => return,
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+impl TimeWindow {
+    pub(crate) fn new(secs: u32) -> Self {
+        let secs = u64::from(secs.max(1));
+        let buckets = || (0..secs).map(|_| AtomicU64::new(EMPTY)).collect();
+        Self {
+            secs,
+            calls: buckets(),
+            slow: buckets(),
+        }
+    }
+
+    /// Records one call at `second` (whole seconds since the breaker's
+    /// base instant).
+    #[inline]
+    pub(crate) fn record(&self, second: u64, failed: bool, slow: bool) {
+        let i = (second % self.secs) as usize;
+        let stamp = second & STAMP_MASK;
+        bump(&self.calls[i], stamp, 1, u64::from(failed));
+        if slow {
+            bump(&self.slow[i], stamp, 1, 0);
+        }
+    }
+
+    pub(crate) fn rates(&self, second: u64) -> Rates {
+        let mut r = Rates {
+            calls: 0,
+            failed: 0,
+            slow: 0,
+        };
+        for back in 0..self.secs.min(second + 1) {
+            let s = second - back;
+            let (i, stamp) = ((s % self.secs) as usize, s & STAMP_MASK);
+            let c = self.calls[i].load(Acquire);
+            if stamp_of(c) == Some(stamp) {
+                r.calls += lo(c);
+                r.failed += hi(c);
+            }
+            let w = self.slow[i].load(Acquire);
+            if stamp_of(w) == Some(stamp) {
+                r.slow += lo(w);
+            }
+        }
+        r
+    }
+
+    pub(crate) fn reset(&self) {
+        for w in self.calls.iter().chain(self.slow.iter()) {
+            w.store(EMPTY, Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    proptest::proptest! {
+        #[test]
+        fn time_window_matches_the_reference_model(
+            secs in 1u32..10,
+            steps in proptest::collection::vec((0u64..4, proptest::bool::ANY, proptest::bool::ANY), 0..300),
+        ) {
+            let w = TimeWindow::new(secs);
+            // The reference: every (second, failed, slow) ever recorded.
+            let mut all: VecDeque<(u64, bool, bool)> = VecDeque::new();
+            let mut now = 0u64;
+            for (advance, failed, slow) in steps {
+                now += advance;
+                w.record(now, failed, slow);
+                all.push_back((now, failed, slow));
+                let live: Vec<_> = all
+                    .iter()
+                    .filter(|(s, _, _)| now - s < u64::from(secs))
+                    .collect();
+                let expected = Rates {
+                    calls: live.len() as u64,
+                    failed: live.iter().filter(|o| o.1).count() as u64,
+                    slow: live.iter().filter(|o| o.2).count() as u64,
+                };
+                proptest::prop_assert_eq!(w.rates(now), expected);
+            }
+        }
+    }
+
+    #[test]
+    fn a_bucket_from_an_earlier_lap_is_reset() {
+        let w = TimeWindow::new(2);
+        w.record(0, true, true);
+        w.record(1, false, false);
+        assert_eq!(
+            w.rates(1),
+            Rates {
+                calls: 2,
+                failed: 1,
+                slow: 1
+            }
+        );
+        w.record(2, false, false); // lands in second 0's bucket
+        assert_eq!(
+            w.rates(2),
+            Rates {
+                calls: 2,
+                failed: 0,
+                slow: 0
+            }
+        );
+        assert_eq!(
+            w.rates(10),
+            Rates {
+                calls: 0,
+                failed: 0,
+                slow: 0
+            }
+        );
+        // An empty bucket is never read as counts, whatever the second.
+        let fresh = TimeWindow::new(3);
+        assert_eq!(
+            fresh.rates(STAMP_MASK),
+            Rates {
+                calls: 0,
+                failed: 0,
+                slow: 0
+            }
+        );
+        w.reset();
+        assert_eq!(
+            w.rates(2),
+            Rates {
+                calls: 0,
+                failed: 0,
+                slow: 0
+            }
+        );
+    }
+}

@@ -587,3 +587,45 @@ async fn one_transition_event_per_transition_under_concurrency() {
     assert_eq!(l.handle().state(), State::Open);
     assert_eq!(*events.lock().unwrap(), vec![(State::Closed, State::Open)]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn time_window_counts_the_last_seconds_and_forgets_older_ones() {
+    let l = builder()
+        .time_window(Duration::from_secs(10))
+        .minimum_calls(4)
+        .failure_rate_threshold(50.0)
+        .build()
+        .unwrap();
+    let s = svc(&l);
+    calls(&s, &[Fail, Fail]).await;
+    time::advance(Duration::from_secs(10)).await;
+    // The two failures of second 0 have left the window.
+    calls(&s, &[Ok, Ok, Fail]).await;
+    assert_eq!(l.handle().state(), State::Closed);
+    assert_eq!(l.handle().snapshot().buffered_calls, 3);
+    calls(&s, &[Fail]).await; // 2 of 4 in the last 10 s
+    assert_eq!(l.handle().state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_window_does_not_clamp_minimum_calls() {
+    let l = builder()
+        .time_window(Duration::from_secs(1))
+        .minimum_calls(1_000)
+        .build()
+        .unwrap();
+    let s = svc(&l);
+    calls(&s, &[Fail; 20]).await;
+    assert_eq!(l.handle().state(), State::Closed);
+    assert_eq!(l.handle().snapshot().failure_rate, None);
+}
+
+#[test]
+fn time_window_must_be_whole_seconds() {
+    let err = builder()
+        .time_window(Duration::from_millis(1_500))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "time_window");
+    assert!(builder().time_window(Duration::ZERO).build().is_err());
+}

@@ -282,6 +282,10 @@ impl fmt::Debug for CircuitBreakerHandle {
 }
 
 impl CircuitBreakerHandle {
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
     /// The instance name.
     pub fn name(&self) -> &str {
         &self.shared.name

@@ -58,6 +58,7 @@ mod config;
 pub mod error;
 mod events;
 pub mod future;
+mod keyed;
 mod layer;
 mod service;
 mod state;
@@ -65,6 +66,10 @@ mod window;
 
 pub use config::CircuitBreakerConfig;
 pub use events::CircuitBreakerEvent;
+pub use keyed::{
+    KeyedCircuitBreaker, KeyedCircuitBreakerBuilder, KeyedCircuitBreakerHandle,
+    KeyedCircuitBreakerLayer,
+};
 pub use layer::{
     CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerSnapshot,
 };

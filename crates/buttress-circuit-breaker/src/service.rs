@@ -51,6 +51,16 @@ pub(crate) struct ProbeSlot {
     pub(crate) used: bool,
 }
 
+impl ProbeSlot {
+    pub(crate) fn new(shared: Arc<Shared>, gen: u64) -> Self {
+        Self {
+            shared,
+            gen,
+            used: false,
+        }
+    }
+}
+
 impl Drop for ProbeSlot {
     fn drop(&mut self) {
         if !self.used {
@@ -146,11 +156,7 @@ where
                     self.ticket = match self.shared.admit() {
                         Admission::Permit { gen, probe } => Ticket::Permit(Probe {
                             gen,
-                            slot: probe.then(|| ProbeSlot {
-                                shared: self.shared.clone(),
-                                gen,
-                                used: false,
-                            }),
+                            slot: probe.then(|| ProbeSlot::new(self.shared.clone(), gen)),
                         }),
                         Admission::Reject(retry_after) => Ticket::Rejected(retry_after),
                     };

@@ -1,0 +1,440 @@
+//! One breaker per key: per upstream host, per tenant, per gRPC method.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use buttress_core::error::{BoxError, CircuitOpen};
+use buttress_core::registry::Component;
+use buttress_core::{
+    Classifier, ConfigError, ErrorsAsFailures, KeyExtractor, Listener, Listeners, Registry,
+};
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::config::{CircuitBreakerConfig, KIND};
+use crate::events::CircuitBreakerEvent;
+use crate::future::ResponseFuture;
+use crate::layer::CircuitBreakerHandle;
+use crate::service::{Probe, ProbeSlot};
+use crate::state::{Admission, Settings, Shared, State};
+
+const KEYED_KIND: &str = "keyed_circuit_breaker";
+
+struct Entry {
+    shared: Arc<Shared>,
+    last_used: Instant,
+}
+
+struct Keyed<K> {
+    name: Arc<str>,
+    settings: Settings,
+    listeners: Listeners<CircuitBreakerEvent>,
+    max_keys: usize,
+    idle_timeout: Duration,
+    map: Mutex<HashMap<K, Entry>>,
+    /// Requests without a key, or with a new key while the map is full of
+    /// keys in use, share this breaker.
+    unkeyed: Arc<Shared>,
+}
+
+impl<K> Keyed<K> {
+    fn map(&self) -> MutexGuard<'_, HashMap<K, Entry>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<K: Hash + Eq + Clone + fmt::Debug> Keyed<K> {
+    fn breaker(&self, key: Option<K>) -> Arc<Shared> {
+        let Some(key) = key else {
+            return self.unkeyed.clone();
+        };
+        let now = Instant::now();
+        let mut map = self.map();
+        if let Some(entry) = map.get_mut(&key) {
+            entry.last_used = now;
+            return entry.shared.clone();
+        }
+        if map.len() >= self.max_keys {
+            let idle = self.idle_timeout;
+            // Only closed breakers that nothing refers to and that were idle
+            // long enough go: forgetting an open breaker would let traffic
+            // through to a failing upstream.
+            map.retain(|_, e| {
+                !(Arc::strong_count(&e.shared) == 1
+                    && e.shared.state() == State::Closed
+                    && now.duration_since(e.last_used) >= idle)
+            });
+            if map.len() >= self.max_keys {
+                tracing::debug!(name = %self.name, ?key, "every key is in use; the shared breaker applies");
+                return self.unkeyed.clone();
+            }
+        }
+        let shared = Shared::new(
+            Arc::from(format!("{}[{key:?}]", self.name)),
+            self.settings.clone(),
+            self.listeners.clone(),
+        );
+        map.insert(
+            key,
+            Entry {
+                shared: shared.clone(),
+                last_used: now,
+            },
+        );
+        shared
+    }
+}
+
+/// One circuit breaker per key, the key taken from each request by a
+/// [`KeyExtractor`] (for example `UriAuthority`: one breaker per upstream).
+///
+/// Every key's breaker has the same configuration. The map holds at most
+/// `max_keys` breakers; a breaker that is closed, unused for
+/// `idle_timeout` and referred to by no call is evicted when room is
+/// needed. Requests without a key, and requests with a new key while every
+/// slot holds a breaker in use, share one more breaker (logged at debug
+/// level): an open breaker is never forgotten to make room.
+///
+/// Admission happens in `call`, since the key is in the request.
+///
+/// ```
+/// use buttress_circuit_breaker::KeyedCircuitBreakerLayer;
+/// use buttress_core::key::UriAuthority;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = KeyedCircuitBreakerLayer::builder(UriAuthority)
+///     .name("upstreams")
+///     .build()
+///     .unwrap();
+/// let svc = ServiceBuilder::new()
+///     .layer(layer.clone())
+///     .service_fn(|_req: http::Request<()>| async { Ok::<_, std::io::Error>("ok") });
+/// let req = http::Request::get("http://a.example/").body(()).unwrap();
+/// svc.oneshot(req).await.unwrap();
+/// assert_eq!(layer.handle().keys(), 1);
+/// # }
+/// ```
+pub struct KeyedCircuitBreakerLayer<X, K, C = ErrorsAsFailures> {
+    extractor: Arc<X>,
+    keyed: Arc<Keyed<K>>,
+    classifier: C,
+}
+
+impl<X, K, C: Clone> Clone for KeyedCircuitBreakerLayer<X, K, C> {
+    fn clone(&self) -> Self {
+        Self {
+            extractor: self.extractor.clone(),
+            keyed: self.keyed.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+impl<X, K, C> fmt::Debug for KeyedCircuitBreakerLayer<X, K, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCircuitBreakerLayer")
+            .field("name", &self.keyed.name)
+            .field("max_keys", &self.keyed.max_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<X> KeyedCircuitBreakerLayer<X, ()> {
+    /// A builder keyed by `extractor`, with the defaults of
+    /// [`CircuitBreakerConfig`].
+    pub fn builder(extractor: X) -> KeyedCircuitBreakerBuilder<X> {
+        KeyedCircuitBreakerBuilder {
+            extractor,
+            config: CircuitBreakerConfig::default(),
+            max_keys: 10_000,
+            idle_timeout: Duration::from_secs(300),
+            classifier: ErrorsAsFailures,
+            registry: None,
+            listeners: Listeners::new(),
+        }
+    }
+}
+
+impl<X, K, C> KeyedCircuitBreakerLayer<X, K, C> {
+    /// A handle to observe the keyed breakers.
+    pub fn handle(&self) -> KeyedCircuitBreakerHandle<K> {
+        KeyedCircuitBreakerHandle {
+            keyed: self.keyed.clone(),
+        }
+    }
+}
+
+impl<S, X, K, C: Clone> Layer<S> for KeyedCircuitBreakerLayer<X, K, C> {
+    type Service = KeyedCircuitBreaker<S, X, K, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyedCircuitBreaker {
+            inner,
+            extractor: self.extractor.clone(),
+            keyed: self.keyed.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+/// Builds a [`KeyedCircuitBreakerLayer`].
+pub struct KeyedCircuitBreakerBuilder<X, C = ErrorsAsFailures> {
+    extractor: X,
+    config: CircuitBreakerConfig,
+    max_keys: usize,
+    idle_timeout: Duration,
+    classifier: C,
+    registry: Option<Registry>,
+    listeners: Listeners<CircuitBreakerEvent>,
+}
+
+impl<X, C> fmt::Debug for KeyedCircuitBreakerBuilder<X, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCircuitBreakerBuilder")
+            .field("config", &self.config)
+            .field("max_keys", &self.max_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<X, C> KeyedCircuitBreakerBuilder<X, C> {
+    /// The instance name; each key's breaker is named `name[key]`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// The configuration of every key's breaker (its name is ignored).
+    pub fn config(mut self, config: CircuitBreakerConfig) -> Self {
+        let name = std::mem::take(&mut self.config.name);
+        self.config = CircuitBreakerConfig { name, ..config };
+        self
+    }
+
+    /// Keys kept at most (default 10 000).
+    pub fn max_keys(mut self, max: usize) -> Self {
+        self.max_keys = max;
+        self
+    }
+
+    /// How long a closed key must be unused before it may be evicted
+    /// (default 5 minutes).
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
+    /// How results are classified.
+    pub fn classifier<C2>(self, classifier: C2) -> KeyedCircuitBreakerBuilder<X, C2> {
+        KeyedCircuitBreakerBuilder {
+            extractor: self.extractor,
+            config: self.config,
+            max_keys: self.max_keys,
+            idle_timeout: self.idle_timeout,
+            classifier,
+            registry: self.registry,
+            listeners: self.listeners,
+        }
+    }
+
+    /// Registers the keyed breaker's handle in `registry`.
+    pub fn registry(mut self, registry: &Registry) -> Self {
+        self.registry = Some(registry.clone());
+        self
+    }
+
+    /// Adds an event listener, shared by every key's breaker.
+    pub fn on_event(mut self, listener: impl Listener<CircuitBreakerEvent>) -> Self {
+        self.listeners = self.listeners.with(listener);
+        self
+    }
+
+    /// Validates and builds the layer. `K` is the extractor's key type for
+    /// the request type the layer is used with.
+    pub fn build<K>(self) -> Result<KeyedCircuitBreakerLayer<X, K, C>, ConfigError>
+    where
+        K: Hash + Eq + Clone + Send + Sync + fmt::Debug + 'static,
+    {
+        let settings = self.config.validate()?;
+        if self.max_keys == 0 {
+            return Err(ConfigError::new(KIND, "max_keys", "must be at least 1"));
+        }
+        let name: Arc<str> = Arc::from(self.config.name.as_str());
+        let layer = KeyedCircuitBreakerLayer {
+            extractor: Arc::new(self.extractor),
+            keyed: Arc::new(Keyed {
+                unkeyed: Shared::new(name.clone(), settings.clone(), self.listeners.clone()),
+                name,
+                settings,
+                listeners: self.listeners,
+                max_keys: self.max_keys,
+                idle_timeout: self.idle_timeout,
+                map: Mutex::new(HashMap::new()),
+            }),
+            classifier: self.classifier,
+        };
+        if let Some(registry) = &self.registry {
+            registry
+                .register(layer.handle())
+                .map_err(|e| ConfigError::new(KIND, "name", e.to_string()))?;
+        }
+        Ok(layer)
+    }
+}
+
+/// The service of [`KeyedCircuitBreakerLayer`].
+pub struct KeyedCircuitBreaker<S, X, K, C> {
+    inner: S,
+    extractor: Arc<X>,
+    keyed: Arc<Keyed<K>>,
+    classifier: C,
+}
+
+impl<S: Clone, X, K, C: Clone> Clone for KeyedCircuitBreaker<S, X, K, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            extractor: self.extractor.clone(),
+            keyed: self.keyed.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, X, K, C> fmt::Debug for KeyedCircuitBreaker<S, X, K, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCircuitBreaker")
+            .field("inner", &self.inner)
+            .field("name", &self.keyed.name)
+            .finish()
+    }
+}
+
+impl<S, X, K, C, Req> Service<Req> for KeyedCircuitBreaker<S, X, K, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    X: KeyExtractor<Req, Key = K>,
+    K: Hash + Eq + Clone + Send + Sync + fmt::Debug + 'static,
+    C: Classifier<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let shared = self.keyed.breaker(self.extractor.extract(&req));
+        match shared.admit() {
+            Admission::Reject(retry_after) => {
+                ResponseFuture::rejected(CircuitOpen::new(shared.name.clone(), retry_after))
+            }
+            Admission::Permit { gen, probe } => {
+                let probe = Probe {
+                    gen,
+                    slot: probe.then(|| ProbeSlot::new(shared.clone(), gen)),
+                };
+                let start = shared
+                    .settings
+                    .slow_call_duration
+                    .is_some()
+                    .then(Instant::now);
+                ResponseFuture::called(
+                    self.inner.call(req),
+                    shared,
+                    self.classifier.clone(),
+                    probe,
+                    start,
+                )
+            }
+        }
+    }
+}
+
+/// Observes the breakers of a [`KeyedCircuitBreakerLayer`].
+pub struct KeyedCircuitBreakerHandle<K> {
+    keyed: Arc<Keyed<K>>,
+}
+
+impl<K> Clone for KeyedCircuitBreakerHandle<K> {
+    fn clone(&self) -> Self {
+        Self {
+            keyed: self.keyed.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for KeyedCircuitBreakerHandle<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCircuitBreakerHandle")
+            .field("name", &self.keyed.name)
+            .finish()
+    }
+}
+
+impl<K: Hash + Eq> KeyedCircuitBreakerHandle<K> {
+    /// Keys held now.
+    pub fn keys(&self) -> usize {
+        self.keyed.map().len()
+    }
+
+    /// The breaker of one key, if it is held.
+    pub fn key(&self, key: &K) -> Option<CircuitBreakerHandle> {
+        self.keyed
+            .map()
+            .get(key)
+            .map(|e| CircuitBreakerHandle::from_shared(e.shared.clone()))
+    }
+
+    /// The breaker shared by requests without a key.
+    pub fn unkeyed(&self) -> CircuitBreakerHandle {
+        CircuitBreakerHandle::from_shared(self.keyed.unkeyed.clone())
+    }
+
+    /// How many held keys are in each state.
+    pub fn states(&self) -> HashMap<State, usize> {
+        let mut counts = HashMap::new();
+        for e in self.keyed.map().values() {
+            *counts.entry(e.shared.state()).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+impl<K: Hash + Eq + Send + Sync + 'static> Component for KeyedCircuitBreakerHandle<K> {
+    fn name(&self) -> &str {
+        &self.keyed.name
+    }
+
+    fn kind(&self) -> &'static str {
+        KEYED_KIND
+    }
+
+    fn snapshot(&self) -> serde_json::Value {
+        let states: serde_json::Map<String, serde_json::Value> = self
+            .states()
+            .into_iter()
+            .map(|(s, n)| (s.as_str().to_owned(), n.into()))
+            .collect();
+        serde_json::json!({
+            "keys": self.keys(),
+            "max_keys": self.keyed.max_keys,
+            "states": states,
+            "unkeyed": self.keyed.unkeyed.state().as_str(),
+        })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use buttress_core::registry::Component;
-use buttress_core::{ConfigError, ErrorsAsFailures, Listener, Listeners, Registry};
+use buttress_core::{ConfigError, ErrorsAsFailures, IgnoreIf, Listener, Listeners, Registry};
 use tower_layer::Layer;
 
 use crate::config::{CircuitBreakerConfig, KIND};
@@ -207,6 +207,29 @@ impl<C> CircuitBreakerBuilder<C> {
         CircuitBreakerBuilder {
             config: self.config,
             classifier,
+            registry: self.registry,
+            listeners: self.listeners,
+        }
+    }
+
+    /// Results matching `pred` are not counted (and free their probe
+    /// slot); the others go to the current classifier.
+    ///
+    /// ```
+    /// use buttress_circuit_breaker::CircuitBreakerLayer;
+    ///
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .ignore_if(|r: &Result<(), std::io::Error>| {
+    ///         matches!(r, Err(e) if e.kind() == std::io::ErrorKind::Interrupted)
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn ignore_if<F>(self, pred: F) -> CircuitBreakerBuilder<IgnoreIf<C, F>> {
+        CircuitBreakerBuilder {
+            config: self.config,
+            classifier: IgnoreIf::new(self.classifier, pred),
             registry: self.registry,
             listeners: self.listeners,
         }

@@ -629,3 +629,21 @@ fn time_window_must_be_whole_seconds() {
     assert_eq!(err.field(), "time_window");
     assert!(builder().time_window(Duration::ZERO).build().is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn ignore_if_leaves_matching_results_out_of_the_window() {
+    let l = builder()
+        .ignore_if(|r: &Result<u8, &'static str>| r.is_err())
+        .build()
+        .unwrap();
+    let s = l.layer(service_fn(
+        futures_like::run as fn(Call) -> futures_like::Fut,
+    ));
+    for _ in 0..10 {
+        let _ = s.clone().oneshot(Fail).await;
+    }
+    assert_eq!(l.handle().state(), State::Closed);
+    assert_eq!(l.handle().snapshot().buffered_calls, 0);
+    s.clone().oneshot(Ok).await.unwrap();
+    assert_eq!(l.handle().snapshot().buffered_calls, 1);
+}

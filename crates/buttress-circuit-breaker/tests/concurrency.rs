@@ -169,17 +169,30 @@ async fn dropping_at_every_point_frees_the_probe_slot() {
 }
 
 /// The reference: trip when, with at least `min` of the last `size`
-/// outcomes recorded, the failure rate reaches `threshold`.
-fn model_trips(outcomes: &[bool], size: usize, min: usize, threshold: f64) -> Option<usize> {
+/// outcomes recorded, the failure rate or the slow-call rate (a call is
+/// slow when it takes strictly longer than `slow_ms`) reaches its threshold.
+fn model_trips(
+    outcomes: &[(bool, u64)],
+    size: usize,
+    min: usize,
+    threshold: f64,
+    slow_ms: u64,
+    slow_threshold: f64,
+) -> Option<usize> {
     let mut window = VecDeque::new();
-    for (i, failed) in outcomes.iter().enumerate() {
+    for (i, (failed, ms)) in outcomes.iter().enumerate() {
         if window.len() == size {
             window.pop_front();
         }
-        window.push_back(*failed);
+        let slow = *ms > slow_ms;
+        window.push_back((*failed, slow));
         let calls = window.len();
-        let failures = window.iter().filter(|f| **f).count();
-        if *failed && calls >= min.min(size) && failures as f64 * 100.0 / calls as f64 >= threshold
+        let failures = window.iter().filter(|o| o.0).count();
+        let slows = window.iter().filter(|o| o.1).count();
+        let rate = |n: usize| n as f64 * 100.0 / calls as f64;
+        if (*failed || slow)
+            && calls >= min.min(size)
+            && (rate(failures) >= threshold || rate(slows) >= slow_threshold)
         {
             return Some(i);
         }
@@ -195,7 +208,8 @@ proptest::proptest! {
         size in 1u32..40,
         min in 1u32..50,
         threshold in 1u32..=100,
-        outcomes in proptest::collection::vec(proptest::bool::ANY, 0..120),
+        slow_threshold in 1u32..=100,
+        outcomes in proptest::collection::vec((proptest::bool::ANY, 0u64..20), 0..120),
     ) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -207,15 +221,25 @@ proptest::proptest! {
                 .window_size(size)
                 .minimum_calls(min)
                 .failure_rate_threshold(f64::from(threshold))
+                .slow_call_duration(Duration::from_millis(10))
+                .slow_call_rate_threshold(f64::from(slow_threshold))
                 .build()
                 .unwrap();
-            let svc = layer.layer(service_fn(|fail: bool| async move {
+            let svc = layer.layer(service_fn(|(fail, ms): (bool, u64)| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
                 if fail { Err("down") } else { Ok(()) }
             }));
-            let expected = model_trips(&outcomes, size as usize, min as usize, f64::from(threshold));
+            let expected = model_trips(
+                &outcomes,
+                size as usize,
+                min as usize,
+                f64::from(threshold),
+                10,
+                f64::from(slow_threshold),
+            );
             let mut tripped = None;
-            for (i, fail) in outcomes.iter().enumerate() {
-                let _ = svc.clone().oneshot(*fail).await;
+            for (i, call) in outcomes.iter().enumerate() {
+                let _ = svc.clone().oneshot(*call).await;
                 if layer.handle().state() == State::Open {
                     tripped = Some(i);
                     break;

@@ -47,5 +47,7 @@ pub use event::{Listener, Listeners};
 pub use key::KeyExtractor;
 #[cfg(feature = "tonic")]
 pub use outcome::TonicStatusClassifier;
-pub use outcome::{Classifier, ErrorsAsFailures, GrpcClassifier, HttpClassifier, Outcome};
+pub use outcome::{
+    Classifier, ErrorsAsFailures, GrpcClassifier, HttpClassifier, IgnoreIf, Outcome,
+};
 pub use registry::{Component, Registry};

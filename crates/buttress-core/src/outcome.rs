@@ -77,6 +77,45 @@ where
     }
 }
 
+/// Wraps a classifier: results matching `pred` are
+/// [`Ignored`](Outcome::Ignored), the others are classified by `inner`
+/// (Resilience4j's `ignoreExceptions`, for any result).
+///
+/// ```
+/// use buttress_core::{Classifier, ErrorsAsFailures, IgnoreIf, Outcome};
+///
+/// // A cancelled request says nothing about the dependency's health.
+/// let c = IgnoreIf::new(ErrorsAsFailures, |r: &Result<(), &str>| r == &Err("cancelled"));
+/// assert_eq!(c.classify(&Err("cancelled")), Outcome::Ignored);
+/// assert_eq!(c.classify(&Err("refused")), Outcome::Failure);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct IgnoreIf<C, F> {
+    inner: C,
+    pred: F,
+}
+
+impl<C, F> IgnoreIf<C, F> {
+    /// Ignores what `pred` matches, classifies the rest with `inner`.
+    pub fn new(inner: C, pred: F) -> Self {
+        Self { inner, pred }
+    }
+}
+
+impl<C, F, Res, E> Classifier<Res, E> for IgnoreIf<C, F>
+where
+    C: Classifier<Res, E>,
+    F: Fn(&Result<Res, E>) -> bool,
+{
+    fn classify(&self, result: &Result<Res, E>) -> Outcome {
+        if (self.pred)(result) {
+            Outcome::Ignored
+        } else {
+            self.inner.classify(result)
+        }
+    }
+}
+
 /// The default classifier: every `Ok` is a success, every `Err` a failure.
 ///
 /// ```

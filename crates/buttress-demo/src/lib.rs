@@ -7,7 +7,8 @@
 //!   (healthy, degraded, recovered);
 //! - a **gateway** that forwards every request to the upstream, protected
 //!   in the server order of the design: errors to responses, then a
-//!   bulkhead, then a timeout, then the forwarding handler;
+//!   bulkhead, then a circuit breaker, then a timeout, then the forwarding
+//!   handler;
 //! - a **load generator**: `concurrency` clients in a closed loop.
 //!
 //! It prints one row per second (unless [`DemoConfig::print_table`] is

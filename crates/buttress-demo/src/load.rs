@@ -36,7 +36,7 @@ pub(crate) enum Outcome {
     Ok,
     /// 500: the upstream failed and the gateway passed it on.
     UpstreamError,
-    /// 503: shed by the bulkhead.
+    /// 503: shed by the bulkhead or rejected by the open circuit.
     Shed,
     /// 504: the gateway's timeout cut the upstream call.
     TimedOut,

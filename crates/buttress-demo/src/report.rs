@@ -7,13 +7,18 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{sleep_until, Instant};
 
-use crate::gateway::{Observer, MAX_CONCURRENT, MAX_QUEUE, MAX_WAIT, UPSTREAM_TIMEOUT};
+use crate::gateway::{
+    BreakCounts, Observer, BREAKER_OPEN, BREAKER_PROBES, BREAKER_THRESHOLD, BREAKER_WINDOW,
+    MAX_CONCURRENT, MAX_QUEUE, MAX_WAIT, UPSTREAM_TIMEOUT,
+};
 use crate::load::{Load, Outcome, Sample, CLIENT_TIMEOUT};
 use crate::phase::{Phase, Timeline};
 use crate::upstream::{FAST_MS, SLOW_MS};
 
 /// How often the bulkhead's occupancy is sampled for its peak.
 const OCCUPANCY_SAMPLE: Duration = Duration::from_millis(10);
+/// Width of the live table, for the rule under its header.
+const TABLE_WIDTH: usize = 99;
 
 /// Requests by how they ended, as the clients saw them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -24,7 +29,8 @@ pub struct Counts {
     pub ok: u64,
     /// 500: the upstream failed and the gateway passed it on.
     pub upstream_errors: u64,
-    /// 503: shed by the bulkhead.
+    /// 503: shed by the bulkhead or rejected by the open circuit (the
+    /// split is in [`Summary`], counted from the layers' events).
     pub shed: u64,
     /// 504: the gateway's timeout cut the upstream call.
     pub timeouts: u64,
@@ -76,6 +82,12 @@ pub struct PhaseSummary {
     pub p50: Duration,
     /// 99th percentile latency.
     pub p99: Duration,
+    /// Calls rejected by the open circuit in it (from the breaker's events).
+    pub circuit_rejected: u64,
+    /// Times the breaker opened in it (from the breaker's events).
+    pub circuit_opened: u64,
+    /// Times the breaker closed again in it (from the breaker's events).
+    pub circuit_closed: u64,
 }
 
 /// What happened during a run; `Display` prints the final report.
@@ -94,6 +106,23 @@ pub struct Summary {
     /// Bulkhead rejections after waiting the whole `max_wait` in the queue
     /// (from the bulkhead's events).
     pub shed_wait_timed_out: u64,
+    /// Calls the circuit breaker rejected with 503 without calling the
+    /// upstream, because it was open or half-open with every probe slot
+    /// taken (from its events). With the bulkhead's rejections, this makes
+    /// up every 503.
+    pub circuit_rejected: u64,
+    /// Times the circuit breaker opened: tripped from closed, or reopened
+    /// from half-open because its probes failed (from its events).
+    pub circuit_opened: u64,
+    /// Among [`circuit_opened`](Self::circuit_opened), the reopenings from
+    /// half-open.
+    pub circuit_reopened: u64,
+    /// Times the circuit breaker closed again after its probes passed (from
+    /// its events).
+    pub circuit_closed: u64,
+    /// The breaker's state at the end of the load: `"closed"`, `"open"` or
+    /// `"half_open"`.
+    pub circuit_state: &'static str,
     /// Upstream calls the gateway's timeout cut (from its handle).
     pub upstream_calls_timed_out: u64,
     /// Most calls seen running in the bulkhead at once (sampled).
@@ -118,7 +147,17 @@ pub(crate) struct Totals {
     elapsed: Duration,
     counts: Counts,
     latencies: Vec<Duration>,
-    phases: Vec<(Phase, u64, Counts, Vec<Duration>)>,
+    phases: Vec<PhaseTotals>,
+}
+
+/// One phase, as the live loop sums it up.
+#[derive(Debug)]
+struct PhaseTotals {
+    phase: Phase,
+    seconds: u64,
+    counts: Counts,
+    latencies: Vec<Duration>,
+    breaks: BreakCounts,
 }
 
 /// Prints the table while the load runs and sums it up.
@@ -172,24 +211,30 @@ impl Report {
             rates(Phase::Recovered)
         );
         println!("  gateway   http://{gateway}, outermost first:");
-        println!("            error-to-response  rejections become 503 / 504, empty body");
+        println!("            error-to-response   rejections become 503 (+ Retry-After) / 504, empty body");
         println!(
             "            bulkhead `gateway`  {MAX_CONCURRENT} running, {MAX_QUEUE} queued, wait at most {}",
             ms(MAX_WAIT)
         );
         println!(
-            "            timeout `upstream`  {} per forwarded call",
+            "            breaker `upstream`  opens at {BREAKER_THRESHOLD:.0}% failures (500, timeouts) in the last {BREAKER_WINDOW} calls,\n                                \
+             stays open {} s, then lets {BREAKER_PROBES} probes through: closes if under {BREAKER_THRESHOLD:.0}% fail",
+            BREAKER_OPEN.as_secs_f64()
+        );
+        println!(
+            "            timeout `upstream-timeout`  {} per forwarded call",
             ms(UPSTREAM_TIMEOUT)
         );
         println!();
         println!(
-            "  columns   500 upstream failure passed on, 503 shed by the bulkhead (full: queue full,\n            \
-             wait: waited {} in the queue), 504 cut by the timeout; active/queued: bulkhead now",
+            "  columns   500 upstream failure passed on; 503 rejected, by the bulkhead (full: queue full,\n            \
+             wait: waited {} in the queue) or the open circuit (open); 504 cut by the timeout;\n            \
+             active/queued: bulkhead now; circuit: breaker state now",
             ms(MAX_WAIT)
         );
         println!();
         println!(
-            "{:>4}  {:<9} {:>6} {:>6} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>7} {:>7}",
+            "{:>4}  {:<9} {:>5} {:>5} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>6} {:>6} {:>6} {:>7}  circuit",
             "sec",
             "phase",
             "req",
@@ -198,13 +243,14 @@ impl Report {
             "503",
             "full",
             "wait",
+            "open",
             "504",
             "active",
             "queued",
             "p50",
-            "p99"
+            "p99",
         );
-        println!("{}", "-".repeat(88));
+        println!("{}", "-".repeat(TABLE_WIDTH));
     }
 
     /// Prints one row per second until the load is over; the last row
@@ -218,6 +264,7 @@ impl Report {
     ) -> Totals {
         let mut load = Some(load);
         let mut rejections_before = (0, 0);
+        let mut breaks_before = BreakCounts::default();
         let mut totals = Totals {
             elapsed: Duration::ZERO,
             counts: Counts::default(),
@@ -243,21 +290,27 @@ impl Report {
             let full = rejections.0 - rejections_before.0;
             let wait = rejections.1 - rejections_before.1;
             rejections_before = rejections;
+            let breaks_now = self.observer.breaks.get();
+            let breaks = breaks_now.since(breaks_before);
+            breaks_before = breaks_now;
+            let circuit = self.observer.breaker.state();
             let phase = timeline.phase_at(Duration::from_secs(second - 1));
             if self.print {
                 println!(
-                    "{second:>4}  {phase:<9} {:>6} {:>6} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>7} {:>7}",
+                    "{second:>4}  {phase:<9} {:>5} {:>5} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>6} {:>6} {:>6} {:>7}  {}",
                     counts.total,
                     counts.ok,
                     counts.upstream_errors,
                     counts.shed,
                     full,
                     wait,
+                    breaks.not_permitted,
                     counts.timeouts,
                     occupancy.active,
                     occupancy.queued,
                     ms(percentile(&latencies, 50)),
                     ms(percentile(&latencies, 99)),
+                    circuit.as_str(),
                 );
                 if counts.other > 0 {
                     println!("      ({} other: another status, a connection error or the client's {} timeout)", counts.other, ms(CLIENT_TIMEOUT));
@@ -266,12 +319,19 @@ impl Report {
             totals.counts.merge(&counts);
             totals.latencies.extend_from_slice(&latencies);
             match totals.phases.last_mut() {
-                Some((p, seconds, c, l)) if *p == phase => {
-                    *seconds += 1;
-                    c.merge(&counts);
-                    l.extend(latencies);
+                Some(p) if p.phase == phase => {
+                    p.seconds += 1;
+                    p.counts.merge(&counts);
+                    p.latencies.extend(latencies);
+                    p.breaks.merge(breaks);
                 }
-                _ => totals.phases.push((phase, 1, counts, latencies)),
+                _ => totals.phases.push(PhaseTotals {
+                    phase,
+                    seconds: 1,
+                    counts,
+                    latencies,
+                    breaks,
+                }),
             }
         }
         totals.elapsed = start.elapsed();
@@ -302,16 +362,20 @@ impl Report {
         } = totals;
         latencies.sort_unstable();
         let (shed_queue_full, shed_wait_timed_out) = self.observer.rejections.get();
+        let breaks = self.observer.breaks.get();
         let phases = phases
             .into_iter()
-            .map(|(phase, seconds, counts, mut latencies)| {
-                latencies.sort_unstable();
+            .map(|mut p| {
+                p.latencies.sort_unstable();
                 PhaseSummary {
-                    phase: phase.name(),
-                    seconds,
-                    counts,
-                    p50: percentile(&latencies, 50),
-                    p99: percentile(&latencies, 99),
+                    phase: p.phase.name(),
+                    seconds: p.seconds,
+                    counts: p.counts,
+                    p50: percentile(&p.latencies, 50),
+                    p99: percentile(&p.latencies, 99),
+                    circuit_rejected: p.breaks.not_permitted,
+                    circuit_opened: p.breaks.opened,
+                    circuit_closed: p.breaks.closed,
                 }
             })
             .collect();
@@ -321,6 +385,11 @@ impl Report {
             counts,
             shed_queue_full,
             shed_wait_timed_out,
+            circuit_rejected: breaks.not_permitted,
+            circuit_opened: breaks.opened,
+            circuit_reopened: breaks.reopened,
+            circuit_closed: breaks.closed,
+            circuit_state: self.observer.breaker.state().as_str(),
             upstream_calls_timed_out: self.observer.timeout.snapshot().timed_out,
             peak_active: self.peak_active,
             peak_queued: self.peak_queued,
@@ -378,13 +447,15 @@ impl fmt::Display for Summary {
         line(f, "500 upstream error", c.upstream_errors, String::new())?;
         line(
             f,
-            "503 shed",
+            "503 rejected",
             c.shed,
             format!(
-                "{} queue full, {} waited {} in the queue",
+                "bulkhead {} ({} queue full, {} waited {}), open circuit {}",
+                self.shed_bulkhead(),
                 self.shed_queue_full,
                 self.shed_wait_timed_out,
-                ms(MAX_WAIT)
+                ms(MAX_WAIT),
+                self.circuit_rejected
             ),
         )?;
         line(f, "504 timed out", c.timeouts, String::new())?;
@@ -399,21 +470,24 @@ impl fmt::Display for Summary {
         writeln!(f)?;
         writeln!(
             f,
-            "by phase     {:>5} {:>6} {:>6} {:>6} {:>6} {:>7}",
-            "req/s", "200", "500", "503", "504", "p99"
+            "by phase     {:>5} {:>6} {:>6} {:>6} {:>6} {:>6} {:>7}  circuit",
+            "req/s", "200", "500", "503", "open", "504", "p99"
         )?;
         for p in &self.phases {
             let pc = &p.counts;
             writeln!(
                 f,
-                "  {:<10} {:>5} {:>5.0}% {:>5.0}% {:>5.0}% {:>5.0}% {:>7}",
+                "  {:<10} {:>5} {:>5.0}% {:>5.0}% {:>5.0}% {:>5.0}% {:>5.0}% {:>7}  opened {}, closed {}",
                 p.phase,
                 pc.total / p.seconds.max(1),
                 pc.percent(pc.ok),
                 pc.percent(pc.upstream_errors),
                 pc.percent(pc.shed),
+                pc.percent(p.circuit_rejected),
                 pc.percent(pc.timeouts),
-                ms(p.p99)
+                ms(p.p99),
+                p.circuit_opened,
+                p.circuit_closed
             )?;
         }
         writeln!(f)?;
@@ -430,11 +504,12 @@ impl fmt::Display for Summary {
             ms(MAX_WAIT),
             ms(UPSTREAM_TIMEOUT)
         )?;
+        self.fmt_circuit(f)?;
         writeln!(
             f,
             "  bulkhead   {} requests shed with 503 instead of queueing unboundedly: {} found\n             \
              {} running and {} waiting, {} waited {} in vain; peak {} running, {} waiting",
-            c.shed,
+            self.shed_bulkhead(),
             self.shed_queue_full,
             MAX_CONCURRENT,
             MAX_QUEUE,
@@ -445,14 +520,108 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "  responses  rejections became bare 503 / 504 statuses, never error text; the {}\n             \
-             upstream 500s passed through (a retry or a circuit breaker would act on those)",
+            "  responses  rejections became bare 503 / 504 statuses (the breaker's 503s with\n             \
+             Retry-After), never error text; the {} upstream 500s passed through",
             c.upstream_errors
         )?;
         writeln!(f)?;
         writeln!(f, "registry snapshot")?;
         let json = serde_json::to_string_pretty(&self.registry).map_err(|_| fmt::Error)?;
         writeln!(f, "{json}")
+    }
+}
+
+impl Summary {
+    /// 503s from the bulkhead: queue full or waited too long.
+    pub fn shed_bulkhead(&self) -> u64 {
+        self.shed_queue_full + self.shed_wait_timed_out
+    }
+
+    /// The breaker's line of "what each pattern did".
+    fn fmt_circuit(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = if self.circuit_opened == 0 {
+            format!(
+                "never opened: the failure rate (500s and timeouts) of the last {BREAKER_WINDOW} \
+                 calls stayed below {BREAKER_THRESHOLD:.0}%"
+            )
+        } else {
+            format!(
+                "opened {} {}",
+                times(self.circuit_opened),
+                self.phases_where(|p| p.circuit_opened)
+            )
+        };
+        if self.circuit_reopened > 0 {
+            text += &format!(
+                ", {} of them because half-open probes failed again",
+                self.circuit_reopened
+            );
+        }
+        if self.circuit_closed > 0 {
+            text += &format!(
+                "; closed {} {} after {BREAKER_PROBES} probes with under \
+                 {BREAKER_THRESHOLD:.0}% failures",
+                times(self.circuit_closed),
+                self.phases_where(|p| p.circuit_closed)
+            );
+        }
+        text += &format!("; it ended {}", self.circuit_state);
+        if self.circuit_rejected > 0 {
+            text += &format!(
+                ". {} calls failed fast with 503 (and Retry-After while open) instead of \
+                 waiting up to {} on a failing upstream while holding a bulkhead slot",
+                self.circuit_rejected,
+                ms(UPSTREAM_TIMEOUT)
+            );
+        }
+        writeln!(f, "  circuit    {}", wrap(&text, 78, "\n             "))
+    }
+}
+
+impl Summary {
+    /// Where something counted by `count` happened: "in the degraded
+    /// phase" or "(1 in healthy, 3 in degraded)"; empty if nowhere.
+    fn phases_where(&self, count: impl Fn(&PhaseSummary) -> u64) -> String {
+        let phases: Vec<_> = self.phases.iter().filter(|p| count(p) > 0).collect();
+        match phases.as_slice() {
+            [] => String::new(),
+            [one] => format!("in the {} phase", one.phase),
+            many => {
+                let parts: Vec<_> = many
+                    .iter()
+                    .map(|p| format!("{} in {}", count(p), p.phase))
+                    .collect();
+                format!("({})", parts.join(", "))
+            }
+        }
+    }
+}
+
+/// `text` in lines of at most `width` characters (longer words stay
+/// whole), joined by `newline`.
+fn wrap(text: &str, width: usize, newline: &str) -> String {
+    let mut out = String::new();
+    let mut line_len = 0;
+    for word in text.split_whitespace() {
+        if line_len > 0 && line_len + 1 + word.len() > width {
+            out += newline;
+            line_len = 0;
+        } else if line_len > 0 {
+            out.push(' ');
+            line_len += 1;
+        }
+        out += word;
+        line_len += word.len();
+    }
+    out
+}
+
+/// "once", "twice", "3 times".
+fn times(n: u64) -> String {
+    match n {
+        1 => "once".to_owned(),
+        2 => "twice".to_owned(),
+        n => format!("{n} times"),
     }
 }
 
@@ -477,6 +646,20 @@ mod tests {
         }
         assert_eq!((c.total, c.ok, c.shed, c.other), (4, 2, 1, 1));
         assert_eq!(c.percent(c.ok), 50.0);
+    }
+
+    #[test]
+    fn long_lines_wrap_between_words() {
+        assert_eq!(wrap("ab cd ef", 5, "|"), "ab cd|ef");
+        assert_eq!(wrap("abcdefg h", 3, "|"), "abcdefg|h");
+        assert_eq!(wrap("", 3, "|"), "");
+    }
+
+    #[test]
+    fn counts_read_as_words() {
+        assert_eq!(times(1), "once");
+        assert_eq!(times(2), "twice");
+        assert_eq!(times(7), "7 times");
     }
 
     #[test]

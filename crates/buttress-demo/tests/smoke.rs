@@ -27,17 +27,37 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
     assert!(c.ok > 0, "no request succeeded: {c:?}");
     assert!(summary.elapsed >= Duration::from_secs(3));
 
-    // Every 503 is a bulkhead rejection, each counted once by reason.
+    // Every 503 is a bulkhead rejection or an open-circuit rejection, each
+    // counted once from the layers' events.
     assert_eq!(
-        summary.shed_queue_full + summary.shed_wait_timed_out,
+        summary.shed_queue_full + summary.shed_wait_timed_out + summary.circuit_rejected,
         c.shed,
         "{summary:?}"
     );
-    // Both layers are registered under their names.
+    let phases = &summary.phases;
+    assert_eq!(
+        phases.iter().map(|p| p.circuit_rejected).sum::<u64>(),
+        summary.circuit_rejected
+    );
+    assert_eq!(
+        phases.iter().map(|p| p.circuit_opened).sum::<u64>(),
+        summary.circuit_opened
+    );
+    assert!(
+        summary.circuit_reopened <= summary.circuit_opened,
+        "{summary:?}"
+    );
+    // The three layers are registered under their names.
     assert_eq!(summary.registry["gateway"]["kind"], "bulkhead");
-    assert_eq!(summary.registry["upstream"]["kind"], "timeout");
-    assert_eq!(summary.phases.len(), 3, "{:?}", summary.phases);
+    assert_eq!(summary.registry["upstream"]["kind"], "circuit_breaker");
+    assert_eq!(
+        summary.registry["upstream"]["state"]["not_permitted_calls"],
+        summary.circuit_rejected
+    );
+    assert_eq!(summary.registry["upstream-timeout"]["kind"], "timeout");
+    assert_eq!(phases.len(), 3, "{phases:?}");
 
     let report = summary.to_string();
     assert!(report.contains("what each pattern did"), "{report}");
+    assert!(report.contains("  circuit    "), "{report}");
 }

@@ -111,7 +111,7 @@ impl Case {
 
 /// `poll_ready`, `call`, poll to completion.
 #[inline]
-fn drive<S: Service<u64>>(svc: &mut S, req: u64, expect_ok: bool) {
+pub(crate) fn drive<S: Service<u64>>(svc: &mut S, req: u64, expect_ok: bool) {
     let mut cx = Context::from_waker(Waker::noop());
     match svc.poll_ready(&mut cx) {
         Poll::Ready(Ok(())) => {}

@@ -9,45 +9,16 @@
 // criterion_group! and criterion_main! generate undocumented public items.
 #![allow(missing_docs)]
 
-use std::convert::Infallible;
-use std::future::Future;
+#[path = "../cases.rs"]
+mod cases;
+
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use cases::ReadySvc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use tower_layer::Layer;
 use tower_service::Service;
-
-#[derive(Clone, Copy)]
-struct ReadySvc;
-
-impl Service<u64> for ReadySvc {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: u64) -> Self::Future {
-        std::future::ready(Ok(req))
-    }
-}
-
-fn drive<S: Service<u64>>(svc: &mut S) {
-    let mut cx = Context::from_waker(Waker::noop());
-    assert!(svc.poll_ready(&mut cx).is_ready());
-    let mut fut = pin!(svc.call(black_box(1)));
-    loop {
-        if let Poll::Ready(res) = fut.as_mut().poll(&mut cx) {
-            assert!(res.is_ok());
-            return;
-        }
-    }
-}
 
 /// Runs `iters` calls split over `threads` threads, each with its own
 /// service made by `make` (sharing the layer's state).
@@ -63,7 +34,7 @@ where
             scope.spawn(|| {
                 let mut svc = make();
                 for _ in 0..per_thread {
-                    drive(&mut svc);
+                    cases::drive(&mut svc, black_box(1), true);
                 }
             });
         }

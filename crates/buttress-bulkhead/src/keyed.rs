@@ -1,15 +1,15 @@
 //! One bulkhead per key: per client, per tenant, per upstream host.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use buttress_core::error::{BoxError, BulkheadFull};
+use buttress_core::key::BoundedMap;
 use buttress_core::registry::Component;
 use buttress_core::{BulkheadFullReason, ConfigError, KeyExtractor, Listener, Listeners, Registry};
 use pin_project_lite::pin_project;
@@ -23,20 +23,13 @@ use crate::state::{Acquire, BulkheadSnapshot, Permit, Shared};
 
 const KEYED_KIND: &str = "keyed_bulkhead";
 
-struct Entry {
-    shared: Arc<Shared>,
-    last_used: Instant,
-}
-
 struct KeyedShared<K> {
     name: Arc<str>,
     max_concurrent: usize,
     max_queue: usize,
     max_wait: Option<Duration>,
     listeners: Listeners<BulkheadEvent>,
-    max_keys: usize,
-    idle_timeout: Duration,
-    map: Mutex<HashMap<K, Entry>>,
+    map: BoundedMap<K, Arc<Shared>>,
     /// Requests whose key the extractor could not find share this one.
     unkeyed: Arc<Shared>,
 }
@@ -54,32 +47,14 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
 
     /// The bulkhead of `key`; `None` when the map is full of keys in use.
     fn get(&self, key: K) -> Option<Arc<Shared>> {
-        let now = Instant::now();
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = map.get_mut(&key) {
-            entry.last_used = now;
-            return Some(entry.shared.clone());
-        }
-        if map.len() >= self.max_keys {
-            let idle = self.idle_timeout;
-            // Only the map holds an evicted bulkhead: no call, queued
-            // caller or permit refers to it, so no limit is split in two.
-            map.retain(|_, e| {
-                !(Arc::strong_count(&e.shared) == 1 && now.duration_since(e.last_used) >= idle)
-            });
-            if map.len() >= self.max_keys {
-                return None;
-            }
-        }
-        let shared = self.new_bulkhead();
-        map.insert(
+        // Only the map holds an evicted bulkhead: no call, queued caller or
+        // permit refers to it, so no limit is split in two.
+        self.map.get_or_insert(
             key,
-            Entry {
-                shared: shared.clone(),
-                last_used: now,
-            },
-        );
-        Some(shared)
+            Instant::now(),
+            |_| self.new_bulkhead(),
+            |shared| Arc::strong_count(shared) == 1,
+        )
     }
 }
 
@@ -139,7 +114,7 @@ impl<X, K> fmt::Debug for KeyedBulkheadLayer<X, K> {
         f.debug_struct("KeyedBulkheadLayer")
             .field("name", &self.shared.name)
             .field("max_concurrent", &self.shared.max_concurrent)
-            .field("max_keys", &self.shared.max_keys)
+            .field("max_keys", &self.shared.map.max_keys())
             .finish_non_exhaustive()
     }
 }
@@ -280,9 +255,7 @@ impl<X> KeyedBulkheadBuilder<X> {
                 max_queue: self.max_queue,
                 max_wait: self.max_wait,
                 listeners: self.listeners,
-                max_keys: self.max_keys,
-                idle_timeout: self.idle_timeout,
-                map: Mutex::new(HashMap::new()),
+                map: BoundedMap::new(self.max_keys, self.idle_timeout),
                 unkeyed,
             }),
         };
@@ -467,17 +440,12 @@ impl<K> fmt::Debug for KeyedBulkheadHandle<K> {
 impl<K: Hash + Eq> KeyedBulkheadHandle<K> {
     /// Keys held now.
     pub fn keys(&self) -> usize {
-        self.shared
-            .map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.shared.map.len()
     }
 
     /// The bulkhead of one key, if it is held.
     pub fn key(&self, key: &K) -> Option<BulkheadHandle> {
-        let map = self.shared.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(key).map(|e| BulkheadHandle::new(e.shared.clone()))
+        self.shared.map.get(key).map(BulkheadHandle::new)
     }
 
     /// The bulkhead shared by requests without a key.
@@ -488,10 +456,9 @@ impl<K: Hash + Eq> KeyedBulkheadHandle<K> {
     /// Totals over every key held now and the unkeyed bulkhead
     /// (`max_concurrent` is the per-key limit).
     pub fn totals(&self) -> BulkheadSnapshot {
-        let map = self.shared.map.lock().unwrap_or_else(|e| e.into_inner());
         let mut total = self.shared.unkeyed.snapshot();
-        for e in map.values() {
-            let s = e.shared.snapshot();
+        for shared in self.shared.map.values() {
+            let s = shared.snapshot();
             total.active += s.active;
             total.queued += s.queued;
             total.available += s.available;
@@ -515,7 +482,7 @@ impl<K: Hash + Eq + Send + Sync + 'static> Component for KeyedBulkheadHandle<K> 
         let t = self.totals();
         serde_json::json!({
             "keys": self.keys(),
-            "max_keys": self.shared.max_keys,
+            "max_keys": self.shared.map.max_keys(),
             "max_concurrent_per_key": self.shared.max_concurrent,
             "active": t.active,
             "queued": t.queued,

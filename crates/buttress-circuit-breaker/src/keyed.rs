@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use buttress_core::error::{BoxError, CircuitOpen};
+use buttress_core::key::BoundedMap;
 use buttress_core::registry::Component;
 use buttress_core::{
     Classifier, ConfigError, ErrorsAsFailures, KeyExtractor, Listener, Listeners, Registry,
@@ -25,27 +26,14 @@ use crate::state::{Admission, Settings, Shared, State};
 
 const KEYED_KIND: &str = "keyed_circuit_breaker";
 
-struct Entry {
-    shared: Arc<Shared>,
-    last_used: Instant,
-}
-
 struct Keyed<K> {
     name: Arc<str>,
     settings: Settings,
     listeners: Listeners<CircuitBreakerEvent>,
-    max_keys: usize,
-    idle_timeout: Duration,
-    map: Mutex<HashMap<K, Entry>>,
+    map: BoundedMap<K, Arc<Shared>>,
     /// Requests without a key, or with a new key while the map is full of
     /// keys in use, share this breaker.
     unkeyed: Arc<Shared>,
-}
-
-impl<K> Keyed<K> {
-    fn map(&self) -> MutexGuard<'_, HashMap<K, Entry>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 impl<K: Hash + Eq + Clone + fmt::Debug> Keyed<K> {
@@ -53,40 +41,21 @@ impl<K: Hash + Eq + Clone + fmt::Debug> Keyed<K> {
         let Some(key) = key else {
             return self.unkeyed.clone();
         };
-        let now = Instant::now();
-        let mut map = self.map();
-        if let Some(entry) = map.get_mut(&key) {
-            entry.last_used = now;
-            return entry.shared.clone();
-        }
-        if map.len() >= self.max_keys {
-            let idle = self.idle_timeout;
-            // Only closed breakers that nothing refers to and that were idle
-            // long enough go: forgetting an open breaker would let traffic
-            // through to a failing upstream.
-            map.retain(|_, e| {
-                !(Arc::strong_count(&e.shared) == 1
-                    && e.shared.state() == State::Closed
-                    && now.duration_since(e.last_used) >= idle)
-            });
-            if map.len() >= self.max_keys {
-                tracing::debug!(name = %self.name, ?key, "every key is in use; the shared breaker applies");
-                return self.unkeyed.clone();
-            }
-        }
-        let shared = Shared::new(
-            Arc::from(format!("{}[{key:?}]", self.name)),
-            self.settings.clone(),
-            self.listeners.clone(),
-        );
-        map.insert(
+        // Only closed breakers that nothing refers to go: forgetting an
+        // open breaker would let traffic through to a failing upstream.
+        let found = self.map.get_or_insert(
             key,
-            Entry {
-                shared: shared.clone(),
-                last_used: now,
+            Instant::now(),
+            |key| {
+                let name = Arc::from(format!("{}[{key:?}]", self.name));
+                Shared::new(name, self.settings.clone(), self.listeners.clone())
             },
+            |shared| Arc::strong_count(shared) == 1 && shared.state() == State::Closed,
         );
-        shared
+        found.unwrap_or_else(|| {
+            tracing::debug!(name = %self.name, "every key is in use; the shared breaker applies");
+            self.unkeyed.clone()
+        })
     }
 }
 
@@ -141,7 +110,7 @@ impl<X, K, C> fmt::Debug for KeyedCircuitBreakerLayer<X, K, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedCircuitBreakerLayer")
             .field("name", &self.keyed.name)
-            .field("max_keys", &self.keyed.max_keys)
+            .field("max_keys", &self.keyed.map.max_keys())
             .finish_non_exhaustive()
     }
 }
@@ -274,9 +243,7 @@ impl<X, C> KeyedCircuitBreakerBuilder<X, C> {
                 name,
                 settings,
                 listeners: self.listeners,
-                max_keys: self.max_keys,
-                idle_timeout: self.idle_timeout,
-                map: Mutex::new(HashMap::new()),
+                map: BoundedMap::new(self.max_keys, self.idle_timeout),
             }),
             classifier: self.classifier,
         };
@@ -385,15 +352,15 @@ impl<K> fmt::Debug for KeyedCircuitBreakerHandle<K> {
 impl<K: Hash + Eq> KeyedCircuitBreakerHandle<K> {
     /// Keys held now.
     pub fn keys(&self) -> usize {
-        self.keyed.map().len()
+        self.keyed.map.len()
     }
 
     /// The breaker of one key, if it is held.
     pub fn key(&self, key: &K) -> Option<CircuitBreakerHandle> {
         self.keyed
-            .map()
+            .map
             .get(key)
-            .map(|e| CircuitBreakerHandle::from_shared(e.shared.clone()))
+            .map(CircuitBreakerHandle::from_shared)
     }
 
     /// The breaker shared by requests without a key.
@@ -404,8 +371,8 @@ impl<K: Hash + Eq> KeyedCircuitBreakerHandle<K> {
     /// How many held keys are in each state.
     pub fn states(&self) -> HashMap<State, usize> {
         let mut counts = HashMap::new();
-        for e in self.keyed.map().values() {
-            *counts.entry(e.shared.state()).or_insert(0) += 1;
+        for shared in self.keyed.map.values() {
+            *counts.entry(shared.state()).or_insert(0) += 1;
         }
         counts
     }
@@ -428,7 +395,7 @@ impl<K: Hash + Eq + Send + Sync + 'static> Component for KeyedCircuitBreakerHand
             .collect();
         serde_json::json!({
             "keys": self.keys(),
-            "max_keys": self.keyed.max_keys,
+            "max_keys": self.keyed.map.max_keys(),
             "states": states,
             "unkeyed": self.keyed.unkeyed.state().as_str(),
         })

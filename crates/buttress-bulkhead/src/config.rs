@@ -8,6 +8,7 @@ use crate::layer::{BulkheadBuilder, BulkheadLayer};
 /// feature; durations as humantime strings).
 ///
 /// ```
+/// # #[cfg(feature = "serde")] {
 /// use buttress_bulkhead::BulkheadConfig;
 ///
 /// let config: BulkheadConfig = serde_json::from_str(
@@ -18,6 +19,7 @@ use crate::layer::{BulkheadBuilder, BulkheadLayer};
 ///
 /// let bad: BulkheadConfig = serde_json::from_str(r#"{ "max_concurrent": 0 }"#).unwrap();
 /// assert_eq!(bad.build().unwrap_err().field(), "max_concurrent");
+/// # }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]

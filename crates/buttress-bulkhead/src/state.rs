@@ -140,13 +140,17 @@ impl Shared {
 
     #[inline]
     fn take_available(&self) -> bool {
-        let mut cur = self.state.load(Relaxed);
+        // `SeqCst` loads (also on CAS failure): in `enqueue` this read is the
+        // waiter's half of the pairing described at the top of the module,
+        // and a weaker load could miss a releaser's increment that, in turn,
+        // missed the waiter (store buffering). Costs nothing extra on x86.
+        let mut cur = self.state.load(SeqCst);
         loop {
             if available_of(cur) <= 0 {
                 return false;
             }
             let next = (cur - 1).wrapping_add(TAKEN_ONE);
-            match self.state.compare_exchange_weak(cur, next, SeqCst, Relaxed) {
+            match self.state.compare_exchange_weak(cur, next, SeqCst, SeqCst) {
                 Ok(_) => {
                     if cur >> 32 == LOW {
                         self.epochs.fetch_add(1, Relaxed);

@@ -371,6 +371,60 @@ async fn set_max_queue_and_max_wait_apply_to_new_arrivals() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn snapshot_counts_active_queued_completed_rejected() {
+    let l = layer(2, 1, Some(Duration::from_millis(10)));
+    let h = l.handle();
+    let (inner, mut handle) = mock::pair::<&'static str, &'static str>();
+    let mut s: Vec<_> = (0..5)
+        .map(|_| mock::Spawn::new(l.layer(inner.clone())))
+        .collect();
+    let snapshot = |active, queued, available, completed, rejected| BulkheadSnapshot {
+        max_concurrent: 2,
+        active,
+        queued,
+        available,
+        completed,
+        rejected,
+    };
+    assert_eq!(h.snapshot(), snapshot(0, 0, 2, 0, 0));
+
+    assert_ready_ok!(s[0].poll_ready());
+    let r0 = s[0].call("0");
+    assert_eq!(h.snapshot(), snapshot(1, 0, 1, 0, 0));
+    assert_ready_ok!(s[1].poll_ready());
+    let r1 = s[1].call("1");
+    assert_eq!(h.snapshot(), snapshot(2, 0, 0, 0, 0));
+    assert_pending!(s[2].poll_ready());
+    assert_eq!(h.snapshot(), snapshot(2, 1, 0, 0, 0));
+    // The queue is full: rejected at once.
+    assert_ready_ok!(s[3].poll_ready());
+    assert!(s[3].call("3").await.is_err());
+    assert_eq!(h.snapshot(), snapshot(2, 1, 0, 0, 1));
+
+    // One call completes: its permit goes straight to the waiter.
+    assert_request_eq!(handle, "0").send_response("a");
+    r0.await.unwrap();
+    assert_eq!(h.snapshot(), snapshot(2, 0, 0, 1, 1));
+    assert_ready_ok!(s[2].poll_ready());
+    let r2 = s[2].call("2");
+
+    // A waiter that times out is a rejection, not a completion.
+    assert_pending!(s[4].poll_ready());
+    time::advance(Duration::from_millis(10)).await;
+    assert_ready_ok!(s[4].poll_ready());
+    assert!(s[4].call("4").await.is_err());
+    assert_eq!(h.snapshot(), snapshot(2, 0, 0, 1, 2));
+
+    // A dropped call is released and counted as completed.
+    let _unanswered = assert_request_eq!(handle, "1");
+    drop(r1);
+    assert_eq!(h.snapshot(), snapshot(1, 0, 1, 2, 2));
+    assert_request_eq!(handle, "2").send_response("c");
+    r2.await.unwrap();
+    assert_eq!(h.snapshot(), snapshot(0, 0, 2, 3, 2));
+}
+
+#[tokio::test(start_paused = true)]
 async fn events_are_emitted_in_order() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let ev = events.clone();
@@ -469,9 +523,9 @@ async fn registered_in_registry_with_snapshot() {
 }
 
 #[test]
-fn invalid_config_is_a_typed_error() {
+fn duplicate_name_is_a_config_error() {
     let registry = Registry::new();
-    BulkheadLayer::builder()
+    let first = BulkheadLayer::builder()
         .name("a")
         .registry(&registry)
         .build()
@@ -482,6 +536,16 @@ fn invalid_config_is_a_typed_error() {
         .build()
         .unwrap_err();
     assert_eq!(err.field(), "name");
+    assert!(err.to_string().contains("name"), "{err}");
+    // The first registration is untouched.
+    let kept: BulkheadHandle = registry.get("a").unwrap();
+    kept.set_max_concurrent(7);
+    assert_eq!(first.handle().snapshot().max_concurrent, 7);
+    assert_eq!(registry.names(), vec!["a".to_owned()]);
+}
+
+#[test]
+fn invalid_config_is_a_typed_error() {
     assert_eq!(
         BulkheadLayer::builder()
             .max_concurrent(0)
@@ -508,6 +572,40 @@ fn invalid_config_is_a_typed_error() {
     );
 }
 
+#[test]
+fn config_defaults_and_validation() {
+    let c = BulkheadConfig::default();
+    assert_eq!(
+        c,
+        BulkheadConfig {
+            name: "bulkhead".to_owned(),
+            max_concurrent: 25,
+            max_queue: 0,
+            max_wait: None,
+        }
+    );
+    let registry = Registry::new();
+    let l = BulkheadConfig {
+        name: "cfg".to_owned(),
+        max_concurrent: 3,
+        max_queue: 2,
+        max_wait: Some(Duration::from_millis(5)),
+    }
+    .builder()
+    .registry(&registry)
+    .build()
+    .unwrap();
+    assert_eq!(l.handle().name(), "cfg");
+    assert_eq!(l.handle().snapshot().available, 3);
+    assert!(registry.get::<BulkheadHandle>("cfg").is_some());
+    let empty = BulkheadConfig {
+        name: String::new(),
+        ..BulkheadConfig::default()
+    };
+    assert_eq!(empty.build().unwrap_err().field(), "name");
+}
+
+#[cfg(feature = "serde")]
 #[test]
 fn config_from_serde_with_humantime() {
     let c: BulkheadConfig = serde_json::from_str(

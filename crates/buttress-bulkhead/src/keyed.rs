@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -32,6 +33,12 @@ struct KeyedShared<K> {
     map: BoundedMap<K, Arc<Shared>>,
     /// Requests whose key the extractor could not find share this one.
     unkeyed: Arc<Shared>,
+    /// Requests with a new key rejected because every key was in use.
+    map_full: AtomicU64,
+    /// `completed` and `rejected` of evicted keys, so that totals never go
+    /// down when a key is evicted.
+    retired_completed: AtomicU64,
+    retired_rejected: AtomicU64,
 }
 
 impl<K: Hash + Eq + Clone> KeyedShared<K> {
@@ -47,13 +54,24 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
 
     /// The bulkhead of `key`; `None` when the map is full of keys in use.
     fn get(&self, key: K) -> Option<Arc<Shared>> {
-        // Only the map holds an evicted bulkhead: no call, queued caller or
-        // permit refers to it, so no limit is split in two.
+        // Only the map holds an evicted bulkhead: no call, queued caller,
+        // permit or handle refers to it, so no limit is split in two and its
+        // counters are final.
         self.map.get_or_insert(
             key,
             Instant::now(),
             |_| self.new_bulkhead(),
-            |shared| Arc::strong_count(shared) == 1,
+            |shared| {
+                if Arc::strong_count(shared) != 1 {
+                    return false;
+                }
+                // The map evicts every idle entry this allows (under its
+                // lock): keep the counts of this one.
+                let s = shared.snapshot();
+                self.retired_completed.fetch_add(s.completed, Relaxed);
+                self.retired_rejected.fetch_add(s.rejected, Relaxed);
+                true
+            },
         )
     }
 }
@@ -61,12 +79,13 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
 /// One bulkhead per key, the key taken from each request by a
 /// [`KeyExtractor`] (client IP, header, tenant extension, URI authority...).
 ///
-/// The map of keys is bounded by `max_keys`: a key whose bulkhead has been
-/// unused for `idle_timeout` (no call running or queued) is evicted when
-/// room is needed, and when every key is in use a request with a new key is
-/// rejected with [`BulkheadFull`] (`QueueFull`) rather than growing memory,
-/// so a client rotating keys cannot exhaust it. Requests without a key
-/// share one extra bulkhead with the same limits.
+/// The map of keys is bounded by `max_keys`. When room is needed, a key is
+/// evicted if no call of it is running or queued (and no
+/// [`BulkheadHandle`] of it is held) and none started for `idle_timeout`;
+/// when no key can go, a request with a new key is rejected with
+/// [`BulkheadFull`] (`QueueFull`) rather than growing memory, so a client
+/// rotating keys cannot exhaust it. Requests without a key share one extra
+/// bulkhead with the same limits.
 ///
 /// Because the key is known only in `call`, the wait for a permit happens
 /// in the response future: `call` calls the inner service at once and the
@@ -257,6 +276,9 @@ impl<X> KeyedBulkheadBuilder<X> {
                 listeners: self.listeners,
                 map: BoundedMap::new(self.max_keys, self.idle_timeout),
                 unkeyed,
+                map_full: AtomicU64::new(0),
+                retired_completed: AtomicU64::new(0),
+                retired_rejected: AtomicU64::new(0),
             }),
         };
         if let Some(registry) = &self.registry {
@@ -315,8 +337,8 @@ where
             None => Some(self.shared.unkeyed.clone()),
         };
         let Some(bulkhead) = bulkhead else {
-            let shared = &self.shared.unkeyed;
-            shared.record_rejected();
+            let shared = &self.shared;
+            shared.map_full.fetch_add(1, Relaxed);
             shared.listeners.emit(|| BulkheadEvent::Rejected {
                 name: shared.name.clone(),
                 reason: BulkheadFullReason::QueueFull,
@@ -453,11 +475,26 @@ impl<K: Hash + Eq> KeyedBulkheadHandle<K> {
         BulkheadHandle::new(self.shared.unkeyed.clone())
     }
 
-    /// Totals over every key held now and the unkeyed bulkhead
-    /// (`max_concurrent` is the per-key limit).
+    /// Requests with a new key rejected because every key was in use
+    /// (also counted in [`totals`](Self::totals)`().rejected`).
+    pub fn map_full_rejections(&self) -> u64 {
+        self.shared.map_full.load(Relaxed)
+    }
+
+    /// Totals over the keys held now and the unkeyed bulkhead
+    /// (`max_concurrent` is the per-key limit). `completed` and `rejected`
+    /// also count evicted keys and requests rejected because the map was
+    /// full, so they never go down.
     pub fn totals(&self) -> BulkheadSnapshot {
+        // The clones pin the keys held now (a referenced bulkhead is never
+        // evicted), so reading the retired counts afterwards counts every
+        // key exactly once.
+        let held = self.shared.map.values();
         let mut total = self.shared.unkeyed.snapshot();
-        for shared in self.shared.map.values() {
+        total.completed += self.shared.retired_completed.load(Relaxed);
+        total.rejected +=
+            self.shared.retired_rejected.load(Relaxed) + self.shared.map_full.load(Relaxed);
+        for shared in held {
             let s = shared.snapshot();
             total.active += s.active;
             total.queued += s.queued;
@@ -488,6 +525,7 @@ impl<K: Hash + Eq + Send + Sync + 'static> Component for KeyedBulkheadHandle<K> 
             "queued": t.queued,
             "completed": t.completed,
             "rejected": t.rejected,
+            "rejected_map_full": self.map_full_rejections(),
         })
     }
 

@@ -141,6 +141,13 @@ async fn keyed_map_is_bounded_and_evicts_idle_keys() {
     assert_ready!(a.poll()).unwrap();
     let (c, _c_done) = req(Some("c"));
     assert!(svc.clone().oneshot(c).await.is_err());
+    // Counted as map-full rejections, not against the unkeyed bulkhead.
+    assert_eq!(handle.map_full_rejections(), 2);
+    assert_eq!(handle.unkeyed().snapshot().rejected, 0);
+    assert_eq!(
+        (handle.totals().completed, handle.totals().rejected),
+        (1, 2)
+    );
 
     // Idle long enough: `a` is evicted to make room; `b` (in use) stays.
     time::advance(Duration::from_secs(10)).await;
@@ -152,6 +159,10 @@ async fn keyed_map_is_bounded_and_evicts_idle_keys() {
     assert!(handle.key(&"b").is_some());
     b_done.send(()).unwrap();
     assert_ready!(b.poll()).unwrap();
+    // The evicted key's completed call still counts: totals never go down.
+    let totals = handle.totals();
+    assert_eq!((totals.active, totals.queued), (0, 0));
+    assert_eq!((totals.completed, totals.rejected), (3, 2));
 }
 
 #[tokio::test(start_paused = true)]
@@ -177,6 +188,10 @@ fn keyed_registry_and_config_errors() {
             .unwrap();
     assert_eq!(registry.snapshot()["per-client"]["kind"], "keyed_bulkhead");
     assert_eq!(registry.snapshot()["per-client"]["state"]["keys"], 0);
+    assert_eq!(
+        registry.snapshot()["per-client"]["state"]["rejected_map_full"],
+        0
+    );
     drop(l);
     let err = KeyedBulkheadLayer::builder(FnKey::<_, Req>::new(
         key_of as fn(&Req) -> Option<&'static str>,

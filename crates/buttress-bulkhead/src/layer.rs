@@ -139,6 +139,7 @@ impl BulkheadBuilder {
     }
 
     /// Calls allowed to run at once (default 25, as Resilience4j).
+    /// [`build`](Self::build) rejects 0 and values above 2^30.
     pub fn max_concurrent(mut self, max: usize) -> Self {
         self.max_concurrent = max;
         self

@@ -636,3 +636,20 @@ async fn new_without_builder_rejects_at_once_when_full() {
     drop(s1);
     assert_ready_ok!(s2.poll_ready());
 }
+
+/// Servers (axum, hyper) need `Send + Sync` services and `Send` futures.
+#[test]
+fn services_futures_and_handles_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    type Inner = mock::Mock<&'static str, &'static str>;
+    send_sync::<BulkheadLayer>();
+    send_sync::<BulkheadHandle>();
+    send_sync::<buttress_bulkhead::Bulkhead<Inner>>();
+    send::<
+        buttress_bulkhead::future::ResponseFuture<<Inner as tower::Service<&'static str>>::Future>,
+    >();
+    send_sync::<buttress_bulkhead::KeyedBulkheadHandle<String>>();
+    send::<buttress_bulkhead::KeyedResponseFuture<<Inner as tower::Service<&'static str>>::Future>>(
+    );
+}

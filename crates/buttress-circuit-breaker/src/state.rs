@@ -143,6 +143,13 @@ enum Window {
     Time(TimeWindow),
 }
 
+#[derive(Default)]
+struct CoarseSecond {
+    second: AtomicU64,
+    running: std::sync::atomic::AtomicBool,
+    starting: std::sync::atomic::AtomicBool,
+}
+
 /// What admission decided for one call.
 pub(crate) enum Admission {
     /// Go ahead; `probe` when the call is a half-open probe.
@@ -169,6 +176,9 @@ pub(crate) struct Shared {
     probes_slow: AtomicU32,
     not_permitted: AtomicU64,
     rng: AtomicU64,
+    /// The current second for a time window, kept by a ticker task so that
+    /// recording reads an atomic instead of the clock.
+    coarse: CoarseSecond,
     this: Weak<Shared>,
 }
 
@@ -194,6 +204,7 @@ impl Shared {
                 None => Window::Count(CountWindow::new(settings.window_size)),
             },
             rng: AtomicU64::new(splitmix64(settings.seed) | 1),
+            coarse: CoarseSecond::default(),
             settings,
             listeners,
             word: AtomicU64::new(State::Closed.code()),
@@ -378,7 +389,10 @@ impl Shared {
                 0
             }
             Window::Time(w) => {
-                let second = self.second(end.unwrap_or_else(Instant::now));
+                let second = match end {
+                    Some(end) => self.second(end),
+                    None => self.current_second(),
+                };
                 w.record(second, failed, slow);
                 second
             }
@@ -399,7 +413,75 @@ impl Shared {
     /// Whether recording needs the time a call ended.
     #[inline]
     pub(crate) fn needs_clock(&self) -> bool {
-        matches!(self.window, Window::Time(_))
+        // A time window reads the ticker's second instead.
+        false
+    }
+
+    /// The current second since the base instant: the ticker's when it
+    /// runs, else from the clock (and the ticker is started if a tokio
+    /// runtime is there to run it).
+    fn current_second(&self) -> u64 {
+        if self.coarse.running.load(Acquire) {
+            return self.coarse.second.load(Acquire);
+        }
+        self.start_ticker();
+        self.second(Instant::now())
+    }
+
+    /// Starts the task that keeps `coarse.second` current: it ticks at each
+    /// whole second after the base instant, follows tokio's paused clock in
+    /// tests, ends when the breaker is dropped, and marks itself stopped if
+    /// its runtime shuts down (the next call then starts another).
+    fn start_ticker(&self) {
+        // A load first: calls that find a ticker starting make no write.
+        if self.coarse.starting.load(Acquire) || self.coarse.starting.swap(true, AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.coarse.starting.store(false, Release);
+            return;
+        };
+        let this = self.this.clone();
+        runtime.spawn(async move {
+            /// Marks the ticker stopped however its task ends.
+            struct Stopped(Weak<Shared>);
+            impl Drop for Stopped {
+                fn drop(&mut self) {
+                    if let Some(shared) = self.0.upgrade() {
+                        shared.coarse.running.store(false, Release);
+                        shared.coarse.starting.store(false, Release);
+                    }
+                }
+            }
+            let _stopped = Stopped(this.clone());
+            let Some(first) = this.upgrade().map(|s| s.tick()) else {
+                return;
+            };
+            let base = match this.upgrade() {
+                Some(s) => s.base,
+                None => return,
+            };
+            let next = base + Duration::from_secs(first + 1);
+            let mut ticks = tokio::time::interval_at(next, Duration::from_secs(1));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                ticks.tick().await;
+                match this.upgrade() {
+                    Some(shared) => {
+                        shared.tick();
+                    }
+                    None => return,
+                }
+            }
+        });
+    }
+
+    /// Publishes the current second; returns it.
+    fn tick(&self) -> u64 {
+        let second = self.second(Instant::now());
+        self.coarse.second.store(second, Release);
+        self.coarse.running.store(true, Release);
+        second
     }
 
     fn second(&self, t: Instant) -> u64 {
@@ -603,7 +685,11 @@ impl Shared {
                 (c, c, 0)
             }
             _ => {
-                let r = self.window_rates(self.second(Instant::now()));
+                let second = match self.window {
+                    Window::Time(_) => self.current_second(),
+                    Window::Count(_) => 0,
+                };
+                let r = self.window_rates(second);
                 (r.calls, r.failed, r.slow)
             }
         };

@@ -647,3 +647,49 @@ async fn ignore_if_leaves_matching_results_out_of_the_window() {
     s.clone().oneshot(Ok).await.unwrap();
     assert_eq!(l.handle().snapshot().buffered_calls, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn time_window_follows_the_clock_ticker_across_seconds() {
+    let l = builder()
+        .time_window(Duration::from_secs(3))
+        .minimum_calls(1_000)
+        .build()
+        .unwrap();
+    let s = svc(&l);
+    // One call per second for 6 s: the window only ever holds the last 3.
+    for _ in 0..6 {
+        calls(&s, &[Fail]).await;
+        time::sleep(Duration::from_secs(1)).await;
+    }
+    calls(&s, &[Fail]).await;
+    assert_eq!(l.handle().snapshot().buffered_calls, 3);
+}
+
+#[test]
+fn time_window_outlives_the_runtime_of_its_clock_ticker() {
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let first = paused();
+    let l = first.block_on(async {
+        let l = builder()
+            .time_window(Duration::from_secs(60))
+            .minimum_calls(1_000)
+            .build()
+            .unwrap();
+        calls(&svc(&l), &[Fail, Ok]).await;
+        tokio::task::yield_now().await; // the ticker has run
+        l
+    });
+    drop(first); // and is gone with its runtime
+    paused().block_on(async {
+        time::advance(Duration::from_secs(120)).await;
+        // A stale ticker would still say second 0 and count the first two.
+        calls(&svc(&l), &[Fail, Ok]).await;
+        assert_eq!(l.handle().snapshot().buffered_calls, 2);
+    });
+}

@@ -1,0 +1,3 @@
+//! Error types.
+
+pub use buttress_core::error::{BoxError, RetryExhausted};

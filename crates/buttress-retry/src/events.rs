@@ -1,0 +1,107 @@
+//! Events of the retry layer.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What made an attempt fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum Cause {
+    /// A response that the policy retries (a 503, `UNAVAILABLE`, ...).
+    Response,
+    /// An error.
+    Error,
+    /// An error before the connection was made: the request was never
+    /// sent, so it may be retried whatever its method.
+    ConnectError,
+}
+
+/// Why a failure that the policy would retry was not retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum NotRetried {
+    /// A non-idempotent request (`POST`, `PATCH`) without an
+    /// `Idempotency-Key` header, which may have reached the server.
+    NonIdempotent,
+    /// The request body was larger than the buffer limit: it was sent once
+    /// and not kept.
+    BodyTooLarge,
+    /// The previous attempt still held the unread rest of the request body.
+    BodyInUse,
+    /// The next attempt could not start before the caller's deadline.
+    Deadline,
+    /// The next attempt could not start within `max_elapsed` of the first.
+    MaxElapsed,
+    /// The server asked for a wait longer than `max_delay`.
+    HintTooLong,
+    /// The server said not to retry (a negative or malformed
+    /// `grpc-retry-pushback-ms`).
+    Refused,
+}
+
+impl fmt::Display for NotRetried {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NotRetried::NonIdempotent => "the request is not idempotent",
+            NotRetried::BodyTooLarge => "the request body is larger than the buffer limit",
+            NotRetried::BodyInUse => "the previous attempt still holds the request body",
+            NotRetried::Deadline => "the caller's deadline would pass first",
+            NotRetried::MaxElapsed => "max_elapsed would pass first",
+            NotRetried::HintTooLong => "the server asked for a wait beyond max_delay",
+            NotRetried::Refused => "the server refused retries",
+        })
+    }
+}
+
+/// What the retry layer reports to its listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryEvent {
+    /// Attempt `attempt` (2 for the first retry) starts after `delay`.
+    Scheduled {
+        /// The layer's name.
+        name: Arc<str>,
+        /// The number of the attempt about to be made.
+        attempt: u32,
+        /// The wait before it.
+        delay: Duration,
+        /// What made the previous attempt fail.
+        cause: Cause,
+        /// The server's hint, when it gave one.
+        hint: Option<Duration>,
+    },
+    /// A call succeeded after `retries` retries (at least one).
+    Succeeded {
+        /// The layer's name.
+        name: Arc<str>,
+        /// Retries it took.
+        retries: u32,
+    },
+    /// Every allowed attempt failed.
+    Exhausted {
+        /// The layer's name.
+        name: Arc<str>,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The retry budget was spent: the last result goes back unretried.
+    BudgetExhausted {
+        /// The layer's name.
+        name: Arc<str>,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// A failure was not retried, for `reason`.
+    NotRetried {
+        /// The layer's name.
+        name: Arc<str>,
+        /// Attempts made.
+        attempts: u32,
+        /// Why.
+        reason: NotRetried,
+    },
+}

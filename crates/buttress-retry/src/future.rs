@@ -1,0 +1,280 @@
+//! The response future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use buttress_core::error::{BoxError, RetryExhausted};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use crate::backoff::draw;
+use crate::events::{Cause, NotRetried, RetryEvent};
+use crate::layer::{Link, Outcome, Settings};
+use crate::policy::{is_connect_error, RetryPolicy, Verdict};
+use crate::request::Replay;
+
+pin_project! {
+    /// Response future of [`Retry`](crate::Retry): runs the attempts, waits
+    /// between them, and gives the caller the accepted result, the last
+    /// response, or the last error.
+    ///
+    /// Dropping it cancels the attempt in flight and any retry to come.
+    pub struct ResponseFuture<F, S, Q, X, P> {
+        #[pin]
+        state: State<F>,
+        ctx: Ctx<S, Q, X, P>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Called {
+            #[pin]
+            fut: F,
+        },
+        Waiting {
+            #[pin]
+            sleep: Sleep,
+        },
+        Readying,
+        Done,
+    }
+}
+
+/// Everything but the pinned state.
+struct Ctx<S, Q, X, P> {
+    svc: S,
+    keep: Result<X, NotRetried>,
+    next: Option<Q>,
+    policy: P,
+    settings: Settings,
+    link: Link,
+    deadline: Option<Instant>,
+    started: Option<Instant>,
+    attempts: u32,
+    previous_delay: Duration,
+}
+
+/// What to do after an attempt.
+enum Step<T> {
+    Return(Result<T, BoxError>),
+    Retry(Duration),
+}
+
+impl<F, S, Q, X, P> ResponseFuture<F, S, Q, X, P> {
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub(crate) fn new(
+        fut: F,
+        svc: S,
+        keep: Result<X, NotRetried>,
+        policy: P,
+        settings: Settings,
+        link: Link,
+        deadline: Option<Instant>,
+        started: Option<Instant>,
+    ) -> Self {
+        Self {
+            state: State::Called { fut },
+            ctx: Ctx {
+                svc,
+                keep,
+                next: None,
+                policy,
+                settings,
+                link,
+                deadline,
+                started,
+                attempts: 0,
+                previous_delay: Duration::ZERO,
+            },
+        }
+    }
+}
+
+impl<F, S, Q, X, P> fmt::Debug for ResponseFuture<F, S, Q, X, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("attempts", &self.ctx.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, S, Q, X, P, T, E> Future for ResponseFuture<F, S, Q, X, P>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    S: Service<Q, Future = F, Response = T, Error = E>,
+    P: RetryPolicy<T>,
+    X: Replay<Request = Q>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { fut } => {
+                    let result = ready!(fut.poll(cx)).map_err(Into::into);
+                    match decide(this.ctx, result) {
+                        Step::Return(result) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(result);
+                        }
+                        Step::Retry(delay) if delay.is_zero() => this.state.set(State::Readying),
+                        Step::Retry(delay) => this.state.set(State::Waiting {
+                            sleep: tokio::time::sleep(delay),
+                        }),
+                    }
+                }
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Readying);
+                }
+                StateProj::Readying => {
+                    if let Err(e) = ready!(this.ctx.svc.poll_ready(cx)) {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    let Some(req) = this.ctx.next.take() else {
+                        // `decide` always leaves the next request before a
+                        // retry; nothing to send means nothing to wait for.
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err("retry: no request to send".into()));
+                    };
+                    let fut = this.ctx.svc.call(req);
+                    this.state.set(State::Called { fut });
+                }
+                StateProj::Done => panic!("retry ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+/// Decides what follows an attempt that ended with `result`.
+fn decide<S, Q, X, P, T>(ctx: &mut Ctx<S, Q, X, P>, result: Result<T, BoxError>) -> Step<T>
+where
+    P: RetryPolicy<T>,
+    X: Replay<Request = Q>,
+{
+    ctx.attempts += 1;
+    let attempts = ctx.attempts;
+    let retries = attempts - 1;
+    let after = match ctx.policy.check(&result) {
+        Verdict::Accept => {
+            let outcome = match (&result, retries) {
+                (Ok(_), 0) => Outcome::SuccessWithoutRetry,
+                (Ok(_), _) => Outcome::SuccessWithRetry,
+                (Err(_), 0) => Outcome::FailedWithoutRetry,
+                (Err(_), _) => Outcome::FailedWithRetry,
+            };
+            ctx.link.finish(outcome);
+            if retries > 0 && result.is_ok() {
+                ctx.link
+                    .emit(|name| RetryEvent::Succeeded { name, retries });
+            }
+            return Step::Return(result);
+        }
+        Verdict::Refuse => return ctx.give_up(result, Some(NotRetried::Refused)),
+        Verdict::Retry { after } => after,
+    };
+    if attempts >= ctx.settings.max_attempts {
+        ctx.link
+            .emit(|name| RetryEvent::Exhausted { name, attempts });
+        return ctx.give_up(result, None);
+    }
+    let keep = match &mut ctx.keep {
+        Ok(keep) => keep,
+        Err(reason) => {
+            let reason = *reason;
+            return ctx.give_up(result, Some(reason));
+        }
+    };
+    let settings = &ctx.settings;
+    if after.is_some_and(|hint| hint > settings.max_delay) {
+        return ctx.give_up(result, Some(NotRetried::HintTooLong));
+    }
+    let backoff = draw(
+        &settings.backoff,
+        &settings.jitter,
+        retries + 1,
+        settings.max_delay,
+        ctx.previous_delay,
+        ctx.link.random(),
+    );
+    // Never shorter than the server's hint.
+    let delay = backoff.max(after.unwrap_or(Duration::ZERO));
+    if ctx.deadline.is_some() || ctx.started.is_some() {
+        let now = Instant::now();
+        let start_at = now.checked_add(delay);
+        if let Some(deadline) = ctx.deadline {
+            if start_at.is_none_or(|at| at >= deadline) {
+                return ctx.give_up(result, Some(NotRetried::Deadline));
+            }
+        }
+        if let (Some(started), Some(max)) = (ctx.started, settings.max_elapsed) {
+            if start_at.is_none_or(|at| at.saturating_duration_since(started) > max) {
+                return ctx.give_up(result, Some(NotRetried::MaxElapsed));
+            }
+        }
+    }
+    let cause = match &result {
+        Ok(_) => Cause::Response,
+        Err(e) if is_connect_error(&**e) => Cause::ConnectError,
+        Err(_) => Cause::Error,
+    };
+    let next = match keep.next(cause) {
+        Ok(next) => next,
+        Err(reason) => return ctx.give_up(result, Some(reason)),
+    };
+    if !ctx.link.withdraw() {
+        drop(next);
+        ctx.link
+            .emit(|name| RetryEvent::BudgetExhausted { name, attempts });
+        return ctx.give_up(result, None);
+    }
+    ctx.link.retried();
+    ctx.link.emit(|name| RetryEvent::Scheduled {
+        name,
+        attempt: attempts + 1,
+        delay,
+        cause,
+        hint: after,
+    });
+    ctx.previous_delay = delay;
+    ctx.next = Some(next);
+    Step::Retry(delay)
+}
+
+impl<S, Q, X, P> Ctx<S, Q, X, P> {
+    /// Ends the call with a failure that was not retried (further): the
+    /// last response as it is, or the last error, wrapped in
+    /// [`RetryExhausted`] when there were retries.
+    fn give_up<T>(&mut self, result: Result<T, BoxError>, reason: Option<NotRetried>) -> Step<T> {
+        let attempts = self.attempts;
+        if let Some(reason) = reason {
+            self.link.emit(|name| RetryEvent::NotRetried {
+                name,
+                attempts,
+                reason,
+            });
+        }
+        self.link.finish(if attempts > 1 {
+            Outcome::FailedWithRetry
+        } else {
+            Outcome::FailedWithoutRetry
+        });
+        Step::Return(match result {
+            Ok(res) => Ok(res),
+            Err(e) if attempts > 1 => {
+                Err(RetryExhausted::new(self.link.name(), attempts, e).into())
+            }
+            Err(e) => Err(e),
+        })
+    }
+}

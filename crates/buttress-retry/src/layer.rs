@@ -1,0 +1,625 @@
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use buttress_core::registry::Component;
+use buttress_core::{ConfigError, Listener, Listeners, Registry};
+use tower_layer::Layer;
+
+use crate::backoff::{Backoff, Jitter};
+use crate::budget::{BudgetSnapshot, RetryBudget};
+use crate::events::RetryEvent;
+use crate::policy::{Classified, GrpcRetry, HttpRetry, NetworkErrors, RetryErrors};
+use crate::request::{CloneRequest, HttpReplay};
+use crate::rng::{thread_random, RandomSource, SeededRandom};
+use crate::service::Retry;
+
+pub(crate) const KIND: &str = "retry";
+
+/// The limits of one layer, copied into every response future so that the
+/// happy path reads no shared state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Settings {
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) jitter: Jitter,
+    pub(crate) max_delay: Duration,
+    pub(crate) max_elapsed: Option<Duration>,
+}
+
+/// How a call ended, for the counters.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outcome {
+    SuccessWithoutRetry,
+    SuccessWithRetry,
+    FailedWithoutRetry,
+    FailedWithRetry,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    successful_without_retry: AtomicU64,
+    successful_with_retry: AtomicU64,
+    failed_without_retry: AtomicU64,
+    failed_with_retry: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// State shared by a layer and every service and future it makes.
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    /// The name when it is a `&'static str`: a quiet future carries it
+    /// instead of a clone of this `Arc`.
+    static_name: Option<&'static str>,
+    /// Whether futures must reach this state: listeners, a budget, a
+    /// seeded random source, a registry entry or a handle. Until then they
+    /// carry no `Arc` and the call path touches no shared reference count.
+    observed: AtomicBool,
+    listeners: Listeners<RetryEvent>,
+    budget: Option<RetryBudget>,
+    random: Option<Arc<dyn RandomSource>>,
+    counters: Counters,
+}
+
+impl Shared {
+    #[inline]
+    pub(crate) fn link(self: &Arc<Self>) -> Link {
+        match self.static_name {
+            Some(name) if !self.observed.load(Ordering::Relaxed) => Link::Quiet(name),
+            _ => Link::Observed(self.clone()),
+        }
+    }
+}
+
+/// A response future's way back to its layer.
+pub(crate) enum Link {
+    /// Nobody observes the layer: the static name is all an error needs.
+    Quiet(&'static str),
+    /// Listeners, a budget, a random source, a registry or a handle.
+    Observed(Arc<Shared>),
+}
+
+impl Link {
+    #[inline]
+    pub(crate) fn deposit(&self) {
+        if let Link::Observed(shared) = self {
+            if let Some(budget) = &shared.budget {
+                budget.deposit();
+            }
+        }
+    }
+
+    /// Takes a retry from the budget; `true` without a budget.
+    pub(crate) fn withdraw(&self) -> bool {
+        match self {
+            Link::Observed(shared) => shared.budget.as_ref().is_none_or(RetryBudget::try_withdraw),
+            Link::Quiet(_) => true,
+        }
+    }
+
+    pub(crate) fn random(&self) -> u64 {
+        match self {
+            Link::Observed(shared) => match &shared.random {
+                Some(random) => random.next_u64(),
+                None => thread_random(),
+            },
+            Link::Quiet(_) => thread_random(),
+        }
+    }
+
+    pub(crate) fn name(&self) -> Arc<str> {
+        match self {
+            Link::Quiet(name) => Arc::from(*name),
+            Link::Observed(shared) => shared.name.clone(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn emit(&self, event: impl FnOnce(Arc<str>) -> RetryEvent) {
+        if let Link::Observed(shared) = self {
+            shared.listeners.emit(|| event(shared.name.clone()));
+        }
+    }
+
+    #[inline]
+    pub(crate) fn finish(&self, outcome: Outcome) {
+        if let Link::Observed(shared) = self {
+            let c = &shared.counters;
+            let counter = match outcome {
+                Outcome::SuccessWithoutRetry => &c.successful_without_retry,
+                Outcome::SuccessWithRetry => &c.successful_with_retry,
+                Outcome::FailedWithoutRetry => &c.failed_without_retry,
+                Outcome::FailedWithRetry => &c.failed_with_retry,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn retried(&self) {
+        if let Link::Observed(shared) = self {
+            shared.counters.retries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Retries failed calls of the wrapped service.
+///
+/// `P` decides what is retried ([`RetryErrors`] by default; see
+/// [`RetryBuilder::policy`]); `R` keeps each request for the next attempt
+/// ([`CloneRequest`] by default, [`HttpReplay`] for HTTP bodies). Every
+/// service made by one layer shares its budget, counters and listeners.
+///
+/// ```
+/// use buttress_retry::{error::RetryExhausted, RetryLayer};
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let layer = RetryLayer::exponential(3, Duration::from_millis(100), Duration::from_secs(2))
+///     .name("inventory")
+///     .build()
+///     .unwrap();
+/// let calls = Arc::new(AtomicU32::new(0));
+/// let seen = calls.clone();
+/// let svc = ServiceBuilder::new().layer(layer).service_fn(move |x: u32| {
+///     let n = seen.fetch_add(1, Ordering::SeqCst);
+///     async move { if n < 2 { Err("flaky") } else { Ok(x) } }
+/// });
+/// assert_eq!(svc.clone().oneshot(7).await.unwrap(), 7);
+/// assert_eq!(calls.load(Ordering::SeqCst), 3);
+///
+/// // Three more failures: the caller gets the last error, wrapped.
+/// let always = ServiceBuilder::new()
+///     .layer(RetryLayer::fixed(3, Duration::from_millis(10)).build().unwrap())
+///     .service_fn(|_: u32| async { Err::<u32, _>("down") });
+/// let err = always.oneshot(1).await.unwrap_err();
+/// let exhausted = err.downcast_ref::<RetryExhausted>().unwrap();
+/// assert_eq!(exhausted.attempts(), 3);
+/// assert_eq!(exhausted.last_error().to_string(), "down");
+/// # }
+/// ```
+pub struct RetryLayer<P = RetryErrors, R = CloneRequest> {
+    shared: Arc<Shared>,
+    settings: Settings,
+    policy: P,
+    replay: R,
+}
+
+impl<P: Clone, R: Clone> Clone for RetryLayer<P, R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            settings: self.settings,
+            policy: self.policy.clone(),
+            replay: self.replay.clone(),
+        }
+    }
+}
+
+impl<P, R> fmt::Debug for RetryLayer<P, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("name", &self.shared.name)
+            .field("max_attempts", &self.settings.max_attempts)
+            .field("backoff", &self.settings.backoff)
+            .field("jitter", &self.settings.jitter)
+            .field("max_delay", &self.settings.max_delay)
+            .field("max_elapsed", &self.settings.max_elapsed)
+            .field("budget", &self.shared.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, P: Clone, R: Clone> Layer<S> for RetryLayer<P, R> {
+    type Service = Retry<S, P, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry::new(
+            inner,
+            self.shared.clone(),
+            self.settings,
+            self.policy.clone(),
+            self.replay.clone(),
+        )
+    }
+}
+
+impl RetryLayer {
+    /// A builder with the defaults: 3 attempts, exponential backoff from
+    /// 100 ms doubling, full jitter, at most 10 s between attempts, every
+    /// error retried, `Req: Clone` requests.
+    pub fn builder() -> RetryBuilder {
+        RetryBuilder {
+            name: Cow::Borrowed(KIND),
+            settings: Settings {
+                max_attempts: 3,
+                backoff: Backoff::exponential(Duration::from_millis(100)),
+                jitter: Jitter::Full,
+                max_delay: Duration::from_secs(10),
+                max_elapsed: None,
+            },
+            policy: RetryErrors,
+            replay: CloneRequest,
+            budget: None,
+            random: None,
+            registry: None,
+            listeners: Listeners::new(),
+        }
+    }
+
+    /// `max_attempts` attempts in all, `delay` apart, without jitter.
+    pub fn fixed(max_attempts: u32, delay: Duration) -> RetryBuilder {
+        Self::builder()
+            .max_attempts(max_attempts)
+            .backoff(Backoff::fixed(delay))
+            .jitter(Jitter::None)
+            .max_delay(delay.max(Duration::from_nanos(1)))
+    }
+
+    /// `max_attempts` attempts in all, waiting a full-jittered exponential
+    /// delay from `initial`, doubling, capped at `max_delay`.
+    pub fn exponential(max_attempts: u32, initial: Duration, max_delay: Duration) -> RetryBuilder {
+        Self::builder()
+            .max_attempts(max_attempts)
+            .backoff(Backoff::exponential(initial))
+            .max_delay(max_delay)
+    }
+
+    /// Network errors only ([`NetworkErrors`]): 3 attempts, exponential
+    /// from 100 ms, full jitter.
+    pub fn network() -> RetryBuilder<NetworkErrors> {
+        Self::builder().policy(NetworkErrors)
+    }
+
+    /// HTTP ([`HttpRetry`] and [`HttpReplay`]): 502, 503, 504, 429 and
+    /// transport errors are retried, idempotent requests only (or any after
+    /// a connect error), bodies up to 64 KiB kept for replay,
+    /// `Retry-After` honoured.
+    pub fn for_http() -> RetryBuilder<HttpRetry, HttpReplay> {
+        Self::builder()
+            .policy(HttpRetry::new())
+            .replay(HttpReplay::new())
+    }
+
+    /// gRPC over HTTP ([`GrpcRetry`]): `UNAVAILABLE`, and
+    /// `RESOURCE_EXHAUSTED` with pushback; `grpc-retry-pushback-ms`
+    /// honoured; every method (the status says the call was not processed).
+    pub fn for_grpc() -> RetryBuilder<GrpcRetry, HttpReplay> {
+        Self::builder()
+            .policy(GrpcRetry::new())
+            .replay(HttpReplay::new().idempotent_only(false))
+    }
+
+    /// An HTTP API that rate limits: 429 and 503 only, 5 attempts,
+    /// exponential from 1 s to 60 s with full jitter, and `Retry-After`
+    /// honoured (a hint beyond 60 s ends the retries).
+    pub fn api_rate_limit() -> RetryBuilder<HttpRetry, HttpReplay> {
+        Self::builder()
+            .policy(HttpRetry::statuses([
+                http::StatusCode::TOO_MANY_REQUESTS,
+                http::StatusCode::SERVICE_UNAVAILABLE,
+            ]))
+            .replay(HttpReplay::new())
+            .max_attempts(5)
+            .backoff(Backoff::exponential(Duration::from_secs(1)))
+            .max_delay(Duration::from_secs(60))
+    }
+}
+
+impl<P, R> RetryLayer<P, R> {
+    /// A handle to observe the layer.
+    ///
+    /// The counters of the snapshot start when the first handle is taken
+    /// (or at build time for a registered layer or one with listeners or a
+    /// budget): until a layer is observed, its futures do not touch the
+    /// shared state at all.
+    pub fn handle(&self) -> RetryHandle {
+        self.shared.observed.store(true, Ordering::Relaxed);
+        RetryHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Builds a [`RetryLayer`].
+pub struct RetryBuilder<P = RetryErrors, R = CloneRequest> {
+    name: Cow<'static, str>,
+    settings: Settings,
+    policy: P,
+    replay: R,
+    budget: Option<RetryBudget>,
+    random: Option<Arc<dyn RandomSource>>,
+    registry: Option<Registry>,
+    listeners: Listeners<RetryEvent>,
+}
+
+impl<P, R> fmt::Debug for RetryBuilder<P, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryBuilder")
+            .field("name", &self.name)
+            .field("settings", &self.settings)
+            .field("budget", &self.budget)
+            .field("listeners", &self.listeners)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P, R> RetryBuilder<P, R> {
+    /// The instance name, used in errors, events and the registry.
+    ///
+    /// A `&'static str` costs nothing per call; a `String` name makes every
+    /// call carry a reference to the layer.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Attempts in all, the first one included (default 3; at least 1).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.settings.max_attempts = n;
+        self
+    }
+
+    /// The base delays (default exponential from 100 ms, doubling).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.settings.backoff = backoff;
+        self
+    }
+
+    /// How delays are spread (default [`Jitter::Full`]).
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.settings.jitter = jitter;
+        self
+    }
+
+    /// The longest wait between two attempts (default 10 s). A server hint
+    /// beyond it ends the retries instead of being shortened.
+    pub fn max_delay(mut self, max: Duration) -> Self {
+        self.settings.max_delay = max;
+        self
+    }
+
+    /// No attempt starts later than this after the call began (default
+    /// none). Costs one clock read per call.
+    pub fn max_elapsed(mut self, max: Duration) -> Self {
+        self.settings.max_elapsed = Some(max);
+        self
+    }
+
+    /// Governs retries with `budget` (shared by every layer given a clone
+    /// of it). Each call deposits in it, each retry withdraws.
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Draws jitter from `random` instead of a per-thread generator.
+    pub fn random(mut self, random: impl RandomSource) -> Self {
+        self.random = Some(Arc::new(random));
+        self
+    }
+
+    /// Draws jitter from a [`SeededRandom`] started at `seed`: the same
+    /// calls get the same delays, run after run.
+    pub fn seed(self, seed: u64) -> Self {
+        self.random(SeededRandom::new(seed))
+    }
+
+    /// Registers the layer in `registry` under its name.
+    pub fn registry(mut self, registry: &Registry) -> Self {
+        self.registry = Some(registry.clone());
+        self
+    }
+
+    /// Adds an event listener.
+    pub fn on_event(mut self, listener: impl Listener<RetryEvent>) -> Self {
+        self.listeners = self.listeners.with(listener);
+        self
+    }
+
+    /// Decides what is retried with `policy` (a preset, or a closure
+    /// `Fn(&Result<Res, BoxError>) -> Verdict`).
+    pub fn policy<P2>(self, policy: P2) -> RetryBuilder<P2, R> {
+        RetryBuilder {
+            name: self.name,
+            settings: self.settings,
+            policy,
+            replay: self.replay,
+            budget: self.budget,
+            random: self.random,
+            registry: self.registry,
+            listeners: self.listeners,
+        }
+    }
+
+    /// Retries what a core classifier calls a failure.
+    pub fn classifier<C>(self, classifier: C) -> RetryBuilder<Classified<C>, R> {
+        self.policy(Classified(classifier))
+    }
+
+    /// Keeps requests for retries with `replay`.
+    pub fn replay<R2>(self, replay: R2) -> RetryBuilder<P, R2> {
+        RetryBuilder {
+            name: self.name,
+            settings: self.settings,
+            policy: self.policy,
+            replay,
+            budget: self.budget,
+            random: self.random,
+            registry: self.registry,
+            listeners: self.listeners,
+        }
+    }
+
+    /// Validates and builds the layer.
+    pub fn build(self) -> Result<RetryLayer<P, R>, ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError::new(KIND, "name", "must not be empty"));
+        }
+        let s = &self.settings;
+        if s.max_attempts == 0 {
+            return Err(ConfigError::new(
+                KIND,
+                "max_attempts",
+                "must be at least 1 (the first attempt counts)",
+            ));
+        }
+        if s.max_delay.is_zero() {
+            return Err(ConfigError::new(
+                KIND,
+                "max_delay",
+                "must be greater than zero",
+            ));
+        }
+        if s.max_elapsed.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::new(
+                KIND,
+                "max_elapsed",
+                "must be greater than zero",
+            ));
+        }
+        s.backoff.validate()?;
+        s.jitter.validate()?;
+        let static_name = match self.name {
+            Cow::Borrowed(s) => Some(s),
+            Cow::Owned(_) => None,
+        };
+        let observed = !self.listeners.is_empty() || self.budget.is_some() || self.random.is_some();
+        let layer = RetryLayer {
+            shared: Arc::new(Shared {
+                name: Arc::from(self.name.as_ref()),
+                static_name,
+                observed: AtomicBool::new(observed),
+                listeners: self.listeners,
+                budget: self.budget,
+                random: self.random,
+                counters: Counters::default(),
+            }),
+            settings: self.settings,
+            policy: self.policy,
+            replay: self.replay,
+        };
+        if let Some(registry) = &self.registry {
+            registry
+                .register(layer.handle())
+                .map_err(|e| ConfigError::new(KIND, "name", e.to_string()))?;
+        }
+        Ok(layer)
+    }
+}
+
+impl<P> RetryBuilder<P, HttpReplay> {
+    /// The most request-body bytes kept for a retry (default 64 KiB).
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.replay = self.replay.body_limit(bytes);
+        self
+    }
+}
+
+/// Observes a retry layer.
+#[derive(Clone)]
+pub struct RetryHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for RetryHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryHandle")
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+/// The counters of a retry layer (Resilience4j's names).
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct RetrySnapshot {
+    /// Calls accepted at the first attempt.
+    pub successful_without_retry: u64,
+    /// Calls that succeeded after at least one retry.
+    pub successful_with_retry: u64,
+    /// Calls that failed without a retry (not retryable, budget spent,
+    /// not idempotent, ...).
+    pub failed_without_retry: u64,
+    /// Calls that failed after at least one retry.
+    pub failed_with_retry: u64,
+    /// Retries made.
+    pub retries: u64,
+    /// The budget's state, when the layer has one.
+    pub budget: Option<BudgetSnapshot>,
+}
+
+impl RetryHandle {
+    /// The instance name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The current counters.
+    pub fn snapshot(&self) -> RetrySnapshot {
+        let c = &self.shared.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RetrySnapshot {
+            successful_without_retry: load(&c.successful_without_retry),
+            successful_with_retry: load(&c.successful_with_retry),
+            failed_without_retry: load(&c.failed_without_retry),
+            failed_with_retry: load(&c.failed_with_retry),
+            retries: load(&c.retries),
+            budget: self.shared.budget.as_ref().map(RetryBudget::snapshot),
+        }
+    }
+
+    /// The layer's budget, if it has one.
+    pub fn budget(&self) -> Option<&RetryBudget> {
+        self.shared.budget.as_ref()
+    }
+}
+
+impl Component for RetryHandle {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn snapshot(&self) -> serde_json::Value {
+        let s = RetryHandle::snapshot(self);
+        serde_json::json!({
+            "successful_without_retry": s.successful_without_retry,
+            "successful_with_retry": s.successful_with_retry,
+            "failed_without_retry": s.failed_without_retry,
+            "failed_with_retry": s.failed_with_retry,
+            "retries": s.retries,
+            "budget": s.budget.map(|b| serde_json::json!({
+                "available": b.available,
+                "deposits": b.deposits,
+                "withdrawals": b.withdrawals,
+                "refusals": b.refusals,
+            })),
+        })
+    }
+
+    fn reset(&self) {
+        let c = &self.shared.counters;
+        for a in [
+            &c.successful_without_retry,
+            &c.successful_with_retry,
+            &c.failed_without_retry,
+            &c.failed_with_retry,
+            &c.retries,
+        ] {
+            a.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

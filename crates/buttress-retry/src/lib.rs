@@ -1,0 +1,93 @@
+//! Retries for tower services that never storm.
+//!
+//! [`RetryLayer`] sends a failed call again, after a delay, until it
+//! succeeds, the attempts run out, or something says stop. What it gets
+//! right:
+//!
+//! - **Backoff with jitter that survives the cap** ([`Backoff`],
+//!   [`Jitter`]): fixed, linear and exponential delays; full, equal,
+//!   decorrelated and `±f` jitter, all of which keep spreading once the
+//!   delay reaches `max_delay`, so clients never fall into lockstep.
+//!   Randomness is injectable and seedable ([`RandomSource`]).
+//! - **Budgets** ([`RetryBudget`]): retries as an exact share of recent
+//!   traffic plus a floor, Finagle style, shareable between layers. This is
+//!   what keeps a failing dependency from being hit by a multiple of its
+//!   normal load.
+//! - **Server hints**: `Retry-After` (seconds or HTTP-date), gRPC
+//!   `grpc-retry-pushback-ms`, and the `retry_after` of buttress
+//!   rejections (an open circuit, a rate limit). The wait is never shorter
+//!   than the hint; a hint beyond `max_delay` ends the retries.
+//! - **Deadlines**: no attempt starts that could not begin before the
+//!   caller's deadline (an outer buttress timeout's
+//!   [`Deadline`](buttress_core::deadline::Deadline) or `grpc-timeout`), nor
+//!   after `max_elapsed`.
+//! - **HTTP requests** ([`HttpReplay`]): no `Clone` needed. The body is
+//!   buffered up to a limit while the first attempt streams it; a larger one
+//!   is sent once. Only idempotent requests (or those with an
+//!   `Idempotency-Key`) are retried once they may have reached the server.
+//! - **The Service contract**: the response future makes its own service
+//!   clone ready before every retry; nothing is allocated and no shared
+//!   state is touched on the happy path.
+//!
+//! On exhaustion the caller gets the last response as it is (an HTTP 503,
+//! say), or the last error wrapped in
+//! [`RetryExhausted`](error::RetryExhausted), which says how many attempts
+//! were made and keeps the error as its `source()`.
+//!
+//! ```
+//! use buttress_retry::{RetryBudget, RetryEvent, RetryLayer};
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let budget = RetryBudget::builder().percent(20.0).build().unwrap();
+//! let layer = RetryLayer::exponential(4, Duration::from_millis(50), Duration::from_secs(1))
+//!     .name("catalog")
+//!     .budget(budget.clone())
+//!     .on_event(|e: &RetryEvent| {
+//!         if let RetryEvent::Scheduled { attempt, delay, .. } = e {
+//!             eprintln!("attempt {attempt} in {delay:?}");
+//!         }
+//!     })
+//!     .build()
+//!     .unwrap();
+//! let svc = ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service_fn(|id: u64| async move { Ok::<_, std::io::Error>(id) });
+//! assert_eq!(svc.oneshot(42).await.unwrap(), 42);
+//! # }
+//! ```
+//!
+//! Errors are `BoxError` (tower's convention); the futures need a tokio
+//! runtime with the time driver enabled to wait between attempts.
+#![forbid(unsafe_code)]
+
+mod backoff;
+mod body;
+mod budget;
+mod config;
+pub mod error;
+mod events;
+pub mod future;
+mod layer;
+pub mod policy;
+mod request;
+mod rng;
+mod service;
+
+pub use backoff::{Backoff, Jitter};
+pub use body::ReplayBody;
+pub use budget::{BudgetSnapshot, RetryBudget, RetryBudgetBuilder};
+pub use config::{BudgetConfig, RetryConfig};
+pub use events::{Cause, NotRetried, RetryEvent};
+pub use layer::{RetryBuilder, RetryHandle, RetryLayer, RetrySnapshot};
+pub use policy::{
+    Classified, GrpcRetry, HttpRetry, NetworkErrors, RetryErrors, RetryPolicy, Verdict,
+};
+pub use request::{
+    is_idempotent, CloneRequest, Cloned, HttpReplay, HttpReplayState, Replay, ReplayRequest,
+    IDEMPOTENCY_KEY,
+};
+pub use rng::{RandomSource, SeededRandom};
+pub use service::Retry;

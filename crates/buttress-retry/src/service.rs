@@ -1,0 +1,119 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use buttress_core::BoxError;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::future::ResponseFuture;
+use crate::layer::{Settings, Shared};
+use crate::policy::{RetryErrors, RetryPolicy};
+use crate::request::{CloneRequest, ReplayRequest};
+
+/// Retries failed calls of the inner service; made by
+/// [`RetryLayer`](crate::RetryLayer).
+///
+/// The first attempt goes to this service's inner instance, which
+/// `poll_ready` made ready; the response future keeps a clone of it and
+/// makes that clone ready again before every further attempt, so no
+/// attempt is ever sent to a service that was not ready.
+pub struct Retry<S, P = RetryErrors, R = CloneRequest> {
+    inner: S,
+    shared: Arc<Shared>,
+    settings: Settings,
+    policy: P,
+    replay: R,
+}
+
+impl<S, P, R> Retry<S, P, R> {
+    pub(crate) fn new(
+        inner: S,
+        shared: Arc<Shared>,
+        settings: Settings,
+        policy: P,
+        replay: R,
+    ) -> Self {
+        Self {
+            inner,
+            shared,
+            settings,
+            policy,
+            replay,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, P: Clone, R: Clone> Clone for Retry<S, P, R> {
+    fn clone(&self) -> Self {
+        Self::new(
+            self.inner.clone(),
+            self.shared.clone(),
+            self.settings,
+            self.policy.clone(),
+            self.replay.clone(),
+        )
+    }
+}
+
+impl<S: fmt::Debug, P, R> fmt::Debug for Retry<S, P, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("name", &self.shared.name)
+            .field("max_attempts", &self.settings.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, P, R, Req> Service<Req> for Retry<S, P, R>
+where
+    R: ReplayRequest<Req> + Clone,
+    S: Service<R::Request> + Clone,
+    S::Error: Into<BoxError>,
+    P: RetryPolicy<S::Response> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, S, R::Request, R::Replay, P>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let deadline = self.replay.deadline(&req);
+        let link = self.shared.link();
+        link.deposit();
+        let started = self.settings.max_elapsed.map(|_| Instant::now());
+        let (first, keep) = self.replay.first(req);
+        let fut = self.inner.call(first);
+        ResponseFuture::new(
+            fut,
+            self.inner.clone(),
+            keep,
+            self.policy.clone(),
+            self.settings,
+            link,
+            deadline,
+            started,
+        )
+    }
+}

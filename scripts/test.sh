@@ -173,10 +173,12 @@ if ! $quick; then
         "-p buttress-timeout --no-default-features" \
         "-p buttress-bulkhead --no-default-features" \
         "-p buttress-circuit-breaker --no-default-features" \
+        "-p buttress-retry --no-default-features" \
         "-p buttress --no-default-features" \
         "-p buttress --no-default-features --features timeout" \
         "-p buttress --no-default-features --features bulkhead" \
-        "-p buttress --no-default-features --features circuit-breaker"; do
+        "-p buttress --no-default-features --features circuit-breaker" \
+        "-p buttress --no-default-features --features retry"; do
         echo "    cargo check $combo"
         # shellcheck disable=SC2086 # the combination is a list of words
         cargo check --quiet $combo

@@ -12,6 +12,13 @@ mod sealed {
 ///
 /// The names avoid tower's own inherent `timeout` and `concurrency_limit`
 /// methods, which would take precedence when tower's features enable them.
+/// tower's `retry` feature adds an inherent `ServiceBuilder::retry` too:
+/// when it is on (in your crate or any dependency), [`retry`] resolves to
+/// tower's method, so call [`retry_with`] (or
+/// `ServiceBuilderExt::retry(builder, layer)`).
+///
+/// [`retry`]: ServiceBuilderExt::retry
+/// [`retry_with`]: ServiceBuilderExt::retry_with
 ///
 /// ```
 /// use buttress::ServiceBuilderExt;
@@ -24,7 +31,15 @@ mod sealed {
 ///     .name("upstream")
 ///     .build()
 ///     .unwrap();
+/// let retry = buttress::retry::RetryLayer::exponential(
+///     3,
+///     Duration::from_millis(50),
+///     Duration::from_secs(1),
+/// )
+/// .build()
+/// .unwrap();
 /// let svc = ServiceBuilder::new()
+///     .retry_with(retry)
 ///     .circuit_breaker(breaker)
 ///     .bulkhead(8)
 ///     .call_timeout(Duration::from_secs(1))
@@ -73,6 +88,22 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         self,
         layer: buttress_circuit_breaker::CircuitBreakerLayer<C>,
     ) -> ServiceBuilder<Stack<buttress_circuit_breaker::CircuitBreakerLayer<C>, L>>;
+
+    /// A configured [`RetryLayer`](crate::retry::RetryLayer). Shadowed by
+    /// tower's inherent `ServiceBuilder::retry` when tower's `retry` feature
+    /// is on; [`retry_with`](ServiceBuilderExt::retry_with) never is.
+    #[cfg(feature = "retry")]
+    fn retry<P, R>(
+        self,
+        layer: buttress_retry::RetryLayer<P, R>,
+    ) -> ServiceBuilder<Stack<buttress_retry::RetryLayer<P, R>, L>>;
+
+    /// A configured [`RetryLayer`](crate::retry::RetryLayer).
+    #[cfg(feature = "retry")]
+    fn retry_with<P, R>(
+        self,
+        layer: buttress_retry::RetryLayer<P, R>,
+    ) -> ServiceBuilder<Stack<buttress_retry::RetryLayer<P, R>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -117,6 +148,22 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: buttress_circuit_breaker::CircuitBreakerLayer<C>,
     ) -> ServiceBuilder<Stack<buttress_circuit_breaker::CircuitBreakerLayer<C>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "retry")]
+    fn retry<P, R>(
+        self,
+        layer: buttress_retry::RetryLayer<P, R>,
+    ) -> ServiceBuilder<Stack<buttress_retry::RetryLayer<P, R>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "retry")]
+    fn retry_with<P, R>(
+        self,
+        layer: buttress_retry::RetryLayer<P, R>,
+    ) -> ServiceBuilder<Stack<buttress_retry::RetryLayer<P, R>, L>> {
         self.layer(layer)
     }
 }

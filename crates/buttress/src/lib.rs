@@ -7,6 +7,7 @@
 //! | per-call timeout, per-request deadlines | [`timeout`] | `timeout` (default) |
 //! | bulkhead: concurrency limit, bounded queue, queue timeout | [`bulkhead`] | `bulkhead` (default) |
 //! | circuit breaker: rate windows, slow calls, RAII half-open probes | [`circuit_breaker`] | `circuit-breaker` (default) |
+//! | retry: backoff with jitter, budgets, Retry-After, HTTP body replay | [`retry`] | `retry` (default) |
 //! | classification, events, registry, keys, errors to responses | [`core`] | always |
 //!
 //! Every layer:
@@ -75,6 +76,12 @@ pub mod bulkhead {
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker {
     pub use buttress_circuit_breaker::*;
+}
+
+/// Retries; see [`buttress_retry`].
+#[cfg(feature = "retry")]
+pub mod retry {
+    pub use buttress_retry::*;
 }
 
 mod builder;

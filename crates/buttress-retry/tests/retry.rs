@@ -1,0 +1,655 @@
+//! The retry layer's contract, under tokio's paused clock: exact delays,
+//! hints, limits, budgets, readiness before every attempt, cancellation,
+//! events and counters.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use buttress_core::deadline::Deadline;
+use buttress_core::{BoxError, CircuitOpen, RateLimited, Registry, RetryExhausted};
+use buttress_retry::{
+    Backoff, Cause, HttpReplay, HttpRetry, Jitter, NotRetried, RetryBudget, RetryEvent, RetryLayer,
+    RetryPolicy, Verdict,
+};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tokio::time::Instant;
+use tokio_test::{assert_pending, assert_ready_ok};
+use tower::{Layer, Service, ServiceExt};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// A service answering from a script (then `Ok` forever), recording the
+/// instant of each call.
+#[derive(Clone)]
+struct Scripted {
+    script: Arc<Mutex<VecDeque<Result<u32, BoxError>>>>,
+    calls: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Scripted {
+    fn new(script: Vec<Result<u32, BoxError>>) -> Self {
+        Self {
+            script: Arc::new(Mutex::new(script.into())),
+            calls: Arc::default(),
+        }
+    }
+
+    fn failing(n: usize) -> Self {
+        Self::new((0..n).map(|i| Err(format!("failure {i}").into())).collect())
+    }
+
+    fn calls(&self) -> Vec<Instant> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn gaps(&self) -> Vec<Duration> {
+        self.calls().windows(2).map(|w| w[1] - w[0]).collect()
+    }
+}
+
+impl Service<u32> for Scripted {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u32, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u32) -> Self::Future {
+        self.calls.lock().unwrap().push(Instant::now());
+        let next = self.script.lock().unwrap().pop_front().unwrap_or(Ok(req));
+        std::future::ready(next)
+    }
+}
+
+type Events = Arc<Mutex<Vec<RetryEvent>>>;
+
+fn recorder() -> (Events, impl Fn(&RetryEvent) + Send + Sync + 'static) {
+    let events: Events = Arc::default();
+    let sink = events.clone();
+    (events, move |e: &RetryEvent| {
+        sink.lock().unwrap().push(e.clone())
+    })
+}
+
+fn not_retried(events: &Events) -> Vec<NotRetried> {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            RetryEvent::NotRetried { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn fixed_linear_and_exponential_delays_are_exact_without_jitter() {
+    for (backoff, expected) in [
+        (Backoff::fixed(MS * 250), vec![MS * 250; 4]),
+        (
+            Backoff::linear(MS * 100, MS * 50),
+            vec![MS * 100, MS * 150, MS * 200, MS * 250],
+        ),
+        (
+            Backoff::exponential(MS * 100),
+            vec![MS * 100, MS * 200, MS * 400, MS * 800],
+        ),
+        (
+            Backoff::Exponential {
+                initial: MS * 100,
+                multiplier: 3.0,
+            },
+            // 100, 300, 900, then the 1 s cap.
+            vec![MS * 100, MS * 300, MS * 900, MS * 1000],
+        ),
+    ] {
+        let svc = Scripted::failing(4);
+        let layer = RetryLayer::builder()
+            .max_attempts(5)
+            .backoff(backoff)
+            .jitter(Jitter::None)
+            .max_delay(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let res = layer.layer(svc.clone()).oneshot(7).await.unwrap();
+        assert_eq!(res, 7);
+        assert_eq!(svc.gaps(), expected, "{backoff:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn seeded_full_jitter_is_reproducible_and_uniform_below_the_base() {
+    async fn delays(seed: u64) -> Vec<Duration> {
+        let (events, listener) = recorder();
+        let layer = RetryLayer::builder()
+            .max_attempts(2)
+            .backoff(Backoff::fixed(MS * 100))
+            .jitter(Jitter::Full)
+            .seed(seed)
+            .on_event(listener)
+            .build()
+            .unwrap();
+        for _ in 0..2000 {
+            let svc = layer.layer(Scripted::failing(1));
+            svc.oneshot(1).await.unwrap();
+        }
+        let events = events.lock().unwrap();
+        events
+            .iter()
+            .filter_map(|e| match e {
+                RetryEvent::Scheduled { delay, .. } => Some(*delay),
+                _ => None,
+            })
+            .collect()
+    }
+    let a = delays(11).await;
+    assert_eq!(a.len(), 2000);
+    assert_eq!(a, delays(11).await, "the same seed gives the same delays");
+    assert_ne!(a, delays(12).await);
+    assert!(a.iter().all(|d| *d < MS * 100));
+    let mean = a.iter().sum::<Duration>() / a.len() as u32;
+    assert!(
+        (MS * 48..=MS * 52).contains(&mean),
+        "mean {mean:?} of U(0, 100ms)"
+    );
+    // Each tenth of the range holds about a tenth of the draws.
+    for tenth in 0..10u32 {
+        let n = a
+            .iter()
+            .filter(|d| **d >= MS * (10 * tenth) && **d < MS * (10 * tenth + 10))
+            .count();
+        assert!((140..=260).contains(&n), "tenth {tenth}: {n}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn equal_jitter_at_the_cap_still_spreads() {
+    let (events, listener) = recorder();
+    let layer = RetryLayer::builder()
+        .max_attempts(8)
+        .backoff(Backoff::exponential(MS * 100))
+        .jitter(Jitter::Equal)
+        .max_delay(MS * 400)
+        .seed(3)
+        .on_event(listener)
+        .build()
+        .unwrap();
+    for _ in 0..50 {
+        layer.layer(Scripted::failing(7)).oneshot(1).await.unwrap();
+    }
+    let at_cap: Vec<Duration> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            RetryEvent::Scheduled { attempt, delay, .. } if *attempt >= 5 => Some(*delay),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(at_cap.len(), 50 * 4);
+    assert!(at_cap.iter().all(|d| *d >= MS * 200 && *d < MS * 400));
+    let distinct: std::collections::BTreeSet<_> = at_cap.iter().collect();
+    assert!(distinct.len() > 150, "no lockstep at the cap");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hint_is_obeyed_to_the_millisecond_and_never_undercut() {
+    let open: BoxError = CircuitOpen::new("b".into(), Some(MS * 1234)).into();
+    let limited: BoxError = RateLimited::new("r".into(), Some(MS * 5)).into();
+    let svc = Scripted::new(vec![Err(open), Err(limited)]);
+    let layer = RetryLayer::builder()
+        .max_attempts(3)
+        .backoff(Backoff::fixed(MS * 40))
+        .jitter(Jitter::None)
+        .max_delay(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    assert_eq!(layer.layer(svc.clone()).oneshot(1).await.unwrap(), 1);
+    // The hint when it is longer than the backoff; the backoff when the
+    // hint is shorter.
+    assert_eq!(svc.gaps(), [MS * 1234, MS * 40]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hint_beyond_max_delay_ends_the_retries() {
+    let open: BoxError = CircuitOpen::new("b".into(), Some(Duration::from_secs(30))).into();
+    let svc = Scripted::new(vec![Err(open)]);
+    let (events, listener) = recorder();
+    let layer = RetryLayer::builder()
+        .max_delay(Duration::from_secs(10))
+        .on_event(listener)
+        .build()
+        .unwrap();
+    let err = layer.layer(svc.clone()).oneshot(1).await.unwrap_err();
+    // One attempt only: the error is the original one, not wrapped.
+    assert!(err.is::<CircuitOpen>());
+    assert_eq!(svc.calls().len(), 1);
+    assert_eq!(not_retried(&events), [NotRetried::HintTooLong]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhaustion_wraps_the_last_error_and_counts_the_attempts() {
+    let svc = Scripted::failing(10);
+    let (events, listener) = recorder();
+    let layer = RetryLayer::fixed(4, MS * 10)
+        .name("upstream")
+        .on_event(listener)
+        .build()
+        .unwrap();
+    let err = layer.layer(svc.clone()).oneshot(1).await.unwrap_err();
+    let exhausted = err
+        .downcast_ref::<RetryExhausted>()
+        .expect("RetryExhausted");
+    assert_eq!(exhausted.attempts(), 4);
+    assert_eq!(exhausted.name(), "upstream");
+    assert_eq!(exhausted.last_error().to_string(), "failure 3");
+    let source = std::error::Error::source(exhausted).unwrap();
+    assert_eq!(source.to_string(), "failure 3");
+    assert_eq!(svc.calls().len(), 4);
+    let events = events.lock().unwrap();
+    let scheduled: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            RetryEvent::Scheduled { attempt, cause, .. } => {
+                assert_eq!(*cause, Cause::Error);
+                Some(*attempt)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(scheduled, [2, 3, 4]);
+    assert!(events.contains(&RetryEvent::Exhausted {
+        name: "upstream".into(),
+        attempts: 4
+    }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn accepted_results_are_returned_at_once_and_unwrapped() {
+    // Only errors saying "retry" are retried.
+    let policy = |res: &Result<u32, BoxError>| match res {
+        Err(e) if e.to_string() == "transient" => Verdict::RETRY,
+        _ => Verdict::Accept,
+    };
+    let svc = Scripted::new(vec![Err("fatal".into())]);
+    let layer = RetryLayer::builder().policy(policy).build().unwrap();
+    let err = layer.layer(svc.clone()).oneshot(1).await.unwrap_err();
+    assert_eq!(err.to_string(), "fatal");
+    assert_eq!(svc.calls().len(), 1);
+
+    let svc = Scripted::new(vec![Err("transient".into()), Err("fatal".into())]);
+    let err = layer.layer(svc.clone()).oneshot(1).await.unwrap_err();
+    assert_eq!(err.to_string(), "fatal", "an accepted error is not wrapped");
+    assert_eq!(svc.calls().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_after_retries_is_reported_and_counted() {
+    let (events, listener) = recorder();
+    let registry = Registry::new();
+    let layer = RetryLayer::fixed(3, MS)
+        .name("counted")
+        .registry(&registry)
+        .on_event(listener)
+        .build()
+        .unwrap();
+    layer.layer(Scripted::failing(2)).oneshot(1).await.unwrap();
+    layer.layer(Scripted::failing(0)).oneshot(1).await.unwrap();
+    layer
+        .layer(Scripted::failing(9))
+        .oneshot(1)
+        .await
+        .unwrap_err();
+    assert!(events.lock().unwrap().contains(&RetryEvent::Succeeded {
+        name: "counted".into(),
+        retries: 2
+    }));
+    let handle = registry
+        .get::<buttress_retry::RetryHandle>("counted")
+        .unwrap();
+    let s = handle.snapshot();
+    assert_eq!(
+        (
+            s.successful_without_retry,
+            s.successful_with_retry,
+            s.failed_with_retry,
+            s.failed_without_retry,
+            s.retries
+        ),
+        (1, 1, 1, 0, 4)
+    );
+    let json = registry.snapshot();
+    assert_eq!(json["counted"]["kind"], "retry");
+    assert_eq!(json["counted"]["state"]["retries"], 4);
+    registry.reset_all();
+    assert_eq!(handle.snapshot().retries, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spent_budget_returns_the_last_result_without_retry() {
+    let budget = RetryBudget::builder()
+        .percent(0.0)
+        .min_per_sec(1)
+        .ttl(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let (events, listener) = recorder();
+    let layer = RetryLayer::fixed(5, MS)
+        .budget(budget.clone())
+        .on_event(listener)
+        .build()
+        .unwrap();
+    // The floor allows one retry in the window.
+    let svc = Scripted::failing(9);
+    let err = layer.layer(svc.clone()).oneshot(1).await.unwrap_err();
+    assert_eq!(svc.calls().len(), 2);
+    assert_eq!(err.downcast_ref::<RetryExhausted>().unwrap().attempts(), 2);
+    let svc = Scripted::failing(9);
+    let err = layer.layer(svc.clone()).oneshot(1).await.unwrap_err();
+    assert_eq!(svc.calls().len(), 1);
+    assert_eq!(err.to_string(), "failure 0");
+    let spent = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, RetryEvent::BudgetExhausted { .. }))
+        .count();
+    assert_eq!(spent, 2);
+    let b = budget.snapshot();
+    assert_eq!((b.deposits, b.withdrawals, b.refusals), (2, 1, 2));
+    // A second later the floor allows one retry again.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let svc = Scripted::failing(1);
+    assert_eq!(layer.layer(svc.clone()).oneshot(1).await.unwrap(), 1);
+    assert_eq!(svc.calls().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_elapsed_stops_an_attempt_that_would_start_too_late() {
+    let (events, listener) = recorder();
+    let layer = RetryLayer::fixed(10, MS * 100)
+        .max_elapsed(MS * 250)
+        .on_event(listener)
+        .build()
+        .unwrap();
+    let svc = Scripted::failing(10);
+    let err = layer.layer(svc.clone()).oneshot(1).await.unwrap_err();
+    // Attempts at 0, 100 and 200 ms; the next would start at 300 > 250.
+    assert_eq!(svc.calls().len(), 3);
+    assert_eq!(err.downcast_ref::<RetryExhausted>().unwrap().attempts(), 3);
+    assert_eq!(not_retried(&events), [NotRetried::MaxElapsed]);
+}
+
+fn http_503() -> http::Response<()> {
+    http::Response::builder().status(503).body(()).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_attempt_starts_after_the_callers_deadline() {
+    let calls = Arc::new(Mutex::new(0u32));
+    let seen = calls.clone();
+    let inner = tower::service_fn(
+        move |req: http::Request<buttress_retry::ReplayBody<Full<Bytes>>>| {
+            *seen.lock().unwrap() += 1;
+            async move {
+                let body = req.into_body().collect().await?.to_bytes();
+                assert_eq!(body, "payload");
+                Ok::<_, BoxError>(http_503())
+            }
+        },
+    );
+    let (events, listener) = recorder();
+    let layer = RetryLayer::for_http()
+        .max_attempts(10)
+        .backoff(Backoff::fixed(MS * 100))
+        .jitter(Jitter::None)
+        .on_event(listener)
+        .build()
+        .unwrap();
+    let mut req = http::Request::put("/item")
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    req.extensions_mut()
+        .insert(Deadline(Instant::now() + MS * 250));
+    let res = layer.layer(inner).oneshot(req).await.unwrap();
+    // The last response comes back as it is.
+    assert_eq!(res.status(), 503);
+    // Attempts at 0, 100 and 200 ms; one at 300 would be past the deadline.
+    assert_eq!(*calls.lock().unwrap(), 3);
+    assert_eq!(not_retried(&events), [NotRetried::Deadline]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_timeout_sets_the_deadline() {
+    let calls = Arc::new(Mutex::new(0u32));
+    let seen = calls.clone();
+    let inner = tower::service_fn(
+        move |_req: http::Request<buttress_retry::ReplayBody<Full<Bytes>>>| {
+            *seen.lock().unwrap() += 1;
+            async {
+                Ok::<_, BoxError>(
+                    http::Response::builder()
+                        .header("grpc-status", "14")
+                        .body(())
+                        .unwrap(),
+                )
+            }
+        },
+    );
+    let layer = RetryLayer::for_grpc()
+        .max_attempts(10)
+        .backoff(Backoff::fixed(MS * 30))
+        .jitter(Jitter::None)
+        .build()
+        .unwrap();
+    let req = http::Request::post("/pkg.Svc/Method")
+        .header("grpc-timeout", "100m")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = layer.layer(inner).oneshot(req).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "14");
+    // 0, 30, 60, 90 ms; 120 ms is past the 100 ms grpc-timeout.
+    assert_eq!(*calls.lock().unwrap(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_pushback_refusal_is_not_retried() {
+    let calls = Arc::new(Mutex::new(0u32));
+    let seen = calls.clone();
+    let inner = tower::service_fn(
+        move |_req: http::Request<buttress_retry::ReplayBody<Full<Bytes>>>| {
+            *seen.lock().unwrap() += 1;
+            async {
+                Ok::<_, BoxError>(
+                    http::Response::builder()
+                        .header("grpc-status", "14")
+                        .header("grpc-retry-pushback-ms", "-1")
+                        .body(())
+                        .unwrap(),
+                )
+            }
+        },
+    );
+    let (events, listener) = recorder();
+    let layer = RetryLayer::for_grpc().on_event(listener).build().unwrap();
+    let req = http::Request::post("/pkg.Svc/Method")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    layer.layer(inner).oneshot(req).await.unwrap();
+    assert_eq!(*calls.lock().unwrap(), 1);
+    assert_eq!(not_retried(&events), [NotRetried::Refused]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_without_idempotency_key_is_not_retried_but_with_one_it_is() {
+    let calls = Arc::new(Mutex::new(0u32));
+    let seen = calls.clone();
+    let inner = tower::service_fn(
+        move |_req: http::Request<buttress_retry::ReplayBody<Full<Bytes>>>| {
+            *seen.lock().unwrap() += 1;
+            async { Ok::<_, BoxError>(http_503()) }
+        },
+    );
+    let (events, listener) = recorder();
+    let layer = RetryLayer::for_http()
+        .max_attempts(3)
+        .on_event(listener)
+        .build()
+        .unwrap();
+    let post = || http::Request::post("/orders").body(Full::new(Bytes::from_static(b"{}")));
+    let res = layer
+        .layer(inner.clone())
+        .oneshot(post().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(*calls.lock().unwrap(), 1);
+    assert_eq!(not_retried(&events), [NotRetried::NonIdempotent]);
+
+    let keyed = http::Request::post("/orders")
+        .header("idempotency-key", "7f3a")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    layer.layer(inner).oneshot(keyed).await.unwrap();
+    assert_eq!(*calls.lock().unwrap(), 1 + 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_inner_service_is_made_ready_before_every_retry() {
+    let (mock, mut handle) = tower_test::mock::pair::<u32, u32>();
+    let layer = RetryLayer::fixed(3, MS * 10).build().unwrap();
+    let mut svc = layer.layer(mock);
+    handle.allow(1);
+    assert_ready_ok!(tokio_test::task::spawn(()).enter(|cx, _| svc.poll_ready(cx)));
+    let mut fut = tokio_test::task::spawn(svc.call(5));
+    assert_pending!(fut.poll());
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req, 5);
+    send.send_error("boom");
+    // The retry waits its 10 ms, then for readiness: no capacity is given.
+    assert_pending!(fut.poll());
+    tokio::time::advance(MS * 10).await;
+    assert_pending!(fut.poll());
+    assert!(
+        handle.poll_request().is_pending(),
+        "sent to an unready service"
+    );
+    handle.allow(1);
+    assert!(fut.is_woken());
+    assert_pending!(fut.poll());
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req, 5);
+    send.send_response(9);
+    assert_eq!(fut.await.unwrap(), 9);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_future_while_it_waits_cancels_the_retries() {
+    let svc = Scripted::failing(5);
+    let layer = RetryLayer::fixed(5, MS * 100).build().unwrap();
+    let mut retry = layer.layer(svc.clone());
+    let mut fut = tokio_test::task::spawn(retry.ready().await.unwrap().call(1));
+    assert_pending!(fut.poll());
+    assert_eq!(svc.calls().len(), 1);
+    drop(fut);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(svc.calls().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_delay_retries_do_not_sleep() {
+    let svc = Scripted::failing(2);
+    let layer = RetryLayer::fixed(3, Duration::ZERO).build().unwrap();
+    let mut retry = layer.layer(svc.clone());
+    let mut fut = tokio_test::task::spawn(retry.ready().await.unwrap().call(4));
+    // All three attempts in one poll: no timer was involved.
+    assert_eq!(assert_ready_ok!(fut.poll()), 4);
+    assert_eq!(svc.gaps(), [Duration::ZERO; 2]);
+}
+
+#[test]
+fn invalid_configs_are_config_errors() {
+    let field = |r: Result<RetryLayer, buttress_core::ConfigError>| r.unwrap_err().field();
+    assert_eq!(
+        field(RetryLayer::builder().max_attempts(0).build()),
+        "max_attempts"
+    );
+    assert_eq!(
+        field(RetryLayer::builder().max_delay(Duration::ZERO).build()),
+        "max_delay"
+    );
+    assert_eq!(
+        field(RetryLayer::builder().max_elapsed(Duration::ZERO).build()),
+        "max_elapsed"
+    );
+    assert_eq!(
+        field(
+            RetryLayer::builder()
+                .jitter(Jitter::Proportional(f64::NAN))
+                .build()
+        ),
+        "jitter"
+    );
+    assert_eq!(
+        field(
+            RetryLayer::builder()
+                .jitter(Jitter::Proportional(-0.5))
+                .build()
+        ),
+        "jitter"
+    );
+    assert_eq!(field(RetryLayer::builder().name("").build()), "name");
+    let registry = Registry::new();
+    RetryLayer::builder()
+        .name("dup")
+        .registry(&registry)
+        .build()
+        .unwrap();
+    assert_eq!(
+        field(
+            RetryLayer::builder()
+                .name("dup")
+                .registry(&registry)
+                .build()
+        ),
+        "name"
+    );
+}
+
+#[test]
+fn services_futures_and_handles_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    type Svc = buttress_retry::Retry<tower::util::BoxCloneSyncService<u32, u32, BoxError>>;
+    send_sync::<Svc>();
+    send_sync::<RetryLayer>();
+    send_sync::<buttress_retry::RetryHandle>();
+    send_sync::<RetryBudget>();
+    fn send<T: Send>(_: &T) {}
+    let svc: Svc =
+        RetryLayer::builder()
+            .build()
+            .unwrap()
+            .layer(tower::util::BoxCloneSyncService::new(tower::service_fn(
+                |x: u32| async move { Ok::<_, BoxError>(x) },
+            )));
+    let mut svc = svc;
+    let fut = svc.call(1);
+    send(&fut);
+}
+
+#[test]
+fn http_policy_and_replay_are_usable_as_plain_values() {
+    // The presets' parts are public, for custom stacks.
+    let policy = HttpRetry::new();
+    let res: Result<http::Response<()>, BoxError> = Ok(http_503());
+    assert_eq!(policy.check(&res), Verdict::RETRY);
+    assert_eq!(HttpReplay::new().limit(), 64 * 1024);
+}

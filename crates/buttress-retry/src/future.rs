@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use crate::backoff::draw;
 use crate::events::{Cause, NotRetried, RetryEvent};
-use crate::layer::{Link, Outcome, Settings};
+use crate::layer::{Link, Settings};
 use crate::policy::{is_connect_error, RetryPolicy, Verdict};
 use crate::request::Replay;
 
@@ -167,13 +167,7 @@ where
     let retries = attempts - 1;
     let after = match ctx.policy.check(&result) {
         Verdict::Accept => {
-            let outcome = match (&result, retries) {
-                (Ok(_), 0) => Outcome::SuccessWithoutRetry,
-                (Ok(_), _) => Outcome::SuccessWithRetry,
-                (Err(_), 0) => Outcome::FailedWithoutRetry,
-                (Err(_), _) => Outcome::FailedWithRetry,
-            };
-            ctx.link.finish(outcome);
+            ctx.link.finish(result.is_ok(), retries > 0);
             if retries > 0 && result.is_ok() {
                 ctx.link
                     .emit(|name| RetryEvent::Succeeded { name, retries });
@@ -264,11 +258,7 @@ impl<S, Q, X, P> Ctx<S, Q, X, P> {
                 reason,
             });
         }
-        self.link.finish(if attempts > 1 {
-            Outcome::FailedWithRetry
-        } else {
-            Outcome::FailedWithoutRetry
-        });
+        self.link.finish(false, attempts > 1);
         Step::Return(match result {
             Ok(res) => Ok(res),
             Err(e) if attempts > 1 => {

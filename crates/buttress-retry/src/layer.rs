@@ -29,14 +29,6 @@ pub(crate) struct Settings {
     pub(crate) max_elapsed: Option<Duration>,
 }
 
-/// How a call ended, for the counters.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Outcome {
-    SuccessWithoutRetry,
-    SuccessWithRetry,
-    FailedWithoutRetry,
-    FailedWithRetry,
-}
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -123,15 +115,17 @@ impl Link {
         }
     }
 
+    /// Counts a call that ended in success (`ok`) or failure, after
+    /// retries (`retried`) or not.
     #[inline]
-    pub(crate) fn finish(&self, outcome: Outcome) {
+    pub(crate) fn finish(&self, ok: bool, retried: bool) {
         if let Link::Observed(shared) = self {
             let c = &shared.counters;
-            let counter = match outcome {
-                Outcome::SuccessWithoutRetry => &c.successful_without_retry,
-                Outcome::SuccessWithRetry => &c.successful_with_retry,
-                Outcome::FailedWithoutRetry => &c.failed_without_retry,
-                Outcome::FailedWithRetry => &c.failed_with_retry,
+            let counter = match (ok, retried) {
+                (true, false) => &c.successful_without_retry,
+                (true, true) => &c.successful_with_retry,
+                (false, false) => &c.failed_without_retry,
+                (false, true) => &c.failed_with_retry,
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }

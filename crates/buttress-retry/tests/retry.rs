@@ -653,3 +653,89 @@ fn http_policy_and_replay_are_usable_as_plain_values() {
     assert_eq!(policy.check(&res), Verdict::RETRY);
     assert_eq!(HttpReplay::new().limit(), 64 * 1024);
 }
+
+/// One scripted attempt result for the property test.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Ok,
+    Fail,
+    /// A failure with a server hint of this many milliseconds.
+    Hint(u64),
+}
+
+proptest::proptest! {
+    /// For any script of results, the number of attempts, the time they
+    /// take and what the caller gets equal a plain model of the rules:
+    /// stop at the first success, after `max_attempts`, or at a hint beyond
+    /// `max_delay`; otherwise wait max(backoff, hint).
+    #[test]
+    fn attempts_delays_and_results_follow_the_model(
+        script in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::strategy::Just(Step::Ok),
+                proptest::strategy::Just(Step::Fail),
+                proptest::strategy::Strategy::prop_map(0u64..800, Step::Hint),
+            ],
+            1..8,
+        ),
+        max_attempts in 1u32..7,
+    ) {
+        const BACKOFF: u64 = 50;
+        const MAX_DELAY: u64 = 500;
+        // The model.
+        let mut model_calls = 0u32;
+        let mut model_elapsed = 0u64;
+        let mut model_result: Result<u32, (u32, bool)> = Ok(1); // Err((attempts, wrapped))
+        for (i, step) in script.iter().chain(std::iter::repeat(&Step::Ok)).enumerate() {
+            let attempt = i as u32 + 1;
+            model_calls = attempt;
+            let hint = match step {
+                Step::Ok => { model_result = Ok(1); break; }
+                Step::Fail => 0,
+                Step::Hint(h) => *h,
+            };
+            if attempt >= max_attempts || hint > MAX_DELAY {
+                model_result = Err((attempt, attempt > 1));
+                break;
+            }
+            model_elapsed += BACKOFF.max(hint);
+        }
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let results = script
+                .iter()
+                .map(|s| match s {
+                    Step::Ok => Ok(1),
+                    Step::Fail => Err::<u32, BoxError>("fail".into()),
+                    Step::Hint(h) => Err(CircuitOpen::new("b".into(), Some(MS * *h as u32)).into()),
+                })
+                .collect();
+            let svc = Scripted::new(results);
+            let layer = RetryLayer::builder()
+                .max_attempts(max_attempts)
+                .backoff(Backoff::fixed(MS * BACKOFF as u32))
+                .jitter(Jitter::None)
+                .max_delay(MS * MAX_DELAY as u32)
+                .build()
+                .unwrap();
+            let start = Instant::now();
+            let got = layer.layer(svc.clone()).oneshot(1).await;
+            assert_eq!(svc.calls().len() as u32, model_calls, "{script:?}");
+            assert_eq!(start.elapsed(), MS * model_elapsed as u32, "{script:?}");
+            match (got, model_result) {
+                (Ok(v), Ok(m)) => assert_eq!(v, m),
+                (Err(e), Err((attempts, true))) => {
+                    let e = e.downcast_ref::<RetryExhausted>().expect("wrapped");
+                    assert_eq!(e.attempts(), attempts);
+                }
+                (Err(e), Err((_, false))) => assert!(!e.is::<RetryExhausted>()),
+                (got, want) => panic!("got {got:?}, model {want:?} for {script:?}"),
+            }
+        });
+    }
+}

@@ -167,13 +167,25 @@ pub enum Jitter {
     /// `t/2 + U(0, t/2)`: never less than half the base delay.
     Equal,
     /// `U(initial, min(cap, 3 * previous))`: each delay grows from the last
-    /// one drawn.
+    /// one drawn. It uses only the backoff's initial delay (which must not
+    /// be zero) and the cap, not its step or multiplier.
     Decorrelated,
     /// `±f` of the base delay, `f` in `[0, 1]`.
     Proportional(f64),
 }
 
 impl Jitter {
+    pub(crate) fn validate_with(&self, backoff: &Backoff) -> Result<(), ConfigError> {
+        if *self == Jitter::Decorrelated && backoff.initial().is_zero() {
+            return Err(ConfigError::new(
+                "retry",
+                "jitter",
+                "a decorrelated jitter needs a backoff whose initial delay is not zero",
+            ));
+        }
+        self.validate()
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if let Jitter::Proportional(f) = *self {
             if !(f.is_finite() && (0.0..=1.0).contains(&f)) {
@@ -189,6 +201,8 @@ impl Jitter {
 
     /// The delay before retry `n` (1-based), given the previous delay drawn
     /// (used by `Decorrelated`) and a uniform random number in `[0, 1)`.
+    /// Inputs out of range are clamped (`u` to `[0, 1]`, a proportional
+    /// `f` to `[0, 1]`, non-finite values to 0); it never panics.
     ///
     /// ```
     /// use buttress_retry::{Backoff, Jitter};
@@ -210,6 +224,9 @@ impl Jitter {
         previous: Duration,
         u: f64,
     ) -> Duration {
+        // Out-of-range inputs are clamped rather than trusted: `mul_f64`
+        // panics on a negative or non-finite factor.
+        let u = if u.is_finite() { u.clamp(0.0, 1.0) } else { 0.0 };
         let t = backoff.base(n, cap);
         match *self {
             Jitter::None => t,
@@ -225,6 +242,7 @@ impl Jitter {
                 low + (high - low).mul_f64(u)
             }
             Jitter::Proportional(f) => {
+                let f = if f.is_finite() { f.clamp(0.0, 1.0) } else { 0.0 };
                 let centre = t.min(cap.div_f64(1.0 + f));
                 scale(centre, 1.0 - f + 2.0 * f * u).min(cap)
             }

@@ -17,10 +17,15 @@ const SLOTS: usize = 10;
 
 /// A budget of retries shared by any number of retry layers: each request
 /// deposits `percent` % of a retry, each retry withdraws one, and what is
-/// deposited or withdrawn expires after `ttl`. A floor of `min_per_sec`
-/// retries per second is always available, so a quiet client can still
-/// retry. When the budget is spent, a retry layer returns the last result
-/// without retrying (and says so with an event).
+/// deposited or withdrawn expires after `ttl`. On top of the deposits, a
+/// reserve of `min_per_sec * ttl` retries (Finagle's floor) lets a quiet
+/// client retry: withdrawals from it expire after `ttl` too, so over any
+/// `ttl` a client may make that many retries beyond its share. When the
+/// budget is spent, a retry layer returns the last result without retrying
+/// (and says so with an event).
+///
+/// Each deposit reads the clock and takes a short lock (a few integer
+/// operations); a layer without a budget does neither.
 ///
 /// The defaults are Finagle's: 20 % of requests, a floor of 10 retries per
 /// second, deposits expiring after 10 s. Clones share one budget, so one
@@ -139,6 +144,16 @@ impl RetryBudget {
         }
     }
 
+    /// Gives back a retry that was withdrawn and not made.
+    pub(crate) fn refund(&self) {
+        let inner = &*self.inner;
+        let mut w = inner.lock_at(Instant::now());
+        let i = w.index();
+        w.slots[i] += ONE_RETRY;
+        drop(w);
+        inner.withdrawals.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Retries that could be made right now.
     pub fn available(&self) -> u64 {
         let inner = &*self.inner;
@@ -244,9 +259,11 @@ impl RetryBudgetBuilder {
         // percent / 100 retries per request, in millionths: percent * 10^4,
         // rounded once here and exact from then on.
         let deposit = (self.percent * 10_000.0).round() as i64;
+        // min_per_sec * ttl retries, the ttl in whole milliseconds.
+        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(60_000);
         let reserve = i64::from(self.min_per_sec)
-            .saturating_mul(i64::try_from(self.ttl.as_secs()).unwrap_or(60))
-            .saturating_mul(ONE_RETRY);
+            .saturating_mul(ttl_ms)
+            .saturating_mul(ONE_RETRY / 1000);
         let slot_nanos = u64::try_from(self.ttl.as_nanos() / SLOTS as u128)
             .unwrap_or(u64::MAX)
             .max(1);

@@ -16,6 +16,9 @@ pub enum Cause {
     /// An error before the connection was made: the request was never
     /// sent, so it may be retried whatever its method.
     ConnectError,
+    /// A local buttress rejection (an open circuit, a rate limit, a full
+    /// bulkhead) of an inner layer: the request was never sent either.
+    Rejected,
 }
 
 /// Why a failure that the policy would retry was not retried.
@@ -41,6 +44,9 @@ pub enum NotRetried {
     /// The server said not to retry (a negative or malformed
     /// `grpc-retry-pushback-ms`).
     Refused,
+    /// The inner service failed while getting ready for the next attempt;
+    /// the caller gets that error, wrapped in `RetryExhausted`.
+    NotReady,
 }
 
 impl fmt::Display for NotRetried {
@@ -53,6 +59,7 @@ impl fmt::Display for NotRetried {
             NotRetried::MaxElapsed => "max_elapsed would pass first",
             NotRetried::HintTooLong => "the server asked for a wait beyond max_delay",
             NotRetried::Refused => "the server refused retries",
+            NotRetried::NotReady => "the service failed while getting ready",
         })
     }
 }

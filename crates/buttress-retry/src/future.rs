@@ -14,7 +14,7 @@ use tower_service::Service;
 use crate::backoff::draw;
 use crate::events::{Cause, NotRetried, RetryEvent};
 use crate::layer::{Link, Settings};
-use crate::policy::{is_connect_error, RetryPolicy, Verdict};
+use crate::policy::{is_connect_error, is_local_rejection, RetryPolicy, Verdict};
 use crate::request::Replay;
 
 pin_project! {
@@ -23,10 +23,10 @@ pin_project! {
     /// response, or the last error.
     ///
     /// Dropping it cancels the attempt in flight and any retry to come.
-    pub struct ResponseFuture<F, S, Q, X, P> {
+    pub struct ResponseFuture<F, S, Q, X, P, T> {
         #[pin]
         state: State<F>,
-        ctx: Ctx<S, Q, X, P>,
+        ctx: Ctx<S, Q, X, P, T>,
     }
 }
 
@@ -47,10 +47,17 @@ pin_project! {
 }
 
 /// Everything but the pinned state.
-struct Ctx<S, Q, X, P> {
+struct Ctx<S, Q, X, P, T> {
     svc: S,
     keep: Result<X, NotRetried>,
+    /// The next attempt's request, once made.
     next: Option<Q>,
+    /// The last result, kept only while the next request could not be made
+    /// yet (its body was still held by the previous attempt), so that it
+    /// can still be returned if it never can.
+    last: Option<Result<T, BoxError>>,
+    /// What made the last attempt fail.
+    cause: Cause,
     policy: P,
     settings: Settings,
     link: Link,
@@ -66,7 +73,7 @@ enum Step<T> {
     Retry(Duration),
 }
 
-impl<F, S, Q, X, P> ResponseFuture<F, S, Q, X, P> {
+impl<F, S, Q, X, P, T> ResponseFuture<F, S, Q, X, P, T> {
     #[allow(clippy::too_many_arguments)]
     #[inline]
     pub(crate) fn new(
@@ -85,6 +92,8 @@ impl<F, S, Q, X, P> ResponseFuture<F, S, Q, X, P> {
                 svc,
                 keep,
                 next: None,
+                last: None,
+                cause: Cause::Error,
                 policy,
                 settings,
                 link,
@@ -97,7 +106,7 @@ impl<F, S, Q, X, P> ResponseFuture<F, S, Q, X, P> {
     }
 }
 
-impl<F, S, Q, X, P> fmt::Debug for ResponseFuture<F, S, Q, X, P> {
+impl<F, S, Q, X, P, T> fmt::Debug for ResponseFuture<F, S, Q, X, P, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("attempts", &self.ctx.attempts)
@@ -105,7 +114,7 @@ impl<F, S, Q, X, P> fmt::Debug for ResponseFuture<F, S, Q, X, P> {
     }
 }
 
-impl<F, S, Q, X, P, T, E> Future for ResponseFuture<F, S, Q, X, P>
+impl<F, S, Q, X, P, T, E> Future for ResponseFuture<F, S, Q, X, P, T>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
@@ -121,12 +130,16 @@ where
             match this.state.as_mut().project() {
                 StateProj::Called { fut } => {
                     let result = ready!(fut.poll(cx)).map_err(Into::into);
+                    // The finished attempt may own the request body (a
+                    // connection task, a hand-written future): drop it
+                    // before the body is replayed.
+                    this.state.set(State::Readying);
                     match decide(this.ctx, result) {
                         Step::Return(result) => {
                             this.state.set(State::Done);
                             return Poll::Ready(result);
                         }
-                        Step::Retry(delay) if delay.is_zero() => this.state.set(State::Readying),
+                        Step::Retry(delay) if delay.is_zero() => {}
                         Step::Retry(delay) => this.state.set(State::Waiting {
                             sleep: tokio::time::sleep(delay),
                         }),
@@ -137,13 +150,18 @@ where
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {
+                    if this.ctx.next.is_none() {
+                        if let Err(result) = this.ctx.make_next() {
+                            this.state.set(State::Done);
+                            return Poll::Ready(result);
+                        }
+                    }
                     if let Err(e) = ready!(this.ctx.svc.poll_ready(cx)) {
                         this.state.set(State::Done);
-                        return Poll::Ready(Err(e.into()));
+                        return Poll::Ready(Err(this.ctx.not_ready(e.into())));
                     }
                     let Some(req) = this.ctx.next.take() else {
-                        // `decide` always leaves the next request before a
-                        // retry; nothing to send means nothing to wait for.
+                        // `make_next` leaves a request or ends the call.
                         this.state.set(State::Done);
                         return Poll::Ready(Err("retry: no request to send".into()));
                     };
@@ -157,7 +175,7 @@ where
 }
 
 /// Decides what follows an attempt that ended with `result`.
-fn decide<S, Q, X, P, T>(ctx: &mut Ctx<S, Q, X, P>, result: Result<T, BoxError>) -> Step<T>
+fn decide<S, Q, X, P, T>(ctx: &mut Ctx<S, Q, X, P, T>, result: Result<T, BoxError>) -> Step<T>
 where
     P: RetryPolicy<T>,
     X: Replay<Request = Q>,
@@ -220,17 +238,27 @@ where
     let cause = match &result {
         Ok(_) => Cause::Response,
         Err(e) if is_connect_error(&**e) => Cause::ConnectError,
+        Err(e) if is_local_rejection(&**e) => Cause::Rejected,
         Err(_) => Cause::Error,
     };
-    let next = match keep.next(cause) {
-        Ok(next) => next,
-        Err(reason) => return ctx.give_up(result, Some(reason)),
-    };
+    // The budget is charged before the body is replayed: a refused retry
+    // must not take the body from the attempt in flight for nothing.
     if !ctx.link.withdraw() {
-        drop(next);
         ctx.link
             .emit(|name| RetryEvent::BudgetExhausted { name, attempts });
         return ctx.give_up(result, None);
+    }
+    ctx.cause = cause;
+    match keep.next(cause) {
+        Ok(next) => ctx.next = Some(next),
+        // Still held by the previous attempt (hyper may hold a request body
+        // a little after the response): try again after the delay, keeping
+        // the result in case it never comes free.
+        Err(NotRetried::BodyInUse) => ctx.last = Some(result),
+        Err(reason) => {
+            ctx.link.refund();
+            return ctx.give_up(result, Some(reason));
+        }
     }
     ctx.link.retried();
     ctx.link.emit(|name| RetryEvent::Scheduled {
@@ -241,15 +269,14 @@ where
         hint: after,
     });
     ctx.previous_delay = delay;
-    ctx.next = Some(next);
     Step::Retry(delay)
 }
 
-impl<S, Q, X, P> Ctx<S, Q, X, P> {
+impl<S, Q, X, P, T> Ctx<S, Q, X, P, T> {
     /// Ends the call with a failure that was not retried (further): the
     /// last response as it is, or the last error, wrapped in
     /// [`RetryExhausted`] when there were retries.
-    fn give_up<T>(&mut self, result: Result<T, BoxError>, reason: Option<NotRetried>) -> Step<T> {
+    fn give_up(&mut self, result: Result<T, BoxError>, reason: Option<NotRetried>) -> Step<T> {
         let attempts = self.attempts;
         if let Some(reason) = reason {
             self.link.emit(|name| RetryEvent::NotRetried {
@@ -266,5 +293,49 @@ impl<S, Q, X, P> Ctx<S, Q, X, P> {
             }
             Err(e) => Err(e),
         })
+    }
+}
+
+impl<S, Q, X, P, T> Ctx<S, Q, X, P, T>
+where
+    X: Replay<Request = Q>,
+{
+    /// Makes the next request after the delay, when the body was still in
+    /// use at the decision; on failure, the call ends with the kept result.
+    fn make_next(&mut self) -> Result<(), Result<T, BoxError>> {
+        let last = self.last.take();
+        let made = match &mut self.keep {
+            Ok(keep) => keep.next(self.cause),
+            Err(reason) => Err(*reason),
+        };
+        match (made, last) {
+            (Ok(next), _) => {
+                self.next = Some(next);
+                Ok(())
+            }
+            (Err(reason), Some(last)) => {
+                self.link.refund();
+                match self.give_up(last, Some(reason)) {
+                    Step::Return(result) => Err(result),
+                    Step::Retry(_) => unreachable!("give_up always returns"),
+                }
+            }
+            (Err(_), None) => Err(Err("retry: no request to send".into())),
+        }
+    }
+}
+
+impl<S, Q, X, P, T> Ctx<S, Q, X, P, T> {
+    /// The inner service failed while getting ready for a retry: the call
+    /// ends with that error, wrapped like an exhausted retry's.
+    fn not_ready(&mut self, error: BoxError) -> BoxError {
+        let attempts = self.attempts;
+        self.link.emit(|name| RetryEvent::NotRetried {
+            name,
+            attempts,
+            reason: NotRetried::NotReady,
+        });
+        self.link.finish(false, true);
+        RetryExhausted::new(self.link.name(), attempts, error).into()
     }
 }

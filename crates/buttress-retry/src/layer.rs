@@ -91,6 +91,16 @@ impl Link {
         }
     }
 
+    /// Gives back a retry taken from the budget for a retry that was not
+    /// made after all.
+    pub(crate) fn refund(&self) {
+        if let Link::Observed(shared) = self {
+            if let Some(budget) = &shared.budget {
+                budget.refund();
+            }
+        }
+    }
+
     pub(crate) fn random(&self) -> u64 {
         match self {
             Link::Observed(shared) => match &shared.random {
@@ -252,7 +262,8 @@ impl RetryLayer {
             .max_attempts(max_attempts)
             .backoff(Backoff::fixed(delay))
             .jitter(Jitter::None)
-            .max_delay(delay.max(Duration::from_nanos(1)))
+            // The cap also bounds server hints: keep room for them.
+            .max_delay(delay.max(Duration::from_secs(10)))
     }
 
     /// `max_attempts` attempts in all, waiting a full-jittered exponential
@@ -281,12 +292,14 @@ impl RetryLayer {
     }
 
     /// gRPC over HTTP ([`GrpcRetry`]): `UNAVAILABLE`, and
-    /// `RESOURCE_EXHAUSTED` with pushback; `grpc-retry-pushback-ms`
-    /// honoured; every method (the status says the call was not processed).
+    /// `RESOURCE_EXHAUSTED` with pushback, for every method (the status says
+    /// the call was not processed); `grpc-retry-pushback-ms` honoured;
+    /// errors only when the call never left (a connect error or a local
+    /// buttress rejection).
     pub fn for_grpc() -> RetryBuilder<GrpcRetry, HttpReplay> {
         Self::builder()
             .policy(GrpcRetry::new())
-            .replay(HttpReplay::new().idempotent_only(false))
+            .replay(HttpReplay::new().responses_any_method(true))
     }
 
     /// An HTTP API that rate limits: 429 and 503 only, 5 attempts,
@@ -478,7 +491,7 @@ impl<P, R> RetryBuilder<P, R> {
             ));
         }
         s.backoff.validate()?;
-        s.jitter.validate()?;
+        s.jitter.validate_with(&s.backoff)?;
         let static_name = match self.name {
             Cow::Borrowed(s) => Some(s),
             Cow::Owned(_) => None,

@@ -17,17 +17,22 @@
 //!   `grpc-retry-pushback-ms`, and the `retry_after` of buttress
 //!   rejections (an open circuit, a rate limit). The wait is never shorter
 //!   than the hint; a hint beyond `max_delay` ends the retries.
-//! - **Deadlines**: no attempt starts that could not begin before the
-//!   caller's deadline (an outer buttress timeout's
-//!   [`Deadline`](buttress_core::deadline::Deadline) or `grpc-timeout`), nor
-//!   after `max_elapsed`.
+//! - **Deadlines**: a retry is not scheduled when its delay would end at or
+//!   after the caller's deadline (an outer buttress timeout's
+//!   [`Deadline`](buttress_core::deadline::Deadline) or `grpc-timeout`), or
+//!   past `max_elapsed`. The wait for the inner service's readiness after
+//!   the delay is not bounded here: the outer timeout that set the deadline
+//!   bounds it.
 //! - **HTTP requests** ([`HttpReplay`]): no `Clone` needed. The body is
 //!   buffered up to a limit while the first attempt streams it; a larger one
 //!   is sent once. Only idempotent requests (or those with an
 //!   `Idempotency-Key`) are retried once they may have reached the server.
 //! - **The Service contract**: the response future makes its own service
-//!   clone ready before every retry; nothing is allocated and no shared
-//!   state is touched on the happy path.
+//!   clone ready before every retry. On the happy path the layer itself
+//!   allocates nothing and, until it is observed, touches no shared state;
+//!   what the request, policy and service clones cost is theirs (a `u64`
+//!   request and the presets' policies cost nothing; an `http::Request`'s
+//!   headers and a boxed service do allocate).
 //!
 //! On exhaustion the caller gets the last response as it is (an HTTP 503,
 //! say), or the last error wrapped in

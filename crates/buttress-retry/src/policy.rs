@@ -4,9 +4,9 @@ use std::error::Error as StdError;
 use std::io;
 use std::time::{Duration, SystemTime};
 
-use buttress_core::error::{chain, retry_after};
+use buttress_core::error::{chain, kind_of, retry_after};
 use buttress_core::outcome::GrpcCode;
-use buttress_core::{BoxError, Classifier, Outcome};
+use buttress_core::{BoxError, Classifier, ErrorKind, Outcome};
 use http::{HeaderMap, HeaderName, Response, StatusCode};
 
 /// The verdict on one result.
@@ -151,6 +151,16 @@ pub fn is_connect_error(err: &(dyn StdError + 'static)) -> bool {
     })
 }
 
+/// `true` when the first buttress rejection in `err`'s chain is one that an
+/// inner layer makes before sending anything: an open circuit, a rate
+/// limit, a full bulkhead.
+pub fn is_local_rejection(err: &(dyn StdError + 'static)) -> bool {
+    matches!(
+        kind_of(err),
+        Some(ErrorKind::CircuitOpen | ErrorKind::RateLimited | ErrorKind::BulkheadFull)
+    )
+}
+
 /// Retries network errors only ([`is_network_error`]) and buttress
 /// rejections that carry a hint; accepts everything else.
 #[derive(Debug, Clone, Copy, Default)]
@@ -183,9 +193,11 @@ impl<Res> RetryPolicy<Res> for NetworkErrors {
 /// let res = http::Response::builder().status(500).body(()).unwrap();
 /// assert_eq!(HttpRetry::new().check(&Ok(res)), Verdict::Accept);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct HttpRetry {
-    statuses: Vec<StatusCode>,
+    /// One bit per status code 0..=1023 (`StatusCode` is 100..=999): `Copy`,
+    /// so cloning the policy into each response future allocates nothing.
+    statuses: [u64; 16],
 }
 
 impl Default for HttpRetry {
@@ -197,35 +209,34 @@ impl Default for HttpRetry {
 impl HttpRetry {
     /// Retries 502, 503, 504 and 429.
     pub fn new() -> Self {
-        Self {
-            statuses: vec![
-                StatusCode::BAD_GATEWAY,
-                StatusCode::SERVICE_UNAVAILABLE,
-                StatusCode::GATEWAY_TIMEOUT,
-                StatusCode::TOO_MANY_REQUESTS,
-            ],
-        }
+        Self::statuses([
+            StatusCode::BAD_GATEWAY,
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::GATEWAY_TIMEOUT,
+            StatusCode::TOO_MANY_REQUESTS,
+        ])
     }
 
     /// Retries only the given statuses (for example just 429 and 503, the
     /// statuses that promise a later success).
     pub fn statuses(statuses: impl IntoIterator<Item = StatusCode>) -> Self {
-        Self {
-            statuses: statuses.into_iter().collect(),
-        }
+        statuses
+            .into_iter()
+            .fold(Self { statuses: [0; 16] }, Self::retry_on)
     }
 
     /// Retries `status` too.
     pub fn retry_on(mut self, status: StatusCode) -> Self {
-        if !self.statuses.contains(&status) {
-            self.statuses.push(status);
-        }
+        let code = usize::from(status.as_u16());
+        self.statuses[code / 64] |= 1 << (code % 64);
         self
     }
 
     /// Whether responses with `status` are retried.
+    #[inline]
     pub fn retries_status(&self, status: StatusCode) -> bool {
-        self.statuses.contains(&status)
+        let code = usize::from(status.as_u16());
+        self.statuses[code / 64] & (1 << (code % 64)) != 0
     }
 }
 
@@ -289,9 +300,11 @@ pub fn parse_pushback(headers: &HeaderMap) -> Option<Result<Duration, ()>> {
 /// The gRPC preset, on the `http::Response` of a gRPC call: retries
 /// `UNAVAILABLE`, and `RESOURCE_EXHAUSTED` only when the server sent a
 /// pushback; honours `grpc-retry-pushback-ms` (a negative or malformed
-/// value refuses the retry). Transport errors and buttress rejections are
-/// retried (gRPC's "transparent retry" of a request that never reached the
-/// server).
+/// value refuses the retry). Errors are retried too, but a gRPC call is a
+/// `POST`: with [`RetryLayer::for_grpc`](crate::RetryLayer::for_grpc), an
+/// error is retried only when it proves the call never left (a connect
+/// error or a local buttress rejection, gRPC's "transparent retry"), since
+/// any other may come after the server processed the call.
 ///
 /// The status is read from the response headers: a trailers-only response,
 /// which is how servers send an error before any message. Errors inside a
@@ -312,26 +325,24 @@ pub fn parse_pushback(headers: &HeaderMap) -> Option<Result<Duration, ()>> {
 ///     Verdict::Retry { after: Some(Duration::from_millis(250)) }
 /// );
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct GrpcRetry {
-    /// Retried status codes, as numbers (`GrpcCode` has no `PartialEq`).
-    codes: Vec<i32>,
+    /// Retried status codes, one bit per code (0..=16).
+    codes: u32,
 }
 
 impl GrpcRetry {
     /// Retries `UNAVAILABLE` (and `RESOURCE_EXHAUSTED` with pushback).
     pub fn new() -> Self {
         Self {
-            codes: vec![GrpcCode::Unavailable as i32],
+            codes: 1 << GrpcCode::Unavailable as u32,
         }
     }
 
     /// Retries `code` too (for example `DEADLINE_EXCEEDED` for idempotent
     /// methods).
     pub fn retry_on(mut self, code: GrpcCode) -> Self {
-        if !self.codes.contains(&(code as i32)) {
-            self.codes.push(code as i32);
-        }
+        self.codes |= 1 << code as u32;
         self
     }
 }
@@ -358,7 +369,10 @@ impl<B> RetryPolicy<Response<B>> for GrpcRetry {
         if code == GrpcCode::Ok as i32 {
             return Verdict::Accept;
         }
-        let listed = self.codes.contains(&code);
+        let listed = u32::try_from(code)
+            .ok()
+            .filter(|c| *c < 32)
+            .is_some_and(|c| self.codes & (1 << c) != 0);
         let exhausted = code == GrpcCode::ResourceExhausted as i32;
         match parse_pushback(res.headers()) {
             Some(Err(())) if listed || exhausted => Verdict::Refuse,

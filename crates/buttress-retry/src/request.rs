@@ -84,8 +84,8 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 /// - With `idempotent_only` (the default), only idempotent methods (`GET`,
 ///   `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`) and requests carrying an
 ///   `Idempotency-Key` header are retried after they may have reached the
-///   server; any request is retried after a connect error, which proves it
-///   never left.
+///   server; any request is retried after a connect error or a local
+///   buttress rejection (an open circuit, say), which prove it never left.
 /// - The caller's deadline is the [`Deadline`] extension (set by an outer
 ///   `buttress-timeout` layer), or else the `grpc-timeout` header.
 ///
@@ -109,6 +109,7 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 pub struct HttpReplay {
     body_limit: usize,
     idempotent_only: bool,
+    responses_any_method: bool,
     grpc_timeout: bool,
 }
 
@@ -125,6 +126,7 @@ impl HttpReplay {
         Self {
             body_limit: 64 * 1024,
             idempotent_only: true,
+            responses_any_method: false,
             grpc_timeout: true,
         }
     }
@@ -135,11 +137,20 @@ impl HttpReplay {
         self
     }
 
-    /// Whether only idempotent requests are retried (default `true`). gRPC
-    /// calls are all `POST`s: the gRPC preset turns this off and relies on
-    /// the status codes, which say the call was not processed.
+    /// Whether only idempotent requests are retried once they may have
+    /// reached the server (default `true`). `false` retries any method:
+    /// only for servers known to deduplicate.
     pub const fn idempotent_only(mut self, yes: bool) -> Self {
         self.idempotent_only = yes;
+        self
+    }
+
+    /// Whether a retryable *response* allows a retry whatever the method
+    /// (default `false`). The gRPC preset turns this on: gRPC calls are all
+    /// `POST`s, and `UNAVAILABLE` (or a pushback) says the call was not
+    /// processed. Errors still follow the idempotency rule.
+    pub const fn responses_any_method(mut self, yes: bool) -> Self {
+        self.responses_any_method = yes;
         self
     }
 
@@ -172,7 +183,9 @@ where
     type Request = Request<ReplayBody<B>>;
 
     fn next(&mut self, cause: Cause) -> Result<Self::Request, NotRetried> {
-        if !self.idempotent && cause != Cause::ConnectError {
+        let never_sent = matches!(cause, Cause::ConnectError | Cause::Rejected);
+        let vouched = cause == Cause::Response && self.responses_any_method;
+        if !(self.idempotent || never_sent || vouched) {
             return Err(NotRetried::NonIdempotent);
         }
         let body = self.body.replay().map_err(|e| match e {
@@ -188,6 +201,7 @@ pub struct HttpReplayState<B> {
     parts: http::request::Parts,
     body: BodyReplay<B>,
     idempotent: bool,
+    responses_any_method: bool,
 }
 
 impl<B> fmt::Debug for HttpReplayState<B> {
@@ -210,12 +224,14 @@ where
 
     fn first(&self, req: Request<B>) -> (Self::Request, Result<Self::Replay, NotRetried>) {
         let idempotent = !self.idempotent_only || is_idempotent(&req);
+        let responses_any_method = self.responses_any_method;
         let (parts, body) = req.into_parts();
         let (body, replay) = tee(body, self.body_limit);
         let keep = HttpReplayState {
             parts: parts.clone(),
             body: replay,
             idempotent,
+            responses_any_method,
         };
         (Request::from_parts(parts, body), Ok(keep))
     }

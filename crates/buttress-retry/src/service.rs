@@ -90,7 +90,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, S, R::Request, R::Replay, P>;
+    type Future = ResponseFuture<S::Future, S, R::Request, R::Replay, P, S::Response>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {

@@ -3,6 +3,7 @@
 //! events and counters.
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -738,4 +739,349 @@ proptest::proptest! {
             }
         });
     }
+}
+
+type HttpReq = http::Request<buttress_retry::ReplayBody<Chunks>>;
+
+/// A streaming request body: its chunks, one frame each.
+struct Chunks(VecDeque<Bytes>);
+
+impl Chunks {
+    fn of(parts: &[&'static str]) -> Self {
+        Chunks(
+            parts
+                .iter()
+                .map(|p| Bytes::from_static(p.as_bytes()))
+                .collect(),
+        )
+    }
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// Reads the first frame of the body only, and answers 503.
+async fn first_frame(req: HttpReq) -> Bytes {
+    let mut body = req.into_body();
+    let frame = body.frame().await.unwrap().unwrap();
+    frame.into_data().unwrap()
+}
+
+/// A hand-written response future that keeps the request body, half read,
+/// in its own field after it has completed.
+struct HoldsBody {
+    body: buttress_retry::ReplayBody<Chunks>,
+    seen: Arc<Mutex<Vec<Bytes>>>,
+}
+
+impl std::future::Future for HoldsBody {
+    type Output = Result<http::Response<()>, BoxError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let frame = std::task::ready!(http_body::Body::poll_frame(
+            std::pin::Pin::new(&mut self.body),
+            cx
+        ));
+        let data = frame.unwrap().unwrap().into_data().unwrap();
+        self.seen.lock().unwrap().push(data);
+        std::task::Poll::Ready(Ok(http_503()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_held_by_the_finished_attempt_is_replayed() {
+    // The finished attempt's future still owns the body: the retry must
+    // replay it once that future is dropped, not fail with BodyInUse.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let inner = tower::service_fn(move |req: HttpReq| HoldsBody {
+        body: req.into_body(),
+        seen: record.clone(),
+    });
+    let (events, listener) = recorder();
+    let layer = RetryLayer::for_http()
+        .max_attempts(3)
+        .on_event(listener)
+        .build()
+        .unwrap();
+    let req = http::Request::put("/x")
+        .body(Chunks::of(&["ab", "cd"]))
+        .unwrap();
+    let res = layer.layer(inner).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(*seen.lock().unwrap(), ["ab", "ab", "ab"]);
+    assert_eq!(not_retried(&events), []);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_released_during_the_delay_is_replayed_and_one_never_released_is_not() {
+    // The service hands the half-read body to a task (as a connection task
+    // does) that drops it after `hold`.
+    async fn run(hold: Duration) -> (u32, Vec<NotRetried>, buttress_retry::BudgetSnapshot) {
+        let calls = Arc::new(Mutex::new(0u32));
+        let counter = calls.clone();
+        let inner = tower::service_fn(move |req: HttpReq| {
+            *counter.lock().unwrap() += 1;
+            async move {
+                let mut body = req.into_body();
+                let _ = body.frame().await;
+                tokio::spawn(async move {
+                    tokio::time::sleep(hold).await;
+                    drop(body);
+                });
+                Ok::<_, BoxError>(http_503())
+            }
+        });
+        let budget = RetryBudget::builder().build().unwrap();
+        let (events, listener) = recorder();
+        let layer = RetryLayer::for_http()
+            .max_attempts(2)
+            .backoff(Backoff::fixed(MS * 100))
+            .jitter(Jitter::None)
+            .budget(budget.clone())
+            .on_event(listener)
+            .build()
+            .unwrap();
+        let req = http::Request::put("/x")
+            .body(Chunks::of(&["ab", "cd"]))
+            .unwrap();
+        let res = layer.layer(inner).oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 503);
+        let calls = *calls.lock().unwrap();
+        (calls, not_retried(&events), budget.snapshot())
+    }
+    let (calls, reasons, budget) = run(MS * 5).await;
+    assert_eq!((calls, reasons, budget.withdrawals), (2, vec![], 1));
+    // Still held when the delay is over: not retried, the 503 comes back,
+    // and the retry taken from the budget is given back.
+    let (calls, reasons, budget) = run(Duration::from_secs(60)).await;
+    assert_eq!(calls, 1);
+    assert_eq!(reasons, [NotRetried::BodyInUse]);
+    assert_eq!(budget.withdrawals, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_is_retried_only_when_it_provably_never_left() {
+    let errors: Arc<Mutex<VecDeque<BoxError>>> = Arc::default();
+    let script = errors.clone();
+    let calls = Arc::new(Mutex::new(0u32));
+    let counter = calls.clone();
+    let inner = tower::service_fn(move |req: HttpReq| {
+        *counter.lock().unwrap() += 1;
+        let next = script.lock().unwrap().pop_front();
+        async move {
+            let _ = first_frame(req).await;
+            match next {
+                Some(e) => Err(e),
+                None => Ok(http::Response::new(())),
+            }
+        }
+    });
+    let (events, listener) = recorder();
+    let layer = RetryLayer::for_http()
+        .max_attempts(3)
+        .on_event(listener)
+        .build()
+        .unwrap();
+    let post = || {
+        http::Request::post("/orders")
+            .body(Chunks::of(&["{}"]))
+            .unwrap()
+    };
+    let refused =
+        || -> BoxError { std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into() };
+    let open = || -> BoxError { CircuitOpen::new("b".into(), Some(MS)).into() };
+    let reset = || -> BoxError { std::io::Error::from(std::io::ErrorKind::ConnectionReset).into() };
+
+    errors.lock().unwrap().extend([refused(), open()]);
+    layer.layer(inner.clone()).oneshot(post()).await.unwrap();
+    assert_eq!(*calls.lock().unwrap(), 3);
+    let causes: Vec<Cause> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            RetryEvent::Scheduled { cause, .. } => Some(*cause),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(causes, [Cause::ConnectError, Cause::Rejected]);
+
+    // A reset may come after the server processed the POST.
+    errors.lock().unwrap().push_back(reset());
+    let err = layer
+        .layer(inner.clone())
+        .oneshot(post())
+        .await
+        .unwrap_err();
+    assert_eq!(*calls.lock().unwrap(), 4);
+    assert!(err.is::<std::io::Error>());
+    assert_eq!(not_retried(&events), [NotRetried::NonIdempotent]);
+
+    // The gRPC preset: the same rule for errors, any method for statuses.
+    let grpc = RetryLayer::for_grpc().max_attempts(3).build().unwrap();
+    errors.lock().unwrap().push_back(reset());
+    grpc.layer(inner.clone()).oneshot(post()).await.unwrap_err();
+    assert_eq!(
+        *calls.lock().unwrap(),
+        5,
+        "a reset gRPC call is not retried"
+    );
+    errors.lock().unwrap().push_back(refused());
+    grpc.layer(inner).oneshot(post()).await.unwrap();
+    assert_eq!(*calls.lock().unwrap(), 7, "a refused gRPC call is");
+}
+
+#[tokio::test(start_paused = true)]
+async fn decorrelated_and_proportional_jitter_through_the_layer() {
+    let (events, listener) = recorder();
+    let layer = RetryLayer::builder()
+        .max_attempts(6)
+        .backoff(Backoff::exponential(MS * 10))
+        .jitter(Jitter::Decorrelated)
+        .max_delay(MS * 200)
+        .seed(5)
+        .on_event(listener)
+        .build()
+        .unwrap();
+    for _ in 0..100 {
+        layer.layer(Scripted::failing(5)).oneshot(1).await.unwrap();
+    }
+    let delays = |events: &Events| -> Vec<Duration> {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                RetryEvent::Scheduled { delay, .. } => Some(*delay),
+                _ => None,
+            })
+            .collect()
+    };
+    let d = delays(&events);
+    assert_eq!(d.len(), 500);
+    assert!(d.iter().all(|d| *d >= MS * 10 && *d <= MS * 200));
+    // Each delay is at most three times the one before, within a call.
+    for call in d.chunks(5) {
+        for w in call.windows(2) {
+            assert!(w[1] <= (w[0] * 3).max(MS * 10), "{w:?}");
+        }
+    }
+
+    let (events, listener) = recorder();
+    let layer = RetryLayer::builder()
+        .max_attempts(2)
+        .backoff(Backoff::fixed(MS * 100))
+        .jitter(Jitter::Proportional(0.2))
+        .seed(6)
+        .on_event(listener)
+        .build()
+        .unwrap();
+    for _ in 0..200 {
+        layer.layer(Scripted::failing(1)).oneshot(1).await.unwrap();
+    }
+    let d = delays(&events);
+    assert!(d.iter().all(|d| *d >= MS * 80 && *d <= MS * 120));
+    assert!(d.iter().any(|d| *d < MS * 90) && d.iter().any(|d| *d > MS * 110));
+
+    let zero = RetryLayer::builder()
+        .backoff(Backoff::fixed(Duration::ZERO))
+        .jitter(Jitter::Decorrelated)
+        .build();
+    assert_eq!(zero.unwrap_err().field(), "jitter");
+}
+
+#[derive(Clone)]
+struct FailsReadyAfterFirstCall {
+    called: Arc<Mutex<bool>>,
+}
+
+impl Service<u32> for FailsReadyAfterFirstCall {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u32, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        if *self.called.lock().unwrap() {
+            std::task::Poll::Ready(Err("pool closed".into()))
+        } else {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        *self.called.lock().unwrap() = true;
+        std::future::ready(Err("first attempt failed".into()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_readiness_error_before_a_retry_ends_the_call_wrapped_and_counted() {
+    let (events, listener) = recorder();
+    let layer = RetryLayer::fixed(3, MS).on_event(listener).build().unwrap();
+    let handle = layer.handle();
+    let svc = FailsReadyAfterFirstCall {
+        called: Arc::default(),
+    };
+    let err = layer.layer(svc).oneshot(1).await.unwrap_err();
+    let exhausted = err.downcast_ref::<RetryExhausted>().unwrap();
+    assert_eq!(exhausted.attempts(), 1);
+    assert_eq!(exhausted.last_error().to_string(), "pool closed");
+    assert_eq!(not_retried(&events), [NotRetried::NotReady]);
+    assert_eq!(handle.snapshot().failed_with_retry, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_config_applied_to_a_preset_keeps_the_presets_policy() {
+    let config: buttress_retry::RetryConfig = serde_json::from_str(
+        r#"{ "max_attempts": 2, "backoff": { "kind": "fixed", "delay": "10ms" }, "jitter": "none" }"#,
+    )
+    .unwrap();
+    let layer = config
+        .apply(RetryLayer::for_http())
+        .unwrap()
+        .build()
+        .unwrap();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    let inner = tower::service_fn(move |_req: HttpReq| {
+        seen.lock().unwrap().push(Instant::now());
+        // A 500 is not retried by the HTTP preset; a 503 is.
+        let status = if seen.lock().unwrap().len() == 1 {
+            503
+        } else {
+            500
+        };
+        async move { Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap()) }
+    });
+    let req = http::Request::get("/").body(Chunks::of(&[])).unwrap();
+    let res = layer.layer(inner).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 500);
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1] - calls[0], MS * 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_fixed_preset_leaves_room_for_server_hints() {
+    let open: BoxError = CircuitOpen::new("b".into(), Some(MS * 150)).into();
+    let svc = Scripted::new(vec![Err(open)]);
+    let layer = RetryLayer::fixed(3, MS * 100).build().unwrap();
+    assert_eq!(layer.layer(svc.clone()).oneshot(1).await.unwrap(), 1);
+    assert_eq!(svc.gaps(), [MS * 150]);
 }

@@ -9,8 +9,9 @@ pub const USAGE: &str = "\
 buttress-demo: a gateway protected by buttress in front of a flaky upstream
 
 Starts, on 127.0.0.1, an upstream that turns slow and error-prone in phases
-and an axum gateway protected by a bulkhead and a timeout, drives closed-loop
-load at it and prints, each second, what every pattern did.
+and an axum gateway protected by a bulkhead, a circuit breaker and a timeout,
+which retries the upstream's 503s within a budget; drives closed-loop load at
+it and prints, each second, what every pattern did.
 
 USAGE:
     buttress-demo [--duration <secs>] [--concurrency <n>]

@@ -1,7 +1,9 @@
 //! The gateway: forwards `GET /` to the upstream, protected by buttress in
 //! the server order of the design (section 4): errors to responses, then
 //! the bulkhead, then the circuit breaker, then the timeout, then the
-//! handler.
+//! handler. The handler calls the upstream through a hyper-util client
+//! wrapped in a retry layer (the client side of the design: retry with a
+//! budget around the client, inside a total timeout).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,21 +12,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{Response, StatusCode, Uri};
+use axum::http::{Request, Response, StatusCode, Uri};
 use axum::routing::get;
 use axum::Router;
 use buttress_bulkhead::{BulkheadEvent, BulkheadHandle, BulkheadLayer};
 use buttress_circuit_breaker::{
     CircuitBreakerEvent, CircuitBreakerHandle, CircuitBreakerLayer, State,
 };
+use buttress_core::deadline::Deadline;
 use buttress_core::response::ErrorToResponseLayer;
-use buttress_core::{BulkheadFullReason, HttpClassifier, Registry};
+use buttress_core::{BulkheadFullReason, ConfigError, HttpClassifier, Registry};
+use buttress_retry::{
+    Backoff, HttpReplay, HttpRetry, NotRetried, ReplayBody, Retry, RetryBudget, RetryEvent,
+    RetryHandle, RetryLayer,
+};
 use buttress_timeout::{TimeoutHandle, TimeoutLayer};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower::ServiceBuilder;
+use tower::{Layer, ServiceBuilder, ServiceExt};
 
 use crate::server::Server;
 use crate::DemoError;
@@ -38,10 +45,10 @@ pub(crate) const MAX_WAIT: Duration = Duration::from_millis(50);
 /// How long a forwarded call may take, body included.
 pub(crate) const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(150);
 /// The breaker judges the outcomes of the last this many calls (and only
-/// once that many are in). At the healthy ~17 % failures a window of 20
-/// still reaches 50 % by chance about once per 5,000 calls (one false trip
-/// per run); at 40 that is about once per 1,000,000 calls, and the degraded
-/// phase (~65 %) still fills it in a tenth of a second.
+/// once that many are in). At the healthy ~13 % failures (slow calls and
+/// 500s; the retries turn nearly every 503 around) a window of 20 would
+/// still reach 50 % by chance now and then; at 40 that is far rarer, and
+/// the degraded phase (~60 %) still fills it in a tenth of a second.
 pub(crate) const BREAKER_WINDOW: u32 = 40;
 /// Failure rate, in percent, at which the breaker opens.
 pub(crate) const BREAKER_THRESHOLD: f64 = 50.0;
@@ -51,8 +58,29 @@ pub(crate) const BREAKER_OPEN: Duration = Duration::from_secs(1);
 /// [`BREAKER_THRESHOLD`] percent of them fail.
 pub(crate) const BREAKER_PROBES: u32 = 5;
 
-/// The client the gateway forwards with.
-type UpstreamClient = Client<HttpConnector, Empty<Bytes>>;
+/// Attempts per forwarded call, the first one included.
+pub(crate) const RETRY_ATTEMPTS: u32 = 3;
+/// Base delay before the first retry, doubling for each further one; full
+/// jitter draws the actual wait between zero and it.
+pub(crate) const RETRY_BACKOFF: Duration = Duration::from_millis(10);
+/// The longest wait between two attempts. A `Retry-After` beyond it would
+/// end the retries (the upstream says `0`).
+pub(crate) const RETRY_MAX_DELAY: Duration = Duration::from_millis(50);
+/// Retries allowed, as a share of the calls made in the last
+/// [`RETRY_BUDGET_TTL`]...
+pub(crate) const RETRY_BUDGET_PERCENT: f64 = 20.0;
+/// ...plus this many per second, so that a quiet gateway can still retry.
+pub(crate) const RETRY_BUDGET_FLOOR: u32 = 5;
+/// How long a call counts towards the budget (Finagle's default).
+pub(crate) const RETRY_BUDGET_TTL: Duration = Duration::from_secs(10);
+
+/// The client the gateway forwards with: a hyper-util client, whose
+/// request bodies the retry layer keeps for replay.
+type UpstreamClient = Client<HttpConnector, ReplayBody<Empty<Bytes>>>;
+/// The upstream client with its retry layer.
+type Upstream = Retry<UpstreamClient, HttpRetry, HttpReplay>;
+/// The client of the health check, which is not retried.
+type HealthClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// Bulkhead rejections by reason, counted from the bulkhead's events.
 #[derive(Debug, Default)]
@@ -158,6 +186,122 @@ impl Breaks {
     }
 }
 
+/// What the retry layer did, counted from its events.
+#[derive(Debug, Default)]
+pub(crate) struct Retries {
+    scheduled: AtomicU64,
+    retried_calls: AtomicU64,
+    succeeded: AtomicU64,
+    exhausted: AtomicU64,
+    budget_spent: AtomicU64,
+    deadline: AtomicU64,
+    gave_up_after_retry: AtomicU64,
+}
+
+/// A reading of [`Retries`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RetryCounts {
+    /// Retries made (each one more call to the upstream).
+    pub(crate) retries: u64,
+    /// Calls retried at least once.
+    pub(crate) retried_calls: u64,
+    /// Calls whose answer after one retry or more was no longer retryable:
+    /// a 200, or now and then a 500.
+    pub(crate) succeeded: u64,
+    /// Calls that got a 503 at every one of their attempts.
+    pub(crate) exhausted: u64,
+    /// Retries refused because the budget was spent: the 503 went back.
+    pub(crate) budget_spent: u64,
+    /// Retries not made because they could not start before the gateway's
+    /// deadline: the 503 went back.
+    pub(crate) deadline: u64,
+    /// Among `budget_spent` and `deadline`, those of calls already retried.
+    pub(crate) gave_up_after_retry: u64,
+}
+
+impl RetryCounts {
+    /// What happened since `before`.
+    pub(crate) fn since(self, before: RetryCounts) -> RetryCounts {
+        RetryCounts {
+            retries: self.retries - before.retries,
+            retried_calls: self.retried_calls - before.retried_calls,
+            succeeded: self.succeeded - before.succeeded,
+            exhausted: self.exhausted - before.exhausted,
+            budget_spent: self.budget_spent - before.budget_spent,
+            deadline: self.deadline - before.deadline,
+            gave_up_after_retry: self.gave_up_after_retry - before.gave_up_after_retry,
+        }
+    }
+
+    /// Adds `other`.
+    pub(crate) fn merge(&mut self, other: RetryCounts) {
+        self.retries += other.retries;
+        self.retried_calls += other.retried_calls;
+        self.succeeded += other.succeeded;
+        self.exhausted += other.exhausted;
+        self.budget_spent += other.budget_spent;
+        self.deadline += other.deadline;
+        self.gave_up_after_retry += other.gave_up_after_retry;
+    }
+
+    /// Calls retried at least once whose last attempt the gateway's timeout
+    /// cut (a 504): every other retried call ends with an event. Exact once
+    /// no call is in flight.
+    pub(crate) fn timed_out_after_retry(&self) -> u64 {
+        self.retried_calls
+            .saturating_sub(self.succeeded + self.exhausted + self.gave_up_after_retry)
+    }
+}
+
+impl Retries {
+    fn on_event(&self, event: &RetryEvent) {
+        let add = |counter: &AtomicU64| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        };
+        match event {
+            RetryEvent::Scheduled { attempt, .. } => {
+                add(&self.scheduled);
+                if *attempt == 2 {
+                    add(&self.retried_calls);
+                }
+            }
+            RetryEvent::Succeeded { .. } => add(&self.succeeded),
+            RetryEvent::Exhausted { .. } => add(&self.exhausted),
+            RetryEvent::BudgetExhausted { attempts, .. } => {
+                add(&self.budget_spent);
+                if *attempts > 1 {
+                    add(&self.gave_up_after_retry);
+                }
+            }
+            RetryEvent::NotRetried {
+                reason: NotRetried::Deadline,
+                attempts,
+                ..
+            } => {
+                add(&self.deadline);
+                if *attempts > 1 {
+                    add(&self.gave_up_after_retry);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The counts so far.
+    pub(crate) fn get(&self) -> RetryCounts {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        RetryCounts {
+            retries: load(&self.scheduled),
+            retried_calls: load(&self.retried_calls),
+            succeeded: load(&self.succeeded),
+            exhausted: load(&self.exhausted),
+            budget_spent: load(&self.budget_spent),
+            deadline: load(&self.deadline),
+            gave_up_after_retry: load(&self.gave_up_after_retry),
+        }
+    }
+}
+
 /// What the report reads from the gateway's layers.
 #[derive(Debug, Clone)]
 pub(crate) struct Observer {
@@ -171,6 +315,10 @@ pub(crate) struct Observer {
     pub(crate) rejections: Arc<Rejections>,
     /// Circuit breaker rejections and transitions.
     pub(crate) breaks: Arc<Breaks>,
+    /// Counters and budget of the retry layer.
+    pub(crate) retry: RetryHandle,
+    /// Retries by outcome.
+    pub(crate) retries: Arc<Retries>,
 }
 
 /// The running gateway.
@@ -197,8 +345,38 @@ impl Gateway {
     }
 }
 
+/// The retry layer around the upstream client, registered in `registry`
+/// as `upstream-retry`; its events go to `retries`.
+///
+/// HTTP-aware: it retries 502, 503, 504, 429 and transport errors, GETs
+/// only (they are idempotent), honours `Retry-After`, and starts no attempt
+/// after the [`Deadline`] that the gateway's timeout puts on the request.
+/// A budget of [`RETRY_BUDGET_PERCENT`] % of the calls plus
+/// [`RETRY_BUDGET_FLOOR`] per second caps the retries, so that an upstream
+/// that sheds everything sees at most that much more load.
+pub(crate) fn retry_layer(
+    registry: &Registry,
+    retries: Arc<Retries>,
+) -> Result<RetryLayer<HttpRetry, HttpReplay>, ConfigError> {
+    let budget = RetryBudget::builder()
+        .percent(RETRY_BUDGET_PERCENT)
+        .min_per_sec(RETRY_BUDGET_FLOOR)
+        .ttl(RETRY_BUDGET_TTL)
+        .build()?;
+    RetryLayer::for_http()
+        .name("upstream-retry")
+        .max_attempts(RETRY_ATTEMPTS)
+        .backoff(Backoff::exponential(RETRY_BACKOFF))
+        .max_delay(RETRY_MAX_DELAY)
+        .budget(budget)
+        .registry(registry)
+        .on_event(move |e: &RetryEvent| retries.on_event(e))
+        .build()
+}
+
 /// Starts the gateway on 127.0.0.1, forwarding to `upstream`; the
-/// bulkhead, the breaker and the timeout are registered in `registry`.
+/// bulkhead, the breaker, the timeout and the retry layer are registered
+/// in `registry`.
 pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<Gateway, DemoError> {
     let rejections = Arc::new(Rejections::default());
     let counter = rejections.clone();
@@ -214,7 +392,9 @@ pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<G
     let counter = breaks.clone();
     // Inside the bulkhead, so that its rejections are never taken for
     // upstream failures; outside the timeout, so that a cut call is one.
-    // 5xx answers and every error (timeouts included) are failures.
+    // 5xx answers and every error (timeouts included) are failures. The
+    // retries happen inside the handler: the breaker judges each call's
+    // final answer, so a 503 that a retry turned into a 200 is a success.
     let breaker = CircuitBreakerLayer::builder()
         .name("upstream")
         .window_size(BREAKER_WINDOW)
@@ -231,22 +411,29 @@ pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<G
         .registry(registry)
         .build()?
         .for_http();
+    let retries = Arc::new(Retries::default());
+    let retry = retry_layer(registry, retries.clone())?;
     let observer = Observer {
         bulkhead: bulkhead.handle(),
         breaker: breaker.handle(),
         timeout: timeout.handle(),
         rejections,
         breaks,
+        retry: retry.handle(),
+        retries,
     };
 
+    // The client side: the retry layer wraps the hyper-util client (which
+    // it clones to make each retry), inside the server stack's timeout,
+    // which is thus the total time for every attempt and wait.
     let client: UpstreamClient = Client::builder(TokioExecutor::new()).build_http();
+    let upstream_svc = retry.layer(client);
     let work_uri = upstream_uri(upstream, "/");
     let health_uri = upstream_uri(upstream, "/healthz");
+    let health_client: HealthClient = Client::builder(TokioExecutor::new()).build_http();
 
-    let forward = {
-        let client = client.clone();
-        move |_req: axum::extract::Request| forward(client.clone(), work_uri.clone())
-    };
+    let forward =
+        move |req: axum::extract::Request| forward(upstream_svc.clone(), work_uri.clone(), req);
     // Outermost first. Every request goes through the same layers: their
     // state lives in the layers' `Arc`s, so the per-request clones axum
     // makes share one bulkhead.
@@ -259,7 +446,7 @@ pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<G
 
     let app = Router::new().route_service("/", protected).route(
         "/healthz",
-        get(move || health(client.clone(), health_uri.clone())),
+        get(move || health(health_client.clone(), health_uri.clone())),
     );
     let server = Server::start("gateway", app).await?;
     Ok(Gateway { server, observer })
@@ -271,12 +458,30 @@ fn upstream_uri(upstream: SocketAddr, path: &str) -> Uri {
         .expect("a socket address and a path form a valid URI")
 }
 
-/// Forwards one request and reads the whole answer, so that the timeout
-/// covers the body too. The upstream's status passes through; an upstream
-/// that cannot be reached is a 502.
-async fn forward(client: UpstreamClient, uri: Uri) -> Result<Response<Body>, Infallible> {
-    let Ok(res) = client.get(uri).await else {
-        return Ok(bad_gateway());
+/// Forwards one request through the retry layer and reads the whole
+/// answer, so that the timeout covers the body too.
+///
+/// The upstream's status passes through, except a 503 that outlived the
+/// retries: that one becomes a 502, like an upstream that cannot be
+/// reached, because the gateway's own 503 means "shed here, come back after
+/// Retry-After" (and the report counts every 503 as a bulkhead or circuit
+/// rejection).
+async fn forward(
+    upstream: Upstream,
+    uri: Uri,
+    req: axum::extract::Request,
+) -> Result<Response<Body>, Infallible> {
+    let mut call = Request::get(uri)
+        .body(Empty::new())
+        .expect("a GET of a valid URI is a valid request");
+    // The gateway's timeout put its deadline on the request: no retry
+    // starts after it.
+    if let Some(deadline) = req.extensions().get::<Deadline>() {
+        call.extensions_mut().insert(*deadline);
+    }
+    let res = match upstream.oneshot(call).await {
+        Ok(res) if res.status() != StatusCode::SERVICE_UNAVAILABLE => res,
+        _ => return Ok(bad_gateway()),
     };
     let (parts, body) = res.into_parts();
     Ok(match body.collect().await {
@@ -293,7 +498,7 @@ fn bad_gateway() -> Response<Body> {
 
 /// `GET /healthz`: 200 when the upstream answers its own health check,
 /// outside the protection of `GET /`.
-async fn health(client: UpstreamClient, uri: Uri) -> StatusCode {
+async fn health(client: HealthClient, uri: Uri) -> StatusCode {
     match client.get(uri).await {
         Ok(res) if res.status().is_success() => StatusCode::OK,
         _ => StatusCode::BAD_GATEWAY,
@@ -341,5 +546,155 @@ mod tests {
             }
         );
         assert_eq!(counts.since(counts), BreakCounts::default());
+    }
+
+    #[test]
+    fn retry_events_are_counted_by_kind() {
+        let retries = Retries::default();
+        let name: Arc<str> = "upstream-retry".into();
+        for event in [
+            RetryEvent::Scheduled {
+                name: name.clone(),
+                attempt: 2,
+                delay: Duration::from_millis(3),
+                cause: buttress_retry::Cause::Response,
+                hint: Some(Duration::ZERO),
+            },
+            RetryEvent::Succeeded {
+                name: name.clone(),
+                retries: 1,
+            },
+            RetryEvent::Exhausted {
+                name: name.clone(),
+                attempts: 3,
+            },
+            RetryEvent::BudgetExhausted {
+                name: name.clone(),
+                attempts: 1,
+            },
+            RetryEvent::NotRetried {
+                name: name.clone(),
+                attempts: 2,
+                reason: NotRetried::Deadline,
+            },
+            RetryEvent::NotRetried {
+                name,
+                attempts: 1,
+                reason: NotRetried::NonIdempotent,
+            },
+        ] {
+            retries.on_event(&event);
+        }
+        let counts = retries.get();
+        assert_eq!(
+            counts,
+            RetryCounts {
+                retries: 1,
+                retried_calls: 1,
+                succeeded: 1,
+                exhausted: 1,
+                budget_spent: 1,
+                deadline: 1,
+                gave_up_after_retry: 1,
+            }
+        );
+        // These events are no single run's: more endings than retried
+        // calls, and the difference stays at zero.
+        assert_eq!(counts.timed_out_after_retry(), 0);
+        assert_eq!(counts.since(counts), RetryCounts::default());
+    }
+
+    /// An upstream that answers the `n`-th call (from 0) with
+    /// `status(n)`, and the number of calls it got.
+    async fn scripted(status: fn(u64) -> StatusCode) -> (Server, Arc<AtomicU64>) {
+        let calls = Arc::new(AtomicU64::new(0));
+        let seen = calls.clone();
+        let app = Router::new().route(
+            "/",
+            get(move || {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                async move { status(n) }
+            }),
+        );
+        (Server::start("upstream", app).await.unwrap(), calls)
+    }
+
+    fn client(registry: &Registry) -> (Upstream, Arc<Retries>) {
+        let retries = Arc::new(Retries::default());
+        let layer = retry_layer(registry, retries.clone()).unwrap();
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        (layer.layer(client), retries)
+    }
+
+    async fn get_via(upstream: &Upstream, server: &Server) -> StatusCode {
+        let uri = upstream_uri(server.addr(), "/");
+        let req = axum::extract::Request::new(Body::empty());
+        forward(upstream.clone(), uri, req).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn shed_calls_are_retried_and_a_persistent_503_becomes_a_502() {
+        let registry = Registry::new();
+        let (upstream, retries) = client(&registry);
+
+        // Shed twice, then served: the third attempt answers.
+        let (flaky, calls) = scripted(|n| match n {
+            0 | 1 => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::OK,
+        })
+        .await;
+        assert_eq!(get_via(&upstream, &flaky).await, StatusCode::OK);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        let counts = retries.get();
+        assert_eq!((counts.retries, counts.succeeded), (2, 1), "{counts:?}");
+
+        // Shed every time: three attempts, then a 502 for the client.
+        let (down, calls) = scripted(|_| StatusCode::SERVICE_UNAVAILABLE).await;
+        assert_eq!(get_via(&upstream, &down).await, StatusCode::BAD_GATEWAY);
+        assert_eq!(calls.load(Ordering::SeqCst), u64::from(RETRY_ATTEMPTS));
+        assert_eq!(retries.get().exhausted, 1);
+
+        // A 500 is not retried and passes through.
+        let (broken, calls) = scripted(|_| StatusCode::INTERNAL_SERVER_ERROR).await;
+        assert_eq!(
+            get_via(&upstream, &broken).await,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        // The registry sees the layer's counters.
+        let snapshot = registry.snapshot();
+        assert_eq!(snapshot["upstream-retry"]["kind"], "retry");
+        assert_eq!(snapshot["upstream-retry"]["state"]["retries"], 4);
+        for server in [flaky, down, broken] {
+            server.shutdown().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn the_budget_caps_the_retries_of_an_upstream_that_sheds_everything() {
+        let (upstream, retries) = client(&Registry::new());
+        let (down, calls) = scripted(|_| StatusCode::SERVICE_UNAVAILABLE).await;
+        let n = 100u64;
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let (upstream, uri) = (upstream.clone(), upstream_uri(down.addr(), "/"));
+            set.spawn(async move {
+                let req = axum::extract::Request::new(Body::empty());
+                forward(upstream, uri, req).await.unwrap().status()
+            });
+        }
+        while let Some(status) = set.join_next().await {
+            assert_eq!(status.unwrap(), StatusCode::BAD_GATEWAY);
+        }
+        // Without a budget, 200 retries; with it, 20 % of the 100 calls
+        // plus the floor of 5 per second over the 10 s window.
+        let allowed = n * RETRY_BUDGET_PERCENT as u64 / 100
+            + u64::from(RETRY_BUDGET_FLOOR) * RETRY_BUDGET_TTL.as_secs();
+        let counts = retries.get();
+        assert!(counts.retries <= allowed, "{counts:?}");
+        assert!(counts.budget_spent > 0, "{counts:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), n + counts.retries);
+        down.shutdown().await.unwrap();
     }
 }

@@ -3,12 +3,14 @@
 //!
 //! [`run`] starts, on 127.0.0.1 with ports chosen by the OS:
 //!
-//! - an **upstream** whose latency and error rate change in phases
-//!   (healthy, degraded, recovered);
+//! - an **upstream** whose latency, error rate (500) and shedding rate
+//!   (503) change in phases (healthy, degraded, recovered);
 //! - a **gateway** that forwards every request to the upstream, protected
 //!   in the server order of the design: errors to responses, then a
 //!   bulkhead, then a circuit breaker, then a timeout, then the forwarding
-//!   handler;
+//!   handler, which calls the upstream through a retry layer with a budget
+//!   (the client side of the design), so that a shed call (503) is tried
+//!   again within the timeout;
 //! - a **load generator**: `concurrency` clients in a closed loop.
 //!
 //! It prints one row per second (unless [`DemoConfig::print_table`] is

@@ -36,6 +36,9 @@ pub(crate) enum Outcome {
     Ok,
     /// 500: the upstream failed and the gateway passed it on.
     UpstreamError,
+    /// 502: the upstream still shed the call (503) after the gateway's
+    /// retries, or could not be reached.
+    BadGateway,
     /// 503: shed by the bulkhead or rejected by the open circuit.
     Shed,
     /// 504: the gateway's timeout cut the upstream call.
@@ -49,6 +52,7 @@ impl Outcome {
         match status {
             StatusCode::OK => Outcome::Ok,
             StatusCode::INTERNAL_SERVER_ERROR => Outcome::UpstreamError,
+            StatusCode::BAD_GATEWAY => Outcome::BadGateway,
             StatusCode::SERVICE_UNAVAILABLE => Outcome::Shed,
             StatusCode::GATEWAY_TIMEOUT => Outcome::TimedOut,
             _ => Outcome::Other,
@@ -197,6 +201,7 @@ mod tests {
         );
         assert_eq!(Outcome::of(StatusCode::SERVICE_UNAVAILABLE), Outcome::Shed);
         assert_eq!(Outcome::of(StatusCode::GATEWAY_TIMEOUT), Outcome::TimedOut);
-        assert_eq!(Outcome::of(StatusCode::BAD_GATEWAY), Outcome::Other);
+        assert_eq!(Outcome::of(StatusCode::BAD_GATEWAY), Outcome::BadGateway);
+        assert_eq!(Outcome::of(StatusCode::NOT_FOUND), Outcome::Other);
     }
 }

@@ -10,16 +10,17 @@ use tokio::time::Instant;
 /// A phase of the run, with the upstream's behaviour in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
-    /// Mostly fast, some slow calls and some errors.
+    /// Mostly fast, some slow calls, some errors and some shedding.
     Healthy,
-    /// Half the calls are slow and almost a third fail.
+    /// Half the calls it serves are slow; 15 % fail and 20 % are shed.
     Degraded,
     /// Back to the healthy rates.
     Recovered,
 }
 
 impl Phase {
-    /// Percentage of calls that take 300–800 ms instead of 5–40 ms.
+    /// Percentage of the calls it serves (every answer but a 503) that
+    /// take 300–800 ms instead of 5–40 ms.
     pub(crate) fn slow_percent(self) -> u64 {
         match self {
             Phase::Healthy | Phase::Recovered => 8,
@@ -27,11 +28,21 @@ impl Phase {
         }
     }
 
-    /// Percentage of calls answered with 500.
+    /// Percentage of calls answered with 500: a failure that a retry would
+    /// not fix.
     pub(crate) fn error_percent(self) -> u64 {
         match self {
-            Phase::Healthy | Phase::Recovered => 10,
-            Phase::Degraded => 30,
+            Phase::Healthy | Phase::Recovered => 5,
+            Phase::Degraded => 15,
+        }
+    }
+
+    /// Percentage of calls shed at once with 503 and `Retry-After: 0`: a
+    /// transient refusal, which the gateway retries.
+    pub(crate) fn unavailable_percent(self) -> u64 {
+        match self {
+            Phase::Healthy | Phase::Recovered => 5,
+            Phase::Degraded => 20,
         }
     }
 

@@ -4,12 +4,14 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use buttress_retry::BudgetSnapshot;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{sleep_until, Instant};
 
 use crate::gateway::{
-    BreakCounts, Observer, BREAKER_OPEN, BREAKER_PROBES, BREAKER_THRESHOLD, BREAKER_WINDOW,
-    MAX_CONCURRENT, MAX_QUEUE, MAX_WAIT, UPSTREAM_TIMEOUT,
+    BreakCounts, Observer, RetryCounts, BREAKER_OPEN, BREAKER_PROBES, BREAKER_THRESHOLD,
+    BREAKER_WINDOW, MAX_CONCURRENT, MAX_QUEUE, MAX_WAIT, RETRY_ATTEMPTS, RETRY_BACKOFF,
+    RETRY_BUDGET_FLOOR, RETRY_BUDGET_PERCENT, RETRY_MAX_DELAY, UPSTREAM_TIMEOUT,
 };
 use crate::load::{Load, Outcome, Sample, CLIENT_TIMEOUT};
 use crate::phase::{Phase, Timeline};
@@ -17,8 +19,6 @@ use crate::upstream::{FAST_MS, SLOW_MS};
 
 /// How often the bulkhead's occupancy is sampled for its peak.
 const OCCUPANCY_SAMPLE: Duration = Duration::from_millis(10);
-/// Width of the live table, for the rule under its header.
-const TABLE_WIDTH: usize = 99;
 
 /// Requests by how they ended, as the clients saw them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,6 +29,9 @@ pub struct Counts {
     pub ok: u64,
     /// 500: the upstream failed and the gateway passed it on.
     pub upstream_errors: u64,
+    /// 502: the upstream still shed the call (503) after the gateway's
+    /// retries, or could not be reached.
+    pub bad_gateway: u64,
     /// 503: shed by the bulkhead or rejected by the open circuit (the
     /// split is in [`Summary`], counted from the layers' events).
     pub shed: u64,
@@ -44,6 +47,7 @@ impl Counts {
         *match outcome {
             Outcome::Ok => &mut self.ok,
             Outcome::UpstreamError => &mut self.upstream_errors,
+            Outcome::BadGateway => &mut self.bad_gateway,
             Outcome::Shed => &mut self.shed,
             Outcome::TimedOut => &mut self.timeouts,
             Outcome::Other => &mut self.other,
@@ -54,6 +58,7 @@ impl Counts {
         self.total += other.total;
         self.ok += other.ok;
         self.upstream_errors += other.upstream_errors;
+        self.bad_gateway += other.bad_gateway;
         self.shed += other.shed;
         self.timeouts += other.timeouts;
         self.other += other.other;
@@ -88,6 +93,14 @@ pub struct PhaseSummary {
     pub circuit_opened: u64,
     /// Times the breaker closed again in it (from the breaker's events).
     pub circuit_closed: u64,
+    /// Retries the gateway made in it (from the retry layer's events).
+    pub retries: u64,
+    /// Calls answered after one retry or more in it (from the retry
+    /// layer's events).
+    pub retry_succeeded: u64,
+    /// Retries refused in it because the budget was spent (from the retry
+    /// layer's events).
+    pub retry_budget_spent: u64,
 }
 
 /// What happened during a run; `Display` prints the final report.
@@ -125,6 +138,32 @@ pub struct Summary {
     pub circuit_state: &'static str,
     /// Upstream calls the gateway's timeout cut (from its handle).
     pub upstream_calls_timed_out: u64,
+    /// Calls the gateway forwarded through its retry layer: first
+    /// attempts (from the retry budget's deposits).
+    pub forwarded: u64,
+    /// Retries the gateway made, each one more call to the upstream (from
+    /// the retry layer's events).
+    pub retries: u64,
+    /// Calls retried at least once (from the retry layer's events).
+    pub retried_calls: u64,
+    /// Calls whose answer after one retry or more was no longer a 503: a
+    /// 200, now and then a 500 (from the retry layer's events).
+    pub retry_succeeded: u64,
+    /// Calls shed (503) at every one of their attempts, answered 502 (from
+    /// the retry layer's events).
+    pub retry_exhausted: u64,
+    /// Retries refused because the budget was spent; the call was answered
+    /// 502 (from the retry layer's events).
+    pub retry_budget_spent: u64,
+    /// Retries not made because they could not start before the gateway's
+    /// timeout; the call was answered 502 (from the retry layer's events).
+    pub retry_deadline: u64,
+    /// Calls retried at least once that the gateway's timeout cut while
+    /// retrying, answered 504 (the retried calls that ended with no
+    /// event).
+    pub retry_timed_out: u64,
+    /// Retries the budget still allowed at the end of the load.
+    pub retry_budget_left: u64,
     /// Most calls seen running in the bulkhead at once (sampled).
     pub peak_active: usize,
     /// Most calls seen waiting in the bulkhead's queue at once (sampled).
@@ -158,6 +197,7 @@ struct PhaseTotals {
     counts: Counts,
     latencies: Vec<Duration>,
     breaks: BreakCounts,
+    retries: RetryCounts,
 }
 
 /// Prints the table while the load runs and sums it up.
@@ -197,11 +237,19 @@ impl Report {
         }
         let (healthy_until, degraded_until) = timeline.boundaries();
         let secs = timeline.secs();
-        let rates = |p: Phase| format!("{}% slow, {}% fail", p.slow_percent(), p.error_percent());
+        let rates = |p: Phase| {
+            format!(
+                "{}% slow, {}% 500, {}% 503",
+                p.slow_percent(),
+                p.error_percent(),
+                p.unavailable_percent()
+            )
+        };
         println!("buttress demo: {secs} s, {concurrency} clients in a closed loop (each waits for its answer)");
         println!();
         println!(
-            "  upstream  answers in {}-{} ms, slow calls take {}-{} ms, failures are 500",
+            "  upstream  answers in {}-{} ms, slow calls take {}-{} ms; fails with 500, or sheds a call\n            \
+             at once with 503 and Retry-After: 0",
             FAST_MS.0, FAST_MS.1, SLOW_MS.0, SLOW_MS.1
         );
         println!(
@@ -217,40 +265,56 @@ impl Report {
             ms(MAX_WAIT)
         );
         println!(
-            "            breaker `upstream`  opens at {BREAKER_THRESHOLD:.0}% failures (500, timeouts) in the last {BREAKER_WINDOW} calls,\n                                \
+            "            breaker `upstream`  opens at {BREAKER_THRESHOLD:.0}% failures (500, 502, timeouts) in the last {BREAKER_WINDOW} calls,\n                                \
              stays open {} s, then lets {BREAKER_PROBES} probes through: closes if under {BREAKER_THRESHOLD:.0}% fail",
             BREAKER_OPEN.as_secs_f64()
         );
         println!(
-            "            timeout `upstream-timeout`  {} per forwarded call",
+            "            timeout `upstream-timeout`  {} per forwarded call, retries included",
             ms(UPSTREAM_TIMEOUT)
+        );
+        println!(
+            "            retry `upstream-retry`  around the upstream client, inside the timeout: a GET\n                                \
+             shed with 503 (or a 502, 504, 429, transport error) is sent again,\n                                \
+             {RETRY_ATTEMPTS} attempts in all, after up to {}, then up to {} (full jitter,\n                                \
+             cap {}), never past the timeout; budget {RETRY_BUDGET_PERCENT:.0}% of the calls + {RETRY_BUDGET_FLOOR}/s",
+            ms(RETRY_BACKOFF),
+            ms(RETRY_BACKOFF * 2),
+            ms(RETRY_MAX_DELAY)
         );
         println!();
         println!(
-            "  columns   500 upstream failure passed on; 503 rejected, by the bulkhead (full: queue full,\n            \
-             wait: waited {} in the queue) or the open circuit (open); 504 cut by the timeout;\n            \
-             active/queued: bulkhead now; circuit: breaker state now",
+            "  columns   500 upstream failure passed on; 502 still shed (503) after the retries; 503 rejected,\n            \
+             by the bulkhead (full: queue full, wait: waited {} in the queue) or the open circuit\n            \
+             (open); 504 cut by the timeout; retry: retries made; saved: calls answered after a\n            \
+             retry; spent: retries refused, budget spent; active/queued: bulkhead now; circuit:\n            \
+             breaker state now",
             ms(MAX_WAIT)
         );
         println!();
-        println!(
-            "{:>4}  {:<9} {:>5} {:>5} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>6} {:>6} {:>6} {:>7}  circuit",
+        let header = format!(
+            "{:>4}  {:<9} {:>5} {:>5} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>5} {:>5} {:>5} {:>6} {:>6} {:>6} {:>7}  circuit",
             "sec",
             "phase",
             "req",
             "200",
             "500",
+            "502",
             "503",
             "full",
             "wait",
             "open",
             "504",
+            "retry",
+            "saved",
+            "spent",
             "active",
             "queued",
             "p50",
             "p99",
         );
-        println!("{}", "-".repeat(TABLE_WIDTH));
+        println!("{header}");
+        println!("{}", "-".repeat(header.len()));
     }
 
     /// Prints one row per second until the load is over; the last row
@@ -265,6 +329,7 @@ impl Report {
         let mut load = Some(load);
         let mut rejections_before = (0, 0);
         let mut breaks_before = BreakCounts::default();
+        let mut retries_before = RetryCounts::default();
         let mut totals = Totals {
             elapsed: Duration::ZERO,
             counts: Counts::default(),
@@ -293,19 +358,26 @@ impl Report {
             let breaks_now = self.observer.breaks.get();
             let breaks = breaks_now.since(breaks_before);
             breaks_before = breaks_now;
+            let retries_now = self.observer.retries.get();
+            let retries = retries_now.since(retries_before);
+            retries_before = retries_now;
             let circuit = self.observer.breaker.state();
             let phase = timeline.phase_at(Duration::from_secs(second - 1));
             if self.print {
                 println!(
-                    "{second:>4}  {phase:<9} {:>5} {:>5} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>6} {:>6} {:>6} {:>7}  {}",
+                    "{second:>4}  {phase:<9} {:>5} {:>5} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>5} {:>5} {:>5} {:>6} {:>6} {:>6} {:>7}  {}",
                     counts.total,
                     counts.ok,
                     counts.upstream_errors,
+                    counts.bad_gateway,
                     counts.shed,
                     full,
                     wait,
                     breaks.not_permitted,
                     counts.timeouts,
+                    retries.retries,
+                    retries.succeeded,
+                    retries.budget_spent,
                     occupancy.active,
                     occupancy.queued,
                     ms(percentile(&latencies, 50)),
@@ -324,6 +396,7 @@ impl Report {
                     p.counts.merge(&counts);
                     p.latencies.extend(latencies);
                     p.breaks.merge(breaks);
+                    p.retries.merge(retries);
                 }
                 _ => totals.phases.push(PhaseTotals {
                     phase,
@@ -331,6 +404,7 @@ impl Report {
                     counts,
                     latencies,
                     breaks,
+                    retries,
                 }),
             }
         }
@@ -363,6 +437,18 @@ impl Report {
         latencies.sort_unstable();
         let (shed_queue_full, shed_wait_timed_out) = self.observer.rejections.get();
         let breaks = self.observer.breaks.get();
+        let retries = self.observer.retries.get();
+        let budget = self
+            .observer
+            .retry
+            .snapshot()
+            .budget
+            .unwrap_or(BudgetSnapshot {
+                available: 0,
+                deposits: 0,
+                withdrawals: 0,
+                refusals: 0,
+            });
         let phases = phases
             .into_iter()
             .map(|mut p| {
@@ -376,6 +462,9 @@ impl Report {
                     circuit_rejected: p.breaks.not_permitted,
                     circuit_opened: p.breaks.opened,
                     circuit_closed: p.breaks.closed,
+                    retries: p.retries.retries,
+                    retry_succeeded: p.retries.succeeded,
+                    retry_budget_spent: p.retries.budget_spent,
                 }
             })
             .collect();
@@ -391,6 +480,15 @@ impl Report {
             circuit_closed: breaks.closed,
             circuit_state: self.observer.breaker.state().as_str(),
             upstream_calls_timed_out: self.observer.timeout.snapshot().timed_out,
+            forwarded: budget.deposits,
+            retries: retries.retries,
+            retried_calls: retries.retried_calls,
+            retry_succeeded: retries.succeeded,
+            retry_exhausted: retries.exhausted,
+            retry_budget_spent: retries.budget_spent,
+            retry_deadline: retries.deadline,
+            retry_timed_out: retries.timed_out_after_retry(),
+            retry_budget_left: budget.available,
             peak_active: self.peak_active,
             peak_queued: self.peak_queued,
             p50: percentile(&latencies, 50),
@@ -447,6 +545,15 @@ impl fmt::Display for Summary {
         line(f, "500 upstream error", c.upstream_errors, String::new())?;
         line(
             f,
+            "502 still shed",
+            c.bad_gateway,
+            format!(
+                "503 after {RETRY_ATTEMPTS} attempts {}, budget spent {}, out of time {}",
+                self.retry_exhausted, self.retry_budget_spent, self.retry_deadline
+            ),
+        )?;
+        line(
+            f,
             "503 rejected",
             c.shed,
             format!(
@@ -470,21 +577,23 @@ impl fmt::Display for Summary {
         writeln!(f)?;
         writeln!(
             f,
-            "by phase     {:>5} {:>6} {:>6} {:>6} {:>6} {:>6} {:>7}  circuit",
-            "req/s", "200", "500", "503", "open", "504", "p99"
+            "by phase     {:>5} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>7}  circuit",
+            "req/s", "200", "500", "502", "503", "open", "504", "retry", "p99"
         )?;
         for p in &self.phases {
             let pc = &p.counts;
             writeln!(
                 f,
-                "  {:<10} {:>5} {:>5.0}% {:>5.0}% {:>5.0}% {:>5.0}% {:>5.0}% {:>7}  opened {}, closed {}",
+                "  {:<10} {:>5} {:>5.0}% {:>5.0}% {:>5.0}% {:>5.0}% {:>5.0}% {:>5.0}% {:>5.0}% {:>7}  opened {}, closed {}",
                 p.phase,
                 pc.total / p.seconds.max(1),
                 pc.percent(pc.ok),
                 pc.percent(pc.upstream_errors),
+                pc.percent(pc.bad_gateway),
                 pc.percent(pc.shed),
                 pc.percent(p.circuit_rejected),
                 pc.percent(pc.timeouts),
+                pc.percent(p.retries),
                 ms(p.p99),
                 p.circuit_opened,
                 p.circuit_closed
@@ -492,6 +601,7 @@ impl fmt::Display for Summary {
         }
         writeln!(f)?;
         writeln!(f, "what each pattern did")?;
+        self.fmt_retry(f)?;
         writeln!(
             f,
             "  timeout    {} slow upstream calls cut at {} and answered 504: none held a\n             \
@@ -521,8 +631,10 @@ impl fmt::Display for Summary {
         writeln!(
             f,
             "  responses  rejections became bare 503 / 504 statuses (the breaker's 503s with\n             \
-             Retry-After), never error text; the {} upstream 500s passed through",
-            c.upstream_errors
+             Retry-After), never error text; upstream 500s passed through ({}), and the\n             \
+             upstream 503s left after the retries became 502 ({}), so that a 503 from the\n             \
+             gateway always means \"shed here\"",
+            c.upstream_errors, c.bad_gateway
         )?;
         writeln!(f)?;
         writeln!(f, "registry snapshot")?;
@@ -537,11 +649,70 @@ impl Summary {
         self.shed_queue_full + self.shed_wait_timed_out
     }
 
+    /// The retry layer's line of "what each pattern did".
+    fn fmt_retry(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let extra = if self.forwarded == 0 {
+            0.0
+        } else {
+            self.retries as f64 * 100.0 / self.forwarded as f64
+        };
+        let mut text = format!(
+            "{} for {}, {extra:.1}% more upstream calls than the {} forwarded: \
+             {} answered after a retry instead of with 502",
+            count(self.retries, "retry", "retries"),
+            count(self.retried_calls, "shed call", "shed calls"),
+            self.forwarded,
+            count(self.retry_succeeded, "call was", "calls were")
+        );
+        if self.retry_exhausted > 0 {
+            text += &format!(
+                "; {} shed at all {RETRY_ATTEMPTS} attempts",
+                count(self.retry_exhausted, "call was", "calls were")
+            );
+        }
+        if self.retry_timed_out > 0 {
+            text += &format!(
+                "; {} cut by the {} timeout while retrying",
+                count(self.retry_timed_out, "call was", "calls were"),
+                ms(UPSTREAM_TIMEOUT)
+            );
+        }
+        if self.retry_deadline > 0 {
+            text += &format!(
+                "; {} not made, as {} not have started within the {} timeout",
+                count(self.retry_deadline, "retry was", "retries were"),
+                if self.retry_deadline == 1 {
+                    "it could"
+                } else {
+                    "they could"
+                },
+                ms(UPSTREAM_TIMEOUT)
+            );
+        }
+        if self.retry_budget_spent > 0 {
+            text += &format!(
+                ". The budget ({RETRY_BUDGET_PERCENT:.0}% of the calls + {RETRY_BUDGET_FLOOR}/s) \
+                 ran out {}: {} refused, so that a shedding upstream did not get \
+                 {RETRY_ATTEMPTS} calls for each one",
+                self.phases_where(|p| p.retry_budget_spent),
+                count(self.retry_budget_spent, "retry", "retries")
+            );
+        } else {
+            text += &format!(
+                ". The budget ({RETRY_BUDGET_PERCENT:.0}% of the calls + {RETRY_BUDGET_FLOOR}/s) \
+                 never ran out ({} retries left at the end); it is what would keep an upstream \
+                 that sheds every call from getting {RETRY_ATTEMPTS} calls for each one",
+                self.retry_budget_left
+            );
+        }
+        writeln!(f, "  retry      {}", wrap(&text, 78, "\n             "))
+    }
+
     /// The breaker's line of "what each pattern did".
     fn fmt_circuit(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut text = if self.circuit_opened == 0 {
             format!(
-                "never opened: the failure rate (500s and timeouts) of the last {BREAKER_WINDOW} \
+                "never opened: the failure rate (500s, 502s and timeouts) of the last {BREAKER_WINDOW} \
                  calls stayed below {BREAKER_THRESHOLD:.0}%"
             )
         } else {
@@ -616,6 +787,15 @@ fn wrap(text: &str, width: usize, newline: &str) -> String {
     out
 }
 
+/// "1 call", "2 calls".
+fn count(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
 /// "once", "twice", "3 times".
 fn times(n: u64) -> String {
     match n {
@@ -660,6 +840,8 @@ mod tests {
         assert_eq!(times(1), "once");
         assert_eq!(times(2), "twice");
         assert_eq!(times(7), "7 times");
+        assert_eq!(count(1, "retry", "retries"), "1 retry");
+        assert_eq!(count(0, "retry", "retries"), "0 retries");
     }
 
     #[test]

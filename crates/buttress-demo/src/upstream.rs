@@ -1,15 +1,16 @@
-//! The flaky upstream: random latency, some slow calls, some 500s, with
-//! rates that follow the phases of the run.
+//! The flaky upstream: random latency, some slow calls, some 500s and some
+//! 503s, with rates that follow the phases of the run.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::phase::Timeline;
+use crate::phase::{Phase, Timeline};
 use crate::rng::XorShift64;
 use crate::server::Server;
 use crate::DemoError;
@@ -18,6 +19,17 @@ use crate::DemoError;
 pub(crate) const FAST_MS: (u64, u64) = (5, 40);
 /// Latency of a slow call, in milliseconds.
 pub(crate) const SLOW_MS: (u64, u64) = (300, 800);
+
+/// How the upstream answers one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// 200.
+    Ok,
+    /// 500: a failure that trying again would not fix.
+    Failure,
+    /// 503 with `Retry-After: 0`: shed at once, try again.
+    Unavailable,
+}
 
 /// What every request handler shares.
 #[derive(Debug)]
@@ -28,28 +40,50 @@ struct Upstream {
 }
 
 impl Upstream {
-    /// How long this call takes and whether it fails, by the current phase.
-    fn draw(&self) -> (Duration, bool) {
+    /// How this call is answered and after how long, by the current phase.
+    fn draw(&self) -> (Duration, Answer) {
         let phase = self.timeline.phase();
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        let (lo, hi) = if rng.percent(phase.slow_percent()) {
-            SLOW_MS
-        } else {
-            FAST_MS
-        };
-        let latency = Duration::from_millis(rng.between(lo, hi));
-        (latency, rng.percent(phase.error_percent()))
+        draw(&mut rng, phase)
     }
 }
 
-/// `GET /`: waits the drawn latency, then answers 200 or 500.
-async fn work(State(upstream): State<Arc<Upstream>>) -> (StatusCode, &'static str) {
-    let (latency, fails) = upstream.draw();
-    tokio::time::sleep(latency).await;
-    if fails {
-        (StatusCode::INTERNAL_SERVER_ERROR, "upstream failure\n")
+/// One call in `phase`: a shed call (503) is answered after a normal
+/// latency, never a slow one; any other is slow `slow_percent` % of the
+/// time.
+fn draw(rng: &mut XorShift64, phase: Phase) -> (Duration, Answer) {
+    let roll = rng.between(0, 99);
+    let answer = if roll < phase.unavailable_percent() {
+        Answer::Unavailable
+    } else if roll < phase.unavailable_percent() + phase.error_percent() {
+        Answer::Failure
     } else {
-        (StatusCode::OK, "ok\n")
+        Answer::Ok
+    };
+    let (lo, hi) = if answer != Answer::Unavailable && rng.percent(phase.slow_percent()) {
+        SLOW_MS
+    } else {
+        FAST_MS
+    };
+    (Duration::from_millis(rng.between(lo, hi)), answer)
+}
+
+/// `GET /`: waits the drawn latency, then answers 200, 500 or 503.
+async fn work(State(upstream): State<Arc<Upstream>>) -> Response {
+    let (latency, answer) = upstream.draw();
+    tokio::time::sleep(latency).await;
+    match answer {
+        Answer::Ok => (StatusCode::OK, "ok\n").into_response(),
+        Answer::Failure => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "upstream failure\n").into_response()
+        }
+        // No body: the gateway drops a response it retries, and an empty
+        // one leaves the connection reusable.
+        Answer::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "0")],
+        )
+            .into_response(),
     }
 }
 
@@ -64,4 +98,30 @@ pub(crate) async fn start(timeline: Timeline) -> Result<Server, DemoError> {
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state);
     Server::start("upstream", app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_follow_the_phase_and_shed_calls_are_fast() {
+        let mut rng = XorShift64::seeded(3);
+        let n = 100_000;
+        let mut seen = [0u64; 3];
+        let mut slow = 0;
+        for _ in 0..n {
+            let (latency, answer) = draw(&mut rng, Phase::Degraded);
+            seen[answer as usize] += 1;
+            if latency >= Duration::from_millis(SLOW_MS.0) {
+                assert_ne!(answer, Answer::Unavailable, "a 503 took {latency:?}");
+                slow += 1;
+            }
+        }
+        let about = |k: u64, pct: u64| k.abs_diff(n * pct / 100) < n / 100;
+        assert!(about(seen[Answer::Unavailable as usize], 20), "{seen:?}");
+        assert!(about(seen[Answer::Failure as usize], 15), "{seen:?}");
+        // Half of the 80 % it serves.
+        assert!(about(slow, 40), "{slow}");
+    }
 }

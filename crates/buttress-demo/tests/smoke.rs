@@ -20,7 +20,7 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
     let c = summary.counts;
     assert!(c.total > 0, "no request was made");
     assert_eq!(
-        c.ok + c.upstream_errors + c.shed + c.timeouts + c.other,
+        c.ok + c.upstream_errors + c.bad_gateway + c.shed + c.timeouts + c.other,
         c.total,
         "{c:?}"
     );
@@ -47,7 +47,29 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
         summary.circuit_reopened <= summary.circuit_opened,
         "{summary:?}"
     );
-    // The three layers are registered under their names.
+    // The upstream sheds 5 to 20 % of its calls with 503: the gateway
+    // retries some of them, and each retry is one more upstream call, within
+    // the budget (20 % of the calls plus 5 a second over 10 s).
+    assert!(summary.retries > 0, "no retry was made: {summary:?}");
+    assert!(summary.retried_calls <= summary.retries, "{summary:?}");
+    // A retried call ends once: answered, shed at every attempt, given up
+    // (budget or deadline), or cut by the timeout.
+    assert!(
+        summary.retry_succeeded + summary.retry_exhausted <= summary.retried_calls,
+        "{summary:?}"
+    );
+    assert!(summary.retries <= summary.forwarded / 5 + 50, "{summary:?}");
+    assert_eq!(
+        phases.iter().map(|p| p.retries).sum::<u64>(),
+        summary.retries
+    );
+    // Every 502 is an upstream 503 that the retries did not turn around.
+    assert_eq!(
+        summary.retry_exhausted + summary.retry_budget_spent + summary.retry_deadline,
+        c.bad_gateway,
+        "{summary:?}"
+    );
+    // The four layers are registered under their names.
     assert_eq!(summary.registry["gateway"]["kind"], "bulkhead");
     assert_eq!(summary.registry["upstream"]["kind"], "circuit_breaker");
     assert_eq!(
@@ -55,9 +77,15 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
         summary.circuit_rejected
     );
     assert_eq!(summary.registry["upstream-timeout"]["kind"], "timeout");
+    assert_eq!(summary.registry["upstream-retry"]["kind"], "retry");
+    assert_eq!(
+        summary.registry["upstream-retry"]["state"]["retries"],
+        summary.retries
+    );
     assert_eq!(phases.len(), 3, "{phases:?}");
 
     let report = summary.to_string();
     assert!(report.contains("what each pattern did"), "{report}");
     assert!(report.contains("  circuit    "), "{report}");
+    assert!(report.contains("  retry      "), "{report}");
 }

@@ -203,6 +203,52 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const PERMITS: usize = 1_000;
+const ATTEMPTS: u32 = 3;
+const BACKOFF: Duration = Duration::from_millis(100);
+
+/// A minimal `tower::retry::Policy`: clones the `u64` request, retries an
+/// error up to `ATTEMPTS` attempts in all with no backoff, never retries a
+/// success. tower has no backoff of its own in `Retry`; the happy path is
+/// what is measured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TowerRetryErrors {
+    retries_left: u32,
+}
+
+impl Default for TowerRetryErrors {
+    fn default() -> Self {
+        TowerRetryErrors {
+            retries_left: ATTEMPTS - 1,
+        }
+    }
+}
+
+impl<E> tower::retry::Policy<u64, u64, E> for TowerRetryErrors {
+    type Future = std::future::Ready<()>;
+
+    fn retry(&mut self, _req: &mut u64, result: &mut Result<u64, E>) -> Option<Self::Future> {
+        if result.is_err() && self.retries_left > 0 {
+            self.retries_left -= 1;
+            Some(std::future::ready(()))
+        } else {
+            None
+        }
+    }
+
+    fn clone_request(&mut self, req: &u64) -> Option<u64> {
+        Some(*req)
+    }
+}
+
+/// tower-resilience's retry, the equivalent of buttress's default: 3
+/// attempts in all, exponential backoff from 100 ms. Its error type is the
+/// inner service's, inferred where the layer is applied.
+fn rez_retry<E>() -> tower_resilience::retry::RetryLayer<u64, u64, E> {
+    tower_resilience::retry::RetryLayer::builder()
+        .max_attempts(ATTEMPTS as usize)
+        .exponential_backoff(BACKOFF)
+        .build()
+}
 
 /// Every case, in report order. Must be called inside a runtime context.
 pub(crate) fn cases() -> Vec<Case> {
@@ -319,6 +365,120 @@ pub(crate) fn cases() -> Vec<Case> {
         "breaker",
         Impl::Buttress,
         open.layer(ReadySvc),
+    ));
+
+    // Retry: the happy path, where the first attempt succeeds and nothing
+    // is retried. buttress's default (3 attempts, exponential from 100 ms,
+    // every error retried).
+    let ours = buttress_retry::RetryLayer::builder()
+        .build()
+        .expect("a valid retry layer");
+    cases.push(Case::new(
+        "retry",
+        "ready",
+        Impl::Buttress,
+        ours.layer(ReadySvc),
+    ));
+    cases.push(Case::new(
+        "retry",
+        "ready",
+        Impl::Tower,
+        tower::retry::Retry::new(TowerRetryErrors::default(), ReadySvc),
+    ));
+    cases.push(Case::new(
+        "retry",
+        "ready",
+        Impl::TowerResilience,
+        rez_retry().layer(ReadySvc),
+    ));
+
+    // Retry with a budget (Finagle's defaults): every call deposits, which
+    // reads the clock and takes the budget's mutex.
+    let budgeted = buttress_retry::RetryLayer::builder()
+        .budget(
+            buttress_retry::RetryBudget::builder()
+                .build()
+                .expect("a valid retry budget"),
+        )
+        .build()
+        .expect("a valid retry layer");
+    cases.push(Case::new(
+        "retry-budget",
+        "ready",
+        Impl::Buttress,
+        budgeted.layer(ReadySvc),
+    ));
+
+    // A stack in DESIGN order (retry, circuit breaker, rate limiter,
+    // bulkhead, per-attempt timeout), outermost first: retry, bulkhead,
+    // timeout.
+    let stack = tower::ServiceBuilder::new()
+        .layer(
+            buttress_retry::RetryLayer::builder()
+                .build()
+                .expect("a valid retry layer"),
+        )
+        .layer(buttress_bulkhead::BulkheadLayer::new(PERMITS))
+        .layer(buttress_timeout::TimeoutLayer::new(TIMEOUT))
+        .service(ReadySvc);
+    cases.push(Case::new("stack", "ready", Impl::Buttress, stack));
+    let stack = tower::ServiceBuilder::new()
+        .layer(rez_retry())
+        .layer(
+            tower_resilience::bulkhead::BulkheadLayer::builder()
+                .max_concurrent_calls(PERMITS)
+                .build()
+                .expect("a valid tower-resilience bulkhead"),
+        )
+        .layer(
+            tower_resilience::timelimiter::TimeLimiterLayer::builder()
+                .timeout_duration(TIMEOUT)
+                .build(),
+        )
+        .service(ReadySvc);
+    cases.push(Case::new("stack", "ready", Impl::TowerResilience, stack));
+
+    // The same with the circuit breaker (default builder) between retry
+    // and bulkhead.
+    let stack = tower::ServiceBuilder::new()
+        .layer(
+            buttress_retry::RetryLayer::builder()
+                .build()
+                .expect("a valid retry layer"),
+        )
+        .layer(
+            buttress_circuit_breaker::CircuitBreakerLayer::builder()
+                .build()
+                .expect("a valid breaker"),
+        )
+        .layer(buttress_bulkhead::BulkheadLayer::new(PERMITS))
+        .layer(buttress_timeout::TimeoutLayer::new(TIMEOUT))
+        .service(ReadySvc);
+    cases.push(Case::new("stack-breaker", "ready", Impl::Buttress, stack));
+    let stack = tower::ServiceBuilder::new()
+        .layer(rez_retry())
+        .layer(
+            tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+                .build()
+                .expect("a valid tower-resilience breaker"),
+        )
+        .layer(
+            tower_resilience::bulkhead::BulkheadLayer::builder()
+                .max_concurrent_calls(PERMITS)
+                .build()
+                .expect("a valid tower-resilience bulkhead"),
+        )
+        .layer(
+            tower_resilience::timelimiter::TimeLimiterLayer::builder()
+                .timeout_duration(TIMEOUT)
+                .build(),
+        )
+        .service(ReadySvc);
+    cases.push(Case::new(
+        "stack-breaker",
+        "ready",
+        Impl::TowerResilience,
+        stack,
     ));
 
     cases

@@ -226,7 +226,11 @@ impl Jitter {
     ) -> Duration {
         // Out-of-range inputs are clamped rather than trusted: `mul_f64`
         // panics on a negative or non-finite factor.
-        let u = if u.is_finite() { u.clamp(0.0, 1.0) } else { 0.0 };
+        let u = if u.is_finite() {
+            u.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         let t = backoff.base(n, cap);
         match *self {
             Jitter::None => t,
@@ -242,7 +246,11 @@ impl Jitter {
                 low + (high - low).mul_f64(u)
             }
             Jitter::Proportional(f) => {
-                let f = if f.is_finite() { f.clamp(0.0, 1.0) } else { 0.0 };
+                let f = if f.is_finite() {
+                    f.clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
                 let centre = t.min(cap.div_f64(1.0 + f));
                 scale(centre, 1.0 - f + 2.0 * f * u).min(cap)
             }

@@ -37,9 +37,10 @@ pin_project! {
             #[pin]
             fut: F,
         },
+        // Boxed: a `Sleep` is over 100 bytes that every happy-path future
+        // would otherwise carry and move; it is allocated only for a retry.
         Waiting {
-            #[pin]
-            sleep: Sleep,
+            sleep: Pin<Box<Sleep>>,
         },
         Readying,
         Done,
@@ -50,6 +51,19 @@ pin_project! {
 struct Ctx<S, Q, X, P, T> {
     svc: S,
     keep: Result<X, NotRetried>,
+    /// What only a retry needs, allocated at the first one so that the
+    /// happy path carries and moves none of it.
+    retry: Option<Box<Retrying<Q, T>>>,
+    policy: P,
+    settings: Settings,
+    link: Link,
+    deadline: Option<Instant>,
+    started: Option<Instant>,
+    attempts: u32,
+}
+
+/// The state of a call that is being retried.
+struct Retrying<Q, T> {
     /// The next attempt's request, once made.
     next: Option<Q>,
     /// The last result, kept only while the next request could not be made
@@ -58,12 +72,8 @@ struct Ctx<S, Q, X, P, T> {
     last: Option<Result<T, BoxError>>,
     /// What made the last attempt fail.
     cause: Cause,
-    policy: P,
-    settings: Settings,
-    link: Link,
-    deadline: Option<Instant>,
-    started: Option<Instant>,
-    attempts: u32,
+    /// The delay before the attempt in flight (decorrelated jitter grows
+    /// from it).
     previous_delay: Duration,
 }
 
@@ -91,16 +101,13 @@ impl<F, S, Q, X, P, T> ResponseFuture<F, S, Q, X, P, T> {
             ctx: Ctx {
                 svc,
                 keep,
-                next: None,
-                last: None,
-                cause: Cause::Error,
+                retry: None,
                 policy,
                 settings,
                 link,
                 deadline,
                 started,
                 attempts: 0,
-                previous_delay: Duration::ZERO,
             },
         }
     }
@@ -141,16 +148,16 @@ where
                         }
                         Step::Retry(delay) if delay.is_zero() => {}
                         Step::Retry(delay) => this.state.set(State::Waiting {
-                            sleep: tokio::time::sleep(delay),
+                            sleep: Box::pin(tokio::time::sleep(delay)),
                         }),
                     }
                 }
                 StateProj::Waiting { sleep } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {
-                    if this.ctx.next.is_none() {
+                    if this.ctx.retry.as_ref().is_some_and(|r| r.next.is_none()) {
                         if let Err(result) = this.ctx.make_next() {
                             this.state.set(State::Done);
                             return Poll::Ready(result);
@@ -160,7 +167,7 @@ where
                         this.state.set(State::Done);
                         return Poll::Ready(Err(this.ctx.not_ready(e.into())));
                     }
-                    let Some(req) = this.ctx.next.take() else {
+                    let Some(req) = this.ctx.retry.as_mut().and_then(|r| r.next.take()) else {
                         // `make_next` leaves a request or ends the call.
                         this.state.set(State::Done);
                         return Poll::Ready(Err("retry: no request to send".into()));
@@ -216,7 +223,9 @@ where
         &settings.jitter,
         retries + 1,
         settings.max_delay,
-        ctx.previous_delay,
+        ctx.retry
+            .as_ref()
+            .map_or(Duration::ZERO, |r| r.previous_delay),
         ctx.link.random(),
     );
     // Never shorter than the server's hint.
@@ -248,13 +257,21 @@ where
             .emit(|name| RetryEvent::BudgetExhausted { name, attempts });
         return ctx.give_up(result, None);
     }
-    ctx.cause = cause;
+    let retry = ctx.retry.get_or_insert_with(|| {
+        Box::new(Retrying {
+            next: None,
+            last: None,
+            cause,
+            previous_delay: Duration::ZERO,
+        })
+    });
+    retry.cause = cause;
     match keep.next(cause) {
-        Ok(next) => ctx.next = Some(next),
+        Ok(next) => retry.next = Some(next),
         // Still held by the previous attempt (hyper may hold a request body
         // a little after the response): try again after the delay, keeping
         // the result in case it never comes free.
-        Err(NotRetried::BodyInUse) => ctx.last = Some(result),
+        Err(NotRetried::BodyInUse) => retry.last = Some(result),
         Err(reason) => {
             ctx.link.refund();
             return ctx.give_up(result, Some(reason));
@@ -268,7 +285,9 @@ where
         cause,
         hint: after,
     });
-    ctx.previous_delay = delay;
+    if let Some(retry) = &mut ctx.retry {
+        retry.previous_delay = delay;
+    }
     Step::Retry(delay)
 }
 
@@ -303,14 +322,17 @@ where
     /// Makes the next request after the delay, when the body was still in
     /// use at the decision; on failure, the call ends with the kept result.
     fn make_next(&mut self) -> Result<(), Result<T, BoxError>> {
-        let last = self.last.take();
+        let Some(retry) = &mut self.retry else {
+            return Err(Err("retry: no request to send".into()));
+        };
+        let last = retry.last.take();
         let made = match &mut self.keep {
-            Ok(keep) => keep.next(self.cause),
+            Ok(keep) => keep.next(retry.cause),
             Err(reason) => Err(*reason),
         };
         match (made, last) {
             (Ok(next), _) => {
-                self.next = Some(next);
+                retry.next = Some(next);
                 Ok(())
             }
             (Err(reason), Some(last)) => {

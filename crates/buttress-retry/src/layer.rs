@@ -29,7 +29,6 @@ pub(crate) struct Settings {
     pub(crate) max_elapsed: Option<Duration>,
 }
 
-
 #[derive(Debug, Default)]
 struct Counters {
     successful_without_retry: AtomicU64,

@@ -131,6 +131,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
@@ -181,27 +182,44 @@ where
     }
 }
 
-/// Decides what follows an attempt that ended with `result`.
+/// Decides what follows an attempt that ended with `result`: the accepted
+/// result goes back here; the rest of the decision is out of line, so the
+/// happy path stays small enough to inline.
+#[inline]
 fn decide<S, Q, X, P, T>(ctx: &mut Ctx<S, Q, X, P, T>, result: Result<T, BoxError>) -> Step<T>
 where
     P: RetryPolicy<T>,
     X: Replay<Request = Q>,
 {
     ctx.attempts += 1;
-    let attempts = ctx.attempts;
-    let retries = attempts - 1;
-    let after = match ctx.policy.check(&result) {
+    match ctx.policy.check(&result) {
         Verdict::Accept => {
+            let retries = ctx.attempts - 1;
             ctx.link.finish(result.is_ok(), retries > 0);
             if retries > 0 && result.is_ok() {
                 ctx.link
                     .emit(|name| RetryEvent::Succeeded { name, retries });
             }
-            return Step::Return(result);
+            Step::Return(result)
         }
-        Verdict::Refuse => return ctx.give_up(result, Some(NotRetried::Refused)),
-        Verdict::Retry { after } => after,
-    };
+        Verdict::Refuse => ctx.give_up(result, Some(NotRetried::Refused)),
+        Verdict::Retry { after } => schedule(ctx, result, after),
+    }
+}
+
+/// A failure the policy would retry: retry it, or say why not.
+#[cold]
+#[inline(never)]
+fn schedule<S, Q, X, P, T>(
+    ctx: &mut Ctx<S, Q, X, P, T>,
+    result: Result<T, BoxError>,
+    after: Option<Duration>,
+) -> Step<T>
+where
+    X: Replay<Request = Q>,
+{
+    let attempts = ctx.attempts;
+    let retries = attempts - 1;
     if attempts >= ctx.settings.max_attempts {
         ctx.link
             .emit(|name| RetryEvent::Exhausted { name, attempts });
@@ -295,6 +313,7 @@ impl<S, Q, X, P, T> Ctx<S, Q, X, P, T> {
     /// Ends the call with a failure that was not retried (further): the
     /// last response as it is, or the last error, wrapped in
     /// [`RetryExhausted`] when there were retries.
+    #[cold]
     fn give_up(&mut self, result: Result<T, BoxError>, reason: Option<NotRetried>) -> Step<T> {
         let attempts = self.attempts;
         if let Some(reason) = reason {

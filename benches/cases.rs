@@ -149,6 +149,45 @@ impl Service<u64> for ReadySvc {
     }
 }
 
+/// The floor of any layer whose response future must reach shared state (to
+/// record an outcome, release a permit): a bare service whose future holds a
+/// clone of an `Arc`, so each call pays one reference-count increment and
+/// one decrement, nothing else. Not a layer: a measure of this machine.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ArcPerCallSvc(std::sync::Arc<()>);
+
+impl Service<u64> for ArcPerCallSvc {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = ArcReady;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        ArcReady {
+            _shared: black_box(self.0.clone()),
+            value: req,
+        }
+    }
+}
+
+/// The future of [`ArcPerCallSvc`]: ready at once, holding its `Arc`.
+#[derive(Debug)]
+pub(crate) struct ArcReady {
+    _shared: std::sync::Arc<()>,
+    value: u64,
+}
+
+impl Future for ArcReady {
+    type Output = Result<u64, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(self.value))
+    }
+}
+
 /// A bare service whose future is pending once (waking itself) before it
 /// completes: the case where a timeout must arm its timer.
 #[derive(Debug, Clone, Copy, Default)]
@@ -255,6 +294,12 @@ pub(crate) fn cases() -> Vec<Case> {
     let mut cases = vec![
         Case::new("baseline", "ready", Impl::Bare, ReadySvc),
         Case::new("baseline", "pending_once", Impl::Bare, PendingOnceSvc),
+        Case::new(
+            "baseline",
+            "arc_per_call",
+            Impl::Bare,
+            ArcPerCallSvc::default(),
+        ),
     ];
 
     // Timeout.

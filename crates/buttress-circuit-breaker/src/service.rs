@@ -27,13 +27,23 @@ pub struct CircuitBreaker<S, C> {
     classifier: C,
     backpressure: bool,
     ticket: Ticket,
+    /// The probe slot of a half-open admission, apart from the ticket so
+    /// that the ticket is a small `Copy` value: moving it into the response
+    /// future then costs a few register moves on the closed path.
+    slot: Option<ProbeSlot>,
     /// The backpressure timer, boxed because the service is not pinned.
     wake: Option<Pin<Box<Sleep>>>,
 }
 
+#[derive(Clone, Copy)]
 enum Ticket {
     None,
-    Permit(Probe),
+    /// Admitted in generation `gen`; `probe` when the slot holds its
+    /// half-open probe slot.
+    Permit {
+        gen: u64,
+        probe: bool,
+    },
     Rejected(Option<Duration>),
 }
 
@@ -77,6 +87,7 @@ impl<S, C> CircuitBreaker<S, C> {
             classifier,
             backpressure,
             ticket: Ticket::None,
+            slot: None,
             wake: None,
         }
     }
@@ -130,7 +141,7 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         loop {
             match &self.ticket {
-                Ticket::Permit(_) => return self.inner.poll_ready(cx).map_err(Into::into),
+                Ticket::Permit { .. } => return self.inner.poll_ready(cx).map_err(Into::into),
                 Ticket::Rejected(Some(wait)) if self.backpressure => {
                     let at = Instant::now() + *wait;
                     let sleep = match &mut self.wake {
@@ -154,10 +165,12 @@ where
                         }
                     }
                     self.ticket = match self.shared.admit() {
-                        Admission::Permit { gen, probe } => Ticket::Permit(Probe {
-                            gen,
-                            slot: probe.then(|| ProbeSlot::new(self.shared.clone(), gen)),
-                        }),
+                        Admission::Permit { gen, probe } => {
+                            if probe {
+                                self.slot = Some(ProbeSlot::new(self.shared.clone(), gen));
+                            }
+                            Ticket::Permit { gen, probe }
+                        }
                         Admission::Reject(retry_after) => Ticket::Rejected(retry_after),
                     };
                 }
@@ -167,7 +180,11 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         match std::mem::replace(&mut self.ticket, Ticket::None) {
-            Ticket::Permit(probe) => {
+            Ticket::Permit { gen, probe } => {
+                let probe = Probe {
+                    gen,
+                    slot: if probe { self.slot.take() } else { None },
+                };
                 let start = self
                     .shared
                     .settings

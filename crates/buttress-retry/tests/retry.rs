@@ -91,6 +91,29 @@ fn not_retried(events: &Events) -> Vec<NotRetried> {
         .collect()
 }
 
+/// The `Scheduled` events seen: (attempt, delay, cause).
+fn scheduled(events: &Events) -> Vec<(u32, Duration, Cause)> {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            RetryEvent::Scheduled {
+                attempt,
+                delay,
+                cause,
+                ..
+            } => Some((*attempt, *delay, *cause)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The delays of the `Scheduled` events seen.
+fn delays(events: &Events) -> Vec<Duration> {
+    scheduled(events).into_iter().map(|(_, d, _)| d).collect()
+}
+
 #[tokio::test(start_paused = true)]
 async fn fixed_linear_and_exponential_delays_are_exact_without_jitter() {
     for (backoff, expected) in [
@@ -128,7 +151,7 @@ async fn fixed_linear_and_exponential_delays_are_exact_without_jitter() {
 
 #[tokio::test(start_paused = true)]
 async fn seeded_full_jitter_is_reproducible_and_uniform_below_the_base() {
-    async fn delays(seed: u64) -> Vec<Duration> {
+    async fn seeded(seed: u64) -> Vec<Duration> {
         let (events, listener) = recorder();
         let layer = RetryLayer::builder()
             .max_attempts(2)
@@ -142,19 +165,12 @@ async fn seeded_full_jitter_is_reproducible_and_uniform_below_the_base() {
             let svc = layer.layer(Scripted::failing(1));
             svc.oneshot(1).await.unwrap();
         }
-        let events = events.lock().unwrap();
-        events
-            .iter()
-            .filter_map(|e| match e {
-                RetryEvent::Scheduled { delay, .. } => Some(*delay),
-                _ => None,
-            })
-            .collect()
+        delays(&events)
     }
-    let a = delays(11).await;
+    let a = seeded(11).await;
     assert_eq!(a.len(), 2000);
-    assert_eq!(a, delays(11).await, "the same seed gives the same delays");
-    assert_ne!(a, delays(12).await);
+    assert_eq!(a, seeded(11).await, "the same seed gives the same delays");
+    assert_ne!(a, seeded(12).await);
     assert!(a.iter().all(|d| *d < MS * 100));
     let mean = a.iter().sum::<Duration>() / a.len() as u32;
     assert!(
@@ -186,14 +202,9 @@ async fn equal_jitter_at_the_cap_still_spreads() {
     for _ in 0..50 {
         layer.layer(Scripted::failing(7)).oneshot(1).await.unwrap();
     }
-    let at_cap: Vec<Duration> = events
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|e| match e {
-            RetryEvent::Scheduled { attempt, delay, .. } if *attempt >= 5 => Some(*delay),
-            _ => None,
-        })
+    let at_cap: Vec<Duration> = scheduled(&events)
+        .into_iter()
+        .filter_map(|(attempt, delay, _)| (attempt >= 5).then_some(delay))
         .collect();
     assert_eq!(at_cap.len(), 50 * 4);
     assert!(at_cap.iter().all(|d| *d >= MS * 200 && *d < MS * 400));
@@ -908,15 +919,7 @@ async fn a_post_is_retried_only_when_it_provably_never_left() {
     errors.lock().unwrap().extend([refused(), open()]);
     layer.layer(inner.clone()).oneshot(post()).await.unwrap();
     assert_eq!(*calls.lock().unwrap(), 3);
-    let causes: Vec<Cause> = events
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|e| match e {
-            RetryEvent::Scheduled { cause, .. } => Some(*cause),
-            _ => None,
-        })
-        .collect();
+    let causes: Vec<Cause> = scheduled(&events).into_iter().map(|(_, _, c)| c).collect();
     assert_eq!(causes, [Cause::ConnectError, Cause::Rejected]);
 
     // A reset may come after the server processed the POST.
@@ -959,17 +962,6 @@ async fn decorrelated_and_proportional_jitter_through_the_layer() {
     for _ in 0..100 {
         layer.layer(Scripted::failing(5)).oneshot(1).await.unwrap();
     }
-    let delays = |events: &Events| -> Vec<Duration> {
-        events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|e| match e {
-                RetryEvent::Scheduled { delay, .. } => Some(*delay),
-                _ => None,
-            })
-            .collect()
-    };
     let d = delays(&events);
     assert_eq!(d.len(), 500);
     assert!(d.iter().all(|d| *d >= MS * 10 && *d <= MS * 200));

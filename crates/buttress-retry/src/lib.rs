@@ -64,6 +64,22 @@
 //! # }
 //! ```
 //!
+//! # gRPC with tonic
+//!
+//! A tonic `Channel` is a `Service<http::Request<tonic::body::Body>>`; put
+//! [`RetryLayer::for_grpc`] in front of it and box the replayed body back
+//! into tonic's body type below the layer:
+//!
+//! ```text
+//! let channel = ServiceBuilder::new()
+//!     .layer(RetryLayer::for_grpc().max_attempts(3).build()?)
+//!     .map_request(|req: http::Request<ReplayBody<tonic::body::Body>>| {
+//!         req.map(tonic::body::Body::new)
+//!     })
+//!     .service(channel);
+//! let client = MyServiceClient::new(channel);
+//! ```
+//!
 //! Errors are `BoxError` (tower's convention); the futures need a tokio
 //! runtime with the time driver enabled to wait between attempts.
 #![forbid(unsafe_code)]

@@ -14,6 +14,10 @@ use tokio::time::Instant;
 /// and over-allocates, tower #857).
 const ONE_RETRY: i64 = 1_000_000;
 const SLOTS: usize = 10;
+/// Deposits are counted with one atomic add and moved into the window in
+/// batches of at most this many (or at the next withdrawal or read), so
+/// that a request neither takes the lock nor reads the clock.
+const BATCH: u64 = 32;
 
 /// A budget of retries shared by any number of retry layers: each request
 /// deposits `percent` % of a retry, each retry withdraws one, and what is
@@ -24,8 +28,11 @@ const SLOTS: usize = 10;
 /// budget is spent, a retry layer returns the last result without retrying
 /// (and says so with an event).
 ///
-/// Each deposit reads the clock and takes a short lock (a few integer
-/// operations); a layer without a budget does neither.
+/// A deposit is one atomic add. Deposits are moved into the window in
+/// batches of at most 32 (or at the next withdrawal or read), each batch in
+/// the slot of its first deposit: a deposit may expire up to one batch
+/// early, never late, so the budget errs on the side of fewer retries.
+/// Withdrawals, rare by nature, take a short lock and read the clock.
 ///
 /// The defaults are Finagle's: 20 % of requests, a floor of 10 retries per
 /// second, deposits expiring after 10 s. Clones share one budget, so one
@@ -67,7 +74,11 @@ struct Inner {
     slot_nanos: u64,
     base: Instant,
     window: Mutex<Window>,
-    deposits: AtomicU64,
+    /// Deposits not yet in the window.
+    pending: AtomicU64,
+    /// When the first of the pending deposits was made, in nanoseconds
+    /// since `base`.
+    batch_start: AtomicU64,
     withdrawals: AtomicU64,
     refusals: AtomicU64,
 }
@@ -76,6 +87,8 @@ struct Inner {
 /// withdrawn in it.
 struct Window {
     slots: [i64; SLOTS],
+    /// Deposits moved into the window since the budget was made.
+    deposited: u64,
     /// The slot number (time since `base` divided by the slot length) that
     /// `slots[epoch % SLOTS]` holds.
     epoch: u64,
@@ -116,13 +129,14 @@ impl RetryBudget {
     }
 
     /// Records one request: adds `percent` % of a retry to the budget.
+    #[inline]
     pub fn deposit(&self) {
         let inner = &*self.inner;
-        inner.deposits.fetch_add(1, Ordering::Relaxed);
-        if inner.deposit != 0 {
-            let mut w = inner.lock_at(Instant::now());
-            let i = w.index();
-            w.slots[i] += inner.deposit;
+        let before = inner.pending.fetch_add(1, Ordering::AcqRel);
+        if before == 0 {
+            inner.start_batch();
+        } else if before + 1 >= BATCH {
+            drop(inner.lock_at(Instant::now()));
         }
     }
 
@@ -166,7 +180,7 @@ impl RetryBudget {
     pub fn snapshot(&self) -> BudgetSnapshot {
         BudgetSnapshot {
             available: self.available(),
-            deposits: self.inner.deposits.load(Ordering::Relaxed),
+            deposits: self.inner.deposits(),
             withdrawals: self.inner.withdrawals.load(Ordering::Relaxed),
             refusals: self.inner.refusals.load(Ordering::Relaxed),
         }
@@ -189,14 +203,30 @@ impl RetryBudget {
 }
 
 impl Inner {
-    /// The window, with the slots that expired by `now` cleared.
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Notes when the first deposit of a new batch was made.
+    #[cold]
+    fn start_batch(&self) {
+        self.batch_start
+            .store(self.nanos(Instant::now()), Ordering::Release);
+    }
+
+    /// Deposits since the budget was made.
+    fn deposits(&self) -> u64 {
+        let w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        w.deposited + self.pending.load(Ordering::Acquire)
+    }
+
+    /// The window at `now`: the slots that expired cleared and the pending
+    /// deposits moved in.
     fn lock_at(&self, now: Instant) -> std::sync::MutexGuard<'_, Window> {
         // Every update is a plain integer write: a panic elsewhere cannot
         // leave the window half-updated.
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
-        let nanos =
-            u64::try_from(now.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
-        let epoch = nanos / self.slot_nanos;
+        let epoch = self.nanos(now) / self.slot_nanos;
         if epoch > w.epoch {
             let stale = (epoch - w.epoch).min(SLOTS as u64);
             for k in 1..=stale {
@@ -204,6 +234,20 @@ impl Inner {
                 w.slots[i] = 0;
             }
             w.epoch = epoch;
+        }
+        let batch = self.pending.swap(0, Ordering::AcqRel);
+        if batch > 0 {
+            w.deposited += batch;
+            // The batch counts from its first deposit; a batch that began
+            // a whole ttl ago has expired already.
+            let first = (self.batch_start.load(Ordering::Acquire) / self.slot_nanos).min(w.epoch);
+            if first + SLOTS as u64 > w.epoch {
+                let amount = i64::try_from(batch)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(self.deposit);
+                let i = (first % SLOTS as u64) as usize;
+                w.slots[i] = w.slots[i].saturating_add(amount);
+            }
         }
         w
     }
@@ -278,9 +322,11 @@ impl RetryBudgetBuilder {
                 base: Instant::now(),
                 window: Mutex::new(Window {
                     slots: [0; SLOTS],
+                    deposited: 0,
                     epoch: 0,
                 }),
-                deposits: AtomicU64::new(0),
+                pending: AtomicU64::new(0),
+                batch_start: AtomicU64::new(0),
                 withdrawals: AtomicU64::new(0),
                 refusals: AtomicU64::new(0),
             }),
@@ -375,6 +421,39 @@ mod tests {
         assert_eq!(b.available(), 0);
         let s = b.snapshot();
         assert_eq!((s.deposits, s.withdrawals), (16, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batched_deposits_expire_from_their_first_never_late() {
+        let b = budget(50.0, 0);
+        for _ in 0..20 {
+            b.deposit();
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // The 32nd deposit moves the first batch in, at the slot of its
+        // first deposit (t = 0); the next 8 start a batch at t = 5 s.
+        for _ in 0..20 {
+            b.deposit();
+        }
+        assert_eq!(b.available(), 20);
+        assert_eq!(b.snapshot().deposits, 40);
+        // At t = 10 s the first batch expires, the 12 deposits of t = 5 s
+        // in it too: early, never late.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(b.available(), 4);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(b.available(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_older_than_the_ttl_adds_nothing() {
+        let b = budget(100.0, 0);
+        for _ in 0..5 {
+            b.deposit();
+        }
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(b.available(), 0);
+        assert_eq!(b.snapshot().deposits, 5);
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,7 +16,7 @@ const ONE_RETRY: i64 = 1_000_000;
 const SLOTS: usize = 10;
 /// Deposits are counted with one atomic add and moved into the window in
 /// batches of at most this many (or at the next withdrawal or read), so
-/// that a request neither takes the lock nor reads the clock.
+/// that most requests neither take the lock nor read the clock.
 const BATCH: u64 = 32;
 
 /// A budget of retries shared by any number of retry layers: each request

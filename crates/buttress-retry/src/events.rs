@@ -33,7 +33,8 @@ pub enum NotRetried {
     /// The request body was larger than the buffer limit: it was sent once
     /// and not kept.
     BodyTooLarge,
-    /// The previous attempt still held the unread rest of the request body.
+    /// The previous attempt still held the unread rest of the request body,
+    /// or the body failed and its rest is lost.
     BodyInUse,
     /// The next attempt could not start before the caller's deadline.
     Deadline,

@@ -45,7 +45,8 @@ pub(crate) struct Shared {
     /// instead of a clone of this `Arc`.
     static_name: Option<&'static str>,
     /// Whether futures must reach this state: listeners, a budget, a
-    /// seeded random source, a registry entry or a handle. Until then they
+    /// random source, a registry entry or a handle (or a name that is not
+    /// `&'static`, which makes every future carry the `Arc` anyway). Until then they
     /// carry no `Arc` and the call path touches no shared reference count.
     observed: AtomicBool,
     listeners: Listeners<RetryEvent>,
@@ -282,7 +283,8 @@ impl RetryLayer {
 
     /// HTTP ([`HttpRetry`] and [`HttpReplay`]): 502, 503, 504, 429 and
     /// transport errors are retried, idempotent requests only (or any after
-    /// a connect error), bodies up to 64 KiB kept for replay,
+    /// a connect error or a local buttress rejection), bodies up to 64 KiB
+    /// kept for replay,
     /// `Retry-After` honoured.
     pub fn for_http() -> RetryBuilder<HttpRetry, HttpReplay> {
         Self::builder()
@@ -301,7 +303,8 @@ impl RetryLayer {
             .replay(HttpReplay::new().responses_any_method(true))
     }
 
-    /// An HTTP API that rate limits: 429 and 503 only, 5 attempts,
+    /// An HTTP API that rate limits: responses 429 and 503 only (errors as
+    /// with [`for_http`](RetryLayer::for_http)), 5 attempts,
     /// exponential from 1 s to 60 s with full jitter, and `Retry-After`
     /// honoured (a hint beyond 60 s ends the retries).
     pub fn api_rate_limit() -> RetryBuilder<HttpRetry, HttpReplay> {
@@ -321,9 +324,10 @@ impl<P, R> RetryLayer<P, R> {
     /// A handle to observe the layer.
     ///
     /// The counters of the snapshot start when the first handle is taken
-    /// (or at build time for a registered layer or one with listeners or a
-    /// budget): until a layer is observed, its futures do not touch the
-    /// shared state at all.
+    /// (or at build time for a registered layer, one with listeners, a
+    /// budget or a random source, or one whose name is not `&'static`):
+    /// until a layer is observed, its futures do not touch the shared state
+    /// at all.
     pub fn handle(&self) -> RetryHandle {
         self.shared.observed.store(true, Ordering::Relaxed);
         RetryHandle {
@@ -545,7 +549,7 @@ impl fmt::Debug for RetryHandle {
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RetrySnapshot {
-    /// Calls accepted at the first attempt.
+    /// Calls that succeeded at the first attempt.
     pub successful_without_retry: u64,
     /// Calls that succeeded after at least one retry.
     pub successful_with_retry: u64,
@@ -554,7 +558,7 @@ pub struct RetrySnapshot {
     pub failed_without_retry: u64,
     /// Calls that failed after at least one retry.
     pub failed_with_retry: u64,
-    /// Retries made.
+    /// Retries scheduled.
     pub retries: u64,
     /// The budget's state, when the layer has one.
     pub budget: Option<BudgetSnapshot>,

@@ -28,11 +28,12 @@
 //!   is sent once. Only idempotent requests (or those with an
 //!   `Idempotency-Key`) are retried once they may have reached the server.
 //! - **The Service contract**: the response future makes its own service
-//!   clone ready before every retry. On the happy path the layer itself
-//!   allocates nothing and, until it is observed, touches no shared state;
-//!   what the request, policy and service clones cost is theirs (a `u64`
-//!   request and the presets' policies cost nothing; an `http::Request`'s
-//!   headers and a boxed service do allocate).
+//!   clone ready before every retry. On the happy path, with
+//!   [`CloneRequest`], the layer itself allocates nothing and, until it is
+//!   observed, touches no shared state; what the request, policy and
+//!   service clones cost is theirs (a `u64` request and the presets'
+//!   policies cost nothing; a boxed service allocates). [`HttpReplay`]
+//!   allocates per request: the kept headers and the body buffer's state.
 //!
 //! On exhaustion the caller gets the last response as it is (an HTTP 503,
 //! say), or the last error wrapped in

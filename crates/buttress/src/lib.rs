@@ -13,7 +13,9 @@
 //! Every layer:
 //! - keeps its state in the layer's `Arc`, so axum's per-route `layer()`
 //!   calls and service clones share one instance;
-//! - allocates nothing and takes no lock on the happy path;
+//! - allocates nothing and takes no lock on the happy path (a retry's
+//!   HTTP body replay allocates its buffer's state per request, and a retry
+//!   budget takes a short lock once per 32 requests);
 //! - rejects through the response future with a small error struct that
 //!   [`core::response::ErrorToResponseLayer`] turns into 503/504/429
 //!   (servers) and callers can downcast (clients), never through an error

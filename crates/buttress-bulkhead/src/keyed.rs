@@ -6,6 +6,8 @@ use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+
+use buttress_core::local::Anchor;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,9 +32,9 @@ struct KeyedShared<K> {
     max_queue: usize,
     max_wait: Option<Duration>,
     listeners: Listeners<BulkheadEvent>,
-    map: BoundedMap<K, Arc<Shared>>,
+    map: BoundedMap<K, Anchor<Shared>>,
     /// Requests whose key the extractor could not find share this one.
-    unkeyed: Arc<Shared>,
+    unkeyed: Anchor<Shared>,
     /// Requests with a new key rejected because every key was in use.
     map_full: AtomicU64,
     /// `completed` and `rejected` of evicted keys, so that totals never go
@@ -42,8 +44,8 @@ struct KeyedShared<K> {
 }
 
 impl<K: Hash + Eq + Clone> KeyedShared<K> {
-    fn new_bulkhead(&self) -> Arc<Shared> {
-        Arc::new(Shared::new(
+    fn new_bulkhead(&self) -> Anchor<Shared> {
+        crate::state::anchor(Shared::new(
             self.name.clone(),
             self.max_concurrent,
             self.max_queue,
@@ -53,21 +55,24 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
     }
 
     /// The bulkhead of `key`; `None` when the map is full of keys in use.
-    fn get(&self, key: K) -> Option<Arc<Shared>> {
-        // Only the map holds an evicted bulkhead: no call, queued caller,
-        // permit or handle refers to it, so no limit is split in two and its
-        // counters are final.
+    fn get(&self, key: K) -> Option<Anchor<Shared>> {
+        // Only the map holds an evicted bulkhead: no call, queued caller or
+        // handle holds an anchor of it and no permit of it is out, so no
+        // limit is split in two and its counters are final.
         self.map.get_or_insert(
             key,
             Instant::now(),
             |_| self.new_bulkhead(),
             |shared| {
-                if Arc::strong_count(shared) != 1 {
+                if shared.owners() != 1 {
+                    return false;
+                }
+                let s = shared.snapshot();
+                if s.active != 0 || s.queued != 0 {
                     return false;
                 }
                 // The map evicts every idle entry this allows (under its
                 // lock): keep the counts of this one.
-                let s = shared.snapshot();
                 self.retired_completed.fetch_add(s.completed, Relaxed);
                 self.retired_rejected.fetch_add(s.rejected, Relaxed);
                 true
@@ -259,7 +264,7 @@ impl<X> KeyedBulkheadBuilder<X> {
         if self.max_keys == 0 {
             return Err(ConfigError::new(KIND, "max_keys", "must be at least 1"));
         }
-        let unkeyed = Arc::new(Shared::new(
+        let unkeyed = crate::state::anchor(Shared::new(
             self.name.clone(),
             self.max_concurrent,
             self.max_queue,

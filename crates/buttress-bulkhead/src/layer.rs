@@ -1,5 +1,7 @@
 use std::fmt;
 use std::sync::Arc;
+
+use buttress_core::local::Anchor;
 use std::time::Duration;
 
 use buttress_core::registry::Component;
@@ -41,7 +43,7 @@ pub(crate) const KIND: &str = "bulkhead";
 /// ```
 #[derive(Clone)]
 pub struct BulkheadLayer {
-    shared: Arc<Shared>,
+    shared: Anchor<Shared>,
 }
 
 impl fmt::Debug for BulkheadLayer {
@@ -75,7 +77,7 @@ impl BulkheadLayer {
 
     fn from_shared(shared: Shared) -> Self {
         Self {
-            shared: Arc::new(shared),
+            shared: crate::state::anchor(shared),
         }
     }
 
@@ -218,7 +220,7 @@ pub(crate) fn validate(
 /// Observes a bulkhead and changes its limits at run time.
 #[derive(Clone)]
 pub struct BulkheadHandle {
-    shared: Arc<Shared>,
+    shared: Anchor<Shared>,
 }
 
 impl fmt::Debug for BulkheadHandle {
@@ -228,7 +230,7 @@ impl fmt::Debug for BulkheadHandle {
 }
 
 impl BulkheadHandle {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Anchor<Shared>) -> Self {
         Self { shared }
     }
 

@@ -1,5 +1,5 @@
+use buttress_core::local::Anchor;
 use std::fmt;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use buttress_core::error::{BoxError, BulkheadFull};
@@ -20,22 +20,25 @@ use crate::state::{Acquire, Permit, Shared};
 /// service, as tower's `LoadShed` does.
 pub struct Bulkhead<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Anchor<Shared>,
+    /// The permit `poll_ready` took, apart from the slow states so that
+    /// `call` moves two words into the response future.
+    permit: Option<Permit>,
     state: State,
 }
 
 enum State {
     Idle,
     Acquiring(Acquire),
-    Holding(Permit),
     Rejected(BulkheadFullReason),
 }
 
 impl<S> Bulkhead<S> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+    pub(crate) fn from_shared(inner: S, shared: Anchor<Shared>) -> Self {
         Self {
             inner,
             shared,
+            permit: None,
             state: State::Idle,
         }
     }
@@ -69,8 +72,40 @@ impl<S: fmt::Debug> fmt::Debug for Bulkhead<S> {
         f.debug_struct("Bulkhead")
             .field("inner", &self.inner)
             .field("name", &self.shared.name)
-            .field("holds_permit", &matches!(self.state, State::Holding(_)))
+            .field("holds_permit", &self.permit.is_some())
             .finish()
+    }
+}
+
+impl<S> Bulkhead<S> {
+    /// `poll_ready` without a permit at hand: the queue, or a rejection.
+    #[cold]
+    fn poll_slow<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
+        loop {
+            match &mut self.state {
+                State::Rejected(_) => return Poll::Ready(Ok(())),
+                State::Idle => {
+                    if self.shared.try_acquire() {
+                        self.permit = Some(Permit::new(&self.shared, None));
+                        return self.inner.poll_ready(cx).map_err(Into::into);
+                    }
+                    self.state = State::Acquiring(Acquire::new(self.shared.clone()));
+                }
+                State::Acquiring(acquire) => match acquire.poll_acquire(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(permit)) => {
+                        self.state = State::Idle;
+                        self.permit = Some(permit);
+                        return self.inner.poll_ready(cx).map_err(Into::into);
+                    }
+                    Poll::Ready(Err(reason)) => self.state = State::Rejected(reason),
+                },
+            }
+        }
     }
 }
 
@@ -85,30 +120,24 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        loop {
-            match &mut self.state {
-                State::Holding(_) => return self.inner.poll_ready(cx).map_err(Into::into),
-                State::Rejected(_) => return Poll::Ready(Ok(())),
-                State::Idle => {
-                    if self.shared.try_acquire() {
-                        self.state = State::Holding(Permit::new(self.shared.clone(), None));
-                    } else {
-                        self.state = State::Acquiring(Acquire::new(self.shared.clone()));
-                    }
+        if self.permit.is_none() {
+            if let State::Idle = self.state {
+                if self.shared.try_acquire() {
+                    self.permit = Some(Permit::new(&self.shared, None));
+                    return self.inner.poll_ready(cx).map_err(Into::into);
                 }
-                State::Acquiring(acquire) => match acquire.poll_acquire(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(permit)) => self.state = State::Holding(permit),
-                    Poll::Ready(Err(reason)) => self.state = State::Rejected(reason),
-                },
             }
+            return self.poll_slow(cx);
         }
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
+        if let Some(permit) = self.permit.take() {
+            return ResponseFuture::called(self.inner.call(req), permit);
+        }
         match std::mem::replace(&mut self.state, State::Idle) {
-            State::Holding(permit) => ResponseFuture::called(self.inner.call(req), permit),
             State::Rejected(reason) => {
                 ResponseFuture::rejected(BulkheadFull::new(self.shared.name.clone(), reason))
             }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use buttress_core::local::{Anchor, Cache, Home, Local, Token};
 use buttress_core::{BulkheadFullReason, Listeners};
 use tokio::time::{Instant, Sleep};
 
@@ -41,6 +42,25 @@ fn available_of(state: u64) -> i64 {
     (state & LOW) as i64 - BIAS
 }
 
+thread_local! {
+    static CACHE: Cache<Shared> = const { Cache::new() };
+}
+
+/// Where bulkheads live: response futures hold a [`Token`], not an `Arc`
+/// (see [`buttress_core::local`]).
+static HOME: Home<Shared> = Home::new(&CACHE);
+
+/// Anchors a new bulkhead's state.
+pub(crate) fn anchor(shared: Shared) -> Anchor<Shared> {
+    Anchor::new(Arc::new(shared))
+}
+
+impl Local for Shared {
+    fn home() -> &'static Home<Self> {
+        &HOME
+    }
+}
+
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
     /// Low 32 bits: free permits plus [`BIAS`] (negative after the limit
@@ -60,6 +80,8 @@ pub(crate) struct Shared {
     queue: Mutex<VecDeque<Arc<Waiter>>>,
     rejected: AtomicU64,
     pub(crate) listeners: Listeners<BulkheadEvent>,
+    /// The origin of [`Permit`]'s timestamps.
+    base: Instant,
 }
 
 impl fmt::Debug for Shared {
@@ -129,6 +151,7 @@ impl Shared {
             queue: Mutex::new(VecDeque::new()),
             rejected: AtomicU64::new(0),
             listeners,
+            base: Instant::now(),
         }
     }
 
@@ -307,45 +330,60 @@ fn wait_to_nanos(d: Option<Duration>) -> u64 {
 
 /// A permit: released on drop, whatever happens to the call.
 pub(crate) struct Permit {
-    shared: Arc<Shared>,
-    /// When it was taken, only when someone listens for `Finished`.
-    since: Option<Instant>,
+    shared: Token<Shared>,
+    /// When it was taken, in nanoseconds after the bulkhead's `base`,
+    /// plus one; 0 when nobody listens for `Finished`. A `u64`, not an
+    /// `Option<Instant>`: the permit is moved into the response future on
+    /// every call, and two words move in registers.
+    since: u64,
 }
 
 impl Permit {
     #[inline]
-    pub(crate) fn new(shared: Arc<Shared>, waited: Option<Duration>) -> Self {
+    pub(crate) fn new(anchor: &Anchor<Shared>, waited: Option<Duration>) -> Self {
+        let shared = &**anchor;
         let since = if shared.listeners.is_empty() {
-            None
+            0
         } else {
             let name = shared.name.clone();
             shared.listeners.emit(|| BulkheadEvent::Permitted {
                 name,
                 waited: waited.unwrap_or_default(),
             });
-            Some(Instant::now())
+            let nanos = Instant::now()
+                .saturating_duration_since(shared.base)
+                .as_nanos();
+            u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1
         };
-        Self { shared, since }
+        Self {
+            shared: anchor.token(),
+            since,
+        }
     }
 }
 
 impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
-        self.shared.release();
-        if let Some(since) = self.since {
-            let shared = &self.shared;
-            shared.listeners.emit(|| BulkheadEvent::Finished {
-                name: shared.name.clone(),
-                held: since.elapsed(),
-            });
-        }
+        let since = self.since;
+        // `None` only once every owner of the bulkhead is gone: nobody can
+        // see its permits any more.
+        let _ = self.shared.with(|shared, _| {
+            shared.release();
+            if since != 0 {
+                let taken = shared.base + Duration::from_nanos(since - 1);
+                shared.listeners.emit(|| BulkheadEvent::Finished {
+                    name: shared.name.clone(),
+                    held: taken.elapsed(),
+                });
+            }
+        });
     }
 }
 
 /// One caller's wait for a permit: fast path, queue, or rejection.
 pub(crate) struct Acquire {
-    shared: Arc<Shared>,
+    shared: Anchor<Shared>,
     state: AcquireState,
 }
 
@@ -361,7 +399,7 @@ enum AcquireState {
 }
 
 impl Acquire {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Anchor<Shared>) -> Self {
         Self {
             shared,
             state: AcquireState::Start,
@@ -377,12 +415,12 @@ impl Acquire {
                 AcquireState::Start => {
                     if self.shared.try_acquire() {
                         self.state = AcquireState::Done;
-                        return Poll::Ready(Ok(Permit::new(self.shared.clone(), None)));
+                        return Poll::Ready(Ok(Permit::new(&self.shared, None)));
                     }
                     match self.shared.enqueue() {
                         Enqueued::Acquired => {
                             self.state = AcquireState::Done;
-                            return Poll::Ready(Ok(Permit::new(self.shared.clone(), None)));
+                            return Poll::Ready(Ok(Permit::new(&self.shared, None)));
                         }
                         Enqueued::Full => {
                             self.state = AcquireState::Done;
@@ -416,7 +454,7 @@ impl Acquire {
                     if waiter.granted.load(SeqCst) {
                         let waited = since.elapsed();
                         self.state = AcquireState::Done;
-                        return Poll::Ready(Ok(Permit::new(self.shared.clone(), Some(waited))));
+                        return Poll::Ready(Ok(Permit::new(&self.shared, Some(waited))));
                     }
                     {
                         let mut slot = lock(&waiter.waker);
@@ -435,10 +473,7 @@ impl Acquire {
                             let waited = since.elapsed();
                             self.state = AcquireState::Done;
                             if granted {
-                                return Poll::Ready(Ok(Permit::new(
-                                    self.shared.clone(),
-                                    Some(waited),
-                                )));
+                                return Poll::Ready(Ok(Permit::new(&self.shared, Some(waited))));
                             }
                             return Poll::Ready(Err(self.reject(BulkheadFullReason::WaitTimedOut)));
                         }

@@ -3,16 +3,13 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use buttress_core::error::{BoxError, CircuitOpen};
 use buttress_core::Classifier;
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
 
-use crate::service::Probe;
-use crate::state::Shared;
+use crate::service::Admitted;
 
 pin_project! {
     /// Response future of [`CircuitBreaker`](crate::CircuitBreaker): records
@@ -30,10 +27,11 @@ pin_project! {
         Called {
             #[pin]
             inner: F,
-            shared: Arc<Shared>,
             classifier: C,
-            probe: Probe,
-            start: Option<Instant>,
+            admitted: Admitted,
+            // When the call started (see `Shared::call_start`); 0 when no
+            // slow-call duration is configured.
+            start: u64,
         },
         Rejected {
             error: Option<CircuitOpen>,
@@ -42,19 +40,13 @@ pin_project! {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn called(
-        inner: F,
-        shared: Arc<Shared>,
-        classifier: C,
-        probe: Probe,
-        start: Option<Instant>,
-    ) -> Self {
+    #[inline]
+    pub(crate) fn called(inner: F, classifier: C, admitted: Admitted, start: u64) -> Self {
         Self {
             kind: Kind::Called {
                 inner,
-                shared,
                 classifier,
-                probe,
+                admitted,
                 start,
             },
         }
@@ -86,22 +78,21 @@ where
         match self.project().kind.project() {
             KindProj::Called {
                 inner,
-                shared,
                 classifier,
-                probe,
+                admitted,
                 start,
             } => {
                 let result = ready!(inner.poll(cx));
                 let outcome = classifier.classify(&result);
-                // One clock read serves both the slow-call check and the
-                // time window; none when neither is configured.
-                let end = (start.is_some() || shared.needs_clock()).then(Instant::now);
-                let elapsed = start.zip(end).map(|(s, e)| e.saturating_duration_since(s));
-                let recorded =
-                    shared.record(probe.gen, probe.slot.is_some(), outcome, elapsed, end);
-                if let Some(slot) = probe.slot.take() {
-                    let mut slot = slot;
-                    slot.used = recorded;
+                let (gen, probe, start) = (admitted.gen(), admitted.probe(), *start);
+                // `None` once every owner of the breaker is gone: nothing
+                // can observe it any more.
+                let recorded = admitted
+                    .token()
+                    .with(|shared, local| shared.complete(gen, probe, start, outcome, local))
+                    .unwrap_or(false);
+                if recorded {
+                    admitted.probe_used();
                 }
                 Poll::Ready(result.map_err(Into::into))
             }

@@ -3,7 +3,10 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+
+use buttress_core::local::Anchor;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,7 +24,7 @@ use crate::config::{CircuitBreakerConfig, KIND};
 use crate::events::CircuitBreakerEvent;
 use crate::future::ResponseFuture;
 use crate::layer::CircuitBreakerHandle;
-use crate::service::{Probe, ProbeSlot};
+use crate::service::Admitted;
 use crate::state::{Admission, Settings, Shared, State};
 
 const KEYED_KIND: &str = "keyed_circuit_breaker";
@@ -30,14 +33,14 @@ struct Keyed<K> {
     name: Arc<str>,
     settings: Settings,
     listeners: Listeners<CircuitBreakerEvent>,
-    map: BoundedMap<K, Arc<Shared>>,
+    map: BoundedMap<K, Anchor<Shared>>,
     /// Requests without a key, or with a new key while the map is full of
     /// keys in use, share this breaker.
-    unkeyed: Arc<Shared>,
+    unkeyed: Anchor<Shared>,
 }
 
 impl<K: Hash + Eq + Clone + fmt::Debug> Keyed<K> {
-    fn breaker(&self, key: Option<K>) -> Arc<Shared> {
+    fn breaker(&self, key: Option<K>) -> Anchor<Shared> {
         let Some(key) = key else {
             return self.unkeyed.clone();
         };
@@ -48,9 +51,13 @@ impl<K: Hash + Eq + Clone + fmt::Debug> Keyed<K> {
             Instant::now(),
             |key| {
                 let name = Arc::from(format!("{}[{key:?}]", self.name));
-                Shared::new(name, self.settings.clone(), self.listeners.clone())
+                Shared::anchor(name, self.settings.clone(), self.listeners.clone())
             },
-            |shared| Arc::strong_count(shared) == 1 && shared.state() == State::Closed,
+            |shared| {
+                shared.owners() == 1
+                    && shared.in_flight.load(Relaxed) == 0
+                    && shared.state() == State::Closed
+            },
         );
         found.unwrap_or_else(|| {
             tracing::debug!(name = %self.name, "every key is in use; the shared breaker applies");
@@ -239,7 +246,7 @@ impl<X, C> KeyedCircuitBreakerBuilder<X, C> {
         let layer = KeyedCircuitBreakerLayer {
             extractor: Arc::new(self.extractor),
             keyed: Arc::new(Keyed {
-                unkeyed: Shared::new(name.clone(), settings.clone(), self.listeners.clone()),
+                unkeyed: Shared::anchor(name.clone(), settings.clone(), self.listeners.clone()),
                 name,
                 settings,
                 listeners: self.listeners,
@@ -307,20 +314,12 @@ where
                 ResponseFuture::rejected(CircuitOpen::new(shared.name.clone(), retry_after))
             }
             Admission::Permit { gen, probe } => {
-                let probe = Probe {
-                    gen,
-                    slot: probe.then(|| ProbeSlot::new(shared.clone(), gen)),
-                };
-                let start = shared
-                    .settings
-                    .slow_call_duration
-                    .is_some()
-                    .then(Instant::now);
+                let admitted = Admitted::new(&shared, gen, probe, true);
+                let start = shared.call_start();
                 ResponseFuture::called(
                     self.inner.call(req),
-                    shared,
                     self.classifier.clone(),
-                    probe,
+                    admitted,
                     start,
                 )
             }

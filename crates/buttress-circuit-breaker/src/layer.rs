@@ -1,5 +1,7 @@
 use std::fmt;
 use std::sync::Arc;
+
+use buttress_core::local::Anchor;
 use std::time::Duration;
 
 use buttress_core::registry::Component;
@@ -45,7 +47,7 @@ use crate::state::{Shared, State};
 /// # }
 /// ```
 pub struct CircuitBreakerLayer<C = ErrorsAsFailures> {
-    shared: Arc<Shared>,
+    shared: Anchor<Shared>,
     classifier: C,
     backpressure: bool,
 }
@@ -251,7 +253,7 @@ impl<C> CircuitBreakerBuilder<C> {
     pub fn build(self) -> Result<CircuitBreakerLayer<C>, ConfigError> {
         let settings = self.config.validate()?;
         let layer = CircuitBreakerLayer {
-            shared: Shared::new(
+            shared: Shared::anchor(
                 Arc::from(self.config.name.as_str()),
                 settings,
                 self.listeners,
@@ -295,7 +297,7 @@ pub struct CircuitBreakerSnapshot {
 /// Observes and controls a circuit breaker.
 #[derive(Clone)]
 pub struct CircuitBreakerHandle {
-    shared: Arc<Shared>,
+    shared: Anchor<Shared>,
 }
 
 impl fmt::Debug for CircuitBreakerHandle {
@@ -305,7 +307,7 @@ impl fmt::Debug for CircuitBreakerHandle {
 }
 
 impl CircuitBreakerHandle {
-    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+    pub(crate) fn from_shared(shared: Anchor<Shared>) -> Self {
         Self { shared }
     }
 
@@ -320,8 +322,15 @@ impl CircuitBreakerHandle {
     }
 
     /// The current state and window.
+    ///
+    /// Successes on the closed path reach a count window in small batches
+    /// per thread (see the crate docs); this thread's batch is moved first,
+    /// so the snapshot is exact on a single thread.
     pub fn snapshot(&self) -> CircuitBreakerSnapshot {
-        self.shared.snapshot()
+        self.shared.with_local(|shared, local| {
+            shared.flush_local(local);
+            shared.snapshot()
+        })
     }
 
     /// Rejects every call until another control changes the state.
@@ -360,7 +369,7 @@ impl Component for CircuitBreakerHandle {
     }
 
     fn snapshot(&self) -> serde_json::Value {
-        let s = self.shared.snapshot();
+        let s = CircuitBreakerHandle::snapshot(self);
         serde_json::json!({
             "state": s.state.as_str(),
             "failure_rate": s.failure_rate,

@@ -1,11 +1,12 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use buttress_core::error::{BoxError, CircuitOpen};
+use buttress_core::local::{Anchor, Token};
 use buttress_core::Classifier;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
@@ -23,71 +24,98 @@ use crate::state::{Admission, Shared};
 /// over instead). Clones start with no admission of their own.
 pub struct CircuitBreaker<S, C> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Anchor<Shared>,
     classifier: C,
     backpressure: bool,
+    /// The admission `poll_ready` got, apart from the rejection ticket so
+    /// that `call` moves two words into the response future.
+    admitted: Option<Admitted>,
     ticket: Ticket,
-    /// The probe slot of a half-open admission, apart from the ticket so
-    /// that the ticket is a small `Copy` value: moving it into the response
-    /// future then costs a few register moves on the closed path.
-    slot: Option<ProbeSlot>,
     /// The backpressure timer, boxed because the service is not pinned.
     wake: Option<Pin<Box<Sleep>>>,
 }
 
-#[derive(Clone, Copy)]
 enum Ticket {
     None,
-    /// Admitted in generation `gen`; `probe` when the slot holds its
-    /// half-open probe slot.
-    Permit {
-        gen: u64,
-        probe: bool,
-    },
     Rejected(Option<Duration>),
 }
 
-/// An admitted call: its generation and, for a half-open probe, the RAII
-/// guard of its probe slot.
-pub(crate) struct Probe {
-    pub(crate) gen: u64,
-    pub(crate) slot: Option<ProbeSlot>,
+const PROBE: u64 = 1;
+const KEYED: u64 = 2;
+const FLAG_BITS: u32 = 2;
+
+/// An admitted call: the breaker's token, the generation it was admitted
+/// in and two flags. A half-open probe's slot is freed when this is dropped
+/// without a verdict (dropped, cancelled, ignored); a keyed breaker's call
+/// is counted in flight until this is dropped, so that the map does not
+/// evict the breaker under it.
+pub(crate) struct Admitted {
+    token: Token<Shared>,
+    bits: u64,
 }
 
-/// A half-open probe slot: freed on drop unless a verdict used it.
-pub(crate) struct ProbeSlot {
-    shared: Arc<Shared>,
-    gen: u64,
-    pub(crate) used: bool,
-}
-
-impl ProbeSlot {
-    pub(crate) fn new(shared: Arc<Shared>, gen: u64) -> Self {
-        Self {
-            shared,
-            gen,
-            used: false,
+impl Admitted {
+    #[inline]
+    pub(crate) fn new(shared: &Anchor<Shared>, gen: u64, probe: bool, keyed: bool) -> Self {
+        if keyed {
+            shared.in_flight.fetch_add(1, Relaxed);
         }
+        Self {
+            token: shared.token(),
+            bits: (gen << FLAG_BITS)
+                | if probe { PROBE } else { 0 }
+                | if keyed { KEYED } else { 0 },
+        }
+    }
+
+    #[inline]
+    pub(crate) fn token(&self) -> Token<Shared> {
+        self.token
+    }
+
+    #[inline]
+    pub(crate) fn gen(&self) -> u64 {
+        self.bits >> FLAG_BITS
+    }
+
+    #[inline]
+    pub(crate) fn probe(&self) -> bool {
+        self.bits & PROBE != 0
+    }
+
+    /// A verdict used the probe slot: it is not freed on drop.
+    #[inline]
+    pub(crate) fn probe_used(&mut self) {
+        self.bits &= !PROBE;
     }
 }
 
-impl Drop for ProbeSlot {
+impl Drop for Admitted {
+    #[inline]
     fn drop(&mut self) {
-        if !self.used {
-            self.shared.release_probe(self.gen);
+        let bits = self.bits;
+        if bits & (PROBE | KEYED) != 0 {
+            let _ = self.token.with(|shared, _| {
+                if bits & PROBE != 0 {
+                    shared.release_probe(bits >> FLAG_BITS);
+                }
+                if bits & KEYED != 0 {
+                    shared.in_flight.fetch_sub(1, Relaxed);
+                }
+            });
         }
     }
 }
 
 impl<S, C> CircuitBreaker<S, C> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>, classifier: C, backpressure: bool) -> Self {
+    pub(crate) fn new(inner: S, shared: Anchor<Shared>, classifier: C, backpressure: bool) -> Self {
         Self {
             inner,
             shared,
             classifier,
             backpressure,
+            admitted: None,
             ticket: Ticket::None,
-            slot: None,
             wake: None,
         }
     }
@@ -140,8 +168,10 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         loop {
+            if self.admitted.is_some() {
+                return self.inner.poll_ready(cx).map_err(Into::into);
+            }
             match &self.ticket {
-                Ticket::Permit { .. } => return self.inner.poll_ready(cx).map_err(Into::into),
                 Ticket::Rejected(Some(wait)) if self.backpressure => {
                     let at = Instant::now() + *wait;
                     let sleep = match &mut self.wake {
@@ -164,41 +194,30 @@ where
                             return Poll::Pending;
                         }
                     }
-                    self.ticket = match self.shared.admit() {
+                    match self.shared.admit() {
                         Admission::Permit { gen, probe } => {
-                            if probe {
-                                self.slot = Some(ProbeSlot::new(self.shared.clone(), gen));
-                            }
-                            Ticket::Permit { gen, probe }
+                            self.admitted = Some(Admitted::new(&self.shared, gen, probe, false));
                         }
-                        Admission::Reject(retry_after) => Ticket::Rejected(retry_after),
-                    };
+                        Admission::Reject(retry_after) => {
+                            self.ticket = Ticket::Rejected(retry_after);
+                        }
+                    }
                 }
             }
         }
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        if let Some(admitted) = self.admitted.take() {
+            let start = self.shared.call_start();
+            return ResponseFuture::called(
+                self.inner.call(req),
+                self.classifier.clone(),
+                admitted,
+                start,
+            );
+        }
         match std::mem::replace(&mut self.ticket, Ticket::None) {
-            Ticket::Permit { gen, probe } => {
-                let probe = Probe {
-                    gen,
-                    slot: if probe { self.slot.take() } else { None },
-                };
-                let start = self
-                    .shared
-                    .settings
-                    .slow_call_duration
-                    .is_some()
-                    .then(Instant::now);
-                ResponseFuture::called(
-                    self.inner.call(req),
-                    self.shared.clone(),
-                    self.classifier.clone(),
-                    probe,
-                    start,
-                )
-            }
             Ticket::Rejected(retry_after) => {
                 ResponseFuture::rejected(CircuitOpen::new(self.shared.name.clone(), retry_after))
             }

@@ -16,6 +16,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use std::cell::Cell;
+
+use buttress_core::local::{Anchor, Cache, Home, Local};
 use buttress_core::{Listeners, Outcome};
 use tokio::time::Instant;
 
@@ -158,6 +161,29 @@ pub(crate) enum Admission {
     Reject(Option<Duration>),
 }
 
+thread_local! {
+    static CACHE: Cache<Shared> = const { Cache::new() };
+}
+
+/// Where breakers live: response futures hold a token, not an `Arc` (see
+/// [`buttress_core::local`]).
+static HOME: Home<Shared> = Home::new(&CACHE);
+
+impl Local for Shared {
+    fn home() -> &'static Home<Self> {
+        &HOME
+    }
+
+    /// A thread's batch of successes (see [`Shared::batch_success`]).
+    fn flush(&self, local: u64) {
+        self.flush_batch(local);
+    }
+}
+
+/// The largest batch of successes a thread keeps before it moves them to
+/// a count window.
+const MAX_BATCH: u64 = 32;
+
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
     pub(crate) settings: Settings,
@@ -176,6 +202,11 @@ pub(crate) struct Shared {
     probes_slow: AtomicU32,
     not_permitted: AtomicU64,
     rng: AtomicU64,
+    /// Calls of a keyed breaker admitted and not yet dropped.
+    pub(crate) in_flight: AtomicU64,
+    /// Successes a thread may count before it moves them to the count
+    /// window; 1 when successes are not batched.
+    batch: u64,
     /// The current second for a time window, kept by a ticker task so that
     /// recording reads an atomic instead of the clock.
     coarse: CoarseSecond,
@@ -204,6 +235,11 @@ impl Shared {
                 None => Window::Count(CountWindow::new(settings.window_size)),
             },
             rng: AtomicU64::new(splitmix64(settings.seed) | 1),
+            in_flight: AtomicU64::new(0),
+            batch: match (settings.time_window_secs, settings.consecutive_failures) {
+                (None, None) => (u64::from(settings.window_size) / 8).clamp(1, MAX_BATCH),
+                _ => 1,
+            },
             coarse: CoarseSecond::default(),
             settings,
             listeners,
@@ -221,6 +257,50 @@ impl Shared {
             not_permitted: AtomicU64::new(0),
             this: this.clone(),
         })
+    }
+
+    /// A new breaker, anchored for its services and handles.
+    pub(crate) fn anchor(
+        name: Arc<str>,
+        settings: Settings,
+        listeners: Listeners<CircuitBreakerEvent>,
+    ) -> Anchor<Shared> {
+        Anchor::new(Shared::new(name, settings, listeners))
+    }
+
+    /// The start of a call for the slow-call check: nanoseconds after the
+    /// base instant, plus one; 0 (and no clock read) when no slow-call
+    /// duration is configured.
+    #[inline]
+    pub(crate) fn call_start(&self) -> u64 {
+        if self.settings.slow_call_duration.is_none() {
+            return 0;
+        }
+        self.now_nanos().saturating_add(1)
+    }
+
+    /// Records the outcome of a call that started at `start` (see
+    /// [`call_start`](Self::call_start)), on the thread's local word of
+    /// this breaker.
+    #[inline]
+    pub(crate) fn complete(
+        &self,
+        gen: u64,
+        probe: bool,
+        start: u64,
+        outcome: Outcome,
+        local: &Cell<u64>,
+    ) -> bool {
+        // One clock read serves both the slow-call check and the time
+        // window; none when neither is configured.
+        let end = (start != 0 || self.needs_clock()).then(Instant::now);
+        let elapsed = match end {
+            Some(end) if start != 0 => {
+                Some(end.saturating_duration_since(self.instant_at(start - 1)))
+            }
+            _ => None,
+        };
+        self.record(gen, probe, outcome, elapsed, end, local)
     }
 
     pub(crate) fn state(&self) -> State {
@@ -324,6 +404,7 @@ impl Shared {
         outcome: Outcome,
         elapsed: Option<Duration>,
         end: Option<Instant>,
+        local: &Cell<u64>,
     ) -> bool {
         let slow = match (self.settings.slow_call_duration, elapsed) {
             (Some(limit), Some(e)) => e > limit,
@@ -341,7 +422,13 @@ impl Shared {
         }
         match state_of(word) {
             State::Closed | State::MetricsOnly => {
-                self.record_closed(word, failed, slow, end);
+                if self.batch > 1 && !failed && !slow {
+                    self.batch_success(gen, local);
+                } else {
+                    // This thread's earlier successes go first.
+                    self.flush_local(local);
+                    self.record_closed(word, failed, slow, end);
+                }
                 true
             }
             State::HalfOpen if probe => {
@@ -407,6 +494,55 @@ impl Shared {
                     self.exceeded(word, fr, sr);
                 }
             }
+        }
+    }
+
+    /// Counts a success of generation `gen` in the thread's local word
+    /// (generation above, count in the low byte) and moves a full batch to
+    /// the count window with one compare-and-swap. A success cannot trip a
+    /// breaker, so it may wait; a failure or a slow call on the same
+    /// thread moves the batch first, so a thread's calls reach the window
+    /// in order. Successes from another generation are dropped, as a
+    /// single late result would be.
+    #[inline]
+    fn batch_success(&self, gen: u64, local: &Cell<u64>) {
+        let word = local.get();
+        let n = if word != 0 && word >> 8 == gen {
+            (word & 0xff) + 1
+        } else {
+            if word != 0 {
+                self.flush_batch(word);
+            }
+            1
+        };
+        if n >= self.batch {
+            local.set(0);
+            self.flush_batch((gen << 8) | n);
+        } else {
+            local.set((gen << 8) | n);
+        }
+    }
+
+    /// Moves the thread's batch of successes to the window.
+    #[inline]
+    pub(crate) fn flush_local(&self, local: &Cell<u64>) {
+        let word = local.replace(0);
+        if word != 0 {
+            self.flush_batch(word);
+        }
+    }
+
+    #[cold]
+    fn flush_batch(&self, local: u64) {
+        let (gen, n) = (local >> 8, local & 0xff);
+        let word = self.word.load(Acquire);
+        if n == 0 || gen_of(word) != gen {
+            return;
+        }
+        if let (State::Closed | State::MetricsOnly, Window::Count(w)) =
+            (state_of(word), &self.window)
+        {
+            w.record_successes(n);
         }
     }
 

@@ -75,6 +75,31 @@ impl CountWindow {
         set_bit(&self.slow[word], mask, slow);
     }
 
+    /// Records `n` successes (at most the window's size) with one
+    /// compare-and-swap.
+    pub(crate) fn record_successes(&self, n: u64) {
+        let n = n.min(self.size);
+        let mut cur = self.cursor.load(Relaxed);
+        let first = loop {
+            let (slot, calls) = (cur & LOW, cur >> 32);
+            let next_slot = (slot + n) % self.size;
+            let next = ((calls + n).min(self.size) << 32) | next_slot;
+            match self
+                .cursor
+                .compare_exchange_weak(cur, next, AcqRel, Relaxed)
+            {
+                Ok(_) => break slot,
+                Err(actual) => cur = actual,
+            }
+        };
+        for i in 0..n {
+            let slot = (first + i) % self.size;
+            let (word, mask) = ((slot / 64) as usize, 1u64 << (slot % 64));
+            set_bit(&self.failed[word], mask, false);
+            set_bit(&self.slow[word], mask, false);
+        }
+    }
+
     /// Takes the next slot; returns its index.
     #[inline]
     fn advance(&self) -> u64 {

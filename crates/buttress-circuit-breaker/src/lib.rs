@@ -29,6 +29,20 @@
 //!   is not counted, so the breaker cannot get stuck half-open (Resilience4j
 //!   #903, Polly #1979). A result from a call admitted in an earlier state
 //!   never decides a later state's verdict (Resilience4j #1432).
+//! - **Concurrency**: admission is one atomic load in the closed state, and
+//!   response futures reach the breaker through a per-thread cache
+//!   ([`buttress_core::local`]) instead of a reference count per call. With
+//!   a count window, successes are counted per thread and reach the window
+//!   in batches of `window_size / 8` (1 to 32) with one compare-and-swap: a
+//!   success can never trip a breaker, so it may wait. A failure or slow
+//!   call moves its thread's batch first (a thread's calls reach the window
+//!   in order), a snapshot from the handle moves the calling thread's
+//!   batch, and a thread's partial batch moves when the thread exits. So
+//!   on one thread the window is exact; across threads it may lack up to
+//!   one partial batch of the latest successes per worker thread, and
+//!   nothing is lost. Successes from before a state change are dropped, as
+//!   late results always are. Time windows and consecutive-failure mode
+//!   record every call at once.
 //! - **Rejection**: [`CircuitOpen`](error::CircuitOpen) with the time left
 //!   until probes are let through, which the HTTP mapping sends as
 //!   `Retry-After`; never an error from `poll_ready`.

@@ -16,12 +16,29 @@ use std::sync::atomic::{AtomicU64, Ordering::*};
 
 const LOW: u64 = 0xFFFF_FFFF;
 
+/// A value alone on its cache line (two lines: adjacent-line prefetch
+/// pairs them on x86).
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 pub(crate) struct CountWindow {
     size: u64,
     /// Low 32 bits: the slot the next call writes. High 32 bits: calls in
     /// the window, saturating at `size`. One compare-and-swap advances
     /// both, with no division on the hot path.
-    cursor: AtomicU64,
+    ///
+    /// On a cache line of its own: the threads that move batches of
+    /// successes write it, while every call reads the breaker's state word,
+    /// which must not share its line.
+    cursor: Padded<AtomicU64>,
     failed: Box<[AtomicU64]>,
     slow: Box<[AtomicU64]>,
 }
@@ -61,7 +78,7 @@ impl CountWindow {
         let size = u64::from(size.max(1));
         Self {
             size,
-            cursor: AtomicU64::new(0),
+            cursor: Padded(AtomicU64::new(0)),
             failed: words(size),
             slow: words(size),
         }

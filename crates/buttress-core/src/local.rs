@@ -276,26 +276,28 @@ fn slot(id: u64) -> usize {
 
 /// Owns a state of a [`Home`]: the state stays reachable by its tokens while
 /// an anchor of it exists. Cloning an anchor is cheap (two reference
-/// counts); layers, services and handles each hold one.
+/// count); layers, services and handles each hold one.
 ///
 /// Dereferences to the `Arc` of the state.
 pub struct Anchor<T: Local> {
-    value: Arc<T>,
     owner: Arc<Owner<T>>,
 }
 
-/// Retires the state when the last anchor goes.
+/// Retires the state when the last anchor goes. One `Arc` per anchor, so
+/// that cloning a service costs one reference count, as with a plain
+/// `Arc`.
 struct Owner<T: Local> {
     id: u64,
-    home: &'static Home<T>,
+    value: Arc<T>,
     alive: Arc<AtomicBool>,
 }
 
 impl<T: Local> Drop for Owner<T> {
     fn drop(&mut self) {
+        let home = T::home();
         self.alive.store(false, Release);
-        let gone = self.home.shard(self.id).remove(&self.id);
-        self.home.epoch.fetch_add(1, AcqRel);
+        let gone = home.shard(self.id).remove(&self.id);
+        home.epoch.fetch_add(1, AcqRel);
         // The state's own `Drop` (if this was its last reference) runs with
         // the directory unlocked.
         drop(gone);
@@ -312,8 +314,7 @@ impl<T: Local> Anchor<T> {
         let alive = Arc::new(AtomicBool::new(true));
         home.shard(id).insert(id, (value.clone(), alive.clone()));
         Self {
-            value,
-            owner: Arc::new(Owner { id, home, alive }),
+            owner: Arc::new(Owner { id, value, alive }),
         }
     }
 
@@ -321,10 +322,11 @@ impl<T: Local> Anchor<T> {
     /// the state, so that the future finds it there.
     #[inline]
     pub fn token(&self) -> Token<T> {
-        let Owner { id, home, .. } = *self.owner;
-        let _ = home.cache.try_with(|cache| {
+        let owner = &*self.owner;
+        let id = owner.id;
+        let _ = T::home().cache.try_with(|cache| {
             if !cache.holds(id) {
-                cache.install(id, self.value.clone(), self.owner.alive.clone());
+                cache.install(id, owner.value.clone(), owner.alive.clone());
             }
         });
         Token::new(id)
@@ -346,12 +348,12 @@ impl<T: Local> Anchor<T> {
         }
         let local = Cell::new(0);
         let r = match f.take() {
-            Some(f) => f(&self.value, &local),
+            Some(f) => f(&self.owner.value, &local),
             // `f` is taken only on a hit, which returned above.
             None => unreachable!("the closure runs once"),
         };
         if local.get() != 0 {
-            self.value.flush(local.get());
+            self.owner.value.flush(local.get());
         }
         r
     }
@@ -360,7 +362,6 @@ impl<T: Local> Anchor<T> {
 impl<T: Local> Clone for Anchor<T> {
     fn clone(&self) -> Self {
         Self {
-            value: self.value.clone(),
             owner: self.owner.clone(),
         }
     }
@@ -371,13 +372,13 @@ impl<T: Local> Deref for Anchor<T> {
 
     #[inline]
     fn deref(&self) -> &Arc<T> {
-        &self.value
+        &self.owner.value
     }
 }
 
 impl<T: Local + fmt::Debug> fmt::Debug for Anchor<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.value, f)
+        fmt::Debug::fmt(&*self.owner.value, f)
     }
 }
 

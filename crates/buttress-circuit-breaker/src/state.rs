@@ -141,6 +141,8 @@ pub(crate) struct Settings {
     pub(crate) seed: u64,
 }
 
+// One per breaker: the count window's size is its padded cursor.
+#[allow(clippy::large_enum_variant)]
 enum Window {
     Count(CountWindow),
     Time(TimeWindow),

@@ -6,13 +6,12 @@ use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-
-use buttress_core::local::Anchor;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use buttress_core::error::{BoxError, BulkheadFull};
 use buttress_core::key::BoundedMap;
+use buttress_core::local::Anchor;
 use buttress_core::registry::Component;
 use buttress_core::{BulkheadFullReason, ConfigError, KeyExtractor, Listener, Listeners, Registry};
 use pin_project_lite::pin_project;

@@ -1,8 +1,8 @@
-use buttress_core::local::Anchor;
 use std::fmt;
 use std::task::{Context, Poll};
 
 use buttress_core::error::{BoxError, BulkheadFull};
+use buttress_core::local::Anchor;
 use buttress_core::BulkheadFullReason;
 use tower_service::Service;
 

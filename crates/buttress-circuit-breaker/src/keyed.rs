@@ -5,13 +5,12 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-
-use buttress_core::local::Anchor;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use buttress_core::error::{BoxError, CircuitOpen};
 use buttress_core::key::BoundedMap;
+use buttress_core::local::Anchor;
 use buttress_core::registry::Component;
 use buttress_core::{
     Classifier, ConfigError, ErrorsAsFailures, KeyExtractor, Listener, Listeners, Registry,

@@ -1,9 +1,8 @@
 use std::fmt;
 use std::sync::Arc;
-
-use buttress_core::local::Anchor;
 use std::time::Duration;
 
+use buttress_core::local::Anchor;
 use buttress_core::registry::Component;
 use buttress_core::{ConfigError, ErrorsAsFailures, IgnoreIf, Listener, Listeners, Registry};
 use tower_layer::Layer;

@@ -41,8 +41,11 @@
 //!   on one thread the window is exact; across threads it may lack up to
 //!   one partial batch of the latest successes per worker thread, and
 //!   nothing is lost. Successes from before a state change are dropped, as
-//!   late results always are. Time windows and consecutive-failure mode
-//!   record every call at once.
+//!   late results always are. A time window batches successes the same
+//!   way, per second and up to 16: a success of a later second moves the
+//!   batch into the bucket of its own second, and a batch whose second
+//!   has left the window is dropped. Consecutive-failure mode records
+//!   every call at once.
 //! - **Rejection**: [`CircuitOpen`](error::CircuitOpen) with the time left
 //!   until probes are let through, which the HTTP mapping sends as
 //!   `Retry-After`; never an error from `poll_ready`.

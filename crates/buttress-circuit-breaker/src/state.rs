@@ -185,6 +185,21 @@ impl Local for Shared {
 /// The largest batch of successes a thread keeps before it moves them to
 /// a count window.
 const MAX_BATCH: u64 = 32;
+/// The batch of successes a thread keeps for one second of a time window.
+const TIME_BATCH: u64 = 16;
+
+/// A time window's batch tag: the low 24 bits of the generation above the
+/// low 32 bits of the second. A batch is mistaken for a current one only if
+/// the breaker changed state a multiple of 2^24 times, or 2^32 seconds
+/// passed, while one thread held it.
+const TAG_SECOND_BITS: u32 = 32;
+const TAG_SECOND_MASK: u64 = (1 << TAG_SECOND_BITS) - 1;
+const TAG_GEN_MASK: u64 = (1 << 24) - 1;
+
+#[inline]
+fn time_tag(gen: u64, second: u64) -> u64 {
+    ((gen & TAG_GEN_MASK) << TAG_SECOND_BITS) | (second & TAG_SECOND_MASK)
+}
 
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
@@ -240,7 +255,8 @@ impl Shared {
             in_flight: AtomicU64::new(0),
             batch: match (settings.time_window_secs, settings.consecutive_failures) {
                 (None, None) => (u64::from(settings.window_size) / 8).clamp(1, MAX_BATCH),
-                _ => 1,
+                (Some(_), None) => TIME_BATCH,
+                (_, Some(_)) => 1,
             },
             coarse: CoarseSecond::default(),
             settings,
@@ -425,7 +441,11 @@ impl Shared {
         match state_of(word) {
             State::Closed | State::MetricsOnly => {
                 if self.batch > 1 && !failed && !slow {
-                    self.batch_success(gen, local);
+                    let tag = match &self.window {
+                        Window::Count(_) => gen,
+                        Window::Time(_) => time_tag(gen, self.second_of(end)),
+                    };
+                    self.batch_success(tag, local);
                 } else {
                     // This thread's earlier successes go first.
                     self.flush_local(local);
@@ -478,10 +498,7 @@ impl Shared {
                 0
             }
             Window::Time(w) => {
-                let second = match end {
-                    Some(end) => self.second(end),
-                    None => self.current_second(),
-                };
+                let second = self.second_of(end);
                 w.record(second, failed, slow);
                 second
             }
@@ -499,17 +516,30 @@ impl Shared {
         }
     }
 
-    /// Counts a success of generation `gen` in the thread's local word
-    /// (generation above, count in the low byte) and moves a full batch to
-    /// the count window with one compare-and-swap. A success cannot trip a
-    /// breaker, so it may wait; a failure or a slow call on the same
-    /// thread moves the batch first, so a thread's calls reach the window
-    /// in order. Successes from another generation are dropped, as a
-    /// single late result would be.
+    /// The second a call ended in: from its end time when the clock was
+    /// read anyway, else the ticker's.
     #[inline]
-    fn batch_success(&self, gen: u64, local: &Cell<u64>) {
+    fn second_of(&self, end: Option<Instant>) -> u64 {
+        match end {
+            Some(end) => self.second(end),
+            None => self.current_second(),
+        }
+    }
+
+    /// Counts a success in the thread's local word (a tag above, the count
+    /// in the low byte) and moves a full batch to the window with one
+    /// compare-and-swap. The tag is the generation for a count window, and
+    /// the generation and the second for a time window (see
+    /// [`time_tag`]): a success of another tag moves the batch first.
+    ///
+    /// A success cannot trip a breaker, so it may wait; a failure or a slow
+    /// call on the same thread moves the batch first, so a thread's calls
+    /// reach the window in order. Successes from another generation are
+    /// dropped, as a single late result would be.
+    #[inline]
+    fn batch_success(&self, tag: u64, local: &Cell<u64>) {
         let word = local.get();
-        let n = if word != 0 && word >> 8 == gen {
+        let n = if word != 0 && word >> 8 == tag {
             (word & 0xff) + 1
         } else {
             if word != 0 {
@@ -519,9 +549,9 @@ impl Shared {
         };
         if n >= self.batch {
             local.set(0);
-            self.flush_batch((gen << 8) | n);
+            self.flush_batch((tag << 8) | n);
         } else {
-            local.set((gen << 8) | n);
+            local.set((tag << 8) | n);
         }
     }
 
@@ -536,15 +566,31 @@ impl Shared {
 
     #[cold]
     fn flush_batch(&self, local: u64) {
-        let (gen, n) = (local >> 8, local & 0xff);
+        let (tag, n) = (local >> 8, local & 0xff);
         let word = self.word.load(Acquire);
-        if n == 0 || gen_of(word) != gen {
+        if n == 0 || !matches!(state_of(word), State::Closed | State::MetricsOnly) {
             return;
         }
-        if let (State::Closed | State::MetricsOnly, Window::Count(w)) =
-            (state_of(word), &self.window)
-        {
-            w.record_successes(n);
+        match &self.window {
+            Window::Count(w) if tag == gen_of(word) => w.record_successes(n),
+            Window::Time(w) if tag >> TAG_SECOND_BITS == gen_of(word) & TAG_GEN_MASK => {
+                // Not `current_second`: this may run in a thread's exit,
+                // where no ticker should be started.
+                let now = if self.coarse.running.load(Acquire) {
+                    self.coarse.second.load(Acquire)
+                } else {
+                    self.second(Instant::now())
+                };
+                // The full second: the latest one at or before `now` with
+                // the tag's low bits.
+                let low = tag & TAG_SECOND_MASK;
+                let mut second = (now & !TAG_SECOND_MASK) | low;
+                if second > now {
+                    second = second.wrapping_sub(TAG_SECOND_MASK + 1);
+                }
+                w.record_successes(second, now, n);
+            }
+            _ => {}
         }
     }
 

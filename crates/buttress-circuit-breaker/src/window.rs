@@ -320,6 +320,16 @@ impl TimeWindow {
         }
     }
 
+    /// Records `n` successes of `second`, unless that second has left the
+    /// window by `now` (its bucket may hold a later lap then).
+    pub(crate) fn record_successes(&self, second: u64, now: u64, n: u64) {
+        if second > now || now - second >= self.secs {
+            return;
+        }
+        let i = (second % self.secs) as usize;
+        bump(&self.calls[i], second & STAMP_MASK, n, 0);
+    }
+
     pub(crate) fn rates(&self, second: u64) -> Rates {
         let mut r = Rates {
             calls: 0,

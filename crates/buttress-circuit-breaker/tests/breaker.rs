@@ -620,6 +620,35 @@ async fn time_window_does_not_clamp_minimum_calls() {
     assert_eq!(l.handle().snapshot().failure_rate, None);
 }
 
+/// A time window's successes wait in a per-thread batch of their second;
+/// a success of a later second, a failure or a snapshot moves it into the
+/// bucket of the second it belongs to, and a batch whose second has left
+/// the window is dropped.
+#[tokio::test(start_paused = true)]
+async fn time_window_batches_successes_by_their_second() {
+    let l = builder()
+        .time_window(Duration::from_secs(3))
+        .minimum_calls(1_000)
+        .build()
+        .unwrap();
+    let s = svc(&l);
+    calls(&s, &[Ok, Ok, Ok]).await;
+    time::advance(Duration::from_secs(1)).await;
+    tokio::task::yield_now().await; // the ticker's second moves
+    calls(&s, &[Ok]).await; // moves second 0's three
+    time::advance(Duration::from_secs(2)).await;
+    tokio::task::yield_now().await;
+    // Second 0 has left the window; second 1's success is still in it.
+    calls(&s, &[Fail]).await;
+    let snap = l.handle().snapshot();
+    assert_eq!((snap.buffered_calls, snap.failed_calls), (2, 1));
+    calls(&s, &[Ok, Ok]).await;
+    time::advance(Duration::from_secs(5)).await;
+    tokio::task::yield_now().await;
+    // The batch of second 3 is too old when the snapshot moves it.
+    assert_eq!(l.handle().snapshot().buffered_calls, 0);
+}
+
 #[test]
 fn time_window_must_be_whole_seconds() {
     let err = builder()

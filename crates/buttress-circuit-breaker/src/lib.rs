@@ -33,7 +33,7 @@
 //!   response futures reach the breaker through a per-thread cache
 //!   ([`buttress_core::local`]) instead of a reference count per call. With
 //!   a count window, successes are counted per thread and reach the window
-//!   in batches of `window_size / 8` (1 to 32) with one compare-and-swap: a
+//!   in batches of `window_size / 8` (1 to 32) with one atomic add: a
 //!   success can never trip a breaker, so it may wait. A failure or slow
 //!   call moves its thread's batch first (a thread's calls reach the window
 //!   in order), a snapshot from the handle moves the calling thread's

@@ -528,7 +528,7 @@ impl Shared {
 
     /// Counts a success in the thread's local word (a tag above, the count
     /// in the low byte) and moves a full batch to the window with one
-    /// compare-and-swap. The tag is the generation for a count window, and
+    /// atomic operation. The tag is the generation for a count window, and
     /// the generation and the second for a time window (see
     /// [`time_tag`]): a success of another tag moves the batch first.
     ///

@@ -1,7 +1,7 @@
 //! The count-based sliding window: the outcomes of the last `size` calls.
 //!
-//! Two rings of bits (failed, slow), one bit per call, and a cursor (next
-//! slot, calls in the window). Recording a call takes one compare-and-swap
+//! Two rings of bits (failed, slow), one bit per call, and a cursor (calls
+//! recorded since the last reset). Recording a call takes one atomic add
 //! for its slot and touches a bit only when it changes, so a success that
 //! replaces a success costs one read-modify-write. Rates are counted (popcount) only
 //! when a verdict is needed, which is after a failure or a slow call: a
@@ -13,8 +13,6 @@
 //! would have ordered them.
 
 use std::sync::atomic::{AtomicU64, Ordering::*};
-
-const LOW: u64 = 0xFFFF_FFFF;
 
 /// A value alone on its cache line (two lines: adjacent-line prefetch
 /// pairs them on x86).
@@ -31,9 +29,9 @@ impl<T> std::ops::Deref for Padded<T> {
 
 pub(crate) struct CountWindow {
     size: u64,
-    /// Low 32 bits: the slot the next call writes. High 32 bits: calls in
-    /// the window, saturating at `size`. One compare-and-swap advances
-    /// both, with no division on the hot path.
+    /// Calls recorded since the last reset: the next slot is this modulo
+    /// `size`, the calls in the window this capped at `size`. An atomic add
+    /// takes slots, so threads that record at once never retry.
     ///
     /// On a cache line of its own: the threads that move batches of
     /// successes write it, while every call reads the breaker's state word,
@@ -92,23 +90,11 @@ impl CountWindow {
         set_bit(&self.slow[word], mask, slow);
     }
 
-    /// Records `n` successes (at most the window's size) with one
-    /// compare-and-swap.
+    /// Records `n` successes (at most the window's size) with one atomic
+    /// add.
     pub(crate) fn record_successes(&self, n: u64) {
         let n = n.min(self.size);
-        let mut cur = self.cursor.load(Relaxed);
-        let first = loop {
-            let (slot, calls) = (cur & LOW, cur >> 32);
-            let next_slot = (slot + n) % self.size;
-            let next = ((calls + n).min(self.size) << 32) | next_slot;
-            match self
-                .cursor
-                .compare_exchange_weak(cur, next, AcqRel, Relaxed)
-            {
-                Ok(_) => break slot,
-                Err(actual) => cur = actual,
-            }
-        };
+        let first = self.cursor.fetch_add(n, AcqRel);
         for i in 0..n {
             let slot = (first + i) % self.size;
             let (word, mask) = ((slot / 64) as usize, 1u64 << (slot % 64));
@@ -120,23 +106,11 @@ impl CountWindow {
     /// Takes the next slot; returns its index.
     #[inline]
     fn advance(&self) -> u64 {
-        let mut cur = self.cursor.load(Relaxed);
-        loop {
-            let (slot, calls) = (cur & LOW, cur >> 32);
-            let next_slot = if slot + 1 == self.size { 0 } else { slot + 1 };
-            let next = ((calls + u64::from(calls < self.size)) << 32) | next_slot;
-            match self
-                .cursor
-                .compare_exchange_weak(cur, next, AcqRel, Relaxed)
-            {
-                Ok(_) => return slot,
-                Err(actual) => cur = actual,
-            }
-        }
+        self.cursor.fetch_add(1, AcqRel) % self.size
     }
 
     pub(crate) fn rates(&self) -> Rates {
-        let calls = self.cursor.load(Acquire) >> 32;
+        let calls = self.cursor.load(Acquire).min(self.size);
         let count = |bits: &[AtomicU64]| -> u64 {
             bits.iter()
                 .map(|w| u64::from(w.load(Acquire).count_ones()))

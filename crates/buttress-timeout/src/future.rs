@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use buttress_core::error::{BoxError, Elapsed};
 use pin_project_lite::pin_project;
-use tokio::time::{sleep_until, Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::events::{Phase, TimeoutEvent};
 use crate::layer::Link;
+use crate::timer::Timer;
 
 /// When the timer of one call goes off.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +40,9 @@ pin_project! {
     ///
     /// The timer is armed only if the inner future is not ready at its
     /// first poll, so a call that completes at once never reads the clock
-    /// nor touches the timer wheel.
+    /// nor touches the timer wheel. When the inner future completes in
+    /// time, an armed timer is handed to its thread's pool for the next
+    /// call (see the crate docs, [Timers](crate#timers)).
     pub struct ResponseFuture<F> {
         #[pin]
         kind: Kind<F>,
@@ -52,10 +55,10 @@ pin_project! {
         Running {
             #[pin]
             inner: F,
-            #[pin]
-            sleep: Option<Sleep>,
+            timer: Option<Timer>,
             arm: Arm,
             link: Link,
+            reuse: bool,
         },
         Elapsed {
             error: Option<Elapsed>,
@@ -64,13 +67,14 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, arm: Arm, link: Link) -> Self {
+    pub(crate) fn new(inner: F, arm: Arm, link: Link, reuse: bool) -> Self {
         Self {
             kind: Kind::Running {
                 inner,
-                sleep: None,
+                timer: None,
                 arm,
                 link,
+                reuse,
             },
         }
     }
@@ -100,24 +104,27 @@ where
         match self.project().kind.project() {
             KindProj::Running {
                 inner,
-                mut sleep,
+                timer,
                 arm,
                 link,
+                reuse,
             } => {
                 if let Poll::Ready(res) = inner.poll(cx) {
+                    if let Some(timer) = timer.take() {
+                        timer.release();
+                    }
                     return Poll::Ready(res.map_err(Into::into));
                 }
-                if sleep.is_none() {
-                    match *arm {
-                        // `sleep` reads the clock once and saturates a
-                        // deadline too far away to represent.
-                        Arm::Lazy(d) => sleep.set(Some(tokio::time::sleep(d))),
-                        Arm::At(at, _) => sleep.set(Some(sleep_until(at))),
+                if timer.is_none() {
+                    let deadline = match *arm {
+                        Arm::Lazy(d) => deadline_after(d),
+                        Arm::At(at, _) => at,
                         Arm::Never => return Poll::Pending,
-                    }
+                    };
+                    *timer = Some(Timer::at(deadline, *reuse));
                 }
-                if let Some(timer) = sleep.as_pin_mut() {
-                    if timer.poll(cx).is_ready() {
+                if let Some(timer) = timer {
+                    if timer.poll_elapsed(cx).is_ready() {
                         let timeout = arm.timeout();
                         let name = match link {
                             Link::Quiet(name) => Arc::from(*name),
@@ -141,4 +148,12 @@ where
             }
         }
     }
+}
+
+/// `timeout` from now, saturated as `tokio::time::sleep` does: a deadline
+/// too far away to represent becomes about thirty years from now.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }

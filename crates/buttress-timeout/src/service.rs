@@ -165,6 +165,11 @@ where
                 }
             }
         };
-        ResponseFuture::new(self.inner.call(req), arm, self.shared.link())
+        ResponseFuture::new(
+            self.inner.call(req),
+            arm,
+            self.shared.link(),
+            self.shared.reuse_timers,
+        )
     }
 }

@@ -373,3 +373,104 @@ async fn owned_names_are_reported() {
     let err = layer.layer(sleeper()).oneshot(50).await.unwrap_err();
     assert_eq!(err.downcast_ref::<Elapsed>().unwrap().name(), "shard-7");
 }
+
+#[tokio::test(start_paused = true)]
+async fn timers_reused_across_calls_still_fire_on_time() {
+    // Each call below that is pending arms a timer; the ones that finish
+    // hand it back for the next call, so later calls run on reset timers.
+    let long = TimeoutLayer::new(ms(500)).layer(sleeper());
+    let short = TimeoutLayer::new(ms(20)).layer(sleeper());
+    for round in 0..5 {
+        assert_eq!(long.clone().oneshot(10).await.unwrap(), 10, "{round}");
+        // A shorter limit than the timer it reuses: re-registered earlier.
+        let start = Instant::now();
+        let err = short.clone().oneshot(1_000).await.unwrap_err();
+        assert!(err.is::<Elapsed>());
+        assert_eq!(start.elapsed(), ms(20), "round {round}");
+        // A longer one after a fired timer.
+        let start = Instant::now();
+        let err = long.clone().oneshot(1_000).await.unwrap_err();
+        assert!(err.is::<Elapsed>());
+        assert_eq!(start.elapsed(), ms(500), "round {round}");
+    }
+}
+
+#[test]
+fn each_runtime_on_a_thread_gets_timers_of_its_own() {
+    let svc = TimeoutLayer::new(ms(30)).layer(sleeper());
+    for _ in 0..3 {
+        // A timer of this runtime is left in the thread's pool when the
+        // runtime is dropped; the next runtime must not use it.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert_eq!(svc.clone().oneshot(1).await.unwrap(), 1);
+            let start = Instant::now();
+            assert!(svc.clone().oneshot(1_000).await.is_err());
+            assert_eq!(start.elapsed(), ms(30));
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_many_threads_either_complete_or_time_out() {
+    // Real time: futures move between the two workers, so timers are taken
+    // from one thread's pool and handed back to another's.
+    let svc = TimeoutLayer::new(ms(50)).layer(sleeper());
+    let calls: Vec<_> = (0..400u64)
+        .map(|i| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                // Every fourth call sleeps far past the limit.
+                let d = if i % 4 == 0 { 10_000 } else { i % 3 };
+                (d, svc.oneshot(d).await)
+            })
+        })
+        .collect();
+    let all = async {
+        for call in calls {
+            let (d, res) = call.await.unwrap();
+            if d == 10_000 {
+                assert!(res.unwrap_err().is::<Elapsed>());
+            } else {
+                assert_eq!(res.unwrap(), d);
+            }
+        }
+    };
+    time::timeout(Duration::from_secs(20), all)
+        .await
+        .expect("every call ends within the bound");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_timer_reuse_a_paused_clock_stays_put_while_waiting_on_a_thread() {
+    let layer = TimeoutLayer::builder(Duration::from_secs(10))
+        .reuse_timers(false)
+        .build()
+        .unwrap();
+    let svc = layer.layer(sleeper());
+    assert_eq!(svc.oneshot(1).await.unwrap(), 1);
+    // Nothing else is pending on the runtime: no timer is left behind for
+    // the paused clock to advance to while the runtime waits.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::spawn(move || {
+        std::thread::sleep(ms(20));
+        tx.send(()).unwrap();
+    });
+    let start = Instant::now();
+    rx.await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    thread.join().unwrap();
+}
+
+#[test]
+fn timer_reuse_is_configurable() {
+    let config: TimeoutConfig =
+        serde_json::from_str(r#"{"timeout":"1s","reuse_timers":false}"#).unwrap();
+    assert!(!config.reuse_timers);
+    assert!(TimeoutConfig::default().reuse_timers);
+    assert!(format!("{:?}", config.build().unwrap()).contains("reuse_timers: false"));
+}

@@ -104,6 +104,7 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.ready.elapsed {
             return Poll::Ready(Ok(()));
@@ -145,6 +146,7 @@ where
         Poll::Pending
     }
 
+    #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
         let configured = self.configured();
         if std::mem::take(&mut self.ready.elapsed) {

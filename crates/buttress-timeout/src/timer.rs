@@ -169,6 +169,21 @@ mod tests {
         assert!(timer.poll_elapsed(&mut cx).is_pending());
     }
 
+    /// Arms a timer for `after` from now and releases it to the pool.
+    fn pool_one(after: Duration) {
+        let mut timer = Timer::at(Instant::now() + after, true);
+        arm(&mut timer);
+        timer.release();
+    }
+
+    fn runtime(paused: bool) -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(paused)
+            .build()
+            .unwrap()
+    }
+
     async fn elapsed(timer: &mut Timer) {
         std::future::poll_fn(|cx| timer.poll_elapsed(cx)).await
     }
@@ -265,32 +280,18 @@ mod tests {
 
     #[test]
     fn a_pool_never_serves_another_runtime() {
-        let first = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        first.block_on(async {
-            let mut timer = Timer::at(Instant::now() + Duration::from_secs(5), true);
-            arm(&mut timer);
-            timer.release();
-        });
+        let first = runtime(false);
+        first.block_on(async { pool_one(Duration::from_secs(5)) });
         assert_eq!(pooled(), 1);
         // The first runtime is gone; its timer must not be reset on a
         // driver that has shut down.
         drop(first);
-        let second = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        second.block_on(async {
+        runtime(true).block_on(async {
             let start = Instant::now();
             let mut timer = Timer::at(start + Duration::from_millis(10), true);
             elapsed(&mut timer).await;
             assert_eq!(start.elapsed(), Duration::from_millis(10));
-            let mut timer = Timer::at(Instant::now() + Duration::from_secs(5), true);
-            arm(&mut timer);
-            timer.release();
+            pool_one(Duration::from_secs(5));
         });
         // The first runtime's timer was dropped, the second's kept.
         assert_eq!(pooled(), 1);
@@ -298,11 +299,7 @@ mod tests {
 
     #[test]
     fn the_pool_is_bounded() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        runtime(false).block_on(async {
             let mut timers: Vec<_> = (0..CAPACITY + 10)
                 .map(|_| Timer::at(Instant::now() + Duration::from_secs(5), true))
                 .collect();

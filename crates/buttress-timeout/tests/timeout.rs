@@ -474,3 +474,43 @@ fn timer_reuse_is_configurable() {
     assert!(TimeoutConfig::default().reuse_timers);
     assert!(format!("{:?}", config.build().unwrap()).contains("reuse_timers: false"));
 }
+
+#[test]
+fn a_runtime_dropped_with_calls_in_flight_and_timers_pooled_never_panics() {
+    let svc = TimeoutLayer::new(ms(200)).layer(sleeper());
+    for round in 0..3 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        // Calls that complete (pooling their timers on the workers), and
+        // calls still pending when the runtime goes away.
+        let done: Vec<_> = (0..50u64)
+            .map(|i| rt.spawn(svc.clone().oneshot(i % 3)))
+            .collect();
+        let pending: Vec<_> = (0..50)
+            .map(|_| rt.spawn(svc.clone().oneshot(100_000)))
+            .collect();
+        rt.block_on(async {
+            for call in done {
+                assert!(call.await.unwrap().is_ok(), "round {round}");
+            }
+        });
+        // The main thread armed timers too, through `block_on`.
+        rt.block_on(async { svc.clone().oneshot(1).await.unwrap() });
+        drop(rt);
+        drop(pending);
+    }
+    // A later runtime on this thread still times out on time.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let start = Instant::now();
+        assert!(svc.clone().oneshot(1_000).await.is_err());
+        assert_eq!(start.elapsed(), ms(200));
+    });
+}

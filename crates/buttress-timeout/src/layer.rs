@@ -264,8 +264,8 @@ impl TimeoutBuilder {
     /// [Timers](crate#timers)).
     ///
     /// Turn it off in tests under `tokio::time::pause` that wait for
-    /// something other than a timer (real I/O, another thread) and check
-    /// how far the clock moved: an idle paused runtime advances its clock
+    /// something other than a timer (real I/O, another thread) while
+    /// something reads the clock: an idle paused runtime advances its clock
     /// to the next deadline, and a pooled timer's deadline counts. Without
     /// reuse, each call that arms a timer allocates it and drops it when
     /// the call ends, as `tower::timeout` does.

@@ -56,28 +56,45 @@
 //! clones of the runtime handle. Most calls that arm a timer complete long
 //! before it would fire, so a call that completes in time hands its boxed
 //! timer to a small pool of the thread it completes on (at most 64 per
-//! thread), still registered. The next call on that thread that needs a
-//! timer resets it: tokio moves a registered deadline later with one
-//! compare-and-swap, with no lock and no wheel operation. Once a thread has
-//! pooled as many timers as it has calls pending at once, its calls
-//! allocate nothing.
+//! thread, shared by the layers of that thread), still registered. The
+//! next call on that thread that needs a timer resets it. When the new
+//! deadline is later than the pooled one, the usual case with one limit,
+//! tokio moves it with one compare-and-swap, with no lock and no wheel
+//! operation; the driver moves the timer once, under its lock, when the old
+//! deadline comes due. An earlier deadline (a shorter limit, a per-request
+//! deadline) re-registers the timer under the lock, as a new one would be.
+//! Under steady load, once a thread has pooled as many timers as it has
+//! calls pending at once, its calls allocate nothing; a call allocates a
+//! timer when its thread's pool is empty (at first, after timeouts, after
+//! an idle spell longer than the limit, or when work-stealing moved
+//! timers to other threads).
 //!
 //! What this means for you:
 //! - A pooled timer keeps no waker: it is polled once with a no-op waker
 //!   before it enters the pool, so if its old deadline passes there, it
-//!   wakes nobody, and no finished task is kept alive by it.
+//!   wakes no task, and no finished task is kept alive by it. The driver
+//!   itself still wakes up at that deadline (at most 64 times per thread
+//!   per idle spell).
 //! - A timer that fired, or whose call was dropped before completing, is
 //!   dropped, never pooled.
 //! - A pool holds timers of one runtime, the one current when they were
-//!   made; it is emptied when the thread arms a timer in another runtime. A
-//!   pooled timer that has fired (its runtime's shutdown fires them all) is
-//!   dropped when found, never reset. The timers of a dropped runtime, and
-//!   with them its driver, are freed then or when the thread exits.
+//!   made; it is emptied when the thread arms a timer, through a layer
+//!   that reuses timers, in another runtime. A pooled timer that has fired
+//!   (its runtime's shutdown fires them all) is dropped when found, never
+//!   reset. A dropped runtime's pooled timers keep its driver, file
+//!   descriptors included, until the thread arms such a timer again or
+//!   exits.
 //! - Under `tokio::time::pause`, an idle runtime advances its clock to the
-//!   next timer's deadline, and a pooled timer's deadline counts. A test
-//!   that waits for something other than a timer (real I/O, another
-//!   thread) and checks how far the clock moved can turn reuse off with
-//!   [`TimeoutBuilder::reuse_timers`].
+//!   next timer's deadline, and a pooled timer's deadline counts: while a
+//!   test waits for something other than a timer (real I/O, another
+//!   thread), whatever reads the clock may see it jump. Turn reuse off with
+//!   [`TimeoutBuilder::reuse_timers`] there.
+//! - Tokio panics when a timer is polled while its runtime's driver is
+//!   shutting down. The poll that lets go of the waker is such a poll: a
+//!   call that completes on a thread outside its runtime's workers (through
+//!   `Handle::block_on`) during that runtime's shutdown meets the same
+//!   panic a pending call polled at that moment meets with any tokio
+//!   timer.
 
 #![forbid(unsafe_code)]
 

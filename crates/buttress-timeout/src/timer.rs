@@ -89,9 +89,11 @@ impl Timer {
         let Some(runtime) = self.runtime else {
             return;
         };
-        // A timer that fired is dropped: it may be fired because its
-        // runtime shut down, and must not be polled then.
-        if self.sleep.is_elapsed() {
+        // Only a timer the pool will take is polled again; any other is
+        // dropped as it is, as a `Sleep` would be. A timer that fired is
+        // dropped too: it may have fired because its runtime shut down,
+        // and must not be polled then.
+        if !fits(runtime) || self.sleep.is_elapsed() {
             return;
         }
         // Let go of the last task's waker, whatever the task's cooperative
@@ -104,11 +106,9 @@ impl Timer {
             return;
         }
         let sleep = self.sleep;
-        // A timer that does not fit (pool full or in use, another
-        // runtime's, thread exiting) is dropped, which deregisters it.
         let _ = POOL.try_with(move |pool| {
             if let Ok(mut pool) = pool.try_borrow_mut() {
-                if pool.runtime == Some(runtime) && pool.timers.len() < CAPACITY {
+                if pool.accepts(runtime) {
                     pool.timers.push(sleep);
                 }
             }
@@ -121,6 +121,19 @@ impl Timer {
     fn addr(&self) -> *const Sleep {
         &*self.sleep
     }
+}
+
+impl Pool {
+    fn accepts(&self, runtime: Id) -> bool {
+        self.runtime == Some(runtime) && self.timers.len() < CAPACITY
+    }
+}
+
+/// Whether this thread's pool has room for a timer of `runtime` (not when
+/// it is another runtime's, full, in use, or the thread is exiting).
+fn fits(runtime: Id) -> bool {
+    POOL.try_with(|pool| pool.try_borrow().is_ok_and(|pool| pool.accepts(runtime)))
+        .unwrap_or(false)
 }
 
 /// A live timer of `runtime` from this thread's pool, if it has one. A pool

@@ -19,6 +19,16 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// A current-thread runtime with its clock paused, for tests that build
+/// runtimes of their own.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
 fn sleeper() -> impl Service<
     u64,
     Response = u64,
@@ -401,11 +411,7 @@ fn each_runtime_on_a_thread_gets_timers_of_its_own() {
     for _ in 0..3 {
         // A timer of this runtime is left in the thread's pool when the
         // runtime is dropped; the next runtime must not use it.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
+        let rt = paused_runtime();
         rt.block_on(async {
             assert_eq!(svc.clone().oneshot(1).await.unwrap(), 1);
             let start = Instant::now();
@@ -503,11 +509,7 @@ fn a_runtime_dropped_with_calls_in_flight_and_timers_pooled_never_panics() {
         drop(pending);
     }
     // A later runtime on this thread still times out on time.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime();
     rt.block_on(async {
         let start = Instant::now();
         assert!(svc.clone().oneshot(1_000).await.is_err());

@@ -9,7 +9,8 @@ use crate::state::State;
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum CircuitBreakerEvent {
-    /// The breaker changed state; exactly one event per transition.
+    /// The breaker changed state: exactly one event per transition,
+    /// delivered in the order of the transitions.
     StateTransition {
         /// The breaker's name.
         name: Arc<str>,
@@ -18,17 +19,20 @@ pub enum CircuitBreakerEvent {
         /// The state entered.
         to: State,
     },
-    /// A call was recorded as a success.
+    /// A call completed as a success. Reported for every call admitted
+    /// while the breaker was not disabled, recorded or not (a call admitted
+    /// before a state change is reported but not recorded).
     Success {
         /// The breaker's name.
         name: Arc<str>,
     },
-    /// A call was recorded as a failure.
+    /// A call completed as a failure (reported as `Success` is).
     Failure {
         /// The breaker's name.
         name: Arc<str>,
     },
-    /// A call was classified as neither and not recorded.
+    /// A call was classified as neither and not recorded (reported as
+    /// `Success` is).
     Ignored {
         /// The breaker's name.
         name: Arc<str>,
@@ -46,7 +50,16 @@ pub enum CircuitBreakerEvent {
         /// The breaker's name.
         name: Arc<str>,
     },
-    /// The failure rate or the slow-call rate reached its threshold.
+    /// The breaker was reset by an operator: back to closed (after a
+    /// `StateTransition` event if it was in another state), with an empty
+    /// window.
+    Reset {
+        /// The breaker's name.
+        name: Arc<str>,
+    },
+    /// The failure rate or the slow-call rate reached its threshold: once
+    /// per opening in the closed state, once per verdict in the half-open
+    /// state, and once per crossing in the metrics-only state.
     ThresholdExceeded {
         /// The breaker's name.
         name: Arc<str>,

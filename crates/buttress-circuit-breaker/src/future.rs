@@ -84,16 +84,7 @@ where
             } => {
                 let result = ready!(inner.poll(cx));
                 let outcome = classifier.classify(&result);
-                let (gen, probe, start) = (admitted.gen(), admitted.probe(), *start);
-                // `None` once every owner of the breaker is gone: nothing
-                // can observe it any more.
-                let recorded = admitted
-                    .token()
-                    .with(|shared, local| shared.complete(gen, probe, start, outcome, local))
-                    .unwrap_or(false);
-                if recorded {
-                    admitted.probe_used();
-                }
+                admitted.complete(*start, outcome);
                 Poll::Ready(result.map_err(Into::into))
             }
             KindProj::Rejected { error } => {

@@ -3,14 +3,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use buttress_core::error::{BoxError, CircuitOpen};
 use buttress_core::key::BoundedMap;
-use buttress_core::local::Anchor;
 use buttress_core::registry::Component;
 use buttress_core::{
     Classifier, ConfigError, ErrorsAsFailures, KeyExtractor, Listener, Listeners, Registry,
@@ -32,14 +30,14 @@ struct Keyed<K> {
     name: Arc<str>,
     settings: Settings,
     listeners: Listeners<CircuitBreakerEvent>,
-    map: BoundedMap<K, Anchor<Shared>>,
+    map: BoundedMap<K, Arc<Shared>>,
     /// Requests without a key, or with a new key while the map is full of
     /// keys in use, share this breaker.
-    unkeyed: Anchor<Shared>,
+    unkeyed: Arc<Shared>,
 }
 
 impl<K: Hash + Eq + Clone + fmt::Debug> Keyed<K> {
-    fn breaker(&self, key: Option<K>) -> Anchor<Shared> {
+    fn breaker(&self, key: Option<K>) -> Arc<Shared> {
         let Some(key) = key else {
             return self.unkeyed.clone();
         };
@@ -50,12 +48,11 @@ impl<K: Hash + Eq + Clone + fmt::Debug> Keyed<K> {
             Instant::now(),
             |key| {
                 let name = Arc::from(format!("{}[{key:?}]", self.name));
-                Shared::anchor(name, self.settings.clone(), self.listeners.clone())
+                Shared::new(name, self.settings.clone(), self.listeners.clone())
             },
             |shared| {
-                shared.owners() == 1
-                    && shared.in_flight.load(Relaxed) == 0
-                    && shared.state() == State::Closed
+                // Calls in flight and handles hold a clone.
+                Arc::strong_count(shared) == 1 && shared.state() == State::Closed
             },
         );
         found.unwrap_or_else(|| {
@@ -245,7 +242,7 @@ impl<X, C> KeyedCircuitBreakerBuilder<X, C> {
         let layer = KeyedCircuitBreakerLayer {
             extractor: Arc::new(self.extractor),
             keyed: Arc::new(Keyed {
-                unkeyed: Shared::anchor(name.clone(), settings.clone(), self.listeners.clone()),
+                unkeyed: Shared::new(name.clone(), settings.clone(), self.listeners.clone()),
                 name,
                 settings,
                 listeners: self.listeners,
@@ -312,8 +309,12 @@ where
             Admission::Reject(retry_after) => {
                 ResponseFuture::rejected(CircuitOpen::new(shared.name.clone(), retry_after))
             }
-            Admission::Permit { gen, probe } => {
-                let admitted = Admitted::new(&shared, gen, probe, true);
+            Admission::Permit {
+                gen,
+                probe,
+                recording,
+            } => {
+                let admitted = Admitted::new(&shared, gen, probe, recording);
                 let start = shared.call_start();
                 ResponseFuture::called(
                     self.inner.call(req),

@@ -2,7 +2,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use buttress_core::local::Anchor;
 use buttress_core::registry::Component;
 use buttress_core::{ConfigError, ErrorsAsFailures, IgnoreIf, Listener, Listeners, Registry};
 use tower_layer::Layer;
@@ -46,7 +45,7 @@ use crate::state::{Shared, State};
 /// # }
 /// ```
 pub struct CircuitBreakerLayer<C = ErrorsAsFailures> {
-    shared: Anchor<Shared>,
+    shared: Arc<Shared>,
     classifier: C,
     backpressure: bool,
 }
@@ -252,7 +251,7 @@ impl<C> CircuitBreakerBuilder<C> {
     pub fn build(self) -> Result<CircuitBreakerLayer<C>, ConfigError> {
         let settings = self.config.validate()?;
         let layer = CircuitBreakerLayer {
-            shared: Shared::anchor(
+            shared: Shared::new(
                 Arc::from(self.config.name.as_str()),
                 settings,
                 self.listeners,
@@ -296,7 +295,7 @@ pub struct CircuitBreakerSnapshot {
 /// Observes and controls a circuit breaker.
 #[derive(Clone)]
 pub struct CircuitBreakerHandle {
-    shared: Anchor<Shared>,
+    shared: Arc<Shared>,
 }
 
 impl fmt::Debug for CircuitBreakerHandle {
@@ -306,7 +305,7 @@ impl fmt::Debug for CircuitBreakerHandle {
 }
 
 impl CircuitBreakerHandle {
-    pub(crate) fn from_shared(shared: Anchor<Shared>) -> Self {
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
 
@@ -326,10 +325,7 @@ impl CircuitBreakerHandle {
     /// per thread (see the crate docs); this thread's batch is moved first,
     /// so the snapshot is exact on a single thread.
     pub fn snapshot(&self) -> CircuitBreakerSnapshot {
-        self.shared.with_local(|shared, local| {
-            shared.flush_local(local);
-            shared.snapshot()
-        })
+        self.shared.snapshot()
     }
 
     /// Rejects every call until another control changes the state.

@@ -79,6 +79,7 @@ mod keyed;
 mod layer;
 mod service;
 mod state;
+mod sync;
 mod window;
 
 pub use config::CircuitBreakerConfig;

@@ -1,13 +1,12 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use buttress_core::error::{BoxError, CircuitOpen};
-use buttress_core::local::{Anchor, Token};
-use buttress_core::Classifier;
+use buttress_core::{Classifier, Outcome};
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
@@ -24,7 +23,7 @@ use crate::state::{Admission, Shared};
 /// over instead). Clones start with no admission of their own.
 pub struct CircuitBreaker<S, C> {
     inner: S,
-    shared: Anchor<Shared>,
+    shared: Arc<Shared>,
     classifier: C,
     backpressure: bool,
     /// The admission `poll_ready` got, apart from the rejection ticket so
@@ -41,74 +40,58 @@ enum Ticket {
 }
 
 const PROBE: u64 = 1;
-const KEYED: u64 = 2;
+const RECORDING: u64 = 2;
 const FLAG_BITS: u32 = 2;
 
-/// An admitted call: the breaker's token, the generation it was admitted
-/// in and two flags. A half-open probe's slot is freed when this is dropped
-/// without a verdict (dropped, cancelled, ignored); a keyed breaker's call
-/// is counted in flight until this is dropped, so that the map does not
-/// evict the breaker under it.
+/// An admitted call: the breaker, the generation it was admitted in and
+/// two flags. A half-open probe's slot is freed when this is dropped
+/// without a verdict (dropped, cancelled, ignored).
 pub(crate) struct Admitted {
-    token: Token<Shared>,
+    shared: Arc<Shared>,
     bits: u64,
 }
 
 impl Admitted {
     #[inline]
-    pub(crate) fn new(shared: &Anchor<Shared>, gen: u64, probe: bool, keyed: bool) -> Self {
-        if keyed {
-            shared.in_flight.fetch_add(1, Relaxed);
-        }
+    pub(crate) fn new(shared: &Arc<Shared>, gen: u64, probe: bool, recording: bool) -> Self {
         Self {
-            token: shared.token(),
+            shared: shared.clone(),
             bits: (gen << FLAG_BITS)
                 | if probe { PROBE } else { 0 }
-                | if keyed { KEYED } else { 0 },
+                | if recording { RECORDING } else { 0 },
         }
     }
 
+    /// Records the outcome of the call, which started at `start` (see
+    /// `Shared::call_start`); a call admitted while the breaker was
+    /// disabled records and reports nothing.
     #[inline]
-    pub(crate) fn token(&self) -> Token<Shared> {
-        self.token
-    }
-
-    #[inline]
-    pub(crate) fn gen(&self) -> u64 {
-        self.bits >> FLAG_BITS
-    }
-
-    #[inline]
-    pub(crate) fn probe(&self) -> bool {
-        self.bits & PROBE != 0
-    }
-
-    /// A verdict used the probe slot: it is not freed on drop.
-    #[inline]
-    pub(crate) fn probe_used(&mut self) {
-        self.bits &= !PROBE;
+    pub(crate) fn complete(&mut self, start: u64, outcome: Outcome) {
+        if self.bits & RECORDING == 0 {
+            return;
+        }
+        let gen = self.bits >> FLAG_BITS;
+        if self
+            .shared
+            .complete(gen, self.bits & PROBE != 0, start, outcome)
+        {
+            // The verdict used the probe slot: it is not freed on drop.
+            self.bits &= !PROBE;
+        }
     }
 }
 
 impl Drop for Admitted {
     #[inline]
     fn drop(&mut self) {
-        let bits = self.bits;
-        if bits & (PROBE | KEYED) != 0 {
-            let _ = self.token.with(|shared, _| {
-                if bits & PROBE != 0 {
-                    shared.release_probe(bits >> FLAG_BITS);
-                }
-                if bits & KEYED != 0 {
-                    shared.in_flight.fetch_sub(1, Relaxed);
-                }
-            });
+        if self.bits & PROBE != 0 {
+            self.shared.release_probe(self.bits >> FLAG_BITS);
         }
     }
 }
 
 impl<S, C> CircuitBreaker<S, C> {
-    pub(crate) fn new(inner: S, shared: Anchor<Shared>, classifier: C, backpressure: bool) -> Self {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, classifier: C, backpressure: bool) -> Self {
         Self {
             inner,
             shared,
@@ -195,8 +178,13 @@ where
                         }
                     }
                     match self.shared.admit() {
-                        Admission::Permit { gen, probe } => {
-                            self.admitted = Some(Admitted::new(&self.shared, gen, probe, false));
+                        Admission::Permit {
+                            gen,
+                            probe,
+                            recording,
+                        } => {
+                            self.admitted =
+                                Some(Admitted::new(&self.shared, gen, probe, recording));
                         }
                         Admission::Reject(retry_after) => {
                             self.ticket = Ticket::Rejected(retry_after);

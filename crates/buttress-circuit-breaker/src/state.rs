@@ -1,29 +1,34 @@
 //! The breaker's state machine, shared by the layer, its services, their
 //! futures and the handle.
 //!
-//! The state and a generation counter share one atomic word: admission is a
-//! single load in the closed state. Transitions are rare; they take a small
-//! mutex, re-check the word, prepare the data of the state they enter and
-//! only then publish the new word, so a transition happens once and emits
-//! exactly one event however many callers race for it. Every admitted call
-//! carries the generation it was admitted in; a result from an earlier
-//! generation (a call admitted before the breaker opened) updates the
-//! counters and events but never the window or the verdict of a later
-//! state.
+//! The state and a generation counter share one atomic word, so admission
+//! is a single load while calls pass. Everything that decides (the window,
+//! the consecutive counters, the half-open probe slots) lives under one
+//! short lock together with the right to change that word: recording a
+//! call, computing the verdict and making the transition it calls for are
+//! one critical section, so a verdict is computed over exactly the calls
+//! recorded before it, in the order they took the lock, and a probe slot
+//! can never be counted against another generation than its own. Every
+//! admitted call carries the generation it was admitted in; a result from
+//! an earlier generation (a call admitted before the breaker opened) is
+//! reported to listeners but never recorded.
+//!
+//! Transition and threshold events are queued under the lock, in the order
+//! of the transitions, and delivered after it by one thread at a time: a
+//! listener sees them in order and may call back into the breaker.
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool as StdAtomicBool, AtomicU64 as StdAtomicU64};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use std::cell::Cell;
-
-use buttress_core::local::{Anchor, Cache, Home, Local};
 use buttress_core::{Listeners, Outcome};
 use tokio::time::Instant;
 
 use crate::events::CircuitBreakerEvent;
-use crate::window::{CountWindow, Rates, TimeWindow};
+use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering::*};
+use crate::window::{percent, CountWindow, Rates, TimeWindow};
 
 /// The state of a circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -141,91 +146,101 @@ pub(crate) struct Settings {
     pub(crate) seed: u64,
 }
 
-// One per breaker: the count window's size is its padded cursor.
-#[allow(clippy::large_enum_variant)]
+// One per breaker: the count window's ring is boxed, the enum stays small.
 enum Window {
     Count(CountWindow),
     Time(TimeWindow),
 }
 
+impl Window {
+    #[inline]
+    fn rates(&mut self, second: u64) -> Rates {
+        match self {
+            Window::Count(w) => w.rates(),
+            Window::Time(w) => w.rates(second),
+        }
+    }
+
+    fn reset(&mut self) {
+        match self {
+            Window::Count(w) => w.reset(),
+            Window::Time(w) => w.reset(),
+        }
+    }
+}
+
+/// The current second for a time window, kept by a ticker task so that
+/// recording reads an atomic instead of the clock.
 #[derive(Default)]
 struct CoarseSecond {
-    second: AtomicU64,
-    running: std::sync::atomic::AtomicBool,
-    starting: std::sync::atomic::AtomicBool,
+    second: StdAtomicU64,
+    running: StdAtomicBool,
+    starting: StdAtomicBool,
 }
 
 /// What admission decided for one call.
 pub(crate) enum Admission {
-    /// Go ahead; `probe` when the call is a half-open probe.
-    Permit { gen: u64, probe: bool },
+    /// Go ahead; `probe` when the call is a half-open probe, `recording`
+    /// unless the breaker is disabled (the call is then neither recorded
+    /// nor reported).
+    Permit {
+        gen: u64,
+        probe: bool,
+        recording: bool,
+    },
     /// Rejected; the time left until the breaker lets probes through.
     Reject(Option<Duration>),
 }
 
-thread_local! {
-    static CACHE: Cache<Shared> = const { Cache::new() };
+/// The slots of the current half-open state.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Probes {
+    /// Admitted and not yet freed: in flight, or done with a verdict.
+    taken: u32,
+    /// Recorded.
+    done: u32,
+    failed: u32,
+    slow: u32,
 }
 
-/// Where breakers live: response futures hold a token, not an `Arc` (see
-/// [`buttress_core::local`]).
-static HOME: Home<Shared> = Home::new(&CACHE);
-
-impl Local for Shared {
-    fn home() -> &'static Home<Self> {
-        &HOME
-    }
-
-    /// A thread's batch of successes (see [`Shared::batch_success`]).
-    fn flush(&self, local: u64) {
-        self.flush_batch(local);
-    }
-}
-
-/// The largest batch of successes a thread keeps before it moves them to
-/// a count window.
-const MAX_BATCH: u64 = 32;
-/// The batch of successes a thread keeps for one second of a time window.
-const TIME_BATCH: u64 = 16;
-
-/// A time window's batch tag: the low 24 bits of the generation above the
-/// low 32 bits of the second. A batch is mistaken for a current one only if
-/// the breaker changed state a multiple of 2^24 times, or 2^32 seconds
-/// passed, while one thread held it.
-const TAG_SECOND_BITS: u32 = 32;
-const TAG_SECOND_MASK: u64 = (1 << TAG_SECOND_BITS) - 1;
-const TAG_GEN_MASK: u64 = (1 << 24) - 1;
-
-#[inline]
-fn time_tag(gen: u64, second: u64) -> u64 {
-    ((gen & TAG_GEN_MASK) << TAG_SECOND_BITS) | (second & TAG_SECOND_MASK)
+/// Everything that decides, under one lock: the window, the counters and
+/// the probe slots change together with the state word, so a decision
+/// never sees half of another.
+struct Inner {
+    window: Window,
+    consecutive: u32,
+    consecutive_opens: u32,
+    half_open_since: u64,
+    probes: Probes,
+    rng: u64,
+    /// In `MetricsOnly`: whether the last verdict reached a threshold, so
+    /// that `ThresholdExceeded` is reported once per crossing.
+    exceeded: bool,
+    /// Transition and threshold events, in the order of the transitions,
+    /// delivered once the lock is released (see [`Shared::deliver`]).
+    events: VecDeque<CircuitBreakerEvent>,
+    /// A timer for an automatic transition, started once the lock is
+    /// released: its deadline and the generation it applies to.
+    timer: Option<(Instant, u64)>,
 }
 
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
     pub(crate) settings: Settings,
     pub(crate) listeners: Listeners<CircuitBreakerEvent>,
+    /// The state (low byte) and its generation, which every transition
+    /// increments. Written only under `inner`'s lock; admission reads it
+    /// without the lock.
     word: AtomicU64,
-    transition: Mutex<()>,
-    base: Instant,
-    window: Window,
-    consecutive: AtomicU32,
-    consecutive_opens: AtomicU32,
+    /// When an open breaker lets probes through, in nanoseconds since
+    /// `base`. Written under the lock before the word that publishes the
+    /// open state.
     open_until: AtomicU64,
-    half_open_since: AtomicU64,
-    probes_taken: AtomicU32,
-    probes_done: AtomicU32,
-    probes_failed: AtomicU32,
-    probes_slow: AtomicU32,
-    not_permitted: AtomicU64,
-    rng: AtomicU64,
-    /// Calls of a keyed breaker admitted and not yet dropped.
-    pub(crate) in_flight: AtomicU64,
-    /// Successes a thread may count before it moves them to the count
-    /// window; 1 when successes are not batched.
-    batch: u64,
-    /// The current second for a time window, kept by a ticker task so that
-    /// recording reads an atomic instead of the clock.
+    inner: Mutex<Inner>,
+    /// Whether a thread is delivering the queued events.
+    delivering: AtomicBool,
+    base: Instant,
+    not_permitted: StdAtomicU64,
     coarse: CoarseSecond,
     this: Weak<Shared>,
 }
@@ -239,6 +254,12 @@ impl fmt::Debug for Shared {
     }
 }
 
+/// Whether `n` of `calls` reaches `threshold` percent.
+#[inline]
+fn reaches(n: u64, calls: u64, threshold: f64) -> bool {
+    percent(n, calls) >= threshold
+}
+
 impl Shared {
     pub(crate) fn new(
         name: Arc<str>,
@@ -247,43 +268,77 @@ impl Shared {
     ) -> Arc<Self> {
         Arc::new_cyclic(|this| Shared {
             name,
-            window: match settings.time_window_secs {
-                Some(secs) => Window::Time(TimeWindow::new(secs)),
-                None => Window::Count(CountWindow::new(settings.window_size)),
-            },
-            rng: AtomicU64::new(splitmix64(settings.seed) | 1),
-            in_flight: AtomicU64::new(0),
-            batch: match (settings.time_window_secs, settings.consecutive_failures) {
-                (None, None) => (u64::from(settings.window_size) / 8).clamp(1, MAX_BATCH),
-                (Some(_), None) => TIME_BATCH,
-                (_, Some(_)) => 1,
-            },
-            coarse: CoarseSecond::default(),
+            inner: Mutex::new(Inner {
+                window: match settings.time_window_secs {
+                    Some(secs) => Window::Time(TimeWindow::new(secs)),
+                    None => Window::Count(CountWindow::new(settings.window_size)),
+                },
+                consecutive: 0,
+                consecutive_opens: 0,
+                half_open_since: 0,
+                probes: Probes::default(),
+                rng: splitmix64(settings.seed) | 1,
+                exceeded: false,
+                events: VecDeque::new(),
+                timer: None,
+            }),
             settings,
             listeners,
             word: AtomicU64::new(State::Closed.code()),
-            transition: Mutex::new(()),
-            base: Instant::now(),
-            consecutive: AtomicU32::new(0),
-            consecutive_opens: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
-            half_open_since: AtomicU64::new(0),
-            probes_taken: AtomicU32::new(0),
-            probes_done: AtomicU32::new(0),
-            probes_failed: AtomicU32::new(0),
-            probes_slow: AtomicU32::new(0),
-            not_permitted: AtomicU64::new(0),
+            delivering: AtomicBool::new(false),
+            base: Instant::now(),
+            not_permitted: StdAtomicU64::new(0),
+            coarse: CoarseSecond::default(),
             this: this.clone(),
         })
     }
 
-    /// A new breaker, anchored for its services and handles.
-    pub(crate) fn anchor(
-        name: Arc<str>,
-        settings: Settings,
-        listeners: Listeners<CircuitBreakerEvent>,
-    ) -> Anchor<Shared> {
-        Anchor::new(Shared::new(name, settings, listeners))
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // No code that can panic runs under the lock (listeners run after
+        // it), so a poisoned lock still guards consistent data.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Releases the lock, then starts the timer and delivers the events
+    /// that the critical section left.
+    #[inline]
+    fn unlock(&self, mut inner: MutexGuard<'_, Inner>) {
+        let timer = inner.timer.take();
+        let events = !inner.events.is_empty();
+        drop(inner);
+        if let Some((at, gen)) = timer {
+            self.start_timer(at, gen);
+        }
+        if events {
+            self.deliver();
+        }
+    }
+
+    /// Delivers the queued transition events, one thread at a time and in
+    /// queue order, outside the lock: a listener may call back into the
+    /// breaker (its event is then delivered after the current one, by the
+    /// same loop).
+    #[cold]
+    fn deliver(&self) {
+        loop {
+            if self.delivering.swap(true, AcqRel) {
+                // The thread delivering now will find our events: it
+                // checks the queue again after it lets go of the flag.
+                return;
+            }
+            loop {
+                let next = self.lock().events.pop_front();
+                match next {
+                    Some(event) => self.listeners.emit(|| event),
+                    None => break,
+                }
+            }
+            self.delivering.store(false, Release);
+            if self.lock().events.is_empty() {
+                return;
+            }
+        }
     }
 
     /// The start of a call for the slow-call check: nanoseconds after the
@@ -297,28 +352,15 @@ impl Shared {
         self.now_nanos().saturating_add(1)
     }
 
-    /// Records the outcome of a call that started at `start` (see
-    /// [`call_start`](Self::call_start)), on the thread's local word of
-    /// this breaker.
+    /// Records the outcome of a call admitted in generation `gen` that
+    /// started at `start` (see [`call_start`](Self::call_start)). Returns
+    /// `true` when the outcome was recorded (a probe's slot is then used
+    /// up).
     #[inline]
-    pub(crate) fn complete(
-        &self,
-        gen: u64,
-        probe: bool,
-        start: u64,
-        outcome: Outcome,
-        local: &Cell<u64>,
-    ) -> bool {
-        // One clock read serves both the slow-call check and the time
-        // window; none when neither is configured.
-        let end = (start != 0 || self.needs_clock()).then(Instant::now);
-        let elapsed = match end {
-            Some(end) if start != 0 => {
-                Some(end.saturating_duration_since(self.instant_at(start - 1)))
-            }
-            _ => None,
-        };
-        self.record(gen, probe, outcome, elapsed, end, local)
+    pub(crate) fn complete(&self, gen: u64, probe: bool, start: u64, outcome: Outcome) -> bool {
+        let elapsed = (start != 0)
+            .then(|| Instant::now().saturating_duration_since(self.instant_at(start - 1)));
+        self.record(gen, probe, outcome, elapsed)
     }
 
     pub(crate) fn state(&self) -> State {
@@ -339,26 +381,36 @@ impl Shared {
             .unwrap_or(self.base)
     }
 
-    /// A uniform number in `[0, 1)` from a shared xorshift state.
-    fn unit(&self) -> f64 {
-        let mut x = self.rng.load(Relaxed);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng.store(x, Relaxed);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Admission of one call.
+    /// Admission of one call: one atomic load while calls pass.
     #[inline]
     pub(crate) fn admit(&self) -> Admission {
+        let word = self.word.load(Acquire);
+        match state_of(word) {
+            State::Closed | State::MetricsOnly => Admission::Permit {
+                gen: gen_of(word),
+                probe: false,
+                recording: true,
+            },
+            _ => self.admit_slow(word),
+        }
+    }
+
+    #[cold]
+    fn admit_slow(&self, mut word: u64) -> Admission {
         loop {
-            let word = self.word.load(Acquire);
             match state_of(word) {
-                State::Closed | State::Disabled | State::MetricsOnly => {
+                State::Closed | State::MetricsOnly => {
                     return Admission::Permit {
                         gen: gen_of(word),
                         probe: false,
+                        recording: true,
+                    }
+                }
+                State::Disabled => {
+                    return Admission::Permit {
+                        gen: gen_of(word),
+                        probe: false,
+                        recording: false,
                     }
                 }
                 State::ForcedOpen => return self.not_permitted(None),
@@ -368,31 +420,44 @@ impl Shared {
                     if now < until {
                         return self.not_permitted(Some(Duration::from_nanos(until - now)));
                     }
-                    self.transition_from(word, State::HalfOpen);
+                    let mut inner = self.lock();
+                    if self.word.load(Acquire) == word {
+                        self.transition(&mut inner, word, State::HalfOpen);
+                    }
+                    self.unlock(inner);
                 }
                 State::HalfOpen => {
-                    if let Some(max) = self.settings.max_wait_in_half_open {
-                        let since = self.half_open_since.load(Acquire);
-                        let max = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
-                        if self.now_nanos().saturating_sub(since) >= max {
-                            self.transition_from(word, State::Open);
-                            continue;
-                        }
-                    }
-                    let taken = self.probes_taken.fetch_add(1, AcqRel);
-                    if taken < self.settings.half_open_calls && self.word.load(Acquire) == word {
+                    let mut inner = self.lock();
+                    if self.word.load(Acquire) != word {
+                        drop(inner);
+                    } else if self.half_open_expired(&inner) {
+                        self.transition(&mut inner, word, State::Open);
+                        self.unlock(inner);
+                    } else if inner.probes.taken < self.settings.half_open_calls {
+                        inner.probes.taken += 1;
                         return Admission::Permit {
                             gen: gen_of(word),
                             probe: true,
+                            recording: true,
                         };
+                    } else {
+                        drop(inner);
+                        return self.not_permitted(None);
                     }
-                    self.probes_taken.fetch_sub(1, AcqRel);
-                    if self.word.load(Acquire) != word {
-                        continue;
-                    }
-                    return self.not_permitted(None);
                 }
             }
+            word = self.word.load(Acquire);
+        }
+    }
+
+    /// Whether the half-open state has lasted `max_wait_in_half_open`.
+    fn half_open_expired(&self, inner: &Inner) -> bool {
+        match self.settings.max_wait_in_half_open {
+            Some(max) => {
+                let max = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+                self.now_nanos().saturating_sub(inner.half_open_since) >= max
+            }
+            None => false,
         }
     }
 
@@ -405,60 +470,56 @@ impl Shared {
     }
 
     /// A probe admitted in generation `gen` ended without a verdict
-    /// (dropped, cancelled, ignored): its slot is free again.
+    /// (dropped, cancelled, ignored): its slot is free again, if its
+    /// half-open state still is.
     pub(crate) fn release_probe(&self, gen: u64) {
-        if gen_of(self.word.load(Acquire)) == gen {
-            self.probes_taken.fetch_sub(1, AcqRel);
+        let mut inner = self.lock();
+        let word = self.word.load(Acquire);
+        if gen_of(word) == gen && state_of(word) == State::HalfOpen {
+            inner.probes.taken = inner.probes.taken.saturating_sub(1);
         }
     }
 
-    /// Records the outcome of a call admitted in generation `gen`.
-    /// Returns `true` when the outcome was recorded (a probe's slot is then
-    /// used up).
+    /// Records the outcome of a call admitted in generation `gen`. Returns
+    /// `true` when the outcome was recorded (a probe's slot is then used
+    /// up).
     pub(crate) fn record(
         &self,
         gen: u64,
         probe: bool,
         outcome: Outcome,
         elapsed: Option<Duration>,
-        end: Option<Instant>,
-        local: &Cell<u64>,
     ) -> bool {
         let slow = match (self.settings.slow_call_duration, elapsed) {
             (Some(limit), Some(e)) => e > limit,
             _ => false,
         };
-        let failed = outcome.is_failure();
         self.emit_outcome(outcome, slow, elapsed);
         if outcome == Outcome::Ignored {
             return false;
         }
+        let failed = outcome.is_failure();
+        // Read before the lock: it may start the ticker.
+        let second = self.window_second();
+        let mut inner = self.lock();
         let word = self.word.load(Acquire);
         if gen_of(word) != gen {
-            // Admitted in an earlier state: counted in the events only.
+            // Admitted in an earlier state: reported, never recorded.
             return false;
         }
-        match state_of(word) {
+        let recorded = match state_of(word) {
             State::Closed | State::MetricsOnly => {
-                if self.batch > 1 && !failed && !slow {
-                    let tag = match &self.window {
-                        Window::Count(_) => gen,
-                        Window::Time(_) => time_tag(gen, self.second_of(end)),
-                    };
-                    self.batch_success(tag, local);
-                } else {
-                    // This thread's earlier successes go first.
-                    self.flush_local(local);
-                    self.record_closed(word, failed, slow, end);
-                }
+                self.record_closed(&mut inner, word, failed, slow, second);
                 true
             }
             State::HalfOpen if probe => {
-                self.record_probe(word, failed, slow);
+                self.record_probe(&mut inner, word, failed, slow);
                 true
             }
             _ => false,
-        }
+        };
+        self.unlock(inner);
+        recorded
     }
 
     fn emit_outcome(&self, outcome: Outcome, slow: bool, elapsed: Option<Duration>) {
@@ -479,132 +540,223 @@ impl Shared {
         }
     }
 
+    /// Records a call in the closed (or metrics-only) state and checks the
+    /// thresholds, after every call as Resilience4j does: a success
+    /// changes the rates too.
     #[inline]
-    fn record_closed(&self, word: u64, failed: bool, slow: bool, end: Option<Instant>) {
+    fn record_closed(&self, inner: &mut Inner, word: u64, failed: bool, slow: bool, second: u64) {
         if let Some(limit) = self.settings.consecutive_failures {
             if failed {
-                let n = self.consecutive.fetch_add(1, AcqRel) + 1;
-                if n >= limit {
-                    self.exceeded(word, 100.0, 0.0);
+                inner.consecutive = inner.consecutive.saturating_add(1);
+                if inner.consecutive >= limit {
+                    self.exceeded(inner, word, 100.0, 0.0);
                 }
-            } else if self.consecutive.load(Relaxed) != 0 {
-                self.consecutive.store(0, Relaxed);
+            } else {
+                inner.consecutive = 0;
             }
             return;
         }
-        let second = match &self.window {
+        let rates = match &mut inner.window {
             Window::Count(w) => {
                 w.record(failed, slow);
-                0
+                w.rates()
             }
             Window::Time(w) => {
-                let second = self.second_of(end);
                 w.record(second, failed, slow);
-                second
+                w.rates(second)
             }
         };
-        if failed || slow {
-            let rates = self.window_rates(second);
-            if rates.calls >= self.minimum_calls() {
-                let (fr, sr) = (rates.failure_rate(), rates.slow_rate());
-                if fr >= self.settings.failure_rate_threshold
-                    || sr >= self.settings.slow_call_rate_threshold
-                {
-                    self.exceeded(word, fr, sr);
-                }
-            }
-        }
-    }
-
-    /// The second a call ended in: from its end time when the clock was
-    /// read anyway, else the ticker's.
-    #[inline]
-    fn second_of(&self, end: Option<Instant>) -> u64 {
-        match end {
-            Some(end) => self.second(end),
-            None => self.current_second(),
-        }
-    }
-
-    /// Counts a success in the thread's local word (a tag above, the count
-    /// in the low byte) and moves a full batch to the window with one
-    /// atomic operation. The tag is the generation for a count window, and
-    /// the generation and the second for a time window (see
-    /// [`time_tag`]): a success of another tag moves the batch first.
-    ///
-    /// A success cannot trip a breaker, so it may wait; a failure or a slow
-    /// call on the same thread moves the batch first, so a thread's calls
-    /// reach the window in order. Successes from another generation are
-    /// dropped, as a single late result would be.
-    #[inline]
-    fn batch_success(&self, tag: u64, local: &Cell<u64>) {
-        let word = local.get();
-        let n = if word != 0 && word >> 8 == tag {
-            (word & 0xff) + 1
+        if rates.calls >= self.minimum_calls()
+            && (reaches(rates.failed, rates.calls, self.settings.failure_rate_threshold)
+                || reaches(rates.slow, rates.calls, self.settings.slow_call_rate_threshold))
+        {
+            self.exceeded(inner, word, rates.failure_rate(), rates.slow_rate());
         } else {
-            if word != 0 {
-                self.flush_batch(word);
+            inner.exceeded = false;
+        }
+    }
+
+    /// A threshold is reached in the closed or metrics-only state: the
+    /// first opens (one event, one transition), the second reports it once
+    /// per crossing.
+    fn exceeded(&self, inner: &mut Inner, word: u64, failure_rate: f64, slow_call_rate: f64) {
+        if state_of(word) == State::MetricsOnly {
+            if inner.exceeded {
+                return;
             }
-            1
-        };
-        if n >= self.batch {
-            local.set(0);
-            self.flush_batch((tag << 8) | n);
-        } else {
-            local.set((tag << 8) | n);
+            inner.exceeded = true;
+        }
+        self.queue(inner, || CircuitBreakerEvent::ThresholdExceeded {
+            name: self.name.clone(),
+            failure_rate,
+            slow_call_rate,
+        });
+        if state_of(word) == State::Closed {
+            self.transition(inner, word, State::Open);
         }
     }
 
-    /// Moves the thread's batch of successes to the window.
-    #[inline]
-    pub(crate) fn flush_local(&self, local: &Cell<u64>) {
-        let word = local.replace(0);
-        if word != 0 {
-            self.flush_batch(word);
-        }
-    }
-
-    #[cold]
-    fn flush_batch(&self, local: u64) {
-        let (tag, n) = (local >> 8, local & 0xff);
-        let word = self.word.load(Acquire);
-        if n == 0 || !matches!(state_of(word), State::Closed | State::MetricsOnly) {
+    fn record_probe(&self, inner: &mut Inner, word: u64, failed: bool, slow: bool) {
+        let p = &mut inner.probes;
+        p.done += 1;
+        p.failed += u32::from(failed);
+        p.slow += u32::from(slow);
+        let n = self.settings.half_open_calls;
+        if p.done < n {
             return;
         }
-        match &self.window {
-            Window::Count(w) if tag == gen_of(word) => w.record_successes(n),
-            Window::Time(w) if tag >> TAG_SECOND_BITS == gen_of(word) & TAG_GEN_MASK => {
-                // Not `current_second`: this may run in a thread's exit,
-                // where no ticker should be started.
-                let now = if self.coarse.running.load(Acquire) {
-                    self.coarse.second.load(Acquire)
-                } else {
-                    self.second(Instant::now())
-                };
-                // The full second: the latest one at or before `now` with
-                // the tag's low bits.
-                let low = tag & TAG_SECOND_MASK;
-                let mut second = (now & !TAG_SECOND_MASK) | low;
-                if second > now {
-                    second = second.wrapping_sub(TAG_SECOND_MASK + 1);
-                }
-                w.record_successes(second, now, n);
-            }
-            _ => {}
+        let (failed, slow, n) = (u64::from(p.failed), u64::from(p.slow), u64::from(n));
+        if reaches(failed, n, self.settings.failure_rate_threshold)
+            || reaches(slow, n, self.settings.slow_call_rate_threshold)
+        {
+            self.queue(inner, || CircuitBreakerEvent::ThresholdExceeded {
+                name: self.name.clone(),
+                failure_rate: percent(failed, n),
+                slow_call_rate: percent(slow, n),
+            });
+            self.transition(inner, word, State::Open);
+        } else {
+            self.transition(inner, word, State::Closed);
         }
     }
 
-    /// Whether recording needs the time a call ended.
+    /// Queues an event for delivery once the lock is released.
     #[inline]
-    pub(crate) fn needs_clock(&self) -> bool {
-        // A time window reads the ticker's second instead.
-        false
+    fn queue(&self, inner: &mut Inner, make: impl FnOnce() -> CircuitBreakerEvent) {
+        if !self.listeners.is_empty() {
+            inner.events.push_back(make());
+        }
     }
 
-    /// The current second since the base instant: the ticker's when it
-    /// runs, else from the clock (and the ticker is started if a tokio
-    /// runtime is there to run it).
-    fn current_second(&self) -> u64 {
+    /// Moves from the state word `from`, which must be the current one
+    /// (the caller holds the lock and checked it), to `to`.
+    fn transition(&self, inner: &mut Inner, from: u64, to: State) {
+        debug_assert_eq!(self.word.load(Acquire), from);
+        let gen = gen_of(from) + 1;
+        self.enter(inner, state_of(from), to, gen);
+        self.word.store((gen << 8) | to.code(), Release);
+        self.queue(inner, || CircuitBreakerEvent::StateTransition {
+            name: self.name.clone(),
+            from: state_of(from),
+            to,
+        });
+    }
+
+    /// Prepares the data of `to` before the new state is published.
+    fn enter(&self, inner: &mut Inner, from: State, to: State, gen: u64) {
+        match to {
+            State::Closed | State::MetricsOnly | State::Disabled => {
+                inner.window.reset();
+                inner.consecutive = 0;
+                inner.exceeded = false;
+                if to == State::Closed {
+                    inner.consecutive_opens = 0;
+                }
+            }
+            State::Open => {
+                let opens = if matches!(from, State::Closed | State::HalfOpen | State::Open) {
+                    inner.consecutive_opens = inner.consecutive_opens.saturating_add(1);
+                    inner.consecutive_opens
+                } else {
+                    1
+                };
+                let unit = unit(&mut inner.rng);
+                let wait = self.settings.open_wait.wait(opens, unit);
+                let until = self
+                    .now_nanos()
+                    .saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
+                self.open_until.store(until, Release);
+                if self.settings.automatic_half_open {
+                    inner.timer = Some((self.instant_at(until), gen));
+                }
+            }
+            State::HalfOpen => {
+                inner.probes = Probes::default();
+                let now = self.now_nanos();
+                inner.half_open_since = now;
+                if let Some(max) = self.settings.max_wait_in_half_open {
+                    let max = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+                    inner.timer = Some((self.instant_at(now.saturating_add(max)), gen));
+                }
+            }
+            State::ForcedOpen => {}
+        }
+    }
+
+    /// Starts the timer of an automatic transition (open to half-open,
+    /// half-open to open), if a tokio runtime is there to run it.
+    fn start_timer(&self, at: Instant, gen: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!(
+                name = %self.name,
+                "no tokio runtime: the breaker changes state on the next call instead"
+            );
+            return;
+        };
+        let this = self.this.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            if let Some(shared) = this.upgrade() {
+                shared.on_timer(gen);
+            }
+        });
+    }
+
+    fn on_timer(&self, gen: u64) {
+        let mut inner = self.lock();
+        let word = self.word.load(Acquire);
+        if gen_of(word) != gen {
+            return;
+        }
+        match state_of(word) {
+            State::Open => self.transition(&mut inner, word, State::HalfOpen),
+            State::HalfOpen => self.transition(&mut inner, word, State::Open),
+            _ => {}
+        }
+        self.unlock(inner);
+    }
+
+    /// Forces a state, whatever the current one (operator controls). No
+    /// transition and no event when the breaker is in that state already.
+    pub(crate) fn force(&self, to: State) {
+        let mut inner = self.lock();
+        let word = self.word.load(Acquire);
+        if state_of(word) != to {
+            self.transition(&mut inner, word, to);
+        }
+        self.unlock(inner);
+    }
+
+    /// Back to closed with an empty window and no rejection counted: one
+    /// transition event if the state changes, then a `Reset` event. Calls
+    /// admitted before the reset are not recorded.
+    pub(crate) fn reset(&self) {
+        let mut inner = self.lock();
+        self.not_permitted.store(0, Relaxed);
+        let word = self.word.load(Acquire);
+        if state_of(word) == State::Closed {
+            // A new generation of the closed state: no transition.
+            let gen = gen_of(word) + 1;
+            self.enter(&mut inner, State::Closed, State::Closed, gen);
+            self.word.store((gen << 8) | State::Closed.code(), Release);
+        } else {
+            self.transition(&mut inner, word, State::Closed);
+        }
+        self.queue(&mut inner, || CircuitBreakerEvent::Reset {
+            name: self.name.clone(),
+        });
+        self.unlock(inner);
+    }
+
+    /// The second a time window records and reads at (0 for a count
+    /// window): the ticker's when it runs, else from the clock (and the
+    /// ticker is started if a tokio runtime is there to run it). One source
+    /// for every call and every reader; the window never moves back.
+    #[inline]
+    fn window_second(&self) -> u64 {
+        if self.settings.time_window_secs.is_none() {
+            return 0;
+        }
         if self.coarse.running.load(Acquire) {
             return self.coarse.second.load(Acquire);
         }
@@ -638,12 +790,8 @@ impl Shared {
                 }
             }
             let _stopped = Stopped(this.clone());
-            let Some(first) = this.upgrade().map(|s| s.tick()) else {
+            let Some((first, base)) = this.upgrade().map(|s| (s.tick(), s.base)) else {
                 return;
-            };
-            let base = match this.upgrade() {
-                Some(s) => s.base,
-                None => return,
             };
             let next = base + Duration::from_secs(first + 1);
             let mut ticks = tokio::time::interval_at(next, Duration::from_secs(1));
@@ -672,218 +820,44 @@ impl Shared {
         t.saturating_duration_since(self.base).as_secs()
     }
 
-    fn window_rates(&self, second: u64) -> Rates {
-        match &self.window {
-            Window::Count(w) => w.rates(),
-            Window::Time(w) => w.rates(second),
-        }
-    }
-
-    fn window_reset(&self) {
-        match &self.window {
-            Window::Count(w) => w.reset(),
-            Window::Time(w) => w.reset(),
-        }
-    }
-
     /// Calls needed before a rate is computed: clamped to the size of a
     /// count window; as configured for a time window, which has no size.
     fn minimum_calls(&self) -> u64 {
-        match &self.window {
-            Window::Count(_) => {
-                u64::from(self.settings.minimum_calls.min(self.settings.window_size))
-            }
-            Window::Time(_) => u64::from(self.settings.minimum_calls),
+        match self.settings.time_window_secs {
+            None => u64::from(self.settings.minimum_calls.min(self.settings.window_size)),
+            Some(_) => u64::from(self.settings.minimum_calls),
         }
     }
 
-    fn exceeded(&self, word: u64, failure_rate: f64, slow_call_rate: f64) {
-        self.listeners
-            .emit(|| CircuitBreakerEvent::ThresholdExceeded {
-                name: self.name.clone(),
-                failure_rate,
-                slow_call_rate,
-            });
-        if state_of(word) == State::Closed {
-            self.transition_from(word, State::Open);
-        }
-    }
-
-    fn record_probe(&self, word: u64, failed: bool, slow: bool) {
-        if failed {
-            self.probes_failed.fetch_add(1, AcqRel);
-        }
-        if slow {
-            self.probes_slow.fetch_add(1, AcqRel);
-        }
-        let done = self.probes_done.fetch_add(1, AcqRel) + 1;
-        let n = self.settings.half_open_calls;
-        if done < n {
-            return;
-        }
-        let calls = f64::from(n);
-        let fr = f64::from(self.probes_failed.load(Acquire)) * 100.0 / calls;
-        let sr = f64::from(self.probes_slow.load(Acquire)) * 100.0 / calls;
-        if fr >= self.settings.failure_rate_threshold
-            || sr >= self.settings.slow_call_rate_threshold
-        {
-            self.exceeded_in_half_open(word, fr, sr);
-        } else {
-            self.transition_from(word, State::Closed);
-        }
-    }
-
-    fn exceeded_in_half_open(&self, word: u64, fr: f64, sr: f64) {
-        self.listeners
-            .emit(|| CircuitBreakerEvent::ThresholdExceeded {
-                name: self.name.clone(),
-                failure_rate: fr,
-                slow_call_rate: sr,
-            });
-        self.transition_from(word, State::Open);
-    }
-
-    /// Moves from the exact state word `from` to `to`; does nothing if
-    /// another caller changed the state first.
-    pub(crate) fn transition_from(&self, from: u64, to: State) -> bool {
-        let guard = self.transition.lock().unwrap_or_else(|e| e.into_inner());
-        if self.word.load(Acquire) != from {
-            return false;
-        }
-        self.enter(state_of(from), to);
-        self.word
-            .store(((gen_of(from) + 1) << 8) | to.code(), Release);
-        drop(guard);
-        self.after_enter(to, gen_of(from) + 1);
-        self.listeners
-            .emit(|| CircuitBreakerEvent::StateTransition {
-                name: self.name.clone(),
-                from: state_of(from),
-                to,
-            });
-        true
-    }
-
-    /// Forces a state, whatever the current one (operator controls).
-    pub(crate) fn force(&self, to: State) {
-        loop {
-            let word = self.word.load(Acquire);
-            if state_of(word) == to && to != State::Closed {
-                return;
-            }
-            if self.transition_from(word, to) {
-                return;
-            }
-        }
-    }
-
-    /// Prepares the data of `to` before the new state is published.
-    fn enter(&self, from: State, to: State) {
-        match to {
-            State::Closed | State::MetricsOnly | State::Disabled => {
-                self.window_reset();
-                self.consecutive.store(0, Release);
-                if to == State::Closed {
-                    self.consecutive_opens.store(0, Release);
-                }
-            }
-            State::Open => {
-                let opens = if matches!(from, State::Closed | State::HalfOpen | State::Open) {
-                    self.consecutive_opens.fetch_add(1, AcqRel) + 1
-                } else {
-                    1
-                };
-                let wait = self.settings.open_wait.wait(opens, self.unit());
-                let until = self
-                    .now_nanos()
-                    .saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
-                self.open_until.store(until, Release);
-            }
-            State::HalfOpen => {
-                self.probes_taken.store(0, Release);
-                self.probes_done.store(0, Release);
-                self.probes_failed.store(0, Release);
-                self.probes_slow.store(0, Release);
-                self.half_open_since.store(self.now_nanos(), Release);
-            }
-            State::ForcedOpen => {}
-        }
-    }
-
-    /// Timers for automatic transitions, after the new state is published.
-    fn after_enter(&self, to: State, gen: u64) {
-        let at = match to {
-            State::Open if self.settings.automatic_half_open => {
-                self.instant_at(self.open_until.load(Acquire))
-            }
-            State::HalfOpen => match self.settings.max_wait_in_half_open {
-                Some(max) => Instant::now() + max,
-                None => return,
-            },
-            _ => return,
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!(
-                name = %self.name,
-                "no tokio runtime: the breaker changes state on the next call instead"
-            );
-            return;
-        };
-        let this = self.this.clone();
-        runtime.spawn(async move {
-            tokio::time::sleep_until(at).await;
-            if let Some(shared) = this.upgrade() {
-                shared.on_timer(gen);
-            }
-        });
-    }
-
-    fn on_timer(&self, gen: u64) {
-        let word = self.word.load(Acquire);
-        if gen_of(word) != gen {
-            return;
-        }
-        match state_of(word) {
-            State::Open => {
-                self.transition_from(word, State::HalfOpen);
-            }
-            State::HalfOpen => {
-                self.transition_from(word, State::Open);
-            }
-            _ => {}
-        }
-    }
-
-    /// Rates of the current window, `None` below the minimum of calls.
+    /// The breaker's numbers now: exact, every recorded call counted.
     pub(crate) fn snapshot(&self) -> crate::CircuitBreakerSnapshot {
+        let second = self.window_second();
+        let mut inner = self.lock();
         let word = self.word.load(Acquire);
         let state = state_of(word);
         let (calls, failed, slow) = match state {
             State::HalfOpen => (
-                u64::from(self.probes_done.load(Acquire)),
-                u64::from(self.probes_failed.load(Acquire)),
-                u64::from(self.probes_slow.load(Acquire)),
+                u64::from(inner.probes.done),
+                u64::from(inner.probes.failed),
+                u64::from(inner.probes.slow),
             ),
             _ if self.settings.consecutive_failures.is_some() => {
-                let c = u64::from(self.consecutive.load(Acquire));
+                let c = u64::from(inner.consecutive);
                 (c, c, 0)
             }
             _ => {
-                let second = match self.window {
-                    Window::Time(_) => self.current_second(),
-                    Window::Count(_) => 0,
-                };
-                let r = self.window_rates(second);
+                let r = inner.window.rates(second);
                 (r.calls, r.failed, r.slow)
             }
         };
+        drop(inner);
         let minimum = match state {
             State::HalfOpen => u64::from(self.settings.half_open_calls),
             _ => self.minimum_calls(),
         };
         let rate = |n: u64| {
             (calls >= minimum && calls > 0 && self.settings.consecutive_failures.is_none())
-                .then(|| n as f64 * 100.0 / calls as f64)
+                .then(|| percent(n, calls))
         };
         let retry_after = (state == State::Open).then(|| {
             let until = self.open_until.load(Acquire);
@@ -900,11 +874,16 @@ impl Shared {
             retry_after,
         }
     }
+}
 
-    pub(crate) fn reset(&self) {
-        self.not_permitted.store(0, Relaxed);
-        self.force(State::Closed);
-    }
+/// A uniform number in `[0, 1)` from a xorshift state.
+fn unit(state: &mut u64) -> f64 {
+    let mut x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *state = x;
+    (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

@@ -192,8 +192,8 @@ async fn dropping_at_every_point_frees_the_probe_slot() {
     assert_eq!(layer.handle().state(), State::Closed);
 }
 
-/// The reference: trip when, with at least `min` of the last `size`
-/// outcomes recorded, the failure rate or the slow-call rate (a call is
+/// The reference: trip when, after any call (a success too), with at
+/// least `min` of the last `size` outcomes recorded, the failure rate or the slow-call rate (a call is
 /// slow when it takes strictly longer than `slow_ms`) reaches its threshold.
 fn model_trips(
     outcomes: &[(bool, u64)],
@@ -214,8 +214,7 @@ fn model_trips(
         let failures = window.iter().filter(|o| o.0).count();
         let slows = window.iter().filter(|o| o.1).count();
         let rate = |n: usize| n as f64 * 100.0 / calls as f64;
-        if (*failed || slow)
-            && calls >= min.min(size)
+        if calls >= min.min(size)
             && (rate(failures) >= threshold || rate(slows) >= slow_threshold)
         {
             return Some(i);

@@ -29,9 +29,6 @@ pub struct TimeoutConfig {
     pub timeout: Duration,
     /// Count the wait for readiness against the limit (default `false`).
     pub include_ready: bool,
-    /// Reuse the timers of calls that completed in time (default `true`;
-    /// see [`TimeoutBuilder::reuse_timers`]).
-    pub reuse_timers: bool,
 }
 
 impl Default for TimeoutConfig {
@@ -40,7 +37,6 @@ impl Default for TimeoutConfig {
             name: "timeout".to_owned(),
             timeout: Duration::from_secs(30),
             include_ready: false,
-            reuse_timers: true,
         }
     }
 }
@@ -51,7 +47,6 @@ impl TimeoutConfig {
         TimeoutLayer::builder(self.timeout)
             .name(self.name.clone())
             .include_ready(self.include_ready)
-            .reuse_timers(self.reuse_timers)
     }
 
     /// Validates and builds the layer.

@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use buttress_core::error::{BoxError, Elapsed};
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
+use tokio::time::{sleep_until, Instant, Sleep};
 
 use crate::events::{Phase, TimeoutEvent};
 use crate::layer::Link;
-use crate::timer::Timer;
 
 /// When the timer of one call goes off.
 #[derive(Debug, Clone, Copy)]
@@ -40,9 +39,10 @@ pin_project! {
     ///
     /// The timer is armed only if the inner future is not ready at its
     /// first poll, so a call that completes at once never reads the clock
-    /// nor touches the timer wheel. When the inner future completes in
-    /// time, an armed timer is handed to its thread's pool for the next
-    /// call (see the crate docs, [Timers](crate#timers)).
+    /// nor touches the timer wheel. An armed timer lives inside this
+    /// future (no allocation) and is dropped as soon as the call ends,
+    /// before the response is returned (see the crate docs,
+    /// [Timers](crate#timers)).
     pub struct ResponseFuture<F> {
         #[pin]
         kind: Kind<F>,
@@ -55,10 +55,10 @@ pin_project! {
         Running {
             #[pin]
             inner: F,
-            timer: Option<Timer>,
+            #[pin]
+            sleep: Option<Sleep>,
             arm: Arm,
             link: Link,
-            reuse: bool,
         },
         Elapsed {
             error: Option<Elapsed>,
@@ -67,14 +67,13 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, arm: Arm, link: Link, reuse: bool) -> Self {
+    pub(crate) fn new(inner: F, arm: Arm, link: Link) -> Self {
         Self {
             kind: Kind::Running {
                 inner,
-                timer: None,
+                sleep: None,
                 arm,
                 link,
-                reuse,
             },
         }
     }
@@ -104,27 +103,31 @@ where
         match self.project().kind.project() {
             KindProj::Running {
                 inner,
-                timer,
+                mut sleep,
                 arm,
                 link,
-                reuse,
             } => {
+                // The inner future first: a response it produced is
+                // returned whatever state the timer or its runtime is in.
                 if let Poll::Ready(res) = inner.poll(cx) {
-                    if let Some(timer) = timer.take() {
-                        timer.release();
-                    }
+                    // Deregister now rather than when the future is
+                    // dropped, which may be much later: a finished call
+                    // keeps no timer (and no waker) in the driver.
+                    sleep.set(None);
                     return Poll::Ready(res.map_err(Into::into));
                 }
-                if timer.is_none() {
-                    let deadline = match *arm {
-                        Arm::Lazy(d) => deadline_after(d),
-                        Arm::At(at, _) => at,
+                if sleep.is_none() {
+                    match *arm {
+                        // `sleep` reads the clock once and saturates a
+                        // deadline too far away to represent.
+                        Arm::Lazy(d) => sleep.set(Some(tokio::time::sleep(d))),
+                        Arm::At(at, _) => sleep.set(Some(sleep_until(at))),
                         Arm::Never => return Poll::Pending,
-                    };
-                    *timer = Some(Timer::at(deadline, *reuse));
+                    }
                 }
-                if let Some(timer) = timer {
-                    if timer.poll_elapsed(cx).is_ready() {
+                if let Some(timer) = sleep.as_mut().as_pin_mut() {
+                    if timer.poll(cx).is_ready() {
+                        sleep.set(None);
                         let timeout = arm.timeout();
                         let name = match link {
                             Link::Quiet(name) => Arc::from(*name),
@@ -148,12 +151,4 @@ where
             }
         }
     }
-}
-
-/// `timeout` from now, saturated as `tokio::time::sleep` does: a deadline
-/// too far away to represent becomes about thirty years from now.
-fn deadline_after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }

@@ -26,8 +26,6 @@ pub(crate) struct Shared {
     observed: AtomicBool,
     timeout_nanos: AtomicU64,
     pub(crate) include_ready: bool,
-    /// Whether finished calls hand their timers to the thread's pool.
-    pub(crate) reuse_timers: bool,
     pub(crate) listeners: Listeners<TimeoutEvent>,
     timed_out: AtomicU64,
 }
@@ -113,7 +111,6 @@ impl<P: fmt::Debug> fmt::Debug for TimeoutLayer<P> {
             .field("name", &self.shared.name)
             .field("timeout", &self.shared.timeout())
             .field("include_ready", &self.shared.include_ready)
-            .field("reuse_timers", &self.shared.reuse_timers)
             .field("policy", &self.policy)
             .finish()
     }
@@ -126,7 +123,7 @@ impl TimeoutLayer {
     /// whose future is not ready at its first poll. Use
     /// [`TimeoutLayer::builder`] for a validated, named, observable layer.
     pub fn new(timeout: Duration) -> Self {
-        Self::from_parts(Cow::Borrowed(KIND), timeout, false, true, Listeners::new())
+        Self::from_parts(Cow::Borrowed(KIND), timeout, false, Listeners::new())
     }
 
     /// A builder for a named, validated layer.
@@ -135,7 +132,6 @@ impl TimeoutLayer {
             name: Cow::Borrowed(KIND),
             timeout,
             include_ready: false,
-            reuse_timers: true,
             registry: None,
             listeners: Listeners::new(),
         }
@@ -145,7 +141,6 @@ impl TimeoutLayer {
         name: Cow<'static, str>,
         timeout: Duration,
         include_ready: bool,
-        reuse_timers: bool,
         listeners: Listeners<TimeoutEvent>,
     ) -> Self {
         let static_name = match name {
@@ -159,7 +154,6 @@ impl TimeoutLayer {
                 observed: AtomicBool::new(!listeners.is_empty()),
                 timeout_nanos: AtomicU64::new(to_nanos(timeout)),
                 include_ready,
-                reuse_timers,
                 listeners,
                 timed_out: AtomicU64::new(0),
             }),
@@ -212,7 +206,6 @@ pub struct TimeoutBuilder {
     name: Cow<'static, str>,
     timeout: Duration,
     include_ready: bool,
-    reuse_timers: bool,
     registry: Option<Registry>,
     listeners: Listeners<TimeoutEvent>,
 }
@@ -223,7 +216,6 @@ impl fmt::Debug for TimeoutBuilder {
             .field("name", &self.name)
             .field("timeout", &self.timeout)
             .field("include_ready", &self.include_ready)
-            .field("reuse_timers", &self.reuse_timers)
             .field("listeners", &self.listeners)
             .finish_non_exhaustive()
     }
@@ -259,21 +251,6 @@ impl TimeoutBuilder {
         self
     }
 
-    /// Whether a call that completes in time hands its timer to a pool of
-    /// its thread for the next call to reuse (default `true`; see
-    /// [Timers](crate#timers)).
-    ///
-    /// Turn it off in tests under `tokio::time::pause` that wait for
-    /// something other than a timer (real I/O, another thread) while
-    /// something reads the clock: an idle paused runtime advances its clock
-    /// to the next deadline, and a pooled timer's deadline counts. Without
-    /// reuse, each call that arms a timer allocates it and drops it when
-    /// the call ends, as `tower::timeout` does.
-    pub fn reuse_timers(mut self, yes: bool) -> Self {
-        self.reuse_timers = yes;
-        self
-    }
-
     /// Registers the layer in `registry` under its name.
     pub fn registry(mut self, registry: &Registry) -> Self {
         self.registry = Some(registry.clone());
@@ -298,13 +275,8 @@ impl TimeoutBuilder {
                 "must be greater than zero",
             ));
         }
-        let layer = TimeoutLayer::from_parts(
-            self.name,
-            self.timeout,
-            self.include_ready,
-            self.reuse_timers,
-            self.listeners,
-        );
+        let layer =
+            TimeoutLayer::from_parts(self.name, self.timeout, self.include_ready, self.listeners);
         if let Some(registry) = &self.registry {
             registry
                 .register(layer.handle())

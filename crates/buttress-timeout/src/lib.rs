@@ -6,9 +6,9 @@
 //! - the timer is armed only when the inner future is not ready at its first
 //!   poll: a call that completes at once reads no clock and allocates
 //!   nothing;
-//! - a call that is pending reuses a timer that a completed call on the
-//!   same thread handed back, so it pays neither a timer-wheel insertion
-//!   nor a removal (see [Timers](#timers));
+//! - a call that is pending arms a timer inside its response future (no
+//!   allocation) and drops it the moment the call ends (see
+//!   [Timers](#timers));
 //! - per-request limits for HTTP and gRPC ([`TimeoutLayer::for_http`]): a
 //!   [`TimeoutOverride`](buttress_core::deadline::TimeoutOverride)
 //!   extension, the `grpc-timeout` header (strictly parsed; a malformed
@@ -51,50 +51,27 @@
 //!
 //! # Timers
 //!
-//! A fresh `tokio::time::Sleep` per call costs an insertion into the time
-//! driver's wheel and a removal, each under the driver's lock, and two
-//! clones of the runtime handle. Most calls that arm a timer complete long
-//! before it would fire, so a call that completes in time hands its boxed
-//! timer to a small pool of the thread it completes on (at most 64 per
-//! thread, shared by the layers of that thread), still registered. The
-//! next call on that thread that needs a timer resets it. When the new
-//! deadline is later than the pooled one, the usual case with one limit,
-//! tokio moves it with one compare-and-swap, with no lock and no wheel
-//! operation; the driver moves the timer once, under its lock, when the old
-//! deadline comes due. An earlier deadline (a shorter limit, a per-request
-//! deadline) re-registers the timer under the lock, as a new one would be.
-//! Under steady load, once a thread has pooled as many timers as it has
-//! calls pending at once, its calls allocate nothing; a call allocates a
-//! timer when its thread's pool is empty (at first, after timeouts, after
-//! an idle spell longer than the limit, or when work-stealing moved
-//! timers to other threads).
-//!
-//! What this means for you:
-//! - A pooled timer keeps no waker: it is polled once with a no-op waker
-//!   before it enters the pool, so if its old deadline passes there, it
-//!   wakes no task, and no finished task is kept alive by it. The driver
-//!   itself still wakes up at that deadline (at most 64 times per thread
-//!   per idle spell).
-//! - A timer that fired, or whose call was dropped before completing, is
-//!   dropped, never pooled.
-//! - A pool holds timers of one runtime, the one current when they were
-//!   made; it is emptied when the thread arms a timer, through a layer
-//!   that reuses timers, in another runtime. A pooled timer that has fired
-//!   (its runtime's shutdown fires them all) is dropped when found, never
-//!   reset. A dropped runtime's pooled timers keep its driver, file
-//!   descriptors included, until the thread arms such a timer again or
-//!   exits.
-//! - Under `tokio::time::pause`, an idle runtime advances its clock to the
-//!   next timer's deadline, and a pooled timer's deadline counts: while a
-//!   test waits for something other than a timer (real I/O, another
-//!   thread), whatever reads the clock may see it jump. Turn reuse off with
-//!   [`TimeoutBuilder::reuse_timers`] there.
-//! - Tokio panics when a timer is polled while its runtime's driver is
-//!   shutting down. The poll that lets go of the waker is such a poll: a
-//!   call that completes on a thread outside its runtime's workers (through
-//!   `Handle::block_on`) during that runtime's shutdown meets the same
-//!   panic a pending call polled at that moment meets with any tokio
-//!   timer.
+//! - A call whose inner future is ready at its first poll arms no timer:
+//!   it reads no clock, touches no timer wheel and allocates nothing.
+//! - Otherwise, at the first poll that finds the inner future pending, the
+//!   response future reads the clock once and arms a `tokio::time::Sleep`
+//!   that it holds inline, as `tower::timeout` does: no heap allocation,
+//!   one insertion into the runtime's timer wheel under the time driver's
+//!   lock, and one removal when the timer is dropped. A deadline known in
+//!   advance (per-request deadlines, the readiness budget) is used as is.
+//! - The timer belongs to its call alone and never outlives it: when the
+//!   call ends (response, error or timeout) the timer is dropped before
+//!   the result is returned, and a dropped call drops its timer. So a
+//!   finished call leaves nothing in the driver: under
+//!   `tokio::time::pause` an idle runtime does not advance its clock to a
+//!   finished call's deadline, and no timer keeps a dropped runtime's
+//!   driver (or its file descriptors) alive.
+//! - Each poll polls the inner future before the timer, so a response
+//!   that the inner service produced is returned whatever state the timer
+//!   or its runtime is in, shutdown included. Polling a call that is still
+//!   pending after its runtime's driver has shut down (from a thread
+//!   outside the runtime, through `Handle::block_on`) meets tokio's
+//!   shutdown panic, as any tokio timer (`tower::timeout` included) does.
 
 #![forbid(unsafe_code)]
 
@@ -105,7 +82,6 @@ pub mod future;
 mod layer;
 mod policy;
 mod service;
-mod timer;
 
 pub use config::TimeoutConfig;
 pub use events::{Phase, TimeoutEvent};

@@ -167,11 +167,6 @@ where
                 }
             }
         };
-        ResponseFuture::new(
-            self.inner.call(req),
-            arm,
-            self.shared.link(),
-            self.shared.reuse_timers,
-        )
+        ResponseFuture::new(self.inner.call(req), arm, self.shared.link())
     }
 }

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,16 +18,6 @@ use tower_test::mock;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-/// A current-thread runtime with its clock paused, for tests that build
-/// runtimes of their own.
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap()
 }
 
 fn sleeper() -> impl Service<
@@ -385,19 +376,15 @@ async fn owned_names_are_reported() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn timers_reused_across_calls_still_fire_on_time() {
-    // Each call below that is pending arms a timer; the ones that finish
-    // hand it back for the next call, so later calls run on reset timers.
+async fn successive_calls_each_time_out_at_their_own_limit() {
     let long = TimeoutLayer::new(ms(500)).layer(sleeper());
     let short = TimeoutLayer::new(ms(20)).layer(sleeper());
     for round in 0..5 {
         assert_eq!(long.clone().oneshot(10).await.unwrap(), 10, "{round}");
-        // A shorter limit than the timer it reuses: re-registered earlier.
         let start = Instant::now();
         let err = short.clone().oneshot(1_000).await.unwrap_err();
         assert!(err.is::<Elapsed>());
         assert_eq!(start.elapsed(), ms(20), "round {round}");
-        // A longer one after a fired timer.
         let start = Instant::now();
         let err = long.clone().oneshot(1_000).await.unwrap_err();
         assert!(err.is::<Elapsed>());
@@ -405,26 +392,10 @@ async fn timers_reused_across_calls_still_fire_on_time() {
     }
 }
 
-#[test]
-fn each_runtime_on_a_thread_gets_timers_of_its_own() {
-    let svc = TimeoutLayer::new(ms(30)).layer(sleeper());
-    for _ in 0..3 {
-        // A timer of this runtime is left in the thread's pool when the
-        // runtime is dropped; the next runtime must not use it.
-        let rt = paused_runtime();
-        rt.block_on(async {
-            assert_eq!(svc.clone().oneshot(1).await.unwrap(), 1);
-            let start = Instant::now();
-            assert!(svc.clone().oneshot(1_000).await.is_err());
-            assert_eq!(start.elapsed(), ms(30));
-        });
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_on_many_threads_either_complete_or_time_out() {
-    // Real time: futures move between the two workers, so timers are taken
-    // from one thread's pool and handed back to another's.
+    // Real time: futures move between the two workers, and their timers
+    // with them.
     let svc = TimeoutLayer::new(ms(50)).layer(sleeper());
     let calls: Vec<_> = (0..400u64)
         .map(|i| {
@@ -451,68 +422,218 @@ async fn calls_on_many_threads_either_complete_or_time_out() {
         .expect("every call ends within the bound");
 }
 
+/// A future that is pending once (waking its task at once, keeping no
+/// waker) and then ready with `value`.
+struct PendingOnce {
+    value: u64,
+    polled: bool,
+}
+
+impl Future for PendingOnce {
+    type Output = Result<u64, std::convert::Infallible>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if std::mem::replace(&mut self.polled, true) {
+            Poll::Ready(Ok(self.value))
+        } else {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
+
+fn pending_once(
+) -> impl Service<u64, Response = u64, Error = std::convert::Infallible, Future = PendingOnce> + Clone
+{
+    service_fn(|value: u64| PendingOnce {
+        value,
+        polled: false,
+    })
+}
+
+/// Counts the clones of a waker that are alive (`Arc::strong_count`).
+struct CountedWaker;
+
+impl std::task::Wake for CountedWaker {
+    fn wake(self: Arc<Self>) {}
+}
+
 #[tokio::test(start_paused = true)]
-async fn without_timer_reuse_a_paused_clock_stays_put_while_waiting_on_a_thread() {
-    let layer = TimeoutLayer::builder(Duration::from_secs(10))
-        .reuse_timers(false)
-        .build()
-        .unwrap();
-    let svc = layer.layer(sleeper());
-    assert_eq!(svc.oneshot(1).await.unwrap(), 1);
-    // Nothing else is pending on the runtime: no timer is left behind for
-    // the paused clock to advance to while the runtime waits.
+async fn a_finished_call_keeps_no_timer_nor_waker_while_its_future_is_kept() {
+    let counted = Arc::new(CountedWaker);
+    let waker = std::task::Waker::from(counted.clone());
+    let mut cx = Context::from_waker(&waker);
+    let alive = || Arc::strong_count(&counted) - 1;
+
+    // Completed after one pending poll: the timer was armed then.
+    let mut svc = TimeoutLayer::new(ms(100)).layer(pending_once());
+    let mut call = std::pin::pin!(svc.call(7));
+    assert!(call.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(alive(), 2, "the armed timer holds a clone of the waker");
+    assert!(matches!(call.as_mut().poll(&mut cx), Poll::Ready(Ok(7))));
+    assert_eq!(alive(), 1, "the finished call's timer is gone");
+    drop(waker);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_clock_stays_put_while_waiting_on_a_thread_after_calls_ended() {
+    let svc = TimeoutLayer::new(Duration::from_secs(10)).layer(sleeper());
+    // A call that completed after being pending, one that timed out, one
+    // that was dropped while pending, and one with a known deadline.
+    assert_eq!(svc.clone().oneshot(1).await.unwrap(), 1);
+    let short = TimeoutLayer::new(ms(5)).layer(sleeper());
+    assert!(short.oneshot(1_000).await.is_err());
+    let mut dropped = task::spawn(svc.clone().oneshot(1_000));
+    assert_pending!(dropped.poll());
+    drop(dropped);
+    let http = TimeoutLayer::new(Duration::from_secs(10))
+        .for_http()
+        .layer(service_fn(|req: http::Request<u64>| async move {
+            time::sleep(ms(*req.body())).await;
+            Ok::<_, std::convert::Infallible>(())
+        }));
+    let mut req = http::Request::new(1);
+    req.extensions_mut()
+        .insert(Deadline(Instant::now() + Duration::from_secs(20)));
+    http.oneshot(req).await.unwrap();
+    // A call that completed after being pending, its future kept.
+    let mut kept_svc = TimeoutLayer::new(Duration::from_secs(10)).layer(pending_once());
+    let mut kept = task::spawn(kept_svc.ready().await.unwrap().call(3));
+    assert_pending!(kept.poll());
+    assert_eq!(assert_ready!(kept.poll()).unwrap(), 3);
+
+    // Nothing is left for the idle paused runtime to advance its clock to
+    // while it waits for another thread. (Not `spawn_blocking`: tokio does
+    // not auto-advance while a blocking task runs.)
+    let start = Instant::now();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::spawn(move || {
         std::thread::sleep(ms(20));
         tx.send(()).unwrap();
     });
-    let start = Instant::now();
     rx.await.unwrap();
     assert_eq!(start.elapsed(), Duration::ZERO);
     thread.join().unwrap();
+    drop(kept);
+}
+
+/// An inner service whose call waits for its request, a signal: pending
+/// (so the timeout arms its timer) until the signal fires. `started`
+/// counts first polls, `produced` the responses it produced.
+fn on_signal(
+    started: Arc<AtomicUsize>,
+    produced: Arc<AtomicUsize>,
+) -> impl Service<
+    tokio::sync::oneshot::Receiver<u64>,
+    Response = u64,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<u64, std::convert::Infallible>> + Send,
+> + Clone {
+    service_fn(move |signal: tokio::sync::oneshot::Receiver<u64>| {
+        let started = started.clone();
+        let produced = produced.clone();
+        async move {
+            started.fetch_add(1, Ordering::SeqCst);
+            let value = signal.await.expect("every signal is sent");
+            produced.fetch_add(1, Ordering::SeqCst);
+            Ok(value)
+        }
+    })
+}
+
+/// The output of a future that must already be complete.
+fn completed<F: Future>(fut: F) -> F::Output {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match pin!(fut).poll(&mut cx) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("not complete"),
+    }
 }
 
 #[test]
-fn timer_reuse_is_configurable() {
-    let config: TimeoutConfig =
-        serde_json::from_str(r#"{"timeout":"1s","reuse_timers":false}"#).unwrap();
-    assert!(!config.reuse_timers);
-    assert!(TimeoutConfig::default().reuse_timers);
-    assert!(format!("{:?}", config.build().unwrap()).contains("reuse_timers: false"));
-}
-
-#[test]
-fn a_runtime_dropped_with_calls_in_flight_and_timers_pooled_never_panics() {
-    let svc = TimeoutLayer::new(ms(200)).layer(sleeper());
-    for round in 0..3 {
+fn a_runtime_dropped_as_calls_complete_never_panics_nor_loses_a_response() {
+    const ROUNDS: usize = 100;
+    const SPAWNED: usize = 8;
+    const DRIVEN: usize = 2;
+    let quick = TimeoutLayer::new(Duration::from_secs(60)).layer(sleeper());
+    for round in 0..ROUNDS {
+        let started = Arc::new(AtomicUsize::new(0));
+        let produced = Arc::new(AtomicUsize::new(0));
+        let svc = TimeoutLayer::new(Duration::from_secs(60))
+            .layer(on_signal(started.clone(), produced.clone()));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_time()
             .build()
             .unwrap();
-        // Calls that complete (pooling their timers on the workers), and
-        // calls still pending when the runtime goes away.
-        let done: Vec<_> = (0..50u64)
-            .map(|i| rt.spawn(svc.clone().oneshot(i % 3)))
+        let mut signals = Vec::new();
+        let mut signal = || {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            signals.push(tx);
+            rx
+        };
+        // Calls on the workers, pending until their signal fires right
+        // before the runtime is dropped.
+        let spawned: Vec<_> = (0..SPAWNED)
+            .map(|_| rt.spawn(svc.clone().oneshot(signal())))
             .collect();
-        let pending: Vec<_> = (0..50)
-            .map(|_| rt.spawn(svc.clone().oneshot(100_000)))
+        // Calls on threads of their own, through `Handle::block_on`: they
+        // complete when their signal fires, possibly while the runtime
+        // shuts down.
+        let driven: Vec<_> = (0..DRIVEN)
+            .map(|_| {
+                let call = svc.clone().oneshot(signal());
+                let handle = rt.handle().clone();
+                std::thread::spawn(move || handle.block_on(call))
+            })
+            .collect();
+        // Calls that complete, and calls still pending at the drop.
+        let done: Vec<_> = (0..8u64)
+            .map(|i| rt.spawn(quick.clone().oneshot(i % 3)))
+            .collect();
+        let pending: Vec<_> = (0..8)
+            .map(|_| rt.spawn(quick.clone().oneshot(100_000)))
             .collect();
         rt.block_on(async {
             for call in done {
                 assert!(call.await.unwrap().is_ok(), "round {round}");
             }
         });
-        // The main thread armed timers too, through `block_on`.
-        rt.block_on(async { svc.clone().oneshot(1).await.unwrap() });
+        // Every signalled call has been polled and found pending.
+        while started.load(Ordering::SeqCst) < SPAWNED + DRIVEN {
+            std::thread::yield_now();
+        }
+
+        for (i, signal) in signals.into_iter().enumerate() {
+            signal.send(i as u64).unwrap();
+        }
         drop(rt);
-        drop(pending);
+
+        let mut delivered = 0;
+        for (i, call) in driven.into_iter().enumerate() {
+            let res = call.join().expect("a call driven by block_on never panics");
+            assert_eq!(res.unwrap(), (SPAWNED + i) as u64, "round {round}");
+            delivered += 1;
+        }
+        for (i, call) in spawned.into_iter().enumerate() {
+            match completed(call) {
+                Ok(res) => {
+                    assert_eq!(res.unwrap(), i as u64, "round {round}");
+                    delivered += 1;
+                }
+                // Shut down before its task ran again: the inner future
+                // never produced its response.
+                Err(e) => assert!(e.is_cancelled(), "round {round}: {e}"),
+            }
+        }
+        for call in pending {
+            let e = completed(call).unwrap_err();
+            assert!(e.is_cancelled(), "round {round}: {e}");
+        }
+        assert_eq!(
+            produced.load(Ordering::SeqCst),
+            delivered,
+            "round {round}: every response the inner service produced was delivered"
+        );
     }
-    // A later runtime on this thread still times out on time.
-    let rt = paused_runtime();
-    rt.block_on(async {
-        let start = Instant::now();
-        assert!(svc.clone().oneshot(1_000).await.is_err());
-        assert_eq!(start.elapsed(), ms(200));
-    });
 }

@@ -23,8 +23,8 @@ fn buttress_layers_make_no_heap_allocation_per_call() {
     let mut failures = Vec::new();
     let mut cases = cases::cases();
     // Warm up: lazily initialised runtime structures (timer wheel levels,
-    // thread-locals, the time window's clock ticker, run once, the first
-    // timer of the timeout's per-thread pool) are not per-call costs.
+    // thread-locals, the time window's clock ticker, run once) are not
+    // per-call costs.
     for case in &mut cases {
         for _ in 0..16 {
             case.run();

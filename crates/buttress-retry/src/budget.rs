@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use buttress_core::ConfigError;
@@ -13,11 +13,14 @@ use tokio::time::Instant;
 /// allow exactly 333 retries, never 334 (tower's `TpsBudget` rounds a float
 /// and over-allocates, tower #857).
 const ONE_RETRY: i64 = 1_000_000;
+/// The window is ten slots of a tenth of the ttl each.
 const SLOTS: usize = 10;
-/// Deposits are counted with one atomic add and moved into the window in
-/// batches of at most this many (or at the next withdrawal or read), so
-/// that most requests neither take the lock nor read the clock.
-const BATCH: u64 = 32;
+/// A deposit word keeps its slot number in the high half and the count of
+/// deposits made in that slot in the low half, so that a deposit is one
+/// atomic add (a slot of at least 100 ms would need 2^32 deposits, 43
+/// billion a second, to overflow into the slot number).
+const COUNT_BITS: u32 = 32;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 
 /// A budget of retries shared by any number of retry layers: each request
 /// deposits `percent` % of a retry, each retry withdraws one, and what is
@@ -28,11 +31,26 @@ const BATCH: u64 = 32;
 /// budget is spent, a retry layer returns the last result without retrying
 /// (and says so with an event).
 ///
-/// A deposit is one atomic add. Deposits are moved into the window in
-/// batches of at most 32 (or at the next withdrawal or read), each batch in
-/// the slot of its first deposit: a deposit may expire up to one batch
-/// early, never late, so the budget errs on the side of fewer retries.
-/// Withdrawals, rare by nature, take a short lock and read the clock.
+/// # Exactness
+///
+/// Time is cut into slots of a tenth of `ttl`, and every deposit and every
+/// withdrawal is counted in the slot of its own time; the window is the
+/// current slot and the nine before it. So a deposit or withdrawal made at
+/// `t` counts until the end of the slot holding `t + ttl` begins: at least
+/// `ttl - ttl / 10`, never longer than `ttl`. Expiry errs toward fewer
+/// retries, by less than one slot, and never drops a deposit that is still
+/// in the window.
+///
+/// A deposit is one atomic add on the word of its own slot (and a clock
+/// read); nothing is batched or kept per thread. [`try_withdraw`],
+/// [`available`] and [`snapshot`] take a short lock and read every slot, so
+/// they see every deposit and withdrawal that completed before they began;
+/// a snapshot taken when no deposit is in flight counts every deposit
+/// made. Withdrawals, rare by nature, take the lock.
+///
+/// [`try_withdraw`]: RetryBudget::try_withdraw
+/// [`available`]: RetryBudget::available
+/// [`snapshot`]: RetryBudget::snapshot
 ///
 /// The defaults are Finagle's: 20 % of requests, a floor of 10 retries per
 /// second, deposits expiring after 10 s. Clones share one budget, so one
@@ -73,25 +91,29 @@ struct Inner {
     reserve: i64,
     slot_nanos: u64,
     base: Instant,
-    window: Mutex<Window>,
-    /// Deposits not yet in the window.
-    pending: AtomicU64,
-    /// When the first of the pending deposits was made, in nanoseconds
-    /// since `base`.
-    batch_start: AtomicU64,
+    /// One word per slot: the slot number (wrapping at 2^32, which takes
+    /// over 13 years of 100 ms slots) and the deposits made in it.
+    deposits: [AtomicU64; SLOTS],
+    /// Deposits of words that moved on to a later slot number.
+    retired: AtomicU64,
+    window: Mutex<Withdrawn>,
     withdrawals: AtomicU64,
     refusals: AtomicU64,
 }
 
-/// One slot per tenth of the ttl: what was deposited minus what was
-/// withdrawn in it.
-struct Window {
-    slots: [i64; SLOTS],
-    /// Deposits moved into the window since the budget was made.
-    deposited: u64,
-    /// The slot number (time since `base` divided by the slot length) that
-    /// `slots[epoch % SLOTS]` holds.
-    epoch: u64,
+/// The withdrawals of each slot of the window.
+struct Withdrawn {
+    slots: [u64; SLOTS],
+    /// The latest slot number seen: `slots[now % SLOTS]` holds its
+    /// withdrawals.
+    now: u64,
+}
+
+/// A retry taken from a budget, which [`RetryBudget::refund`] gives back
+/// to the slot it was taken from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Withdrawal {
+    slot: u64,
 }
 
 impl fmt::Debug for RetryBudget {
@@ -128,42 +150,53 @@ impl RetryBudget {
         }
     }
 
-    /// Records one request: adds `percent` % of a retry to the budget.
+    /// Records one request: adds `percent` % of a retry to the budget, in
+    /// the slot of the current time.
     #[inline]
     pub fn deposit(&self) {
         let inner = &*self.inner;
-        let before = inner.pending.fetch_add(1, Ordering::AcqRel);
-        if before == 0 {
-            inner.start_batch();
-        } else if before + 1 >= BATCH {
-            drop(inner.lock_at(Instant::now()));
+        let slot = inner.slot_at(Instant::now());
+        let word = &inner.deposits[index(slot)];
+        let before = word.fetch_add(1, Ordering::AcqRel);
+        if stamp_of(before) != stamp(slot) {
+            inner.deposit_slow(word, slot, before);
         }
     }
 
     /// Takes one retry from the budget; `false` (and nothing taken) when it
     /// is spent.
     pub fn try_withdraw(&self) -> bool {
+        self.withdraw().is_some()
+    }
+
+    /// Takes one retry from the budget, saying from which slot; `None` when
+    /// it is spent.
+    pub(crate) fn withdraw(&self) -> Option<Withdrawal> {
         let inner = &*self.inner;
         let mut w = inner.lock_at(Instant::now());
-        if inner.reserve + w.slots.iter().sum::<i64>() >= ONE_RETRY {
-            let i = w.index();
-            w.slots[i] -= ONE_RETRY;
+        if inner.balance(&w) >= i128::from(ONE_RETRY) {
+            let slot = w.now;
+            w.slots[index(slot)] += 1;
             drop(w);
             inner.withdrawals.fetch_add(1, Ordering::Relaxed);
-            true
+            Some(Withdrawal { slot })
         } else {
             drop(w);
             inner.refusals.fetch_add(1, Ordering::Relaxed);
-            false
+            None
         }
     }
 
-    /// Gives back a retry that was withdrawn and not made.
-    pub(crate) fn refund(&self) {
+    /// Gives back a retry that was withdrawn and not made, as if it had
+    /// never been taken: from the slot it was taken from, if that slot is
+    /// still in the window.
+    pub(crate) fn refund(&self, withdrawal: Withdrawal) {
         let inner = &*self.inner;
         let mut w = inner.lock_at(Instant::now());
-        let i = w.index();
-        w.slots[i] += ONE_RETRY;
+        if withdrawal.slot + SLOTS as u64 > w.now {
+            let taken = &mut w.slots[index(withdrawal.slot)];
+            *taken = taken.saturating_sub(1);
+        }
         drop(w);
         inner.withdrawals.fetch_sub(1, Ordering::Relaxed);
     }
@@ -172,17 +205,23 @@ impl RetryBudget {
     pub fn available(&self) -> u64 {
         let inner = &*self.inner;
         let w = inner.lock_at(Instant::now());
-        let balance = inner.reserve + w.slots.iter().sum::<i64>();
-        u64::try_from(balance / ONE_RETRY).unwrap_or(0)
+        let balance = inner.balance(&w);
+        drop(w);
+        u64::try_from(balance / i128::from(ONE_RETRY)).unwrap_or(0)
     }
 
     /// The current state.
     pub fn snapshot(&self) -> BudgetSnapshot {
+        let inner = &*self.inner;
+        let w = inner.lock_at(Instant::now());
+        let available = u64::try_from(inner.balance(&w) / i128::from(ONE_RETRY)).unwrap_or(0);
+        let deposits = inner.deposits();
+        drop(w);
         BudgetSnapshot {
-            available: self.available(),
-            deposits: self.inner.deposits(),
-            withdrawals: self.inner.withdrawals.load(Ordering::Relaxed),
-            refusals: self.inner.refusals.load(Ordering::Relaxed),
+            available,
+            deposits,
+            withdrawals: inner.withdrawals.load(Ordering::Relaxed),
+            refusals: inner.refusals.load(Ordering::Relaxed),
         }
     }
 
@@ -202,60 +241,122 @@ impl RetryBudget {
     }
 }
 
+/// Where slot number `slot` lives in the window.
+#[inline]
+fn index(slot: u64) -> usize {
+    (slot % SLOTS as u64) as usize
+}
+
+/// The slot number as kept in a deposit word.
+#[inline]
+fn stamp(slot: u64) -> u32 {
+    slot as u32
+}
+
+#[inline]
+fn stamp_of(word: u64) -> u32 {
+    (word >> COUNT_BITS) as u32
+}
+
+#[inline]
+fn count_of(word: u64) -> u64 {
+    word & COUNT_MASK
+}
+
+/// How many slots `then` lies before `now` (negative: after), for slot
+/// numbers less than 2^31 apart.
+#[inline]
+fn age(now: u32, then: u32) -> i64 {
+    i64::from(now.wrapping_sub(then) as i32)
+}
+
 impl Inner {
-    fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    /// The slot number of `at`: time since `base` in slots.
+    #[inline]
+    fn slot_at(&self, at: Instant) -> u64 {
+        let nanos =
+            u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
+        nanos / self.slot_nanos
     }
 
-    /// Notes when the first deposit of a new batch was made.
+    /// A deposit whose add landed in a word that another slot number holds.
+    ///
+    /// A word holding a later slot number (this thread read the clock
+    /// before another thread that has already moved the word on) keeps
+    /// the deposit: it was made no earlier than that slot began. A word
+    /// holding an earlier, expired slot number is moved on to this one, its
+    /// old deposits (less this one) going to `retired`; if another deposit
+    /// moved it on first, that one retired this add too, so it is taken
+    /// back from `retired` and made again.
     #[cold]
-    fn start_batch(&self) {
-        self.batch_start
-            .store(self.nanos(Instant::now()), Ordering::Release);
+    #[inline(never)]
+    fn deposit_slow(&self, word: &AtomicU64, slot: u64, before: u64) {
+        let ours = stamp(slot);
+        if age(ours, stamp_of(before)) < 0 {
+            return;
+        }
+        let mut current = word.load(Ordering::Acquire);
+        loop {
+            if age(ours, stamp_of(current)) <= 0 {
+                self.retired.fetch_sub(1, Ordering::AcqRel);
+                word.fetch_add(1, Ordering::AcqRel);
+                return;
+            }
+            let fresh = (u64::from(ours) << COUNT_BITS) | 1;
+            match word.compare_exchange_weak(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(old) => {
+                    self.retired.fetch_add(count_of(old) - 1, Ordering::AcqRel);
+                    return;
+                }
+                Err(now) => current = now,
+            }
+        }
     }
 
-    /// Deposits since the budget was made.
+    /// Deposits since the budget was made: exact when no deposit is in
+    /// flight.
     fn deposits(&self) -> u64 {
-        let w = self.window.lock().unwrap_or_else(|e| e.into_inner());
-        w.deposited + self.pending.load(Ordering::Acquire)
+        let live: u64 = self
+            .deposits
+            .iter()
+            .map(|word| count_of(word.load(Ordering::Acquire)))
+            .sum();
+        self.retired.load(Ordering::Acquire).wrapping_add(live)
     }
 
-    /// The window at `now`: the slots that expired cleared and the pending
-    /// deposits moved in.
-    fn lock_at(&self, now: Instant) -> std::sync::MutexGuard<'_, Window> {
+    /// Reserve plus live deposits less live withdrawals, in millionths of
+    /// a retry, at the slot `w.now`.
+    fn balance(&self, w: &Withdrawn) -> i128 {
+        let now = stamp(w.now);
+        let deposited: u64 = self
+            .deposits
+            .iter()
+            .map(|word| word.load(Ordering::Acquire))
+            .filter(|&word| age(now, stamp_of(word)) < SLOTS as i64)
+            .map(count_of)
+            .sum();
+        let withdrawn: u64 = w.slots.iter().sum();
+        i128::from(self.reserve) + i128::from(deposited) * i128::from(self.deposit)
+            - i128::from(withdrawn) * i128::from(ONE_RETRY)
+    }
+
+    /// The withdrawals at `now`, the slots that expired cleared.
+    fn lock_at(&self, now: Instant) -> MutexGuard<'_, Withdrawn> {
+        let slot = self.slot_at(now);
         // Every update is a plain integer write: a panic elsewhere cannot
         // leave the window half-updated.
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
-        let epoch = self.nanos(now) / self.slot_nanos;
-        if epoch > w.epoch {
-            let stale = (epoch - w.epoch).min(SLOTS as u64);
+        // A thread that read the clock before another took the lock keeps
+        // the later slot: the window never moves back.
+        if slot > w.now {
+            let stale = (slot - w.now).min(SLOTS as u64);
             for k in 1..=stale {
-                let i = ((w.epoch + k) % SLOTS as u64) as usize;
+                let i = index(w.now + k);
                 w.slots[i] = 0;
             }
-            w.epoch = epoch;
-        }
-        let batch = self.pending.swap(0, Ordering::AcqRel);
-        if batch > 0 {
-            w.deposited += batch;
-            // The batch counts from its first deposit; a batch that began
-            // a whole ttl ago has expired already.
-            let first = (self.batch_start.load(Ordering::Acquire) / self.slot_nanos).min(w.epoch);
-            if first + SLOTS as u64 > w.epoch {
-                let amount = i64::try_from(batch)
-                    .unwrap_or(i64::MAX)
-                    .saturating_mul(self.deposit);
-                let i = (first % SLOTS as u64) as usize;
-                w.slots[i] = w.slots[i].saturating_add(amount);
-            }
+            w.now = slot;
         }
         w
-    }
-}
-
-impl Window {
-    fn index(&self) -> usize {
-        (self.epoch % SLOTS as u64) as usize
     }
 }
 
@@ -320,13 +421,12 @@ impl RetryBudgetBuilder {
                 reserve,
                 slot_nanos,
                 base: Instant::now(),
-                window: Mutex::new(Window {
+                deposits: std::array::from_fn(|_| AtomicU64::new(0)),
+                retired: AtomicU64::new(0),
+                window: Mutex::new(Withdrawn {
                     slots: [0; SLOTS],
-                    deposited: 0,
-                    epoch: 0,
+                    now: 0,
                 }),
-                pending: AtomicU64::new(0),
-                batch_start: AtomicU64::new(0),
                 withdrawals: AtomicU64::new(0),
                 refusals: AtomicU64::new(0),
             }),
@@ -424,29 +524,58 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn batched_deposits_expire_from_their_first_never_late() {
+    async fn deposits_count_in_the_slot_of_their_own_time() {
         let b = budget(50.0, 0);
         for _ in 0..20 {
             b.deposit();
         }
         tokio::time::advance(Duration::from_secs(5)).await;
-        // The 32nd deposit moves the first batch in, at the slot of its
-        // first deposit (t = 0); the next 8 start a batch at t = 5 s.
         for _ in 0..20 {
             b.deposit();
         }
         assert_eq!(b.available(), 20);
         assert_eq!(b.snapshot().deposits, 40);
-        // At t = 10 s the first batch expires, the 12 deposits of t = 5 s
-        // in it too: early, never late.
+        // At t = 10 s the deposits of t = 0 expire, those of t = 5 s stay.
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(b.available(), 4);
+        assert_eq!(b.available(), 10);
+        tokio::time::advance(Duration::from_millis(4_999)).await;
+        assert_eq!(b.available(), 10, "still in the window at 14.999 s");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(b.available(), 0);
+        assert_eq!(b.snapshot().deposits, 40);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refund_undoes_the_withdrawal_in_its_own_slot() {
+        let b = budget(100.0, 0);
+        b.deposit();
+        b.deposit();
+        let taken = b.withdraw().expect("two retries deposited");
+        assert_eq!(b.available(), 1);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        b.refund(taken);
+        assert_eq!(b.available(), 2);
+        assert_eq!(b.snapshot().withdrawals, 0);
+        // Deposits and the refunded withdrawal were all of t = 0: at 10 s
+        // nothing is left (a refund counted at 5 s would leave a retry).
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(b.available(), 0);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_batch_older_than_the_ttl_adds_nothing() {
+    async fn a_refund_after_its_slot_expired_changes_only_the_count() {
+        let b = budget(100.0, 0);
+        b.deposit();
+        let taken = b.withdraw().expect("one retry deposited");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        b.deposit();
+        b.refund(taken);
+        assert_eq!(b.available(), 1);
+        assert_eq!(b.snapshot().withdrawals, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deposits_older_than_the_ttl_add_nothing() {
         let b = budget(100.0, 0);
         for _ in 0..5 {
             b.deposit();

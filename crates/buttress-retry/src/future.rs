@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use crate::backoff::draw;
 use crate::events::{Cause, NotRetried, RetryEvent};
-use crate::layer::{Link, Settings};
+use crate::layer::{Allowed, Link, Settings};
 use crate::policy::{is_connect_error, is_local_rejection, RetryPolicy, Verdict};
 use crate::request::Replay;
 
@@ -75,6 +75,9 @@ struct Retrying<Q, T> {
     /// The delay before the attempt in flight (decorrelated jitter grows
     /// from it).
     previous_delay: Duration,
+    /// The retry taken from the budget for the next attempt, given back if
+    /// that attempt is never made.
+    allowed: Option<Allowed>,
 }
 
 /// What to do after an attempt.
@@ -270,20 +273,22 @@ where
     };
     // The budget is charged before the body is replayed: a refused retry
     // must not take the body from the attempt in flight for nothing.
-    if !ctx.link.withdraw() {
+    let Some(allowed) = ctx.link.withdraw() else {
         ctx.link
             .emit(|name| RetryEvent::BudgetExhausted { name, attempts });
         return ctx.give_up(result, None);
-    }
+    };
     let retry = ctx.retry.get_or_insert_with(|| {
         Box::new(Retrying {
             next: None,
             last: None,
             cause,
             previous_delay: Duration::ZERO,
+            allowed: None,
         })
     });
     retry.cause = cause;
+    retry.allowed = Some(allowed);
     match keep.next(cause) {
         Ok(next) => retry.next = Some(next),
         // Still held by the previous attempt (hyper may hold a request body
@@ -291,7 +296,7 @@ where
         // the result in case it never comes free.
         Err(NotRetried::BodyInUse) => retry.last = Some(result),
         Err(reason) => {
-            ctx.link.refund();
+            ctx.link.refund(allowed);
             return ctx.give_up(result, Some(reason));
         }
     }
@@ -355,7 +360,9 @@ where
                 Ok(())
             }
             (Err(reason), Some(last)) => {
-                self.link.refund();
+                if let Some(allowed) = retry.allowed.take() {
+                    self.link.refund(allowed);
+                }
                 match self.give_up(last, Some(reason)) {
                     Step::Return(result) => Err(result),
                     Step::Retry(_) => unreachable!("give_up always returns"),

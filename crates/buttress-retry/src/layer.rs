@@ -9,7 +9,7 @@ use buttress_core::{ConfigError, Listener, Listeners, Registry};
 use tower_layer::Layer;
 
 use crate::backoff::{Backoff, Jitter};
-use crate::budget::{BudgetSnapshot, RetryBudget};
+use crate::budget::{BudgetSnapshot, RetryBudget, Withdrawal};
 use crate::events::RetryEvent;
 use crate::policy::{Classified, GrpcRetry, HttpRetry, NetworkErrors, RetryErrors};
 use crate::request::{CloneRequest, HttpReplay};
@@ -65,6 +65,12 @@ impl Shared {
     }
 }
 
+/// A retry the budget allowed: what was taken from it, if the layer has
+/// one, so that a retry not made after all is given back where it was
+/// taken.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Allowed(Option<Withdrawal>);
+
 /// A response future's way back to its layer.
 pub(crate) enum Link {
     /// Nobody observes the layer: the static name is all an error needs.
@@ -83,20 +89,24 @@ impl Link {
         }
     }
 
-    /// Takes a retry from the budget; `true` without a budget.
-    pub(crate) fn withdraw(&self) -> bool {
+    /// Takes a retry from the budget: `None` when it is spent; always
+    /// allowed without a budget.
+    pub(crate) fn withdraw(&self) -> Option<Allowed> {
         match self {
-            Link::Observed(shared) => shared.budget.as_ref().is_none_or(RetryBudget::try_withdraw),
-            Link::Quiet(_) => true,
+            Link::Observed(shared) => match &shared.budget {
+                Some(budget) => budget.withdraw().map(|w| Allowed(Some(w))),
+                None => Some(Allowed(None)),
+            },
+            Link::Quiet(_) => Some(Allowed(None)),
         }
     }
 
     /// Gives back a retry taken from the budget for a retry that was not
     /// made after all.
-    pub(crate) fn refund(&self) {
-        if let Link::Observed(shared) = self {
+    pub(crate) fn refund(&self, allowed: Allowed) {
+        if let (Link::Observed(shared), Allowed(Some(withdrawal))) = (self, allowed) {
             if let Some(budget) = &shared.budget {
-                budget.refund();
+                budget.refund(withdrawal);
             }
         }
     }

@@ -13,6 +13,10 @@ use std::net::{IpAddr, SocketAddr};
 use http::header::{HeaderName, FORWARDED};
 use http::{HeaderMap, Request};
 
+mod bounded_map;
+
+pub use bounded_map::BoundedMap;
+
 /// Extracts a key from a request.
 pub trait KeyExtractor<Req>: Send + Sync + 'static {
     /// The key type.
@@ -375,120 +379,6 @@ impl<B> KeyExtractor<Request<B>> for GrpcMethod {
 
     fn extract(&self, req: &Request<B>) -> Option<String> {
         Some(req.uri().path().to_owned())
-    }
-}
-
-/// A bounded map from keys to shared instances (one breaker, bulkhead or
-/// limiter per key), so that a client rotating keys cannot exhaust memory.
-///
-/// [`BoundedMap::get_or_insert`] returns the instance of a key, creating it
-/// when there is room. When the map is full it first evicts every entry
-/// unused for `idle_timeout` that the caller's predicate allows to go (for
-/// example: nothing refers to it and it holds no state worth keeping); if
-/// that frees no room, it returns `None` and the caller applies its policy
-/// (reject, or fall back to a shared instance).
-///
-/// ```
-/// use buttress_core::key::BoundedMap;
-/// use std::sync::Arc;
-/// use std::time::Duration;
-/// use tokio::time::Instant;
-///
-/// let map: BoundedMap<&str, Arc<u32>> = BoundedMap::new(1, Duration::from_secs(60));
-/// let now = Instant::now();
-/// let a = map.get_or_insert("a", now, |_| Arc::new(1), |_| true).unwrap();
-/// assert!(map.get_or_insert("b", now, |_| Arc::new(2), |_| true).is_none(), "full, a not idle");
-/// let later = now + Duration::from_secs(60);
-/// drop(a);
-/// assert!(map.get_or_insert("b", later, |_| Arc::new(2), |_| true).is_some(), "a evicted");
-/// assert_eq!(map.len(), 1);
-/// ```
-pub struct BoundedMap<K, V> {
-    max_keys: usize,
-    idle_timeout: std::time::Duration,
-    map: std::sync::Mutex<std::collections::HashMap<K, (V, tokio::time::Instant)>>,
-}
-
-impl<K, V> fmt::Debug for BoundedMap<K, V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BoundedMap")
-            .field("max_keys", &self.max_keys)
-            .field("idle_timeout", &self.idle_timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<K: Hash + Eq, V: Clone> BoundedMap<K, V> {
-    /// At most `max_keys` entries; an entry may be evicted once unused for
-    /// `idle_timeout`.
-    pub fn new(max_keys: usize, idle_timeout: std::time::Duration) -> Self {
-        Self {
-            max_keys,
-            idle_timeout,
-            map: std::sync::Mutex::new(std::collections::HashMap::new()),
-        }
-    }
-
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<K, (V, tokio::time::Instant)>> {
-        // Every critical section is a single map operation: a poisoned lock
-        // still holds a consistent map.
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The instance of `key` (marked used at `now`), created by `make` from
-    /// the key when absent and there is room; see the type's docs for
-    /// eviction.
-    pub fn get_or_insert(
-        &self,
-        key: K,
-        now: tokio::time::Instant,
-        make: impl FnOnce(&K) -> V,
-        evictable: impl Fn(&V) -> bool,
-    ) -> Option<V> {
-        let mut map = self.lock();
-        if let Some((value, last_used)) = map.get_mut(&key) {
-            *last_used = now;
-            return Some(value.clone());
-        }
-        if map.len() >= self.max_keys {
-            let idle = self.idle_timeout;
-            map.retain(|_, (v, last)| !(now.duration_since(*last) >= idle && evictable(v)));
-            if map.len() >= self.max_keys {
-                return None;
-            }
-        }
-        let value = make(&key);
-        map.insert(key, (value.clone(), now));
-        Some(value)
-    }
-
-    /// The instance of `key`, if held.
-    pub fn get(&self, key: &K) -> Option<V> {
-        self.lock().get(key).map(|(v, _)| v.clone())
-    }
-
-    /// Entries held now.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// `true` when no entry is held.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-
-    /// The instances held now.
-    pub fn values(&self) -> Vec<V> {
-        self.lock().values().map(|(v, _)| v.clone()).collect()
-    }
-}
-
-impl<K, V> BoundedMap<K, V> {
-    /// The largest number of entries.
-    pub fn max_keys(&self) -> usize {
-        self.max_keys
     }
 }
 

@@ -16,7 +16,8 @@
 #      as BUTTRESS_REDIS_URL and BUTTRESS_POSTGRES_URL, stopped on exit
 #   3. cargo fmt --check, clippy -D warnings, cargo check of each crate's
 #      feature combinations, the tests (cargo-nextest when
-#      installed, plus doctests; else cargo test), cargo doc with warnings
+#      installed, plus doctests; else cargo test), the circuit breaker's
+#      loom models, cargo doc with warnings
 #      denied, cargo deny (licenses, bans, sources), a 3-second demo run
 #
 # Everything builds in the debug profile. The last line of a run reads
@@ -259,6 +260,14 @@ else
     section "Tests (cargo test; cargo-nextest is not installed)"
     run_tests "$libtest_log" cargo test --workspace --all-features --no-fail-fast
 fi
+
+# The circuit breaker's state machine under loom: every interleaving of
+# its model threads. A cfg of its own (tokio's `loom` cfg would switch
+# tokio to loom as well) and a target directory of its own, so the main
+# build stays cached.
+section "Loom models (circuit breaker)"
+run_tests "$libtest_log" env RUSTFLAGS="--cfg buttress_loom" CARGO_TARGET_DIR="$repo_root/target/loom" \
+    cargo test -p buttress-circuit-breaker --lib loom
 
 if ! $quick; then
     section "cargo doc (warnings and broken intra-doc links denied)"

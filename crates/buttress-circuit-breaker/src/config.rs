@@ -8,6 +8,10 @@ pub(crate) const KIND: &str = "circuit_breaker";
 
 /// The cap of a growing open wait when none is configured.
 const MAX_OPEN_WAIT: Duration = Duration::from_secs(24 * 3600);
+/// The largest count window: a byte per call, so at most 1 MB.
+const MAX_WINDOW_SIZE: u32 = 1_000_000;
+/// The longest time window: a bucket of 24 bytes per second, about 2 MB.
+const MAX_TIME_WINDOW_SECS: u64 = 24 * 3600;
 
 /// The configuration of a circuit breaker, as plain data (serde with the
 /// `serde` feature; durations as humantime strings).
@@ -65,11 +69,12 @@ pub struct CircuitBreakerConfig {
         serde(with = "buttress_core::config::option_duration")
     )]
     pub slow_call_duration: Option<Duration>,
-    /// The count window: the outcomes of the last `window_size` calls.
+    /// The count window: the outcomes of the last `window_size` calls, at
+    /// most 1,000,000 (one byte each).
     pub window_size: u32,
     /// A time window instead: the outcomes of the last N whole seconds
-    /// (per-second buckets). `minimum_calls` is then not clamped: size it
-    /// to the traffic one window sees.
+    /// (per-second buckets), at most one day. `minimum_calls` is then not
+    /// clamped: size it to the traffic one window sees.
     #[cfg_attr(
         feature = "serde",
         serde(with = "buttress_core::config::option_duration")
@@ -98,7 +103,10 @@ pub struct CircuitBreakerConfig {
     /// Move to half-open by timer when the wait is over, rather than on the
     /// next call.
     pub automatic_half_open: bool,
-    /// A half-open breaker that gets no verdict for this long opens again.
+    /// A half-open breaker that gets no verdict for this long opens again;
+    /// `None` waits for the verdict however long it takes (probes that are
+    /// dropped or cancelled free their slot, so it cannot get stuck). Zero
+    /// is rejected: it would reopen the breaker before any probe.
     #[cfg_attr(
         feature = "serde",
         serde(with = "buttress_core::config::option_duration")
@@ -154,20 +162,23 @@ impl CircuitBreakerConfig {
         }
         percent("failure_rate_threshold", self.failure_rate_threshold)?;
         percent("slow_call_rate_threshold", self.slow_call_rate_threshold)?;
-        if self.window_size == 0 {
-            return Err(err("window_size", "must be at least 1"));
+        if !(1..=MAX_WINDOW_SIZE).contains(&self.window_size) {
+            return Err(err(
+                "window_size",
+                "must be from 1 to 1000000 (the window takes one byte per call)",
+            ));
         }
         let time_window_secs = match self.time_window {
             None => None,
             Some(w)
-                if w.subsec_nanos() == 0 && (1..=u64::from(u32::MAX)).contains(&w.as_secs()) =>
+                if w.subsec_nanos() == 0 && (1..=MAX_TIME_WINDOW_SECS).contains(&w.as_secs()) =>
             {
                 Some(w.as_secs() as u32)
             }
             Some(_) => {
                 return Err(err(
                     "time_window",
-                    "must be a whole number of seconds, at least 1",
+                    "must be a whole number of seconds, from 1 to 86400 (one bucket per second)",
                 ))
             }
         };
@@ -191,6 +202,12 @@ impl CircuitBreakerConfig {
         }
         if !(self.open_wait_jitter.is_finite() && (0.0..=1.0).contains(&self.open_wait_jitter)) {
             return Err(err("open_wait_jitter", "must be a fraction in [0, 1]"));
+        }
+        if self.max_wait_in_half_open == Some(Duration::ZERO) {
+            return Err(err(
+                "max_wait_in_half_open",
+                "must be greater than zero (leave it unset for no limit)",
+            ));
         }
         if self.slow_call_duration == Some(Duration::ZERO) {
             return Err(err("slow_call_duration", "must be greater than zero"));

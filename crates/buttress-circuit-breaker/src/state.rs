@@ -567,8 +567,15 @@ impl Shared {
             }
         };
         if rates.calls >= self.minimum_calls()
-            && (reaches(rates.failed, rates.calls, self.settings.failure_rate_threshold)
-                || reaches(rates.slow, rates.calls, self.settings.slow_call_rate_threshold))
+            && (reaches(
+                rates.failed,
+                rates.calls,
+                self.settings.failure_rate_threshold,
+            ) || reaches(
+                rates.slow,
+                rates.calls,
+                self.settings.slow_call_rate_threshold,
+            ))
         {
             self.exceeded(inner, word, rates.failure_rate(), rates.slow_rate());
         } else {
@@ -915,5 +922,148 @@ mod tests {
             assert_eq!(state_of((7 << 8) | s.code()), s);
             assert_eq!(gen_of((7 << 8) | s.code()), 7);
         }
+    }
+}
+
+/// Model tests of the half-open probe slots and the transitions, run by
+/// `RUSTFLAGS="--cfg buttress_loom" cargo test -p buttress-circuit-breaker
+/// --lib loom` (the test command does): every interleaving of the threads
+/// below is explored.
+#[cfg(all(test, buttress_loom))]
+mod loom_models {
+    use super::*;
+    use loom::thread;
+
+    fn breaker(half_open_calls: u32) -> Arc<Shared> {
+        let settings = Settings {
+            failure_rate_threshold: 50.0,
+            slow_call_rate_threshold: 100.0,
+            slow_call_duration: None,
+            window_size: 4,
+            time_window_secs: None,
+            minimum_calls: 2,
+            consecutive_failures: None,
+            half_open_calls,
+            open_wait: OpenWait {
+                base: Duration::from_secs(3600),
+                multiplier: 1.0,
+                max: Duration::from_secs(3600),
+                jitter: 0.0,
+            },
+            automatic_half_open: false,
+            max_wait_in_half_open: None,
+            seed: 1,
+        };
+        let shared = Shared::new("model".into(), settings, Listeners::new());
+        shared.force_to(State::HalfOpen);
+        shared
+    }
+
+    impl Shared {
+        /// Moves to any state, as the timers and the verdicts do.
+        fn force_to(&self, to: State) {
+            let mut inner = self.lock();
+            let word = self.word.load(Acquire);
+            self.transition(&mut inner, word, to);
+            self.unlock(inner);
+        }
+
+        fn probes(&self) -> Probes {
+            self.lock().probes
+        }
+    }
+
+    /// A probe that ends: recorded with `outcome`, or dropped without a
+    /// verdict when `outcome` is `None`. Returns whether it was admitted.
+    fn probe(shared: &Shared, outcome: Option<Outcome>) -> bool {
+        match shared.admit() {
+            Admission::Permit { gen, probe, .. } => {
+                assert!(probe, "a half-open breaker admits only probes");
+                let recorded = outcome.is_some_and(|o| shared.record(gen, probe, o, None));
+                if !recorded {
+                    shared.release_probe(gen);
+                }
+                true
+            }
+            Admission::Reject(_) => false,
+        }
+    }
+
+    #[test]
+    fn loom_probe_slots_never_exceed_the_limit_and_never_leak() {
+        loom::model(|| {
+            let shared = breaker(1);
+            let a = {
+                let s = shared.clone();
+                thread::spawn(move || probe(&s, None))
+            };
+            let b = {
+                let s = shared.clone();
+                thread::spawn(move || probe(&s, Some(Outcome::Ignored)))
+            };
+            let first = a.join().unwrap();
+            let second = b.join().unwrap();
+            assert!(first || second, "one probe at least finds the slot free");
+            // Both ended without a verdict: the slot is free again.
+            assert_eq!(shared.state(), State::HalfOpen);
+            assert_eq!(shared.probes().taken, 0);
+            assert!(probe(&shared, Some(Outcome::Success)));
+            assert_eq!(shared.state(), State::Closed);
+        });
+    }
+
+    #[test]
+    fn loom_a_slot_released_across_a_reopening_never_counts_in_the_new_half_open_state() {
+        loom::model(|| {
+            let shared = breaker(1);
+            let Admission::Permit { gen, .. } = shared.admit() else {
+                panic!("the first probe is admitted");
+            };
+            let releaser = {
+                let s = shared.clone();
+                thread::spawn(move || s.release_probe(gen))
+            };
+            let reopener = {
+                let s = shared.clone();
+                thread::spawn(move || {
+                    s.force_to(State::Open);
+                    s.force_to(State::HalfOpen);
+                    // The new half-open state's probe takes its slot.
+                    matches!(s.admit(), Admission::Permit { .. })
+                })
+            };
+            releaser.join().unwrap();
+            let admitted = reopener.join().unwrap();
+            assert!(admitted, "a fresh half-open state has a free slot");
+            // Exactly that probe holds a slot: the old release never took
+            // it away, and nothing else leaked.
+            assert_eq!(shared.probes().taken, 1);
+            assert!(!probe(&shared, Some(Outcome::Success)), "the limit is 1");
+        });
+    }
+
+    #[test]
+    fn loom_the_last_probe_verdict_makes_one_transition() {
+        loom::model(|| {
+            let shared = breaker(2);
+            let admit = |s: &Shared| match s.admit() {
+                Admission::Permit { gen, probe, .. } => (gen, probe),
+                Admission::Reject(_) => panic!("two slots"),
+            };
+            let (g1, p1) = admit(&shared);
+            let (g2, p2) = admit(&shared);
+            let t1 = {
+                let s = shared.clone();
+                thread::spawn(move || s.record(g1, p1, Outcome::Failure, None))
+            };
+            let t2 = {
+                let s = shared.clone();
+                thread::spawn(move || s.record(g2, p2, Outcome::Success, None))
+            };
+            assert!(t1.join().unwrap() && t2.join().unwrap());
+            // One failure in two probes reaches 50 %: open, once.
+            assert_eq!(shared.state(), State::Open);
+            assert_eq!(gen_of(shared.word.load(Acquire)), g1 + 1);
+        });
     }
 }

@@ -66,7 +66,7 @@ impl CountWindow {
         } else {
             self.totals.calls += 1;
         }
-        *slot = u8::from(failed) * FAILED | u8::from(slow) * SLOW;
+        *slot = (u8::from(failed) * FAILED) | (u8::from(slow) * SLOW);
         self.totals.failed += u64::from(failed);
         self.totals.slow += u64::from(slow);
         self.next += 1;

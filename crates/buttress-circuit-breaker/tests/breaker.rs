@@ -523,6 +523,22 @@ fn invalid_config_is_a_typed_error() {
         "slow_call_rate_threshold"
     );
     assert_eq!(field(builder().window_size(0)), "window_size");
+    // Sizes that allocate are bounded.
+    assert_eq!(field(builder().window_size(1_000_001)), "window_size");
+    assert_eq!(field(builder().window_size(u32::MAX)), "window_size");
+    builder().window_size(1_000_000).build().unwrap();
+    assert_eq!(
+        field(builder().time_window(Duration::from_secs(86_401))),
+        "time_window"
+    );
+    builder()
+        .time_window(Duration::from_secs(86_400))
+        .build()
+        .unwrap();
+    assert_eq!(
+        field(builder().max_wait_in_half_open(Duration::ZERO)),
+        "max_wait_in_half_open"
+    );
     assert_eq!(field(builder().minimum_calls(0)), "minimum_calls");
     assert_eq!(
         field(builder().consecutive_failures(0)),

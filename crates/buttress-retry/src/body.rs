@@ -59,6 +59,7 @@
 use std::fmt;
 use std::mem;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 
@@ -138,9 +139,15 @@ pub(crate) fn tee<B: Body + Unpin>(body: B, limit: usize) -> (ReplayBody<B>, Bod
         };
         (Slot::Held, Mode::tee(kept))
     };
+    let lost = if matches!(slot, Slot::TooLarge) {
+        LOST_TOO_LARGE
+    } else {
+        LOST_NONE
+    };
     let shared = Arc::new(Shared {
         limit,
         slot: Mutex::new(slot),
+        lost: AtomicU8::new(lost),
     });
     let first = ReplayBody::new(Arc::clone(&shared), mode);
     (first, BodyReplay { shared })
@@ -167,6 +174,20 @@ impl<B: Body + Unpin> BodyReplay<B> {
     }
 }
 
+impl<B> BodyReplay<B> {
+    /// Why no replay can ever be made, without taking the lock: the body
+    /// outgrew the limit, or it failed and its rest is lost. `None` does
+    /// not promise a replay: the previous attempt may still hold the body.
+    #[inline]
+    pub(crate) fn lost(&self) -> Option<NotReplayable> {
+        match self.shared.lost.load(Ordering::Acquire) {
+            LOST_NONE => None,
+            LOST_TOO_LARGE => Some(NotReplayable::TooLarge),
+            _ => Some(NotReplayable::InUse),
+        }
+    }
+}
+
 impl<B> fmt::Debug for BodyReplay<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BodyReplay")
@@ -180,7 +201,15 @@ impl<B> fmt::Debug for BodyReplay<B> {
 struct Shared<B> {
     limit: usize,
     slot: Mutex<Slot<B>>,
+    /// Set (once, for good) when `slot` becomes `TooLarge` or `Failed`, so
+    /// that the retry layer can tell that a request cannot be sent again
+    /// without taking the lock on every call.
+    lost: AtomicU8,
 }
+
+const LOST_NONE: u8 = 0;
+const LOST_TOO_LARGE: u8 = 1;
+const LOST_FAILED: u8 = 2;
 
 impl<B> Shared<B> {
     fn set(&self, new: Slot<B>) {
@@ -390,6 +419,7 @@ where
             Some(Err(err)) => {
                 *mode = Mode::Done;
                 shared.set(Slot::Failed);
+                shared.lost.store(LOST_FAILED, Ordering::Release);
                 return Poll::Ready(Some(Err(err.into())));
             }
         };
@@ -429,6 +459,7 @@ where
                     "request body outgrew the replay buffer; it cannot be retried"
                 );
                 shared.set(Slot::TooLarge);
+                shared.lost.store(LOST_TOO_LARGE, Ordering::Release);
                 if let Mode::Tee { kept, .. } = mem::replace(mode, Mode::Done) {
                     // Dropping the chunks here frees the buffer at once.
                     *mode = Mode::Pass { rest: kept.rest };

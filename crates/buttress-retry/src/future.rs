@@ -195,18 +195,37 @@ where
     X: Replay<Request = Q>,
 {
     ctx.attempts += 1;
+    // Replayability first: a request that cannot be sent again is neither
+    // put to the policy nor charged to the budget.
+    let cause = match ctx.replayable(&result) {
+        Ok(cause) => cause,
+        Err(reason) => return ctx.not_replayable(result, reason),
+    };
     match ctx.policy.check(&result) {
-        Verdict::Accept => {
-            let retries = ctx.attempts - 1;
-            ctx.link.finish(result.is_ok(), retries > 0);
-            if retries > 0 && result.is_ok() {
-                ctx.link
-                    .emit(|name| RetryEvent::Succeeded { name, retries });
-            }
-            Step::Return(result)
-        }
+        Verdict::Accept => ctx.accept(result),
         Verdict::Refuse => ctx.give_up(result, Some(NotRetried::Refused)),
-        Verdict::Retry { after } => schedule(ctx, result, after),
+        Verdict::Retry { after } => schedule(ctx, result, after, cause),
+    }
+}
+
+/// What made an attempt fail, were it retried.
+#[inline]
+fn cause_of<T>(result: &Result<T, BoxError>) -> Cause {
+    match result {
+        Ok(_) => Cause::Response,
+        Err(e) => error_cause(&**e),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn error_cause(e: &(dyn std::error::Error + Send + Sync + 'static)) -> Cause {
+    if is_connect_error(e) {
+        Cause::ConnectError
+    } else if is_local_rejection(e) {
+        Cause::Rejected
+    } else {
+        Cause::Error
     }
 }
 
@@ -217,6 +236,7 @@ fn schedule<S, Q, X, P, T>(
     ctx: &mut Ctx<S, Q, X, P, T>,
     result: Result<T, BoxError>,
     after: Option<Duration>,
+    cause: Cause,
 ) -> Step<T>
 where
     X: Replay<Request = Q>,
@@ -265,12 +285,6 @@ where
             }
         }
     }
-    let cause = match &result {
-        Ok(_) => Cause::Response,
-        Err(e) if is_connect_error(&**e) => Cause::ConnectError,
-        Err(e) if is_local_rejection(&**e) => Cause::Rejected,
-        Err(_) => Cause::Error,
-    };
     // The budget is charged before the body is replayed: a refused retry
     // must not take the body from the attempt in flight for nothing.
     let Some(allowed) = ctx.link.withdraw() else {
@@ -314,7 +328,47 @@ where
     Step::Retry(delay)
 }
 
+impl<S, Q, X, P, T> Ctx<S, Q, X, P, T>
+where
+    X: Replay<Request = Q>,
+{
+    /// What made the attempt that ended with `result` fail, were it
+    /// retried, or why the request cannot be sent again whatever the
+    /// policy says.
+    #[inline]
+    fn replayable(&self, result: &Result<T, BoxError>) -> Result<Cause, NotRetried> {
+        let keep = self.keep.as_ref().map_err(|reason| *reason)?;
+        let cause = cause_of(result);
+        keep.replayable(cause)?;
+        Ok(cause)
+    }
+}
+
 impl<S, Q, X, P, T> Ctx<S, Q, X, P, T> {
+    /// Gives the caller an accepted result.
+    #[inline]
+    fn accept(&mut self, result: Result<T, BoxError>) -> Step<T> {
+        let retries = self.attempts - 1;
+        self.link.finish(result.is_ok(), retries > 0);
+        if retries > 0 && result.is_ok() {
+            self.link
+                .emit(|name| RetryEvent::Succeeded { name, retries });
+        }
+        Step::Return(result)
+    }
+
+    /// The result of a request that cannot be sent again, which the policy
+    /// is not asked about: a response is accepted as it is, an error is
+    /// not retried for `reason`.
+    #[cold]
+    #[inline(never)]
+    fn not_replayable(&mut self, result: Result<T, BoxError>, reason: NotRetried) -> Step<T> {
+        match result {
+            Ok(_) => self.accept(result),
+            Err(_) => self.give_up(result, Some(reason)),
+        }
+    }
+
     /// Ends the call with a failure that was not retried (further): the
     /// last response as it is, or the last error, wrapped in
     /// [`RetryExhausted`] when there were retries.

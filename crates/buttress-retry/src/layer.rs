@@ -165,6 +165,17 @@ impl Link {
 /// ([`CloneRequest`] by default, [`HttpReplay`] for HTTP bodies). Every
 /// service made by one layer shares its budget, counters and listeners.
 ///
+/// After each attempt, the layer first asks `R` whether the request can be
+/// sent again ([`Replay::replayable`](crate::Replay::replayable): a body over the limit, a
+/// non-idempotent request that may have reached the server). If it
+/// cannot, the result goes back as it is: the policy is not asked about
+/// it, nothing is taken from the budget and no retry is scheduled; a
+/// response is counted as accepted, an error as not retried
+/// ([`RetryEvent::NotRetried`](crate::RetryEvent::NotRetried) with the
+/// reason). Only a body that the previous attempt still holds is known
+/// late: that retry is scheduled, and given back to the budget if the body
+/// is not free when the delay is over.
+///
 /// ```
 /// use buttress_retry::{error::RetryExhausted, RetryLayer};
 /// use std::sync::atomic::{AtomicU32, Ordering};

@@ -43,6 +43,20 @@ pub trait Replay {
     /// The next attempt's request, after an attempt failed with `cause`, or
     /// why there is none.
     fn next(&mut self, cause: Cause) -> Result<Self::Request, NotRetried>;
+
+    /// Whether the request can be sent again after an attempt that failed
+    /// with `cause`, without taking anything from what is kept: `Err` with
+    /// the reason when it cannot. The retry layer asks this first, before
+    /// its policy, its budget or its backoff: the result of a request that
+    /// cannot be sent again goes back as it is (see
+    /// [`RetryLayer`](crate::RetryLayer)). The default says it can;
+    /// [`next`](Replay::next) may still fail (a body still held by the
+    /// previous attempt).
+    #[inline]
+    fn replayable(&self, cause: Cause) -> Result<(), NotRetried> {
+        let _ = cause;
+        Ok(())
+    }
 }
 
 /// Retries `Req: Clone` requests: each attempt gets a clone.
@@ -183,16 +197,37 @@ where
     type Request = Request<ReplayBody<B>>;
 
     fn next(&mut self, cause: Cause) -> Result<Self::Request, NotRetried> {
-        let never_sent = matches!(cause, Cause::ConnectError | Cause::Rejected);
-        let vouched = cause == Cause::Response && self.responses_any_method;
-        if !(self.idempotent || never_sent || vouched) {
-            return Err(NotRetried::NonIdempotent);
-        }
+        self.allows(cause)?;
         let body = self.body.replay().map_err(|e| match e {
             NotReplayable::TooLarge => NotRetried::BodyTooLarge,
             NotReplayable::InUse => NotRetried::BodyInUse,
         })?;
         Ok(Request::from_parts(self.parts.clone(), body))
+    }
+
+    #[inline]
+    fn replayable(&self, cause: Cause) -> Result<(), NotRetried> {
+        self.allows(cause)?;
+        match self.body.lost() {
+            None => Ok(()),
+            Some(NotReplayable::TooLarge) => Err(NotRetried::BodyTooLarge),
+            Some(NotReplayable::InUse) => Err(NotRetried::BodyInUse),
+        }
+    }
+}
+
+impl<B> HttpReplayState<B> {
+    /// The method rule: a request that may have reached the server is sent
+    /// again only if it is idempotent (or the response vouches for it).
+    #[inline]
+    fn allows(&self, cause: Cause) -> Result<(), NotRetried> {
+        let never_sent = matches!(cause, Cause::ConnectError | Cause::Rejected);
+        let vouched = cause == Cause::Response && self.responses_any_method;
+        if self.idempotent || never_sent || vouched {
+            Ok(())
+        } else {
+            Err(NotRetried::NonIdempotent)
+        }
     }
 }
 

@@ -524,7 +524,10 @@ async fn a_post_without_idempotency_key_is_not_retried_but_with_one_it_is() {
         .unwrap();
     assert_eq!(res.status(), 503);
     assert_eq!(*calls.lock().unwrap(), 1);
-    assert_eq!(not_retried(&events), [NotRetried::NonIdempotent]);
+    // A POST without a key cannot be sent again after a response: the 503
+    // goes back as it is, without asking the policy about it.
+    assert_eq!(not_retried(&events), []);
+    assert!(scheduled(&events).is_empty());
 
     let keyed = http::Request::post("/orders")
         .header("idempotency-key", "7f3a")
@@ -1076,4 +1079,146 @@ async fn the_fixed_preset_leaves_room_for_server_hints() {
     let layer = RetryLayer::fixed(3, MS * 100).build().unwrap();
     assert_eq!(layer.layer(svc.clone()).oneshot(1).await.unwrap(), 1);
     assert_eq!(svc.gaps(), [MS * 150]);
+}
+
+/// A policy that counts how often it is asked, and retries every result.
+#[derive(Clone, Default)]
+struct CountingPolicy(Arc<Mutex<u32>>);
+
+impl CountingPolicy {
+    fn asked(&self) -> u32 {
+        *self.0.lock().unwrap()
+    }
+}
+
+impl<Res> RetryPolicy<Res> for CountingPolicy {
+    fn check(&self, _: &Result<Res, BoxError>) -> Verdict {
+        *self.0.lock().unwrap() += 1;
+        Verdict::RETRY
+    }
+}
+
+/// Requests that are never kept: every retry is refused up front.
+#[derive(Debug, Clone, Copy)]
+struct NeverKept;
+
+impl buttress_retry::ReplayRequest<u32> for NeverKept {
+    type Request = u32;
+    type Replay = buttress_retry::Cloned<u32>;
+
+    fn first(&self, req: u32) -> (u32, Result<Self::Replay, NotRetried>) {
+        (req, Err(NotRetried::BodyTooLarge))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_cannot_be_replayed_is_not_put_to_the_policy_or_the_budget() {
+    let policy = CountingPolicy::default();
+    let budget = RetryBudget::builder()
+        .percent(100.0)
+        .min_per_sec(0)
+        .build()
+        .unwrap();
+    let (events, listener) = recorder();
+    let layer = RetryLayer::fixed(3, MS)
+        .policy(policy.clone())
+        .replay(NeverKept)
+        .budget(budget.clone())
+        .on_event(listener)
+        .build()
+        .unwrap();
+    let inner = Scripted::failing(3);
+    let err = layer.layer(inner.clone()).oneshot(1).await.unwrap_err();
+    assert!(!err.is::<RetryExhausted>(), "one attempt, unwrapped");
+    assert_eq!(inner.calls().len(), 1);
+    assert_eq!(policy.asked(), 0, "the policy is not asked");
+    assert_eq!(not_retried(&events), [NotRetried::BodyTooLarge]);
+    assert!(scheduled(&events).is_empty());
+    let b = budget.snapshot();
+    assert_eq!((b.deposits, b.withdrawals, b.refusals), (1, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_too_large_to_replay_is_not_put_to_the_policy_or_the_budget() {
+    let calls = Arc::new(Mutex::new(0u32));
+    let counter = calls.clone();
+    let inner = tower::service_fn(move |req: HttpReq| {
+        *counter.lock().unwrap() += 1;
+        async move {
+            // The server reads the whole body, then answers 503.
+            let _ = req.into_body().collect().await;
+            Ok::<_, BoxError>(http_503())
+        }
+    });
+    let policy = CountingPolicy::default();
+    // A spent budget: asking it would count a refusal and emit
+    // `BudgetExhausted`.
+    let budget = RetryBudget::builder()
+        .percent(0.0)
+        .min_per_sec(0)
+        .build()
+        .unwrap();
+    let (events, listener) = recorder();
+    let layer = RetryLayer::for_http()
+        .body_limit(3)
+        .policy(policy.clone())
+        .budget(budget.clone())
+        .on_event(listener)
+        .build()
+        .unwrap();
+    let req = http::Request::put("/x")
+        .body(Chunks::of(&["ab", "cd"]))
+        .unwrap();
+    let res = layer.layer(inner.clone()).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(*calls.lock().unwrap(), 1);
+    assert_eq!(policy.asked(), 0, "the policy is not asked");
+    assert!(
+        events.lock().unwrap().is_empty(),
+        "{:?}",
+        events.lock().unwrap()
+    );
+    let b = budget.snapshot();
+    assert_eq!((b.deposits, b.withdrawals, b.refusals), (1, 0, 0));
+
+    // The same request within the limit is put to the policy, and to the
+    // spent budget, which refuses the retry.
+    let req = http::Request::put("/x").body(Chunks::of(&["ab"])).unwrap();
+    layer.layer(inner).oneshot(req).await.unwrap();
+    assert_eq!(policy.asked(), 1);
+    let b = budget.snapshot();
+    assert_eq!((b.deposits, b.withdrawals, b.refusals), (2, 0, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_error_of_a_post_that_may_have_left_is_not_put_to_the_policy_or_the_budget() {
+    let inner = tower::service_fn(move |req: HttpReq| async move {
+        let _ = first_frame(req).await;
+        Err::<http::Response<()>, BoxError>(
+            std::io::Error::from(std::io::ErrorKind::ConnectionReset).into(),
+        )
+    });
+    let policy = CountingPolicy::default();
+    let budget = RetryBudget::builder()
+        .percent(100.0)
+        .min_per_sec(0)
+        .build()
+        .unwrap();
+    let (events, listener) = recorder();
+    let layer = RetryLayer::for_http()
+        .policy(policy.clone())
+        .budget(budget.clone())
+        .on_event(listener)
+        .build()
+        .unwrap();
+    let req = http::Request::post("/orders")
+        .body(Chunks::of(&["{}"]))
+        .unwrap();
+    let err = layer.layer(inner).oneshot(req).await.unwrap_err();
+    assert!(err.is::<std::io::Error>());
+    assert_eq!(policy.asked(), 0, "the policy is not asked");
+    assert_eq!(not_retried(&events), [NotRetried::NonIdempotent]);
+    assert!(scheduled(&events).is_empty());
+    let b = budget.snapshot();
+    assert_eq!((b.deposits, b.withdrawals, b.refusals), (1, 0, 0));
 }

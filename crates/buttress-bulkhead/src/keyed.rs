@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use buttress_core::error::{BoxError, BulkheadFull};
 use buttress_core::key::BoundedMap;
-use buttress_core::local::Anchor;
 use buttress_core::registry::Component;
 use buttress_core::{BulkheadFullReason, ConfigError, KeyExtractor, Listener, Listeners, Registry};
 use pin_project_lite::pin_project;
@@ -31,9 +30,9 @@ struct KeyedShared<K> {
     max_queue: usize,
     max_wait: Option<Duration>,
     listeners: Listeners<BulkheadEvent>,
-    map: BoundedMap<K, Anchor<Shared>>,
+    map: BoundedMap<K, Arc<Shared>>,
     /// Requests whose key the extractor could not find share this one.
-    unkeyed: Anchor<Shared>,
+    unkeyed: Arc<Shared>,
     /// Requests with a new key rejected because every key was in use.
     map_full: AtomicU64,
     /// `completed` and `rejected` of evicted keys, so that totals never go
@@ -43,8 +42,8 @@ struct KeyedShared<K> {
 }
 
 impl<K: Hash + Eq + Clone> KeyedShared<K> {
-    fn new_bulkhead(&self) -> Anchor<Shared> {
-        crate::state::anchor(Shared::new(
+    fn new_bulkhead(&self) -> Arc<Shared> {
+        Arc::new(Shared::new(
             self.name.clone(),
             self.max_concurrent,
             self.max_queue,
@@ -54,16 +53,16 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
     }
 
     /// The bulkhead of `key`; `None` when the map is full of keys in use.
-    fn get(&self, key: K) -> Option<Anchor<Shared>> {
+    fn get(&self, key: K) -> Option<Arc<Shared>> {
         // Only the map holds an evicted bulkhead: no call, queued caller or
-        // handle holds an anchor of it and no permit of it is out, so no
+        // handle holds a reference to it and no permit of it is out, so no
         // limit is split in two and its counters are final.
         self.map.get_or_insert(
             key,
             Instant::now(),
             |_| self.new_bulkhead(),
             |shared| {
-                if shared.owners() != 1 {
+                if Arc::strong_count(shared) != 1 {
                     return false;
                 }
                 let s = shared.snapshot();
@@ -263,7 +262,7 @@ impl<X> KeyedBulkheadBuilder<X> {
         if self.max_keys == 0 {
             return Err(ConfigError::new(KIND, "max_keys", "must be at least 1"));
         }
-        let unkeyed = crate::state::anchor(Shared::new(
+        let unkeyed = Arc::new(Shared::new(
             self.name.clone(),
             self.max_concurrent,
             self.max_queue,

@@ -2,7 +2,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use buttress_core::local::Anchor;
 use buttress_core::registry::Component;
 use buttress_core::{ConfigError, Listener, Listeners, Registry};
 use tower_layer::Layer;
@@ -42,7 +41,7 @@ pub(crate) const KIND: &str = "bulkhead";
 /// ```
 #[derive(Clone)]
 pub struct BulkheadLayer {
-    shared: Anchor<Shared>,
+    shared: Arc<Shared>,
 }
 
 impl fmt::Debug for BulkheadLayer {
@@ -76,7 +75,7 @@ impl BulkheadLayer {
 
     fn from_shared(shared: Shared) -> Self {
         Self {
-            shared: crate::state::anchor(shared),
+            shared: Arc::new(shared),
         }
     }
 
@@ -219,7 +218,7 @@ pub(crate) fn validate(
 /// Observes a bulkhead and changes its limits at run time.
 #[derive(Clone)]
 pub struct BulkheadHandle {
-    shared: Anchor<Shared>,
+    shared: Arc<Shared>,
 }
 
 impl fmt::Debug for BulkheadHandle {
@@ -229,7 +228,7 @@ impl fmt::Debug for BulkheadHandle {
 }
 
 impl BulkheadHandle {
-    pub(crate) fn new(shared: Anchor<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
 

@@ -1,8 +1,8 @@
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use buttress_core::error::{BoxError, BulkheadFull};
-use buttress_core::local::Anchor;
 use buttress_core::BulkheadFullReason;
 use tower_service::Service;
 
@@ -20,7 +20,7 @@ use crate::state::{Acquire, Permit, Shared};
 /// service, as tower's `LoadShed` does.
 pub struct Bulkhead<S> {
     inner: S,
-    shared: Anchor<Shared>,
+    shared: Arc<Shared>,
     /// The permit `poll_ready` took, apart from the slow states so that
     /// `call` moves two words into the response future.
     permit: Option<Permit>,
@@ -34,7 +34,7 @@ enum State {
 }
 
 impl<S> Bulkhead<S> {
-    pub(crate) fn from_shared(inner: S, shared: Anchor<Shared>) -> Self {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
         Self {
             inner,
             shared,

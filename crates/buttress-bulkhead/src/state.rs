@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use buttress_core::local::{Anchor, Cache, Home, Local, Token};
 use buttress_core::{BulkheadFullReason, Listeners};
 use tokio::time::{Instant, Sleep};
 
@@ -40,25 +39,6 @@ const TAKEN_ONE: u64 = 1 << 32;
 #[inline]
 fn available_of(state: u64) -> i64 {
     (state & LOW) as i64 - BIAS
-}
-
-thread_local! {
-    static CACHE: Cache<Shared> = const { Cache::new() };
-}
-
-/// Where bulkheads live: response futures hold a [`Token`], not an `Arc`
-/// (see [`buttress_core::local`]).
-static HOME: Home<Shared> = Home::new(&CACHE);
-
-/// Anchors a new bulkhead's state.
-pub(crate) fn anchor(shared: Shared) -> Anchor<Shared> {
-    Anchor::new(Arc::new(shared))
-}
-
-impl Local for Shared {
-    fn home() -> &'static Home<Self> {
-        &HOME
-    }
 }
 
 pub(crate) struct Shared {
@@ -330,7 +310,7 @@ fn wait_to_nanos(d: Option<Duration>) -> u64 {
 
 /// A permit: released on drop, whatever happens to the call.
 pub(crate) struct Permit {
-    shared: Token<Shared>,
+    shared: Arc<Shared>,
     /// When it was taken, in nanoseconds after the bulkhead's `base`,
     /// plus one; 0 when nobody listens for `Finished`. A `u64`, not an
     /// `Option<Instant>`: the permit is moved into the response future on
@@ -340,7 +320,7 @@ pub(crate) struct Permit {
 
 impl Permit {
     #[inline]
-    pub(crate) fn new(anchor: &Anchor<Shared>, waited: Option<Duration>) -> Self {
+    pub(crate) fn new(anchor: &Arc<Shared>, waited: Option<Duration>) -> Self {
         let shared = &**anchor;
         let since = if shared.listeners.is_empty() {
             0
@@ -356,7 +336,7 @@ impl Permit {
             u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1
         };
         Self {
-            shared: anchor.token(),
+            shared: anchor.clone(),
             since,
         }
     }
@@ -366,24 +346,21 @@ impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
         let since = self.since;
-        // `None` only once every owner of the bulkhead is gone: nobody can
-        // see its permits any more.
-        let _ = self.shared.with(|shared, _| {
-            shared.release();
-            if since != 0 {
-                let taken = shared.base + Duration::from_nanos(since - 1);
-                shared.listeners.emit(|| BulkheadEvent::Finished {
-                    name: shared.name.clone(),
-                    held: taken.elapsed(),
-                });
-            }
-        });
+        let shared = &self.shared;
+        shared.release();
+        if since != 0 {
+            let taken = shared.base + Duration::from_nanos(since - 1);
+            shared.listeners.emit(|| BulkheadEvent::Finished {
+                name: shared.name.clone(),
+                held: taken.elapsed(),
+            });
+        }
     }
 }
 
 /// One caller's wait for a permit: fast path, queue, or rejection.
 pub(crate) struct Acquire {
-    shared: Anchor<Shared>,
+    shared: Arc<Shared>,
     state: AcquireState,
 }
 
@@ -399,7 +376,7 @@ enum AcquireState {
 }
 
 impl Acquire {
-    pub(crate) fn new(shared: Anchor<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
             state: AcquireState::Start,

@@ -319,16 +319,16 @@ impl CircuitBreakerHandle {
         self.shared.state()
     }
 
-    /// The current state and window.
-    ///
-    /// Successes on the closed path reach a count window in small batches
-    /// per thread (see the crate docs); this thread's batch is moved first,
-    /// so the snapshot is exact on a single thread.
+    /// The current state and window, exact: every call whose response
+    /// future has completed is counted (see "Exactness" in the crate docs).
     pub fn snapshot(&self) -> CircuitBreakerSnapshot {
         self.shared.snapshot()
     }
 
-    /// Rejects every call until another control changes the state.
+    /// Rejects every call until another control changes the state. Each
+    /// control makes one transition and emits one event when the breaker
+    /// is in another state, and does nothing when it is in that state
+    /// already.
     pub fn force_open(&self) {
         self.shared.force(State::ForcedOpen);
     }

@@ -29,23 +29,38 @@
 //!   is not counted, so the breaker cannot get stuck half-open (Resilience4j
 //!   #903, Polly #1979). A result from a call admitted in an earlier state
 //!   never decides a later state's verdict (Resilience4j #1432).
-//! - **Concurrency**: admission is one atomic load in the closed state, and
-//!   response futures reach the breaker through a per-thread cache
-//!   ([`buttress_core::local`]) instead of a reference count per call. With
-//!   a count window, successes are counted per thread and reach the window
-//!   in batches of `window_size / 8` (1 to 32) with one atomic add: a
-//!   success can never trip a breaker, so it may wait. A failure or slow
-//!   call moves its thread's batch first (a thread's calls reach the window
-//!   in order), a snapshot from the handle moves the calling thread's
-//!   batch, and a thread's partial batch moves when the thread exits. So
-//!   on one thread the window is exact; across threads it may lack up to
-//!   one partial batch of the latest successes per worker thread, and
-//!   nothing is lost. Successes from before a state change are dropped, as
-//!   late results always are. A time window batches successes the same
-//!   way, per second and up to 16: a success of a later second moves the
-//!   batch into the bucket of its own second, and a batch whose second
-//!   has left the window is dropped. Consecutive-failure mode records
-//!   every call at once.
+//! - **Exactness**: admission is one atomic load while calls pass.
+//!   Recording a call, the verdict over the window and the transition it
+//!   calls for are one critical section under a short lock, so:
+//!   - the count window holds exactly the last `window_size` recorded
+//!     calls, in the order their threads recorded them; nothing is batched
+//!     or cached per thread;
+//!   - the thresholds are checked after every recorded call, success or
+//!     failure, as Resilience4j does: the breaker never opens while the
+//!     rates of the recorded calls are below both thresholds, and never
+//!     stays closed after a call that brings one to its threshold with the
+//!     minimum of calls in the window;
+//!   - a call is recorded when its response future completes, so a
+//!     snapshot taken when no call is in flight counts every completed
+//!     call;
+//!   - counts are `u64`: no load saturates them or raises a rate;
+//!   - the probe slots change together with the state, so one half-open
+//!     state never has more than `permitted_calls_in_half_open` probes in
+//!     flight, and a probe from an earlier half-open state never frees or
+//!     takes a slot of a later one;
+//!   - transition and threshold events are queued under the lock and
+//!     delivered in the order of the transitions, one thread at a time,
+//!     after the lock is released (a listener may call the handle);
+//!     outcome events (`Success`, `Failure`, `Ignored`, `SlowCall`) are
+//!     emitted by the completing call before it is recorded.
+//!
+//!   A time window counts the calls of the last N whole seconds by one
+//!   clock: a ticker task publishes the current second (following tokio's
+//!   paused clock in tests), and every call and every snapshot reads that
+//!   same second, so the window never moves back and never drops a call
+//!   of a second it still covers. A call counts in the second the ticker
+//!   shows when it completes, at most the ticker's scheduling delay behind
+//!   the clock.
 //! - **Rejection**: [`CircuitOpen`](error::CircuitOpen) with the time left
 //!   until probes are let through, which the HTTP mapping sends as
 //!   `Retry-After`; never an error from `poll_ready`.

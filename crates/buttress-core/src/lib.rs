@@ -17,8 +17,6 @@
 //! - [`response`]: rejections to HTTP responses, [`grpc`] (feature `tonic`):
 //!   to `tonic::Status`.
 //! - [`deadline`]: per-request deadlines carried in request extensions.
-//! - [`local`]: shared state that response futures reach through a
-//!   per-thread cache instead of a reference count per call.
 //!
 //! ```
 //! use buttress_core::{error::kind_of, BoxError, Elapsed, ErrorKind};
@@ -37,7 +35,6 @@ pub mod event;
 #[cfg(feature = "tonic")]
 pub mod grpc;
 pub mod key;
-pub mod local;
 pub mod outcome;
 pub mod registry;
 pub mod response;

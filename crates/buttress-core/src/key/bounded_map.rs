@@ -75,7 +75,9 @@ const KEYS_PER_SHARD_MIN: usize = 128;
 ///
 /// Memory: each entry is its key, its value and 8 bytes of last-use time,
 /// plus one control byte, in a table that is 44% to 88% full (it doubles
-/// when full and never shrinks).
+/// when its entries fill it and never shrinks; the marks evictions leave are
+/// cleared by rebuilding it at the same size, so churn on a full map does
+/// not grow it).
 ///
 /// Times are the caller's `now` (a tokio [`Instant`], so a paused clock
 /// drives eviction in tests), kept as nanoseconds from the map's creation.
@@ -409,6 +411,26 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         hasher: &RandomState,
     ) -> &mut V {
         let value = make(&key);
+        let buckets = self.table.num_buckets();
+        let full = if buckets < 8 {
+            buckets.saturating_sub(1)
+        } else {
+            buckets / 8 * 7
+        };
+        if self.table.len() == self.table.capacity() && self.table.len() < full {
+            // The marks left by evicted entries used up the room. hashbrown
+            // would double a table more than half full; rebuild it at the
+            // same size instead, so that churn on a full map does not double
+            // its memory. The work is at most the entries that can be
+            // inserted before the next rebuild: O(1) amortised.
+            let mut table = HashTable::with_capacity(full);
+            for slot in std::mem::take(&mut self.table) {
+                table.insert_unique(hasher.hash_one(&slot.key), slot, |s| {
+                    hasher.hash_one(&s.key)
+                });
+            }
+            self.table = table;
+        }
         let slot = Slot {
             key,
             value,
@@ -691,6 +713,30 @@ mod tests {
             }
             assert!(next < 3 * n as u32, "old entries left behind");
         }
+    }
+
+    #[test]
+    fn churn_on_a_full_map_does_not_grow_its_tables() {
+        let n = 10_000;
+        let map: BoundedMap<u32, u32> = BoundedMap::new(n, IDLE);
+        let t0 = Instant::now();
+        for k in 0..n as u32 {
+            map.get_or_insert(k, t0, |k| *k, |_| true);
+        }
+        let buckets = |map: &BoundedMap<u32, u32>| -> usize {
+            (0..map.shards())
+                .map(|s| map.lock(s).table.num_buckets())
+                .sum()
+        };
+        let before = buckets(&map);
+        let mut now = t0;
+        for k in n as u32..20 * n as u32 {
+            now += Duration::from_millis(100);
+            let admitted = map.get_or_insert(k, now + IDLE, |k| *k, |_| true);
+            assert!(admitted.is_some());
+        }
+        assert_eq!(map.len(), n);
+        assert_eq!(buckets(&map), before);
     }
 
     #[test]

@@ -389,7 +389,8 @@ pub(crate) fn cases() -> Vec<Case> {
         rez.layer(ReadySvc),
     ));
 
-    // Circuit breaker, closed, time window of 60 s (one clock read per call).
+    // Circuit breaker, closed, time window of 60 s (the second comes from
+    // the breaker's ticker, not the clock).
     let timed = buttress_circuit_breaker::CircuitBreakerLayer::builder()
         .time_window(std::time::Duration::from_secs(60))
         .build()
@@ -437,8 +438,8 @@ pub(crate) fn cases() -> Vec<Case> {
         rez_retry().layer(ReadySvc),
     ));
 
-    // Retry with a budget (Finagle's defaults): every call deposits (one
-    // atomic add; one call in 32 also reads the clock or takes the lock).
+    // Retry with a budget (Finagle's defaults): every call deposits in the
+    // slot of its own time.
     let budgeted = buttress_retry::RetryLayer::builder()
         .budget(
             buttress_retry::RetryBudget::builder()

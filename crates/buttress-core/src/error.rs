@@ -271,6 +271,61 @@ impl fmt::Display for RateLimited {
 
 impl StdError for RateLimited {}
 
+/// A keyed layer could not extract a key from the request and its policy
+/// for such requests is to reject them (the default of the keyed bulkhead
+/// and the keyed circuit breaker).
+///
+/// This is a server misconfiguration rather than an overload, so the HTTP
+/// mapping answers 500. The usual cause: a `ClientIp` or `PeerAddr` key
+/// behind a server that does not record the peer address. With axum, serve
+/// with `into_make_service_with_connect_info::<SocketAddr>()` and enable
+/// buttress's `axum` feature.
+///
+/// ```
+/// use buttress_core::error::{kind_of, BoxError, ErrorKind, KeyMissing};
+///
+/// let err: BoxError = KeyMissing::new("per-client".into(), "ClientIp").into();
+/// assert_eq!(kind_of(&*err), Some(ErrorKind::KeyMissing));
+/// assert!(err.to_string().starts_with("no key for request in `per-client`"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyMissing {
+    name: Arc<str>,
+    extractor: &'static str,
+}
+
+impl KeyMissing {
+    /// The keyed layer `name` found no key with the extractor named
+    /// `extractor` (a type name, for the message).
+    pub fn new(name: Arc<str>, extractor: &'static str) -> Self {
+        Self { name, extractor }
+    }
+
+    /// The name of the keyed layer.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The type name of the key extractor that found no key.
+    pub fn extractor(&self) -> &'static str {
+        self.extractor
+    }
+}
+
+impl fmt::Display for KeyMissing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no key for request in `{}`: `{}` found none (for a peer-address key, \
+             serve with `into_make_service_with_connect_info::<SocketAddr>()` and \
+             enable the `axum` feature)",
+            self.name, self.extractor
+        )
+    }
+}
+
+impl StdError for KeyMissing {}
+
 /// Retries were exhausted; the last error is the `source()`.
 #[derive(Debug)]
 pub struct RetryExhausted {
@@ -341,6 +396,8 @@ pub enum ErrorKind {
     RateLimited,
     /// [`RetryExhausted`].
     RetryExhausted,
+    /// [`KeyMissing`].
+    KeyMissing,
 }
 
 /// The kind of the first buttress rejection in `err`'s `source()` chain,
@@ -378,6 +435,8 @@ fn kind_of_one(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
         Some(ErrorKind::RateLimited)
     } else if err.is::<RetryExhausted>() {
         Some(ErrorKind::RetryExhausted)
+    } else if err.is::<KeyMissing>() {
+        Some(ErrorKind::KeyMissing)
     } else {
         None
     }

@@ -17,6 +17,8 @@
 //! - [`response`]: rejections to HTTP responses, [`grpc`] (feature `tonic`):
 //!   to `tonic::Status`.
 //! - [`deadline`]: per-request deadlines carried in request extensions.
+//! - [`clock`]: a coarse clock read with one atomic load, kept by a ticker
+//!   task that follows tokio's (paused) clock.
 //!
 //! ```
 //! use buttress_core::{error::kind_of, BoxError, Elapsed, ErrorKind};
@@ -28,6 +30,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod clock;
 pub mod config;
 pub mod deadline;
 pub mod error;

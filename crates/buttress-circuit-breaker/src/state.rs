@@ -19,10 +19,11 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool as StdAtomicBool, AtomicU64 as StdAtomicU64};
+use std::sync::atomic::AtomicU64 as StdAtomicU64;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use buttress_core::clock::CoarseClock;
 use buttress_core::{Listeners, Outcome};
 use tokio::time::Instant;
 
@@ -169,15 +170,6 @@ impl Window {
     }
 }
 
-/// The current second for a time window, kept by a ticker task so that
-/// recording reads an atomic instead of the clock.
-#[derive(Default)]
-struct CoarseSecond {
-    second: StdAtomicU64,
-    running: StdAtomicBool,
-    starting: StdAtomicBool,
-}
-
 /// What admission decided for one call.
 pub(crate) enum Admission {
     /// Go ahead; `probe` when the call is a half-open probe, `recording`
@@ -241,7 +233,9 @@ pub(crate) struct Shared {
     delivering: AtomicBool,
     base: Instant,
     not_permitted: StdAtomicU64,
-    coarse: CoarseSecond,
+    /// The seconds of a time window (none for a count window): every call
+    /// and every snapshot reads this one source.
+    coarse: Option<CoarseClock>,
     this: Weak<Shared>,
 }
 
@@ -266,6 +260,10 @@ impl Shared {
         settings: Settings,
         listeners: Listeners<CircuitBreakerEvent>,
     ) -> Arc<Self> {
+        let base = Instant::now();
+        let coarse = settings
+            .time_window_secs
+            .map(|_| CoarseClock::new(base, Duration::from_secs(1)));
         Arc::new_cyclic(|this| Shared {
             name,
             inner: Mutex::new(Inner {
@@ -287,9 +285,9 @@ impl Shared {
             word: AtomicU64::new(State::Closed.code()),
             open_until: AtomicU64::new(0),
             delivering: AtomicBool::new(false),
-            base: Instant::now(),
+            base,
             not_permitted: StdAtomicU64::new(0),
-            coarse: CoarseSecond::default(),
+            coarse,
             this: this.clone(),
         })
     }
@@ -756,75 +754,15 @@ impl Shared {
     }
 
     /// The second a time window records and reads at (0 for a count
-    /// window): the ticker's when it runs, else from the clock (and the
-    /// ticker is started if a tokio runtime is there to run it). One source
-    /// for every call and every reader; the window never moves back.
+    /// window), from the coarse clock: one atomic load while its ticker
+    /// runs (the ticker follows tokio's paused clock), else the clock. One
+    /// source for every call and every reader; it never moves back.
     #[inline]
     fn window_second(&self) -> u64 {
-        if self.settings.time_window_secs.is_none() {
-            return 0;
+        match &self.coarse {
+            Some(clock) => clock.now_ticks(),
+            None => 0,
         }
-        if self.coarse.running.load(Acquire) {
-            return self.coarse.second.load(Acquire);
-        }
-        self.start_ticker();
-        self.second(Instant::now())
-    }
-
-    /// Starts the task that keeps `coarse.second` current: it ticks at each
-    /// whole second after the base instant, follows tokio's paused clock in
-    /// tests, ends when the breaker is dropped, and marks itself stopped if
-    /// its runtime shuts down (the next call then starts another).
-    fn start_ticker(&self) {
-        // A load first: calls that find a ticker starting make no write.
-        if self.coarse.starting.load(Acquire) || self.coarse.starting.swap(true, AcqRel) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.coarse.starting.store(false, Release);
-            return;
-        };
-        let this = self.this.clone();
-        runtime.spawn(async move {
-            /// Marks the ticker stopped however its task ends.
-            struct Stopped(Weak<Shared>);
-            impl Drop for Stopped {
-                fn drop(&mut self) {
-                    if let Some(shared) = self.0.upgrade() {
-                        shared.coarse.running.store(false, Release);
-                        shared.coarse.starting.store(false, Release);
-                    }
-                }
-            }
-            let _stopped = Stopped(this.clone());
-            let Some((first, base)) = this.upgrade().map(|s| (s.tick(), s.base)) else {
-                return;
-            };
-            let next = base + Duration::from_secs(first + 1);
-            let mut ticks = tokio::time::interval_at(next, Duration::from_secs(1));
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                ticks.tick().await;
-                match this.upgrade() {
-                    Some(shared) => {
-                        shared.tick();
-                    }
-                    None => return,
-                }
-            }
-        });
-    }
-
-    /// Publishes the current second; returns it.
-    fn tick(&self) -> u64 {
-        let second = self.second(Instant::now());
-        self.coarse.second.store(second, Release);
-        self.coarse.running.store(true, Release);
-        second
-    }
-
-    fn second(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.base).as_secs()
     }
 
     /// Calls needed before a rate is computed: clamped to the size of a

@@ -95,11 +95,11 @@ impl Elapsed {
 
 impl fmt::Display for Elapsed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "request timed out after {:?} (timeout `{}`)",
-            self.timeout, self.name
-        )
+        write!(f, "request timed out after {:?}", self.timeout)?;
+        if is_named(&self.name, &["timeout"]) {
+            write!(f, " (timeout `{}`)", self.name)?;
+        }
+        Ok(())
     }
 }
 
@@ -167,7 +167,11 @@ impl BulkheadFull {
 
 impl fmt::Display for BulkheadFull {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "bulkhead `{}` is full: {}", self.name, self.reason)
+        if is_named(&self.name, &["bulkhead"]) {
+            write!(f, "bulkhead `{}` is full: {}", self.name, self.reason)
+        } else {
+            write!(f, "bulkhead is full: {}", self.reason)
+        }
     }
 }
 
@@ -200,7 +204,11 @@ impl CircuitOpen {
 
 impl fmt::Display for CircuitOpen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "circuit `{}` is open", self.name)
+        if is_named(&self.name, &["circuit_breaker"]) {
+            write!(f, "circuit `{}` is open", self.name)
+        } else {
+            f.write_str("circuit breaker is open")
+        }
     }
 }
 
@@ -265,7 +273,11 @@ impl RateLimited {
 
 impl fmt::Display for RateLimited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "rate limit `{}` exceeded", self.name)
+        if is_named(&self.name, &["rate_limiter", "rate_limit"]) {
+            write!(f, "rate limit `{}` exceeded", self.name)
+        } else {
+            f.write_str("rate limit exceeded")
+        }
     }
 }
 
@@ -368,11 +380,15 @@ impl RetryExhausted {
 
 impl fmt::Display for RetryExhausted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "retry `{}` gave up after {} attempts",
-            self.name, self.attempts
-        )
+        if is_named(&self.name, &["retry"]) {
+            write!(
+                f,
+                "retry `{}` gave up after {} attempts",
+                self.name, self.attempts
+            )
+        } else {
+            write!(f, "retry gave up after {} attempts", self.attempts)
+        }
     }
 }
 
@@ -380,6 +396,14 @@ impl StdError for RetryExhausted {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         Some(&*self.last)
     }
+}
+
+/// Whether `name` was given by the user: neither empty nor the default name
+/// a pattern crate gives an unnamed instance (its kind, e.g. `"bulkhead"`).
+/// Messages leave default names out, so an unnamed bulkhead reads "bulkhead
+/// is full", not "bulkhead `bulkhead` is full".
+fn is_named(name: &str, defaults: &[&str]) -> bool {
+    !name.is_empty() && !defaults.contains(&name)
 }
 
 /// The kinds of rejection that buttress knows.
@@ -534,6 +558,37 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "request timed out after 250ms (timeout `upstream`)"
+        );
+    }
+
+    #[test]
+    fn displays_leave_default_names_out() {
+        let full = BulkheadFull::new("bulkhead".into(), BulkheadFullReason::QueueFull);
+        assert_eq!(full.to_string(), "bulkhead is full: wait queue full");
+        let open = CircuitOpen::new("circuit_breaker".into(), None);
+        assert_eq!(open.to_string(), "circuit breaker is open");
+        assert_eq!(
+            CircuitOpen::new("payments".into(), None).to_string(),
+            "circuit `payments` is open"
+        );
+        let elapsed = Elapsed::new("timeout".into(), Duration::from_millis(250));
+        assert_eq!(elapsed.to_string(), "request timed out after 250ms");
+        let limited = RateLimited::new("rate_limiter".into(), None);
+        assert_eq!(limited.to_string(), "rate limit exceeded");
+        assert_eq!(
+            RateLimited::new("api".into(), None).to_string(),
+            "rate limit `api` exceeded"
+        );
+        let exhausted = RetryExhausted::new("retry".into(), 3, "io".into());
+        assert_eq!(exhausted.to_string(), "retry gave up after 3 attempts");
+        assert_eq!(
+            RetryExhausted::new("fetch".into(), 3, "io".into()).to_string(),
+            "retry `fetch` gave up after 3 attempts"
+        );
+        let empty = BulkheadFull::new("".into(), BulkheadFullReason::WaitTimedOut);
+        assert_eq!(
+            empty.to_string(),
+            "bulkhead is full: wait in queue timed out"
         );
     }
 }

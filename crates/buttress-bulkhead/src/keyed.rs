@@ -4,12 +4,12 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use buttress_core::error::{BoxError, BulkheadFull};
+use buttress_core::error::{BoxError, BulkheadFull, KeyMissing};
 use buttress_core::key::BoundedMap;
 use buttress_core::registry::Component;
 use buttress_core::{BulkheadFullReason, ConfigError, KeyExtractor, Listener, Listeners, Registry};
@@ -19,10 +19,54 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::events::BulkheadEvent;
-use crate::layer::{validate, BulkheadHandle, KIND};
+use crate::layer::{validate, validate_wait, BulkheadHandle, KIND};
 use crate::state::{Acquire, BulkheadSnapshot, Permit, Shared};
 
 const KEYED_KIND: &str = "keyed_bulkhead";
+
+/// What a keyed layer does with a request whose key the extractor cannot
+/// find (for example a `ClientIp` key on a server that records no peer
+/// address).
+///
+/// The default is [`Reject`](MissingKey::Reject): a missing key is almost
+/// always a misconfiguration, and sharing one bucket silently would make
+/// every client wait for every other one. Either way such requests are
+/// counted ([`KeyedBulkheadHandle::missing_key`], `"missing_key"` in the
+/// registry snapshot) and the first one logs a `tracing` warning.
+///
+/// ```
+/// use buttress_bulkhead::{KeyedBulkheadLayer, MissingKey};
+/// use buttress_core::key::ClientIp;
+///
+/// // Requests without a peer address share one explicit "unknown" bulkhead.
+/// let layer = KeyedBulkheadLayer::builder(ClientIp::new(0))
+///     .on_missing_key(MissingKey::SharedBucket)
+///     .build::<std::net::IpAddr>()
+///     .unwrap();
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum MissingKey {
+    /// Fail the call with [`KeyMissing`] without calling the inner service
+    /// (the default). The HTTP mapping answers 500: the server, not the
+    /// client, is misconfigured.
+    #[default]
+    Reject,
+    /// Run the call in one extra bucket shared by every request without a
+    /// key, with the same limits as a key's (see
+    /// [`KeyedBulkheadHandle::unkeyed`]).
+    SharedBucket,
+}
+
+impl MissingKey {
+    fn as_str(self) -> &'static str {
+        match self {
+            MissingKey::Reject => "reject",
+            MissingKey::SharedBucket => "shared_bucket",
+        }
+    }
+}
 
 struct KeyedShared<K> {
     name: Arc<str>,
@@ -31,14 +75,39 @@ struct KeyedShared<K> {
     max_wait: Option<Duration>,
     listeners: Listeners<BulkheadEvent>,
     map: BoundedMap<K, Arc<Shared>>,
-    /// Requests whose key the extractor could not find share this one.
+    /// Requests whose key the extractor could not find share this one,
+    /// with [`MissingKey::SharedBucket`].
     unkeyed: Arc<Shared>,
+    on_missing_key: MissingKey,
+    /// The extractor's type name, for the error and the warning.
+    extractor: &'static str,
+    /// Requests whose key the extractor could not find.
+    missing_key: AtomicU64,
+    /// Whether the one warning about a missing key was logged.
+    warned_missing_key: AtomicBool,
     /// Requests with a new key rejected because every key was in use.
     map_full: AtomicU64,
     /// `completed` and `rejected` of evicted keys, so that totals never go
     /// down when a key is evicted.
     retired_completed: AtomicU64,
     retired_rejected: AtomicU64,
+}
+
+impl<K> KeyedShared<K> {
+    /// Counts a request without a key and warns about the first one.
+    fn note_missing_key(&self) {
+        self.missing_key.fetch_add(1, Relaxed);
+        if !self.warned_missing_key.load(Relaxed) && !self.warned_missing_key.swap(true, Relaxed) {
+            tracing::warn!(
+                name = %self.name,
+                extractor = self.extractor,
+                policy = self.on_missing_key.as_str(),
+                "a request had no key; for a peer-address key behind axum, serve with \
+                 into_make_service_with_connect_info::<SocketAddr>() and enable buttress's \
+                 `axum` feature (further requests without a key are only counted)"
+            );
+        }
+    }
 }
 
 impl<K: Hash + Eq + Clone> KeyedShared<K> {
@@ -87,8 +156,21 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
 /// [`BulkheadHandle`] of it is held) and none started for `idle_timeout`;
 /// when no key can go, a request with a new key is rejected with
 /// [`BulkheadFull`] (`QueueFull`) rather than growing memory, so a client
-/// rotating keys cannot exhaust it. Requests without a key share one extra
-/// bulkhead with the same limits.
+/// rotating keys cannot exhaust it.
+///
+/// A request whose key the extractor cannot find is rejected with
+/// [`KeyMissing`] by default, counted, and the first one logs a warning;
+/// [`on_missing_key`](KeyedBulkheadBuilder::on_missing_key) with
+/// [`MissingKey::SharedBucket`] runs such requests in one extra bulkhead
+/// with the same limits instead.
+///
+/// With a [`ClientIp`](buttress_core::key::ClientIp) or
+/// [`PeerAddr`](buttress_core::key::PeerAddr) key behind axum, the peer
+/// address is only in the request when the server is started with
+/// `axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())`
+/// *and* buttress's `axum` feature (`buttress-core/axum`) is on, so that
+/// the extractor reads axum's `ConnectInfo<SocketAddr>`. Plain
+/// `axum::serve(listener, app)` gives no key to any request.
 ///
 /// Because the key is known only in `call`, the wait for a permit happens
 /// in the response future: `call` calls the inner service at once and the
@@ -152,6 +234,7 @@ impl<X> KeyedBulkheadLayer<X, ()> {
             max_wait: None,
             max_keys: 10_000,
             idle_timeout: Duration::from_secs(60),
+            on_missing_key: MissingKey::Reject,
             registry: None,
             listeners: Listeners::new(),
         }
@@ -188,6 +271,7 @@ pub struct KeyedBulkheadBuilder<X> {
     max_wait: Option<Duration>,
     max_keys: usize,
     idle_timeout: Duration,
+    on_missing_key: MissingKey,
     registry: Option<Registry>,
     listeners: Listeners<BulkheadEvent>,
 }
@@ -209,7 +293,8 @@ impl<X> KeyedBulkheadBuilder<X> {
         self
     }
 
-    /// Calls allowed at once per key (default 25).
+    /// Calls allowed at once per key (default 25; at least 1, at most
+    /// 2<sup>30</sup>).
     pub fn max_concurrent(mut self, max: usize) -> Self {
         self.max_concurrent = max;
         self
@@ -221,15 +306,24 @@ impl<X> KeyedBulkheadBuilder<X> {
         self
     }
 
-    /// Queue timeout per caller (default none).
+    /// Queue timeout per caller (default none). A non-zero wait needs
+    /// [`max_queue`](Self::max_queue) above 0.
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = Some(max_wait);
         self
     }
 
-    /// Keys kept at most (default 10 000).
+    /// Keys kept at most (default 10 000; at least 1). The map allocates
+    /// as keys arrive, not up front.
     pub fn max_keys(mut self, max: usize) -> Self {
         self.max_keys = max;
+        self
+    }
+
+    /// What to do with a request whose key cannot be extracted (default
+    /// [`MissingKey::Reject`]).
+    pub fn on_missing_key(mut self, policy: MissingKey) -> Self {
+        self.on_missing_key = policy;
         self
     }
 
@@ -259,6 +353,7 @@ impl<X> KeyedBulkheadBuilder<X> {
         K: Hash + Eq + Clone + Send + Sync + 'static,
     {
         validate(&self.name, self.max_concurrent, self.max_queue)?;
+        validate_wait(self.max_queue, self.max_wait)?;
         if self.max_keys == 0 {
             return Err(ConfigError::new(KIND, "max_keys", "must be at least 1"));
         }
@@ -279,6 +374,10 @@ impl<X> KeyedBulkheadBuilder<X> {
                 listeners: self.listeners,
                 map: BoundedMap::new(self.max_keys, self.idle_timeout),
                 unkeyed,
+                on_missing_key: self.on_missing_key,
+                extractor: std::any::type_name::<X>(),
+                missing_key: AtomicU64::new(0),
+                warned_missing_key: AtomicBool::new(false),
                 map_full: AtomicU64::new(0),
                 retired_completed: AtomicU64::new(0),
                 retired_rejected: AtomicU64::new(0),
@@ -337,7 +436,22 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let bulkhead = match self.extractor.extract(&req) {
             Some(key) => self.shared.get(key),
-            None => Some(self.shared.unkeyed.clone()),
+            None => {
+                let shared = &self.shared;
+                shared.note_missing_key();
+                match shared.on_missing_key {
+                    MissingKey::SharedBucket => Some(shared.unkeyed.clone()),
+                    MissingKey::Reject => {
+                        return KeyedResponseFuture {
+                            state: KeyedState::Rejected {
+                                error: Some(
+                                    KeyMissing::new(shared.name.clone(), shared.extractor).into(),
+                                ),
+                            },
+                        };
+                    }
+                }
+            }
         };
         let Some(bulkhead) = bulkhead else {
             let shared = &self.shared;
@@ -349,10 +463,10 @@ where
             tracing::debug!(name = %self.shared.name, "every key is in use; request rejected");
             return KeyedResponseFuture {
                 state: KeyedState::Rejected {
-                    error: Some(BulkheadFull::new(
-                        self.shared.name.clone(),
-                        BulkheadFullReason::QueueFull,
-                    )),
+                    error: Some(
+                        BulkheadFull::new(self.shared.name.clone(), BulkheadFullReason::QueueFull)
+                            .into(),
+                    ),
                 },
             };
         };
@@ -385,7 +499,7 @@ pin_project! {
             permit: Option<Permit>,
         },
         Rejected {
-            error: Option<BulkheadFull>,
+            error: Option<BoxError>,
         },
     }
 }
@@ -435,7 +549,7 @@ where
             }
             KeyedProj::Rejected { error } => {
                 let error = error.take().expect("polled after completion");
-                Poll::Ready(Err(error.into()))
+                Poll::Ready(Err(error))
             }
         }
     }
@@ -473,9 +587,23 @@ impl<K: Hash + Eq> KeyedBulkheadHandle<K> {
         self.shared.map.get(key).map(BulkheadHandle::new)
     }
 
-    /// The bulkhead shared by requests without a key.
+    /// The bulkhead shared by requests without a key, with
+    /// [`MissingKey::SharedBucket`] (unused with the default policy).
     pub fn unkeyed(&self) -> BulkheadHandle {
         BulkheadHandle::new(self.shared.unkeyed.clone())
+    }
+
+    /// Requests whose key the extractor could not find, whatever the
+    /// [`MissingKey`] policy did with them. Those rejected with
+    /// [`KeyMissing`] are not in [`totals`](Self::totals)`().rejected`,
+    /// which counts bulkheads that were full.
+    pub fn missing_key(&self) -> u64 {
+        self.shared.missing_key.load(Relaxed)
+    }
+
+    /// The policy for requests without a key.
+    pub fn on_missing_key(&self) -> MissingKey {
+        self.shared.on_missing_key
     }
 
     /// Requests with a new key rejected because every key was in use
@@ -529,6 +657,8 @@ impl<K: Hash + Eq + Send + Sync + 'static> Component for KeyedBulkheadHandle<K> 
             "completed": t.completed,
             "rejected": t.rejected,
             "rejected_map_full": self.map_full_rejections(),
+            "missing_key": self.missing_key(),
+            "on_missing_key": self.shared.on_missing_key.as_str(),
         })
     }
 

@@ -55,17 +55,23 @@ impl BulkheadLayer {
     /// no free permit is rejected at once (Resilience4j's default wait of
     /// zero). Named `"bulkhead"`.
     ///
-    /// A limit of 0 rejects every call; it can be raised later through the
-    /// [`handle`](Self::handle). Use [`BulkheadLayer::builder`] for a
-    /// queue, a name, events and a registry entry.
-    pub fn new(max_concurrent: usize) -> Self {
-        Self::from_shared(Shared::new(
-            Arc::from(KIND),
-            max_concurrent,
-            0,
-            None,
-            Listeners::new(),
-        ))
+    /// Validated as [`BulkheadBuilder::build`] validates: 0 and values
+    /// above 2<sup>30</sup> are an error, not a layer that rejects (or
+    /// admits) every call. Unlike tower's infallible
+    /// `ConcurrencyLimitLayer::new`, a limit here often comes from
+    /// configuration, where a zero is a mistake to report. Use
+    /// [`BulkheadLayer::builder`] for a queue, a name, events and a
+    /// registry entry.
+    ///
+    /// ```
+    /// use buttress_bulkhead::BulkheadLayer;
+    ///
+    /// let layer = BulkheadLayer::new(8).unwrap();
+    /// assert_eq!(layer.handle().snapshot().max_concurrent, 8);
+    /// assert_eq!(BulkheadLayer::new(0).unwrap_err().field(), "max_concurrent");
+    /// ```
+    pub fn new(max_concurrent: usize) -> Result<Self, ConfigError> {
+        Self::builder().max_concurrent(max_concurrent).build()
     }
 
     /// A builder.
@@ -139,14 +145,16 @@ impl BulkheadBuilder {
     }
 
     /// Calls allowed to run at once (default 25, as Resilience4j).
-    /// [`build`](Self::build) rejects 0 and values above 2^30.
+    /// [`build`](Self::build) rejects 0 and values above 2<sup>30</sup>
+    /// ([`MAX_CONCURRENT`](crate::MAX_CONCURRENT)).
     pub fn max_concurrent(mut self, max: usize) -> Self {
         self.max_concurrent = max;
         self
     }
 
     /// Callers allowed to wait for a permit, in FIFO order (default 0: no
-    /// queue, reject at once).
+    /// queue, reject at once). The queue grows with its waiters only:
+    /// nothing is allocated up front, whatever the bound.
     pub fn max_queue(mut self, max: usize) -> Self {
         self.max_queue = max;
         self
@@ -155,6 +163,10 @@ impl BulkheadBuilder {
     /// How long a caller may wait in the queue before it is rejected with
     /// [`WaitTimedOut`](crate::error::BulkheadFullReason::WaitTimedOut)
     /// (default: no limit while queued). Zero disables the queue.
+    ///
+    /// A non-zero wait needs a queue: [`build`](Self::build) rejects it
+    /// when [`max_queue`](Self::max_queue) is 0, since nobody would ever
+    /// wait.
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = Some(max_wait);
         self
@@ -175,6 +187,7 @@ impl BulkheadBuilder {
     /// Validates and builds the layer.
     pub fn build(self) -> Result<BulkheadLayer, ConfigError> {
         validate(&self.name, self.max_concurrent, self.max_queue)?;
+        validate_wait(self.max_queue, self.max_wait)?;
         let layer = BulkheadLayer::from_shared(Shared::new(
             self.name,
             self.max_concurrent,
@@ -199,18 +212,53 @@ pub(crate) fn validate(
     if name.is_empty() {
         return Err(ConfigError::new(KIND, "name", "must not be empty"));
     }
-    if max_concurrent == 0 {
+    validate_max_concurrent(max_concurrent)?;
+    validate_max_queue(max_queue)
+}
+
+fn validate_max_concurrent(max: usize) -> Result<(), ConfigError> {
+    if max == 0 {
         return Err(ConfigError::new(
             KIND,
             "max_concurrent",
             "must be at least 1",
         ));
     }
-    if max_concurrent > crate::state::MAX_PERMITS {
-        return Err(ConfigError::new(KIND, "max_concurrent", "is too large"));
+    if max > crate::MAX_CONCURRENT {
+        return Err(ConfigError::new(
+            KIND,
+            "max_concurrent",
+            format!(
+                "must be at most {} (2^30), got {max}",
+                crate::MAX_CONCURRENT
+            ),
+        ));
     }
-    if max_queue > isize::MAX as usize {
-        return Err(ConfigError::new(KIND, "max_queue", "is too large"));
+    Ok(())
+}
+
+fn validate_max_queue(max: usize) -> Result<(), ConfigError> {
+    if max > isize::MAX as usize {
+        return Err(ConfigError::new(
+            KIND,
+            "max_queue",
+            format!("must be at most {}, got {max}", isize::MAX),
+        ));
+    }
+    Ok(())
+}
+
+/// A non-zero `max_wait` without a queue would never apply: nobody waits.
+pub(crate) fn validate_wait(
+    max_queue: usize,
+    max_wait: Option<Duration>,
+) -> Result<(), ConfigError> {
+    if max_queue == 0 && max_wait.is_some_and(|w| !w.is_zero()) {
+        return Err(ConfigError::new(
+            KIND,
+            "max_wait",
+            "has no effect without a wait queue: set max_queue above 0, or leave max_wait unset",
+        ));
     }
     Ok(())
 }
@@ -242,22 +290,46 @@ impl BulkheadHandle {
         self.shared.snapshot()
     }
 
-    /// Changes the limit of concurrent calls (at most 2^30). Calls in flight are not
-    /// touched: lowering the limit below them only delays new calls until
-    /// enough have finished; raising it admits queued callers at once.
-    pub fn set_max_concurrent(&self, max: usize) {
+    /// Changes the limit of concurrent calls, validated as the builder
+    /// validates it (at least 1, at most 2<sup>30</sup>); on an error the
+    /// limit is unchanged. Calls in flight are not touched: lowering the
+    /// limit below them only delays new calls until enough have finished;
+    /// raising it admits queued callers at once.
+    ///
+    /// ```
+    /// use buttress_bulkhead::BulkheadLayer;
+    ///
+    /// let handle = BulkheadLayer::new(4).unwrap().handle();
+    /// handle.set_max_concurrent(16).unwrap();
+    /// assert_eq!(handle.set_max_concurrent(0).unwrap_err().field(), "max_concurrent");
+    /// assert_eq!(handle.snapshot().max_concurrent, 16);
+    /// ```
+    pub fn set_max_concurrent(&self, max: usize) -> Result<(), ConfigError> {
+        validate_max_concurrent(max)?;
         self.shared.set_max_concurrent(max);
+        Ok(())
     }
 
     /// Changes the queue bound for callers arriving from now on; callers
-    /// already waiting keep their place.
-    pub fn set_max_queue(&self, max: usize) {
+    /// already waiting keep their place. A bound of 0 is refused while a
+    /// non-zero `max_wait` is set (clear it first with
+    /// [`set_max_wait(None)`](Self::set_max_wait)); on an error nothing
+    /// changes.
+    pub fn set_max_queue(&self, max: usize) -> Result<(), ConfigError> {
+        validate_max_queue(max)?;
+        validate_wait(max, self.shared.max_wait())?;
         self.shared.set_max_queue(max);
+        Ok(())
     }
 
-    /// Changes the queue timeout for callers queued from now on.
-    pub fn set_max_wait(&self, max_wait: Option<Duration>) {
+    /// Changes the queue timeout for callers queued from now on. A
+    /// non-zero wait is refused while the queue bound is 0 (raise it first
+    /// with [`set_max_queue`](Self::set_max_queue)); on an error nothing
+    /// changes.
+    pub fn set_max_wait(&self, max_wait: Option<Duration>) -> Result<(), ConfigError> {
+        validate_wait(self.shared.max_queue(), max_wait)?;
         self.shared.set_max_wait(max_wait);
+        Ok(())
     }
 
     /// `true` when no call holds a permit and nobody waits.

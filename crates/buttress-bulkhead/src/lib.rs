@@ -51,7 +51,14 @@
 //!   without touching calls in flight; builders register it in a
 //!   [`Registry`](buttress_core::Registry) and take event listeners.
 //! - **Keyed.** [`KeyedBulkheadLayer`] keeps one bulkhead per key in a
-//!   bounded map.
+//!   bounded map. A request whose key cannot be extracted is rejected
+//!   with [`KeyMissing`](buttress_core::error::KeyMissing) by default
+//!   ([`MissingKey`]); a `ClientIp` key behind axum needs
+//!   `into_make_service_with_connect_info::<SocketAddr>()` and buttress's
+//!   `axum` feature.
+//! - **Validation.** Every constructor and run-time setter validates as
+//!   the builder does and returns a `ConfigError` rather than panicking
+//!   or accepting a limit of 0.
 #![forbid(unsafe_code)]
 
 mod config;
@@ -67,8 +74,13 @@ pub use config::BulkheadConfig;
 pub use events::BulkheadEvent;
 pub use keyed::{
     KeyedBulkhead, KeyedBulkheadBuilder, KeyedBulkheadHandle, KeyedBulkheadLayer,
-    KeyedResponseFuture,
+    KeyedResponseFuture, MissingKey,
 };
 pub use layer::{BulkheadBuilder, BulkheadHandle, BulkheadLayer};
 pub use service::Bulkhead;
 pub use state::BulkheadSnapshot;
+
+/// The largest `max_concurrent` a bulkhead accepts (2<sup>30</sup>), in
+/// the builder, [`BulkheadLayer::new`] and
+/// [`BulkheadHandle::set_max_concurrent`] alike.
+pub const MAX_CONCURRENT: usize = state::MAX_PERMITS;

@@ -252,6 +252,10 @@ impl Shared {
         }
     }
 
+    pub(crate) fn max_queue(&self) -> usize {
+        self.max_queue.load(Relaxed)
+    }
+
     pub(crate) fn set_max_queue(&self, max: usize) {
         self.max_queue.store(max, Relaxed);
     }

@@ -330,12 +330,12 @@ async fn resize_up_grants_waiters_and_resize_down_keeps_in_flight() {
     assert_pending!(s2.poll_ready());
     assert_pending!(s3.poll_ready());
 
-    h.set_max_concurrent(3);
+    h.set_max_concurrent(3).unwrap();
     assert_eq!(snap(&h), (3, 1, 0));
     assert_ready_ok!(s2.poll_ready());
     assert_pending!(s3.poll_ready());
 
-    h.set_max_concurrent(1);
+    h.set_max_concurrent(1).unwrap();
     // In-flight calls are untouched; the limit binds as they finish.
     let s = h.snapshot();
     assert_eq!((s.max_concurrent, s.active, s.available), (1, 3, 0));
@@ -359,8 +359,8 @@ async fn set_max_queue_and_max_wait_apply_to_new_arrivals() {
     let mut s2 = mock::Spawn::new(l.layer(inner));
     assert_ready_ok!(s1.poll_ready());
     let _held = s1.call("1");
-    h.set_max_queue(1);
-    h.set_max_wait(Some(Duration::from_millis(10)));
+    h.set_max_queue(1).unwrap();
+    h.set_max_wait(Some(Duration::from_millis(10))).unwrap();
     assert_pending!(s2.poll_ready());
     time::advance(Duration::from_millis(10)).await;
     assert_ready_ok!(s2.poll_ready());
@@ -518,7 +518,7 @@ async fn registered_in_registry_with_snapshot() {
     assert_eq!(snap["payments"]["state"]["active"], 1);
     assert_eq!(snap["payments"]["state"]["available"], 2);
     let handle: BulkheadHandle = registry.get("payments").unwrap();
-    handle.set_max_concurrent(5);
+    handle.set_max_concurrent(5).unwrap();
     assert_eq!(l.handle().snapshot().max_concurrent, 5);
 }
 
@@ -539,7 +539,7 @@ fn duplicate_name_is_a_config_error() {
     assert!(err.to_string().contains("name"), "{err}");
     // The first registration is untouched.
     let kept: BulkheadHandle = registry.get("a").unwrap();
-    kept.set_max_concurrent(7);
+    kept.set_max_concurrent(7).unwrap();
     assert_eq!(first.handle().snapshot().max_concurrent, 7);
     assert_eq!(registry.names(), vec!["a".to_owned()]);
 }
@@ -622,7 +622,7 @@ fn config_from_serde_with_humantime() {
 
 #[tokio::test(start_paused = true)]
 async fn new_without_builder_rejects_at_once_when_full() {
-    let l = BulkheadLayer::new(1);
+    let l = BulkheadLayer::new(1).unwrap();
     let (inner, _handle) = mock::pair::<&'static str, &'static str>();
     let mut s1 = mock::Spawn::new(l.layer(inner.clone()));
     let mut s2 = mock::Spawn::new(l.layer(inner));
@@ -652,4 +652,49 @@ fn services_futures_and_handles_are_send_and_sync() {
     send_sync::<buttress_bulkhead::KeyedBulkheadHandle<String>>();
     send::<buttress_bulkhead::KeyedResponseFuture<<Inner as tower::Service<&'static str>>::Future>>(
     );
+}
+
+#[test]
+fn new_and_setters_validate_as_the_builder_does() {
+    assert_eq!(BulkheadLayer::new(0).unwrap_err().field(), "max_concurrent");
+    assert_eq!(
+        BulkheadLayer::new(buttress_bulkhead::MAX_CONCURRENT + 1)
+            .unwrap_err()
+            .field(),
+        "max_concurrent"
+    );
+    let h = BulkheadLayer::new(2).unwrap().handle();
+    assert_eq!(
+        h.set_max_concurrent(0).unwrap_err().field(),
+        "max_concurrent"
+    );
+    assert_eq!(
+        h.set_max_concurrent(usize::MAX).unwrap_err().field(),
+        "max_concurrent"
+    );
+    assert_eq!(h.snapshot().max_concurrent, 2);
+    // A wait without a queue would never apply.
+    let err = h.set_max_wait(Some(Duration::from_millis(5))).unwrap_err();
+    assert_eq!(err.field(), "max_wait");
+    h.set_max_wait(Some(Duration::ZERO)).unwrap();
+    h.set_max_queue(3).unwrap();
+    h.set_max_wait(Some(Duration::from_millis(5))).unwrap();
+    assert_eq!(h.set_max_queue(0).unwrap_err().field(), "max_wait");
+    h.set_max_wait(None).unwrap();
+    h.set_max_queue(0).unwrap();
+}
+
+#[test]
+fn max_wait_without_a_queue_is_rejected_by_build() {
+    let err = BulkheadLayer::builder()
+        .max_wait(Duration::from_millis(10))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "max_wait");
+    assert!(err.reason().contains("max_queue"), "{err}");
+    BulkheadLayer::builder()
+        .max_queue(1)
+        .max_wait(Duration::from_millis(10))
+        .build()
+        .unwrap();
 }

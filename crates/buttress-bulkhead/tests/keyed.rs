@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use buttress_bulkhead::error::{BulkheadFull, BulkheadFullReason};
-use buttress_bulkhead::{KeyedBulkheadHandle, KeyedBulkheadLayer};
+use buttress_bulkhead::{KeyedBulkheadHandle, KeyedBulkheadLayer, MissingKey};
+use buttress_core::error::KeyMissing;
 use buttress_core::key::FnKey;
 use buttress_core::Registry;
 use tokio::sync::oneshot;
@@ -84,16 +85,49 @@ async fn each_key_has_its_own_bulkhead() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn requests_without_a_key_share_one_bulkhead() {
+async fn requests_without_a_key_are_rejected_with_key_missing_and_counted() {
     let l = layer(100, 0);
+    let svc = service(&l);
+    for _ in 0..3 {
+        let (r, _done) = req(None);
+        let err = svc.clone().oneshot(r).await.unwrap_err();
+        let missing = err.downcast_ref::<KeyMissing>().expect("KeyMissing");
+        assert_eq!(missing.name(), "tenants");
+        assert!(err
+            .to_string()
+            .contains("into_make_service_with_connect_info"));
+    }
+    let h = l.handle();
+    assert_eq!(h.on_missing_key(), MissingKey::Reject);
+    assert_eq!(h.missing_key(), 3);
+    assert_eq!(h.keys(), 0);
+    assert_eq!(h.unkeyed().snapshot().completed, 0);
+    // Not a full bulkhead: the rejected count stays at zero.
+    assert_eq!(h.totals().rejected, 0);
+    let json = buttress_core::Component::snapshot(&h);
+    assert_eq!(json["missing_key"], 3);
+    assert_eq!(json["on_missing_key"], "reject");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shared_bucket_policy_runs_requests_without_a_key_in_one_bulkhead() {
+    let l: Layered =
+        KeyedBulkheadLayer::builder(FnKey::new(key_of as fn(&Req) -> Option<&'static str>))
+            .name("tenants")
+            .max_concurrent(1)
+            .on_missing_key(MissingKey::SharedBucket)
+            .build()
+            .unwrap();
     let svc = service(&l);
     let (r1, done) = req(None);
     let mut r1 = task::spawn(svc.clone().oneshot(r1));
     assert_pending!(r1.poll());
     let (r2, _d2) = req(None);
-    assert!(svc.clone().oneshot(r2).await.is_err());
+    let err = svc.clone().oneshot(r2).await.unwrap_err();
+    assert!(err.is::<BulkheadFull>());
     assert_eq!(l.handle().unkeyed().snapshot().active, 1);
     assert_eq!(l.handle().keys(), 0);
+    assert_eq!(l.handle().missing_key(), 2);
     done.send(()).unwrap();
     assert_ready!(r1.poll()).unwrap();
 }

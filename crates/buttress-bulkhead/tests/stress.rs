@@ -162,10 +162,12 @@ async fn cancelled_waiters_and_resizing_lose_no_permit() {
             let handle = handle.clone();
             tokio::spawn(async move {
                 for i in 0..2_000 {
-                    handle.set_max_concurrent(if i % 2 == 0 { 2 } else { LIMIT });
+                    handle
+                        .set_max_concurrent(if i % 2 == 0 { 2 } else { LIMIT })
+                        .unwrap();
                     tokio::task::yield_now().await;
                 }
-                handle.set_max_concurrent(LIMIT);
+                handle.set_max_concurrent(LIMIT).unwrap();
             })
         };
         let tasks: Vec<_> = (0..TASKS)

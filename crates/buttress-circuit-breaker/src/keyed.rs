@@ -2,17 +2,21 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use buttress_core::error::{BoxError, CircuitOpen};
+use buttress_core::error::{BoxError, CircuitOpen, KeyMissing};
 use buttress_core::key::BoundedMap;
 use buttress_core::registry::Component;
 use buttress_core::{
     Classifier, ConfigError, ErrorsAsFailures, KeyExtractor, Listener, Listeners, Registry,
 };
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -26,21 +30,87 @@ use crate::state::{Admission, Settings, Shared, State};
 
 const KEYED_KIND: &str = "keyed_circuit_breaker";
 
+/// What a keyed breaker does with a request whose key the extractor cannot
+/// find (for example a `ClientIp` key on a server that records no peer
+/// address). The same choice, with the same names, as the keyed
+/// bulkhead's.
+///
+/// The default is [`Reject`](MissingKey::Reject): a missing key is almost
+/// always a misconfiguration, and one breaker shared by every such request
+/// would let one upstream's failures open the circuit for all of them.
+/// Either way such requests are counted
+/// ([`KeyedCircuitBreakerHandle::missing_key`], `"missing_key"` in the
+/// registry snapshot) and the first one logs a `tracing` warning.
+///
+/// ```
+/// use buttress_circuit_breaker::{KeyedCircuitBreakerLayer, MissingKey};
+/// use buttress_core::key::UriAuthority;
+///
+/// let layer = KeyedCircuitBreakerLayer::builder(UriAuthority)
+///     .on_missing_key(MissingKey::SharedBucket)
+///     .build::<String>()
+///     .unwrap();
+/// assert_eq!(layer.handle().on_missing_key(), MissingKey::SharedBucket);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum MissingKey {
+    /// Fail the call with [`KeyMissing`] without calling the inner service
+    /// (the default).
+    #[default]
+    Reject,
+    /// Run the call through the one extra breaker that also takes new keys
+    /// while the map is full (see [`KeyedCircuitBreakerHandle::unkeyed`]).
+    SharedBucket,
+}
+
+impl MissingKey {
+    fn as_str(self) -> &'static str {
+        match self {
+            MissingKey::Reject => "reject",
+            MissingKey::SharedBucket => "shared_bucket",
+        }
+    }
+}
+
 struct Keyed<K> {
     name: Arc<str>,
     settings: Settings,
     listeners: Listeners<CircuitBreakerEvent>,
     map: BoundedMap<K, Arc<Shared>>,
-    /// Requests without a key, or with a new key while the map is full of
-    /// keys in use, share this breaker.
+    /// Requests with a new key while the map is full of keys in use share
+    /// this breaker, and requests without a key with
+    /// [`MissingKey::SharedBucket`].
     unkeyed: Arc<Shared>,
+    on_missing_key: MissingKey,
+    /// The extractor's type name, for the error and the warning.
+    extractor: &'static str,
+    /// Requests whose key the extractor could not find.
+    missing_key: AtomicU64,
+    /// Whether the one warning about a missing key was logged.
+    warned_missing_key: AtomicBool,
+}
+
+impl<K> Keyed<K> {
+    /// Counts a request without a key and warns about the first one.
+    fn note_missing_key(&self) {
+        self.missing_key.fetch_add(1, Relaxed);
+        if !self.warned_missing_key.load(Relaxed) && !self.warned_missing_key.swap(true, Relaxed) {
+            tracing::warn!(
+                name = %self.name,
+                extractor = self.extractor,
+                policy = self.on_missing_key.as_str(),
+                "a request had no key; for a peer-address key behind axum, serve with \
+                 into_make_service_with_connect_info::<SocketAddr>() and enable buttress's \
+                 `axum` feature (further requests without a key are only counted)"
+            );
+        }
+    }
 }
 
 impl<K: Hash + Eq + Clone + fmt::Debug> Keyed<K> {
-    fn breaker(&self, key: Option<K>) -> Arc<Shared> {
-        let Some(key) = key else {
-            return self.unkeyed.clone();
-        };
+    /// The breaker of `key`, or the shared one when the map is full.
+    fn breaker(&self, key: K) -> Arc<Shared> {
         // Only closed breakers that nothing refers to go: forgetting an
         // open breaker would let traffic through to a failing upstream.
         let found = self.map.get_or_insert(
@@ -68,9 +138,19 @@ impl<K: Hash + Eq + Clone + fmt::Debug> Keyed<K> {
 /// Every key's breaker has the same configuration. The map holds at most
 /// `max_keys` breakers; a breaker that is closed, unused for
 /// `idle_timeout` and referred to by no call is evicted when room is
-/// needed. Requests without a key, and requests with a new key while every
-/// slot holds a breaker in use, share one more breaker (logged at debug
-/// level): an open breaker is never forgotten to make room.
+/// needed. Requests with a new key while every slot holds a breaker in use
+/// share one more breaker (logged at debug level): an open breaker is
+/// never forgotten to make room.
+///
+/// A request whose key the extractor cannot find is rejected with
+/// [`KeyMissing`] by default, counted, and the first one logs a warning;
+/// [`on_missing_key`](KeyedCircuitBreakerBuilder::on_missing_key) with
+/// [`MissingKey::SharedBucket`] sends such requests through the shared
+/// breaker instead. With a
+/// [`ClientIp`](buttress_core::key::ClientIp) or
+/// [`PeerAddr`](buttress_core::key::PeerAddr) key behind axum, serve with
+/// `into_make_service_with_connect_info::<SocketAddr>()` and enable
+/// buttress's `axum` feature, or no request has a key.
 ///
 /// Admission happens in `call`, since the key is in the request.
 ///
@@ -127,6 +207,7 @@ impl<X> KeyedCircuitBreakerLayer<X, ()> {
             config: CircuitBreakerConfig::default(),
             max_keys: 10_000,
             idle_timeout: Duration::from_secs(300),
+            on_missing_key: MissingKey::Reject,
             classifier: ErrorsAsFailures,
             registry: None,
             listeners: Listeners::new(),
@@ -162,6 +243,7 @@ pub struct KeyedCircuitBreakerBuilder<X, C = ErrorsAsFailures> {
     config: CircuitBreakerConfig,
     max_keys: usize,
     idle_timeout: Duration,
+    on_missing_key: MissingKey,
     classifier: C,
     registry: Option<Registry>,
     listeners: Listeners<CircuitBreakerEvent>,
@@ -190,9 +272,17 @@ impl<X, C> KeyedCircuitBreakerBuilder<X, C> {
         self
     }
 
-    /// Keys kept at most (default 10 000).
+    /// Keys kept at most (default 10 000; at least 1). The map allocates
+    /// as keys arrive, not up front.
     pub fn max_keys(mut self, max: usize) -> Self {
         self.max_keys = max;
+        self
+    }
+
+    /// What to do with a request whose key cannot be extracted (default
+    /// [`MissingKey::Reject`]).
+    pub fn on_missing_key(mut self, policy: MissingKey) -> Self {
+        self.on_missing_key = policy;
         self
     }
 
@@ -210,6 +300,7 @@ impl<X, C> KeyedCircuitBreakerBuilder<X, C> {
             config: self.config,
             max_keys: self.max_keys,
             idle_timeout: self.idle_timeout,
+            on_missing_key: self.on_missing_key,
             classifier,
             registry: self.registry,
             listeners: self.listeners,
@@ -247,6 +338,10 @@ impl<X, C> KeyedCircuitBreakerBuilder<X, C> {
                 settings,
                 listeners: self.listeners,
                 map: BoundedMap::new(self.max_keys, self.idle_timeout),
+                on_missing_key: self.on_missing_key,
+                extractor: std::any::type_name::<X>(),
+                missing_key: AtomicU64::new(0),
+                warned_missing_key: AtomicBool::new(false),
             }),
             classifier: self.classifier,
         };
@@ -297,15 +392,31 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, C>;
+    type Future = KeyedResponseFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let shared = self.keyed.breaker(self.extractor.extract(&req));
-        match shared.admit() {
+        let keyed = &self.keyed;
+        let shared = match self.extractor.extract(&req) {
+            Some(key) => keyed.breaker(key),
+            None => {
+                keyed.note_missing_key();
+                match keyed.on_missing_key {
+                    MissingKey::SharedBucket => keyed.unkeyed.clone(),
+                    MissingKey::Reject => {
+                        return KeyedResponseFuture {
+                            kind: KeyedKind::KeyMissing {
+                                error: Some(KeyMissing::new(keyed.name.clone(), keyed.extractor)),
+                            },
+                        };
+                    }
+                }
+            }
+        };
+        let inner = match shared.admit() {
             Admission::Reject(retry_after) => {
                 ResponseFuture::rejected(CircuitOpen::new(shared.name.clone(), retry_after))
             }
@@ -322,6 +433,58 @@ where
                     admitted,
                     start,
                 )
+            }
+        };
+        KeyedResponseFuture {
+            kind: KeyedKind::Breaker { inner },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`KeyedCircuitBreaker`]: the breaker's own
+    /// future, or a [`KeyMissing`] rejection.
+    pub struct KeyedResponseFuture<F, C> {
+        #[pin]
+        kind: KeyedKind<F, C>,
+    }
+}
+
+pin_project! {
+    #[project = KeyedKindProj]
+    enum KeyedKind<F, C> {
+        Breaker {
+            #[pin]
+            inner: ResponseFuture<F, C>,
+        },
+        KeyMissing {
+            error: Option<KeyMissing>,
+        },
+    }
+}
+
+impl<F, C> fmt::Debug for KeyedResponseFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedResponseFuture")
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, C, T, E> Future for KeyedResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classifier<T, E>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KeyedKindProj::Breaker { inner } => inner.poll(cx),
+            KeyedKindProj::KeyMissing { error } => {
+                let error = error.take().expect("polled after completion");
+                Poll::Ready(Err(error.into()))
             }
         }
     }
@@ -362,9 +525,22 @@ impl<K: Hash + Eq> KeyedCircuitBreakerHandle<K> {
             .map(CircuitBreakerHandle::from_shared)
     }
 
-    /// The breaker shared by requests without a key.
+    /// The breaker shared by requests with a new key while the map is
+    /// full, and by requests without a key with
+    /// [`MissingKey::SharedBucket`].
     pub fn unkeyed(&self) -> CircuitBreakerHandle {
         CircuitBreakerHandle::from_shared(self.keyed.unkeyed.clone())
+    }
+
+    /// Requests whose key the extractor could not find, whatever the
+    /// [`MissingKey`] policy did with them.
+    pub fn missing_key(&self) -> u64 {
+        self.keyed.missing_key.load(Relaxed)
+    }
+
+    /// The policy for requests without a key.
+    pub fn on_missing_key(&self) -> MissingKey {
+        self.keyed.on_missing_key
     }
 
     /// How many held keys are in each state.
@@ -397,6 +573,8 @@ impl<K: Hash + Eq + Send + Sync + 'static> Component for KeyedCircuitBreakerHand
             "max_keys": self.keyed.map.max_keys(),
             "states": states,
             "unkeyed": self.keyed.unkeyed.state().as_str(),
+            "missing_key": self.missing_key(),
+            "on_missing_key": self.keyed.on_missing_key.as_str(),
         })
     }
 

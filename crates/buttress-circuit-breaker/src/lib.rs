@@ -101,7 +101,7 @@ pub use config::CircuitBreakerConfig;
 pub use events::CircuitBreakerEvent;
 pub use keyed::{
     KeyedCircuitBreaker, KeyedCircuitBreakerBuilder, KeyedCircuitBreakerHandle,
-    KeyedCircuitBreakerLayer,
+    KeyedCircuitBreakerLayer, KeyedResponseFuture, MissingKey,
 };
 pub use layer::{
     CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerSnapshot,

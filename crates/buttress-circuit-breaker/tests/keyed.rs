@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use buttress_circuit_breaker::error::CircuitOpen;
 use buttress_circuit_breaker::{
-    CircuitBreakerConfig, KeyedCircuitBreakerHandle, KeyedCircuitBreakerLayer, State,
+    CircuitBreakerConfig, KeyedCircuitBreakerHandle, KeyedCircuitBreakerLayer, MissingKey, State,
 };
+use buttress_core::error::KeyMissing;
 use buttress_core::key::FnKey;
 use buttress_core::Registry;
 use tokio::time;
@@ -69,12 +70,43 @@ async fn each_key_has_its_own_breaker() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn requests_without_a_key_share_one_breaker() {
+async fn requests_without_a_key_are_rejected_with_key_missing_and_counted() {
     let l = layer(100);
+    for _ in 0..3 {
+        let err = call(&l, None, false).await.unwrap_err();
+        let missing = err.downcast_ref::<KeyMissing>().expect("KeyMissing");
+        assert_eq!(missing.name(), "upstreams");
+    }
+    let h = l.handle();
+    assert_eq!(h.on_missing_key(), MissingKey::Reject);
+    assert_eq!(h.missing_key(), 3);
+    assert_eq!(h.keys(), 0);
+    // The inner service was never called: the shared breaker saw nothing.
+    assert_eq!(h.unkeyed().snapshot().buffered_calls, 0);
+    let json = buttress_core::Component::snapshot(&h);
+    assert_eq!(json["missing_key"], 3);
+    assert_eq!(json["on_missing_key"], "reject");
+    call(&l, Some("a"), false).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn shared_bucket_policy_sends_requests_without_a_key_through_one_breaker() {
+    let l: ByKey =
+        KeyedCircuitBreakerLayer::builder(FnKey::new(key_of as fn(&Req) -> Option<&'static str>))
+            .name("upstreams")
+            .config(CircuitBreakerConfig {
+                window_size: 2,
+                minimum_calls: 2,
+                ..CircuitBreakerConfig::default()
+            })
+            .on_missing_key(MissingKey::SharedBucket)
+            .build()
+            .unwrap();
     call(&l, None, true).await.unwrap_err();
     call(&l, None, true).await.unwrap_err();
     assert_eq!(l.handle().unkeyed().state(), State::Open);
     assert_eq!(l.handle().keys(), 0);
+    assert_eq!(l.handle().missing_key(), 2);
     call(&l, Some("a"), false).await.unwrap();
 }
 

@@ -10,9 +10,26 @@
 //! | anything else | 500 Internal Server Error | |
 //!
 //! A [`RetryExhausted`](crate::error::RetryExhausted) is mapped by the
-//! rejection that ended its last attempt. The body is empty and never
-//! contains the error text, which may leak internals; the error is logged
-//! through `tracing` instead.
+//! rejection that ended its last attempt. `Retry-After` is in whole
+//! seconds, rounded up, and present whenever the rejection carries a retry
+//! hint (a bulkhead's only when the bulkhead sets one).
+//!
+//! **Bodies.** By default the body is empty, with no content type, and
+//! never contains the error text, which may leak internals; an unknown
+//! error is logged through `tracing` instead.
+//! [`ErrorToResponseLayer::problem_json`] sends an RFC 9457
+//! `application/problem+json` body instead:
+//!
+//! ```json
+//! {"type":"about:blank","title":"Service Unavailable","status":503}
+//! ```
+//!
+//! `title` is the status' reason phrase, as RFC 9457 asks of
+//! `about:blank`. With [`ErrorToResponseLayer::detailed`] a rejection's own
+//! text (instance name and reason) is added as `detail`, for internal
+//! services, as in `` "detail":"bulkhead `orders` is full: wait queue full" ``.
+//! The text of an unknown error is never sent. Another format is one
+//! [`ErrorBody`] impl away.
 //!
 //! ```
 //! use buttress_core::response::ErrorToResponseLayer;
@@ -40,12 +57,12 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::error::{chain, BoxError, BulkheadFull, CircuitOpen, Elapsed, RateLimited};
+use crate::error::{chain, BoxError, BulkheadFull, CircuitOpen, Elapsed, ErrorKind, RateLimited};
 
 /// `Retry-After` in whole seconds, rounded up, so a client never comes back
 /// early; `None` when no wait remains.
@@ -68,58 +85,218 @@ pub fn retry_after_secs(wait: Duration) -> Option<u64> {
 }
 
 /// Builds the response for an error, as described in the [module
-/// docs](self). `timeout_status` is the status for [`Elapsed`].
+/// docs](self), with an empty body. `timeout_status` is the status for
+/// [`Elapsed`].
 pub fn error_response<B: Default>(
     err: &(dyn std::error::Error + 'static),
     timeout_status: StatusCode,
 ) -> Response<B> {
-    let mut res = Response::new(B::default());
-    let (status, retry_after) = classify(err, timeout_status, res.headers_mut());
-    *res.status_mut() = status;
+    render(err, timeout_status, false, &EmptyBody)
+}
+
+fn render<B, Fmt: ErrorBody<B>>(
+    err: &(dyn std::error::Error + 'static),
+    timeout_status: StatusCode,
+    detailed: bool,
+    format: &Fmt,
+) -> Response<B> {
+    let mut headers = HeaderMap::new();
+    let (status, retry_after, rejection) = classify(err, timeout_status, &mut headers);
     if let Some(secs) = retry_after.and_then(retry_after_secs) {
-        res.headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
+    let detail = match rejection {
+        Some(rejection) if detailed => Some(rejection.to_string()),
+        _ => None,
+    };
+    let problem = Problem {
+        status,
+        kind: rejection.and_then(crate::error::kind_of),
+        detail: detail.as_deref(),
+        retry_after,
+    };
+    let body = format.body(&problem, &mut headers);
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    res.headers_mut().extend(headers);
     res
 }
 
-fn classify(
-    err: &(dyn std::error::Error + 'static),
+/// The status, the retry hint and the rejection that decided them.
+fn classify<'a>(
+    err: &'a (dyn std::error::Error + 'static),
     timeout_status: StatusCode,
-    headers: &mut http::HeaderMap,
-) -> (StatusCode, Option<Duration>) {
+    headers: &mut HeaderMap,
+) -> (
+    StatusCode,
+    Option<Duration>,
+    Option<&'a (dyn std::error::Error + 'static)>,
+) {
     for e in chain(err) {
-        if let Some(e) = e.downcast_ref::<BulkheadFull>() {
-            return (StatusCode::SERVICE_UNAVAILABLE, e.retry_after());
+        if let Some(r) = e.downcast_ref::<BulkheadFull>() {
+            return (StatusCode::SERVICE_UNAVAILABLE, r.retry_after(), Some(e));
         }
-        if let Some(e) = e.downcast_ref::<CircuitOpen>() {
-            return (StatusCode::SERVICE_UNAVAILABLE, e.retry_after());
+        if let Some(r) = e.downcast_ref::<CircuitOpen>() {
+            return (StatusCode::SERVICE_UNAVAILABLE, r.retry_after(), Some(e));
         }
-        if let Some(e) = e.downcast_ref::<RateLimited>() {
-            if let Some(limit) = e.limit() {
+        if let Some(r) = e.downcast_ref::<RateLimited>() {
+            if let Some(limit) = r.limit() {
                 headers.insert("ratelimit-limit", HeaderValue::from(limit));
             }
-            if let Some(remaining) = e.remaining() {
+            if let Some(remaining) = r.remaining() {
                 headers.insert("ratelimit-remaining", HeaderValue::from(remaining));
             }
-            if let Some(reset) = e.reset() {
+            if let Some(reset) = r.reset() {
                 let secs = retry_after_secs(reset).unwrap_or(0);
                 headers.insert("ratelimit-reset", HeaderValue::from(secs));
             }
-            return (StatusCode::TOO_MANY_REQUESTS, e.retry_after());
+            return (StatusCode::TOO_MANY_REQUESTS, r.retry_after(), Some(e));
         }
         if e.is::<Elapsed>() {
-            return (timeout_status, None);
+            return (timeout_status, None, Some(e));
         }
     }
     tracing::error!(error = %err, "unhandled error turned into 500");
-    (StatusCode::INTERNAL_SERVER_ERROR, None)
+    (StatusCode::INTERNAL_SERVER_ERROR, None, None)
 }
 
-/// Layer that turns errors into responses; see the [module docs](self).
+// ===== bodies =====
+
+/// What an error response says, handed to an [`ErrorBody`].
 #[derive(Debug, Clone, Copy)]
-pub struct ErrorToResponseLayer {
+pub struct Problem<'a> {
+    status: StatusCode,
+    kind: Option<ErrorKind>,
+    detail: Option<&'a str>,
+    retry_after: Option<Duration>,
+}
+
+impl<'a> Problem<'a> {
+    /// The response status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The rejection that decided the status; `None` for an unknown error
+    /// (a 500).
+    pub fn kind(&self) -> Option<ErrorKind> {
+        self.kind
+    }
+
+    /// The rejection's own text, only when the layer is
+    /// [`detailed`](ErrorToResponseLayer::detailed).
+    pub fn detail(&self) -> Option<&'a str> {
+        self.detail
+    }
+
+    /// The retry hint, already sent as `Retry-After`.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+/// How [`ErrorToResponseLayer`] makes the body of an error response of body
+/// type `B`; it may add headers (a content type).
+///
+/// ```
+/// use buttress_core::response::{ErrorBody, Problem};
+///
+/// /// A plain-text body: "503 Service Unavailable".
+/// #[derive(Debug, Clone, Copy)]
+/// struct PlainText;
+///
+/// impl ErrorBody<String> for PlainText {
+///     fn body(&self, problem: &Problem<'_>, headers: &mut http::HeaderMap) -> String {
+///         headers.insert(http::header::CONTENT_TYPE, "text/plain".parse().unwrap());
+///         problem.status().to_string()
+///     }
+/// }
+/// ```
+pub trait ErrorBody<B> {
+    /// The body for `problem`.
+    fn body(&self, problem: &Problem<'_>, headers: &mut HeaderMap) -> B;
+}
+
+/// The default [`ErrorBody`]: an empty body (`B::default()`), no content
+/// type.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EmptyBody;
+
+impl<B: Default> ErrorBody<B> for EmptyBody {
+    fn body(&self, _problem: &Problem<'_>, _headers: &mut HeaderMap) -> B {
+        B::default()
+    }
+}
+
+/// An RFC 9457 `application/problem+json` body; see the [module
+/// docs](self). The body type must be buildable from a `String` (axum's
+/// `Body`, `Full<Bytes>`, `String`, `Bytes`...).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProblemJson;
+
+/// The content type of [`ProblemJson`] bodies.
+pub const APPLICATION_PROBLEM_JSON: &str = "application/problem+json";
+
+impl<B: From<String>> ErrorBody<B> for ProblemJson {
+    fn body(&self, problem: &Problem<'_>, headers: &mut HeaderMap) -> B {
+        // Written by hand to keep RFC 9457's member order whatever
+        // serde_json features the build enables.
+        let quoted = |s: &str| serde_json::Value::from(s).to_string();
+        let title = problem.status.canonical_reason().unwrap_or("");
+        let mut json = format!(
+            r#"{{"type":"about:blank","title":{},"status":{}"#,
+            quoted(title),
+            problem.status.as_u16()
+        );
+        if let Some(detail) = problem.detail {
+            json.push_str(r#","detail":"#);
+            json.push_str(&quoted(detail));
+        }
+        json.push('}');
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static(APPLICATION_PROBLEM_JSON),
+        );
+        B::from(json)
+    }
+}
+
+// ===== impl ErrorToResponseLayer =====
+
+/// Layer that turns errors into responses; see the [module docs](self).
+///
+/// `Fmt` makes the body: [`EmptyBody`] (the default) or, after
+/// [`problem_json`](ErrorToResponseLayer::problem_json), [`ProblemJson`].
+///
+/// ```
+/// use buttress_core::error::{BoxError, CircuitOpen};
+/// use buttress_core::response::ErrorToResponseLayer;
+/// use std::time::Duration;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let svc = ServiceBuilder::new()
+///     .layer(ErrorToResponseLayer::new().problem_json())
+///     .service_fn(|_req: http::Request<()>| async {
+///         let open = CircuitOpen::new("db".into(), Some(Duration::from_millis(1500)));
+///         Err::<http::Response<String>, BoxError>(open.into())
+///     });
+/// let res = svc.oneshot(http::Request::new(())).await.unwrap();
+/// assert_eq!(res.status(), 503);
+/// assert_eq!(res.headers()["retry-after"], "2");
+/// assert_eq!(res.headers()["content-type"], "application/problem+json");
+/// assert_eq!(
+///     res.body(),
+///     r#"{"type":"about:blank","title":"Service Unavailable","status":503}"#
+/// );
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorToResponseLayer<Fmt = EmptyBody> {
     timeout_status: StatusCode,
+    detailed: bool,
+    format: Fmt,
 }
 
 impl Default for ErrorToResponseLayer {
@@ -129,28 +306,77 @@ impl Default for ErrorToResponseLayer {
 }
 
 impl ErrorToResponseLayer {
-    /// The mapping of the module docs.
+    /// The mapping of the module docs, with empty bodies.
     pub fn new() -> Self {
         Self {
             timeout_status: StatusCode::GATEWAY_TIMEOUT,
+            detailed: false,
+            format: EmptyBody,
         }
     }
+}
 
+impl<Fmt> ErrorToResponseLayer<Fmt> {
     /// The status sent for a timeout (default 504; a server timing out its
     /// own handlers may prefer 503, tower-http uses 408).
     pub fn timeout_status(mut self, status: StatusCode) -> Self {
         self.timeout_status = status;
         self
     }
+
+    /// Send RFC 9457 `application/problem+json` bodies ([`ProblemJson`])
+    /// instead of empty ones.
+    pub fn problem_json(self) -> ErrorToResponseLayer<ProblemJson> {
+        self.body(ProblemJson)
+    }
+
+    /// Make bodies with `format`.
+    pub fn body<Fmt2>(self, format: Fmt2) -> ErrorToResponseLayer<Fmt2> {
+        ErrorToResponseLayer {
+            timeout_status: self.timeout_status,
+            detailed: self.detailed,
+            format,
+        }
+    }
+
+    /// Hand the rejection's own text (instance name and reason) to the body
+    /// as [`Problem::detail`] (the `detail` member of a problem+json body),
+    /// for internal services. Off by default; an empty body ignores it, and
+    /// the text of an unknown error is never passed on.
+    pub fn detailed(mut self, detailed: bool) -> Self {
+        self.detailed = detailed;
+        self
+    }
+
+    /// The response this layer answers `err` with: for an axum
+    /// `HandleErrorLayer`, or a handler of your own.
+    ///
+    /// ```
+    /// use buttress_core::error::{BoxError, Elapsed};
+    /// use buttress_core::response::ErrorToResponseLayer;
+    /// use std::time::Duration;
+    ///
+    /// let err: BoxError = Elapsed::new("db".into(), Duration::from_secs(1)).into();
+    /// let layer = ErrorToResponseLayer::new().problem_json().detailed(true);
+    /// let res: http::Response<String> = layer.response(&*err);
+    /// assert_eq!(res.status(), 504);
+    /// assert!(res.body().contains(r#""detail":"request timed out after 1s (timeout `db`)""#));
+    /// ```
+    pub fn response<B>(&self, err: &(dyn std::error::Error + 'static)) -> Response<B>
+    where
+        Fmt: ErrorBody<B>,
+    {
+        render(err, self.timeout_status, self.detailed, &self.format)
+    }
 }
 
-impl<S> Layer<S> for ErrorToResponseLayer {
-    type Service = ErrorToResponse<S>;
+impl<S, Fmt: Clone> Layer<S> for ErrorToResponseLayer<Fmt> {
+    type Service = ErrorToResponse<S, Fmt>;
 
     fn layer(&self, inner: S) -> Self::Service {
         ErrorToResponse {
             inner,
-            timeout_status: self.timeout_status,
+            config: self.clone(),
             broken: false,
         }
     }
@@ -158,15 +384,15 @@ impl<S> Layer<S> for ErrorToResponseLayer {
 
 /// Service that turns errors into responses; see the [module docs](self).
 #[derive(Debug, Clone)]
-pub struct ErrorToResponse<S> {
+pub struct ErrorToResponse<S, Fmt = EmptyBody> {
     inner: S,
-    timeout_status: StatusCode,
+    config: ErrorToResponseLayer<Fmt>,
     /// Set when the inner service failed in `poll_ready`: it must not be
     /// called any more, so every call is answered with a 500.
     broken: bool,
 }
 
-impl<S> ErrorToResponse<S> {
+impl<S, Fmt> ErrorToResponse<S, Fmt> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -183,15 +409,15 @@ impl<S> ErrorToResponse<S> {
     }
 }
 
-impl<S, Req, B> Service<Req> for ErrorToResponse<S>
+impl<S, Req, B, Fmt> Service<Req> for ErrorToResponse<S, Fmt>
 where
     S: Service<Req, Response = Response<B>>,
     S::Error: Into<BoxError>,
-    B: Default,
+    Fmt: ErrorBody<B> + Clone,
 {
     type Response = Response<B>;
     type Error = Infallible;
-    type Future = ErrorToResponseFuture<S::Future>;
+    type Future = ErrorToResponseFuture<S::Future, Fmt>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.broken {
@@ -211,16 +437,16 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         if self.broken {
-            let mut res = Response::new(());
-            *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
             return ErrorToResponseFuture {
-                kind: Kind::Answered { res: Some(res) },
+                kind: Kind::Broken {
+                    config: Some(self.config.clone()),
+                },
             };
         }
         ErrorToResponseFuture {
             kind: Kind::Inner {
                 inner: self.inner.call(req),
-                timeout_status: self.timeout_status,
+                config: Some(self.config.clone()),
             },
         }
     }
@@ -228,50 +454,64 @@ where
 
 pin_project! {
     /// Response future of [`ErrorToResponse`].
-    pub struct ErrorToResponseFuture<F> {
+    pub struct ErrorToResponseFuture<F, Fmt = EmptyBody> {
         #[pin]
-        kind: Kind<F>,
+        kind: Kind<F, Fmt>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F> {
-        Inner { #[pin] inner: F, timeout_status: StatusCode },
-        Answered { res: Option<Response<()>> },
+    enum Kind<F, Fmt> {
+        Inner { #[pin] inner: F, config: Option<ErrorToResponseLayer<Fmt>> },
+        Broken { config: Option<ErrorToResponseLayer<Fmt>> },
     }
 }
 
-impl<F> fmt::Debug for ErrorToResponseFuture<F> {
+impl<F, Fmt> fmt::Debug for ErrorToResponseFuture<F, Fmt> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ErrorToResponseFuture")
             .finish_non_exhaustive()
     }
 }
 
-impl<F, B, E> Future for ErrorToResponseFuture<F>
+/// Stands for the failure of an inner service's `poll_ready`, which was
+/// logged when it happened.
+#[derive(Debug)]
+struct InnerNotReady;
+
+impl fmt::Display for InnerNotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("inner service failed in poll_ready")
+    }
+}
+
+impl std::error::Error for InnerNotReady {}
+
+impl<F, B, E, Fmt> Future for ErrorToResponseFuture<F, Fmt>
 where
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
-    B: Default,
+    Fmt: ErrorBody<B>,
 {
     type Output = Result<Response<B>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Inner {
-                inner,
-                timeout_status,
-            } => Poll::Ready(Ok(match ready!(inner.poll(cx)) {
-                Ok(res) => res,
-                Err(e) => {
-                    let err: BoxError = e.into();
-                    error_response(&*err, *timeout_status)
-                }
-            })),
-            KindProj::Answered { res } => {
-                let res = res.take().expect("polled after completion");
-                Poll::Ready(Ok(res.map(|()| B::default())))
+            KindProj::Inner { inner, config } => {
+                let result = ready!(inner.poll(cx));
+                let config = config.take().expect("polled after completion");
+                Poll::Ready(Ok(match result {
+                    Ok(res) => res,
+                    Err(e) => {
+                        let err: BoxError = e.into();
+                        config.response(&*err)
+                    }
+                }))
+            }
+            KindProj::Broken { config } => {
+                let config = config.take().expect("polled after completion");
+                Poll::Ready(Ok(config.response(&InnerNotReady)))
             }
         }
     }
@@ -317,6 +557,169 @@ mod tests {
         let r = resp(RetryExhausted::new("retry".into(), 3, last).into());
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()["retry-after"], "4");
+    }
+
+    fn problem(layer: ErrorToResponseLayer<ProblemJson>, err: BoxError) -> Response<String> {
+        layer.response(&*err)
+    }
+
+    fn json(res: &Response<String>) -> serde_json::Value {
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        serde_json::from_str(res.body()).expect("a JSON body")
+    }
+
+    #[test]
+    fn empty_body_by_default_without_content_type() {
+        let err: BoxError = CircuitOpen::new("c".into(), None).into();
+        let res: Response<String> = ErrorToResponseLayer::new().detailed(true).response(&*err);
+        assert_eq!(res.status(), 503);
+        assert_eq!(res.body(), "");
+        assert!(res.headers().get("content-type").is_none());
+    }
+
+    #[test]
+    fn problem_json_for_each_rejection() {
+        let layer = ErrorToResponseLayer::new().problem_json();
+
+        let full = BulkheadFull::new("orders".into(), BulkheadFullReason::QueueFull)
+            .with_retry_after(Duration::from_millis(100));
+        let r = problem(layer, full.into());
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert_eq!(
+            json(&r),
+            serde_json::json!({"type": "about:blank", "title": "Service Unavailable", "status": 503})
+        );
+
+        let r = problem(
+            layer,
+            CircuitOpen::new("c".into(), Some(Duration::from_millis(2001))).into(),
+        );
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "3");
+        assert_eq!(json(&r)["title"], "Service Unavailable");
+
+        let limited = RateLimited::new("api".into(), Some(Duration::from_millis(1500))).with_quota(
+            10,
+            0,
+            Duration::from_millis(9500),
+        );
+        let r = problem(layer, limited.into());
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after"], "2");
+        assert_eq!(r.headers()["ratelimit-limit"], "10");
+        assert_eq!(r.headers()["ratelimit-remaining"], "0");
+        assert_eq!(r.headers()["ratelimit-reset"], "10");
+        assert_eq!(
+            json(&r),
+            serde_json::json!({"type": "about:blank", "title": "Too Many Requests", "status": 429})
+        );
+
+        let r = problem(
+            layer,
+            Elapsed::new("t".into(), Duration::from_secs(1)).into(),
+        );
+        assert_eq!(r.status(), 504);
+        assert!(r.headers().get("retry-after").is_none());
+        assert_eq!(json(&r)["title"], "Gateway Timeout");
+
+        let r = problem(
+            layer.timeout_status(StatusCode::REQUEST_TIMEOUT),
+            Elapsed::new("t".into(), Duration::from_secs(1)).into(),
+        );
+        assert_eq!(r.status(), 408);
+        assert_eq!(json(&r)["status"], 408);
+
+        let r = problem(layer, std::io::Error::other("db password=hunter2").into());
+        assert_eq!(r.status(), 500);
+        assert_eq!(
+            json(&r),
+            serde_json::json!({"type": "about:blank", "title": "Internal Server Error", "status": 500})
+        );
+    }
+
+    #[test]
+    fn problem_json_detail_only_when_detailed() {
+        let layer = ErrorToResponseLayer::new().problem_json().detailed(true);
+        let r = problem(
+            layer,
+            BulkheadFull::new("orders".into(), BulkheadFullReason::QueueFull).into(),
+        );
+        assert_eq!(
+            json(&r)["detail"],
+            "bulkhead `orders` is full: wait queue full"
+        );
+
+        let last: BoxError = CircuitOpen::new("circuit_breaker".into(), None).into();
+        let r = problem(layer, RetryExhausted::new("retry".into(), 3, last).into());
+        assert_eq!(json(&r)["detail"], "circuit breaker is open");
+
+        // An unknown error's text is never sent, detailed or not.
+        let r = problem(layer, std::io::Error::other("db password=hunter2").into());
+        assert!(json(&r).get("detail").is_none());
+        assert!(!r.body().contains("hunter2"));
+
+        let r = problem(
+            ErrorToResponseLayer::new().problem_json(),
+            BulkheadFull::new("orders".into(), BulkheadFullReason::QueueFull).into(),
+        );
+        assert!(json(&r).get("detail").is_none());
+    }
+
+    #[test]
+    fn bulkhead_retry_hint_becomes_retry_after() {
+        let full = BulkheadFull::new("b".into(), BulkheadFullReason::WaitTimedOut)
+            .with_retry_after(Duration::from_millis(1200));
+        let r = resp(full.into());
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "2");
+    }
+
+    #[tokio::test]
+    async fn layer_answers_problem_json_and_passes_responses_through() {
+        use tower::{ServiceBuilder, ServiceExt};
+
+        let svc = ServiceBuilder::new()
+            .layer(ErrorToResponseLayer::new().problem_json())
+            .service_fn(|fail: bool| async move {
+                if fail {
+                    Err::<Response<String>, BoxError>(
+                        RateLimited::new("api".into(), Some(Duration::from_secs(1))).into(),
+                    )
+                } else {
+                    Ok(Response::new("ok".to_owned()))
+                }
+            });
+        let r = svc.clone().oneshot(true).await.unwrap();
+        assert_eq!(r.status(), 429);
+        assert_eq!(json(&r)["status"], 429);
+        let r = svc.oneshot(false).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.body(), "ok");
+        assert!(r.headers().get("content-type").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failed_poll_ready_is_answered_with_a_500_body() {
+        use tower::ServiceExt;
+
+        #[derive(Clone)]
+        struct NeverReady;
+        impl Service<()> for NeverReady {
+            type Response = Response<String>;
+            type Error = BoxError;
+            type Future = std::future::Ready<Result<Response<String>, BoxError>>;
+            fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+                Poll::Ready(Err("gone".into()))
+            }
+            fn call(&mut self, _req: ()) -> Self::Future {
+                unreachable!("never ready")
+            }
+        }
+        let svc = ErrorToResponseLayer::new().problem_json().layer(NeverReady);
+        let r = svc.oneshot(()).await.unwrap();
+        assert_eq!(r.status(), 500);
+        assert_eq!(json(&r)["title"], "Internal Server Error");
     }
 
     #[test]

@@ -82,7 +82,7 @@ fn to_nanos(d: Duration) -> u64 {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// let svc = ServiceBuilder::new()
-///     .layer(TimeoutLayer::new(Duration::from_millis(10)))
+///     .layer(TimeoutLayer::new(Duration::from_millis(10)).unwrap())
 ///     .service_fn(|()| async {
 ///         tokio::time::sleep(Duration::from_secs(1)).await;
 ///         Ok::<_, std::convert::Infallible>(())
@@ -119,11 +119,26 @@ impl<P: fmt::Debug> fmt::Debug for TimeoutLayer<P> {
 impl TimeoutLayer {
     /// A timeout of `timeout` per call, named `"timeout"`.
     ///
-    /// This constructor does not validate: a zero timeout fails every call
-    /// whose future is not ready at its first poll. Use
-    /// [`TimeoutLayer::builder`] for a validated, named, observable layer.
-    pub fn new(timeout: Duration) -> Self {
-        Self::from_parts(Cow::Borrowed(KIND), timeout, false, Listeners::new())
+    /// Validated as [`TimeoutBuilder::build`] validates: a zero timeout,
+    /// which would fail every call not ready at its first poll, is an
+    /// error. Use [`TimeoutLayer::builder`] for a named, observable layer.
+    ///
+    /// ```
+    /// use buttress_timeout::TimeoutLayer;
+    /// use std::time::Duration;
+    ///
+    /// let layer = TimeoutLayer::new(Duration::from_secs(2)).unwrap();
+    /// # let _ = layer;
+    /// assert_eq!(TimeoutLayer::new(Duration::ZERO).unwrap_err().field(), "timeout");
+    /// ```
+    pub fn new(timeout: Duration) -> Result<Self, ConfigError> {
+        validate_timeout(timeout)?;
+        Ok(Self::from_parts(
+            Cow::Borrowed(KIND),
+            timeout,
+            false,
+            Listeners::new(),
+        ))
     }
 
     /// A builder for a named, validated layer.
@@ -268,13 +283,7 @@ impl TimeoutBuilder {
         if self.name.is_empty() {
             return Err(ConfigError::new(KIND, "name", "must not be empty"));
         }
-        if self.timeout.is_zero() {
-            return Err(ConfigError::new(
-                KIND,
-                "timeout",
-                "must be greater than zero",
-            ));
-        }
+        validate_timeout(self.timeout)?;
         let layer =
             TimeoutLayer::from_parts(self.name, self.timeout, self.include_ready, self.listeners);
         if let Some(registry) = &self.registry {
@@ -284,6 +293,17 @@ impl TimeoutBuilder {
         }
         Ok(layer)
     }
+}
+
+fn validate_timeout(timeout: Duration) -> Result<(), ConfigError> {
+    if timeout.is_zero() {
+        return Err(ConfigError::new(
+            KIND,
+            "timeout",
+            "must be greater than zero",
+        ));
+    }
+    Ok(())
 }
 
 /// Observes a timeout layer and changes its limit at run time.
@@ -328,11 +348,24 @@ impl TimeoutHandle {
         }
     }
 
-    /// Changes the time limit for calls made from now on.
-    pub fn set_timeout(&self, timeout: Duration) {
+    /// Changes the time limit for calls made from now on, validated as the
+    /// builder validates it: zero is refused and the limit is unchanged.
+    ///
+    /// ```
+    /// use buttress_timeout::TimeoutLayer;
+    /// use std::time::Duration;
+    ///
+    /// let handle = TimeoutLayer::new(Duration::from_secs(1)).unwrap().handle();
+    /// handle.set_timeout(Duration::from_millis(300)).unwrap();
+    /// assert_eq!(handle.set_timeout(Duration::ZERO).unwrap_err().field(), "timeout");
+    /// assert_eq!(handle.snapshot().timeout, Duration::from_millis(300));
+    /// ```
+    pub fn set_timeout(&self, timeout: Duration) -> Result<(), ConfigError> {
+        validate_timeout(timeout)?;
         self.shared
             .timeout_nanos
             .store(to_nanos(timeout), Ordering::Relaxed);
+        Ok(())
     }
 }
 

@@ -35,11 +35,15 @@ fn open_fds() -> usize {
 
 #[test]
 fn a_dropped_runtime_closes_its_file_descriptors_after_calls_that_armed_timers() {
-    let svc = TimeoutLayer::new(Duration::from_secs(30)).layer(service_fn(|()| PendingOnce(false)));
-    let short = TimeoutLayer::new(Duration::from_millis(1)).layer(service_fn(|()| async {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        Ok::<_, std::convert::Infallible>(())
-    }));
+    let svc = TimeoutLayer::new(Duration::from_secs(30))
+        .unwrap()
+        .layer(service_fn(|()| PendingOnce(false)));
+    let short = TimeoutLayer::new(Duration::from_millis(1))
+        .unwrap()
+        .layer(service_fn(|()| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, std::convert::Infallible>(())
+        }));
     let before = open_fds();
     for flavor in ["current_thread", "multi_thread"] {
         let rt = match flavor {

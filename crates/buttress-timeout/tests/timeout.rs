@@ -34,7 +34,7 @@ fn sleeper() -> impl Service<
 
 #[tokio::test(start_paused = true)]
 async fn response_before_timeout_passes_through() {
-    let svc = TimeoutLayer::new(ms(100)).layer(sleeper());
+    let svc = TimeoutLayer::new(ms(100)).unwrap().layer(sleeper());
     assert_eq!(svc.oneshot(99).await.unwrap(), 99);
 }
 
@@ -56,8 +56,9 @@ async fn timeout_fails_with_name_and_duration_exactly_at_deadline() {
 #[test]
 fn ready_at_first_poll_never_touches_the_timer() {
     // No tokio runtime here: creating a timer would panic.
-    let svc =
-        TimeoutLayer::new(ms(1)).layer(service_fn(
+    let svc = TimeoutLayer::new(ms(1))
+        .unwrap()
+        .layer(service_fn(
             |x: u8| async move { Ok::<_, std::io::Error>(x) },
         ));
     let mut svc = svc;
@@ -74,7 +75,7 @@ fn ready_at_first_poll_never_touches_the_timer() {
 #[tokio::test(start_paused = true)]
 async fn timer_is_measured_from_first_pending_poll() {
     let (svc, mut handle) = mock::pair::<(), ()>();
-    let mut svc = TimeoutLayer::new(ms(50)).layer(svc);
+    let mut svc = TimeoutLayer::new(ms(50)).unwrap().layer(svc);
     handle.allow(1);
     svc.ready().await.unwrap();
     let mut fut = task::spawn(svc.call(()));
@@ -92,9 +93,11 @@ async fn timer_is_measured_from_first_pending_poll() {
 
 #[tokio::test(start_paused = true)]
 async fn inner_error_passes_through_boxed() {
-    let svc = TimeoutLayer::new(ms(10)).layer(service_fn(|()| async {
-        Err::<(), _>(std::io::Error::other("refused"))
-    }));
+    let svc = TimeoutLayer::new(ms(10))
+        .unwrap()
+        .layer(service_fn(|()| async {
+            Err::<(), _>(std::io::Error::other("refused"))
+        }));
     let err = svc.oneshot(()).await.unwrap_err();
     assert_eq!(err.to_string(), "refused");
     assert!(!err.is::<Elapsed>());
@@ -106,7 +109,7 @@ async fn extension_override_replaces_configured_timeout() {
         time::sleep(ms(*req.body())).await;
         Ok::<_, std::convert::Infallible>(())
     });
-    let svc = TimeoutLayer::new(ms(100)).for_http().layer(inner);
+    let svc = TimeoutLayer::new(ms(100)).unwrap().for_http().layer(inner);
 
     let mut longer = http::Request::new(150);
     longer.extensions_mut().insert(TimeoutOverride(ms(200)));
@@ -127,7 +130,7 @@ async fn grpc_timeout_header_shortens_but_never_extends() {
         time::sleep(ms(*req.body())).await;
         Ok::<_, std::convert::Infallible>(())
     });
-    let svc = TimeoutLayer::new(ms(100)).for_http().layer(inner);
+    let svc = TimeoutLayer::new(ms(100)).unwrap().for_http().layer(inner);
 
     let req = http::Request::builder()
         .header("grpc-timeout", "30m")
@@ -152,7 +155,7 @@ async fn malformed_grpc_timeout_is_ignored() {
         time::sleep(ms(*req.body())).await;
         Ok::<_, std::convert::Infallible>(())
     });
-    let svc = TimeoutLayer::new(ms(100)).for_http().layer(inner);
+    let svc = TimeoutLayer::new(ms(100)).unwrap().for_http().layer(inner);
     for bad in ["-5m", "5", "5x", "123456789m", "1.5S"] {
         let req = http::Request::builder()
             .header("grpc-timeout", bad)
@@ -176,7 +179,7 @@ async fn deadline_is_propagated_and_an_earlier_outer_one_wins() {
             Ok::<_, std::convert::Infallible>(())
         }
     });
-    let svc = TimeoutLayer::new(ms(100)).for_http().layer(inner);
+    let svc = TimeoutLayer::new(ms(100)).unwrap().for_http().layer(inner);
 
     let start = Instant::now();
     svc.clone().oneshot(http::Request::new(1)).await.unwrap();
@@ -194,7 +197,7 @@ async fn deadline_is_propagated_and_an_earlier_outer_one_wins() {
 #[tokio::test(start_paused = true)]
 async fn readiness_wait_is_not_counted_by_default() {
     let (svc, mut handle) = mock::pair::<(), ()>();
-    let mut svc = mock::Spawn::new(TimeoutLayer::new(ms(10)).layer(svc));
+    let mut svc = mock::Spawn::new(TimeoutLayer::new(ms(10)).unwrap().layer(svc));
     handle.allow(0);
     assert_pending!(svc.poll_ready());
     time::advance(ms(1_000)).await;
@@ -276,7 +279,7 @@ async fn events_and_counter_on_call_timeout_and_runtime_change() {
     assert!(svc.clone().oneshot(60).await.is_err());
     let handle: TimeoutHandle = registry.get("up").expect("registered");
     assert_eq!(handle.snapshot().timed_out, 1);
-    handle.set_timeout(ms(80));
+    handle.set_timeout(ms(80)).unwrap();
     svc.clone()
         .oneshot(60)
         .await
@@ -341,13 +344,13 @@ fn invalid_config_is_a_typed_error() {
 
 #[tokio::test(start_paused = true)]
 async fn huge_timeout_never_fires_and_never_panics() {
-    let svc = TimeoutLayer::new(Duration::MAX).layer(sleeper());
+    let svc = TimeoutLayer::new(Duration::MAX).unwrap().layer(sleeper());
     assert_eq!(svc.oneshot(10_000).await.unwrap(), 10_000);
     let inner = service_fn(|req: http::Request<u64>| async move {
         time::sleep(ms(*req.body())).await;
         Ok::<_, std::convert::Infallible>(())
     });
-    let svc = TimeoutLayer::new(ms(5)).for_http().layer(inner);
+    let svc = TimeoutLayer::new(ms(5)).unwrap().for_http().layer(inner);
     let mut req = http::Request::new(10);
     req.extensions_mut().insert(TimeoutOverride(Duration::MAX));
     svc.oneshot(req).await.unwrap();
@@ -355,7 +358,7 @@ async fn huge_timeout_never_fires_and_never_panics() {
 
 #[tokio::test(start_paused = true)]
 async fn unobserved_layer_still_names_its_error_and_counts_once_observed() {
-    let layer = TimeoutLayer::new(ms(5));
+    let layer = TimeoutLayer::new(ms(5)).unwrap();
     let svc = layer.layer(sleeper());
     let err = svc.clone().oneshot(50).await.unwrap_err();
     assert_eq!(err.downcast_ref::<Elapsed>().unwrap().name(), "timeout");
@@ -377,8 +380,8 @@ async fn owned_names_are_reported() {
 
 #[tokio::test(start_paused = true)]
 async fn successive_calls_each_time_out_at_their_own_limit() {
-    let long = TimeoutLayer::new(ms(500)).layer(sleeper());
-    let short = TimeoutLayer::new(ms(20)).layer(sleeper());
+    let long = TimeoutLayer::new(ms(500)).unwrap().layer(sleeper());
+    let short = TimeoutLayer::new(ms(20)).unwrap().layer(sleeper());
     for round in 0..5 {
         assert_eq!(long.clone().oneshot(10).await.unwrap(), 10, "{round}");
         let start = Instant::now();
@@ -396,7 +399,7 @@ async fn successive_calls_each_time_out_at_their_own_limit() {
 async fn calls_on_many_threads_either_complete_or_time_out() {
     // Real time: futures move between the two workers, and their timers
     // with them.
-    let svc = TimeoutLayer::new(ms(50)).layer(sleeper());
+    let svc = TimeoutLayer::new(ms(50)).unwrap().layer(sleeper());
     let calls: Vec<_> = (0..400u64)
         .map(|i| {
             let svc = svc.clone();
@@ -466,7 +469,7 @@ async fn a_finished_call_keeps_no_timer_nor_waker_while_its_future_is_kept() {
     let alive = || Arc::strong_count(&counted) - 1;
 
     // Completed after one pending poll: the timer was armed then.
-    let mut svc = TimeoutLayer::new(ms(100)).layer(pending_once());
+    let mut svc = TimeoutLayer::new(ms(100)).unwrap().layer(pending_once());
     let mut call = std::pin::pin!(svc.call(7));
     assert!(call.as_mut().poll(&mut cx).is_pending());
     assert_eq!(alive(), 2, "the armed timer holds a clone of the waker");
@@ -477,16 +480,19 @@ async fn a_finished_call_keeps_no_timer_nor_waker_while_its_future_is_kept() {
 
 #[tokio::test(start_paused = true)]
 async fn a_paused_clock_stays_put_while_waiting_on_a_thread_after_calls_ended() {
-    let svc = TimeoutLayer::new(Duration::from_secs(10)).layer(sleeper());
+    let svc = TimeoutLayer::new(Duration::from_secs(10))
+        .unwrap()
+        .layer(sleeper());
     // A call that completed after being pending, one that timed out, one
     // that was dropped while pending, and one with a known deadline.
     assert_eq!(svc.clone().oneshot(1).await.unwrap(), 1);
-    let short = TimeoutLayer::new(ms(5)).layer(sleeper());
+    let short = TimeoutLayer::new(ms(5)).unwrap().layer(sleeper());
     assert!(short.oneshot(1_000).await.is_err());
     let mut dropped = task::spawn(svc.clone().oneshot(1_000));
     assert_pending!(dropped.poll());
     drop(dropped);
     let http = TimeoutLayer::new(Duration::from_secs(10))
+        .unwrap()
         .for_http()
         .layer(service_fn(|req: http::Request<u64>| async move {
             time::sleep(ms(*req.body())).await;
@@ -497,7 +503,9 @@ async fn a_paused_clock_stays_put_while_waiting_on_a_thread_after_calls_ended() 
         .insert(Deadline(Instant::now() + Duration::from_secs(20)));
     http.oneshot(req).await.unwrap();
     // A call that completed after being pending, its future kept.
-    let mut kept_svc = TimeoutLayer::new(Duration::from_secs(10)).layer(pending_once());
+    let mut kept_svc = TimeoutLayer::new(Duration::from_secs(10))
+        .unwrap()
+        .layer(pending_once());
     let mut kept = task::spawn(kept_svc.ready().await.unwrap().call(3));
     assert_pending!(kept.poll());
     assert_eq!(assert_ready!(kept.poll()).unwrap(), 3);
@@ -555,11 +563,14 @@ fn a_runtime_dropped_as_calls_complete_never_panics_nor_loses_a_response() {
     const ROUNDS: usize = 100;
     const SPAWNED: usize = 8;
     const DRIVEN: usize = 2;
-    let quick = TimeoutLayer::new(Duration::from_secs(60)).layer(sleeper());
+    let quick = TimeoutLayer::new(Duration::from_secs(60))
+        .unwrap()
+        .layer(sleeper());
     for round in 0..ROUNDS {
         let started = Arc::new(AtomicUsize::new(0));
         let produced = Arc::new(AtomicUsize::new(0));
         let svc = TimeoutLayer::new(Duration::from_secs(60))
+            .unwrap()
             .layer(on_signal(started.clone(), produced.clone()));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -636,4 +647,20 @@ fn a_runtime_dropped_as_calls_complete_never_panics_nor_loses_a_response() {
             "round {round}: every response the inner service produced was delivered"
         );
     }
+}
+
+#[test]
+fn new_and_set_timeout_refuse_zero_as_the_builder_does() {
+    assert_eq!(
+        TimeoutLayer::new(Duration::ZERO).unwrap_err().field(),
+        "timeout"
+    );
+    let handle = TimeoutLayer::new(ms(40)).unwrap().handle();
+    assert_eq!(
+        handle.set_timeout(Duration::ZERO).unwrap_err().field(),
+        "timeout"
+    );
+    assert_eq!(handle.snapshot().timeout, ms(40));
+    handle.set_timeout(Duration::MAX).unwrap();
+    assert_eq!(handle.snapshot().timeout.as_nanos(), u128::from(u64::MAX));
 }

@@ -10,6 +10,41 @@
 //! | retry: backoff with jitter, budgets, Retry-After, HTTP body replay | [`retry`] | `retry` (default) |
 //! | classification, events, registry, keys, errors to responses | [`core`] | always |
 //!
+//! Rate limiting, fallback, cache, saga, metrics and health are planned
+//! and not built yet.
+//!
+//! # Install
+//!
+//! buttress is not on crates.io yet: depend on the repository (or on a
+//! checkout, with `path = ".../crates/buttress"`). The examples below also
+//! use tower's `util` feature (`ServiceExt::oneshot`), and the client ones
+//! a hyper-util client, `http`, `http-body-util` and `bytes`:
+//!
+//! ```toml
+//! [dependencies]
+//! buttress = { git = "https://github.com/buttress-rs/buttress" }
+//! tower = { version = "0.5", features = ["util"] }
+//! tokio = { version = "1", features = ["macros", "rt-multi-thread", "net"] }
+//! axum = "0.8"
+//! hyper-util = { version = "0.1", features = ["client-legacy", "http1", "tokio"] }
+//! http = "1"
+//! http-body-util = "0.1"
+//! bytes = "1"
+//! ```
+//!
+//! # Features
+//!
+//! | feature | default | adds |
+//! |---|---|---|
+//! | `timeout` | yes | [`timeout`], [`ServiceBuilderExt::call_timeout`], [`ServiceBuilderExt::timeout_with`] |
+//! | `bulkhead` | yes | [`bulkhead`], [`ServiceBuilderExt::bulkhead`], [`ServiceBuilderExt::bulkhead_with`] |
+//! | `circuit-breaker` | yes | [`circuit_breaker`], [`ServiceBuilderExt::circuit_breaker`] |
+//! | `retry` | yes | [`retry`], [`ServiceBuilderExt::retry_with`] |
+//! | `serde` | yes | `Serialize`/`Deserialize` on the configuration structs, durations as `"30s"` |
+//! | `tonic` | no | rejections to `tonic::Status` (`core::grpc`), a classifier for `tonic::Status` results |
+//! | `axum` | no | axum's `ConnectInfo` as the peer address in the client-IP key extractors |
+//! | `full` | no | all of the above |
+//!
 //! Every layer:
 //! - keeps its state in the layer's `Arc`, so axum's per-route `layer()`
 //!   calls and service clones share one instance;
@@ -21,7 +56,61 @@
 //!   (servers) and callers can downcast (clients), never through an error
 //!   from `poll_ready`;
 //! - has a name, events (`.on_event`), a handle with a serde snapshot and
-//!   run-time controls, and an optional [`Registry`] entry.
+//!   run-time controls, and an optional [`Registry`] entry. Names are unique
+//!   across kinds within one registry: a bulkhead and a timeout both named
+//!   `"api"` cannot both register, and the second `build()` fails.
+//!
+//! # Protecting a client call
+//!
+//! Around a hyper-util client, in the order of a client stack (breaker,
+//! bulkhead, per-call timeout), acting on the typed rejections:
+//!
+//! ```
+//! use buttress::circuit_breaker::CircuitBreakerLayer;
+//! use buttress::core::error::kind_of;
+//! use buttress::core::HttpClassifier;
+//! use buttress::{BoxError, ErrorKind, ServiceBuilderExt};
+//! use bytes::Bytes;
+//! use http_body_util::Empty;
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! // `BoxError`, not `Box<dyn Error>`: the stack fails with a `BoxError`
+//! // (`Send + Sync`), which `?` cannot turn into a `Box<dyn Error>` (E0277,
+//! // "the size for values of type `dyn Error + Send + Sync` cannot be known").
+//! #[tokio::main]
+//! async fn main() -> Result<(), BoxError> {
+//!     // A stand-in for the dependency, on loopback.
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//!     let addr = listener.local_addr()?;
+//!     let catalog = axum::Router::new().route("/items/7", axum::routing::get(|| async { "seven" }));
+//!     tokio::spawn(async move { axum::serve(listener, catalog).await });
+//!
+//!     let breaker = CircuitBreakerLayer::builder()
+//!         .name("catalog")
+//!         .classifier(HttpClassifier::new()) // 5xx and 429 are failures
+//!         .build()?;
+//!     let client = ServiceBuilder::new()
+//!         .circuit_breaker(breaker)
+//!         .bulkhead(32) // at most 32 calls in flight, the rest rejected
+//!         .call_timeout(Duration::from_secs(2))
+//!         .service(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+//!
+//!     let req = http::Request::get(format!("http://{addr}/items/7")).body(Empty::new())?;
+//!     match client.oneshot(req).await {
+//!         Ok(res) => assert_eq!(res.status(), 200),
+//!         Err(err) => match kind_of(&*err) {
+//!             Some(ErrorKind::CircuitOpen) => eprintln!("catalog is failing, not called"),
+//!             Some(ErrorKind::BulkheadFull) => eprintln!("too many calls to catalog"),
+//!             Some(ErrorKind::Timeout) => eprintln!("catalog took too long"),
+//!             _ => return Err(err), // the client's own error
+//!         },
+//!     }
+//!     Ok(())
+//! }
+//! ```
 //!
 //! # Protecting an axum server
 //!
@@ -51,40 +140,43 @@
 //! # let _ = app;
 //! ```
 //!
+//! The [README](https://github.com/buttress-rs/buttress#readme) explains
+//! the composition order and the retry layer in detail.
+//!
 //! [tower]: https://docs.rs/tower
 //! [`Layer`]: tower_layer::Layer
 //! [`ServiceBuilder`]: tower::ServiceBuilder
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use buttress_core as core;
 pub use buttress_core::{
     BoxError, Classifier, ConfigError, ErrorKind, Listener, Outcome, Registry,
 };
 
-/// Per-call timeouts; see [`buttress_timeout`].
+// The pattern crates are re-exported whole and inlined, so that their front
+// pages (with facade paths in their examples) are these modules' pages.
 #[cfg(feature = "timeout")]
-pub mod timeout {
-    pub use buttress_timeout::*;
-}
+#[doc(inline)]
+pub use buttress_timeout as timeout;
 
-/// Bulkheads; see [`buttress_bulkhead`].
 #[cfg(feature = "bulkhead")]
-pub mod bulkhead {
-    pub use buttress_bulkhead::*;
-}
+#[doc(inline)]
+pub use buttress_bulkhead as bulkhead;
 
-/// Circuit breakers; see [`buttress_circuit_breaker`].
 #[cfg(feature = "circuit-breaker")]
-pub mod circuit_breaker {
-    pub use buttress_circuit_breaker::*;
-}
+#[doc(inline)]
+pub use buttress_circuit_breaker as circuit_breaker;
 
-/// Retries; see [`buttress_retry`].
 #[cfg(feature = "retry")]
-pub mod retry {
-    pub use buttress_retry::*;
-}
+#[doc(inline)]
+pub use buttress_retry as retry;
 
 mod builder;
 pub use builder::ServiceBuilderExt;
+
+/// Every ```` ```rust ```` block of README.md, compiled (and run, unless
+/// marked `no_run`) as a doctest, so the README's snippets stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

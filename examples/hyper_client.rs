@@ -1,7 +1,7 @@
 //! A hyper-util client whose calls are bounded: at most 4 in flight (the
 //! rest rejected at once) and 300 ms each. It starts its own slow server on
-//! 127.0.0.1, fires 8 concurrent calls, and sorts the outcomes by their
-//! typed errors.
+//! 127.0.0.1, fires 8 calls at once, and sorts the outcomes by their typed
+//! errors: 2 answered, 2 timed out, 4 rejected because 4 were in flight.
 //!
 //! `cargo run -p buttress-examples --example hyper_client`
 
@@ -12,59 +12,89 @@ use axum::Router;
 use buttress::bulkhead::BulkheadLayer;
 use buttress::core::error::kind_of;
 use buttress::timeout::TimeoutLayer;
-use buttress::{ErrorKind, ServiceBuilderExt};
+use buttress::{BoxError, ErrorKind, ServiceBuilderExt};
+use futures_util::future::join_all;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
 
+/// How long the server takes to answer call `n`: the first two within the
+/// 300 ms limit, the next two beyond it, the rest never sent.
+const DELAYS_MS: [u64; 8] = [50, 150, 500, 600, 50, 50, 50, 50];
+
+// `BoxError`, not `Box<dyn Error>`: the stack's errors are `Send + Sync`
+// boxes, which `?` cannot turn into a `Box<dyn Error>` (E0277).
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // A server whose answer takes 100 ms per `n`.
+async fn main() -> Result<(), BoxError> {
+    for line in run().await? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Runs the example and returns what it prints: one line per call, in call
+/// order, then a summary line.
+pub async fn run() -> Result<Vec<String>, BoxError> {
+    // A server whose answer to `/{ms}` takes `ms` milliseconds.
     let app = Router::new().route(
-        "/{n}",
+        "/{ms}",
         get(
-            |axum::extract::Path(n): axum::extract::Path<u64>| async move {
-                tokio::time::sleep(Duration::from_millis(100 * n)).await;
-                format!("{n}")
+            |axum::extract::Path(ms): axum::extract::Path<u64>| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                format!("{ms}")
             },
         ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let bulkhead = BulkheadLayer::builder()
         .name("upstream")
-        .max_concurrent(4)
+        .max_concurrent(4) // no queue: the 5th call in flight is rejected
         .build()?;
     let timeout = TimeoutLayer::builder(Duration::from_millis(300))
-        .name("upstream")
+        .name("upstream-timeout")
         .build()?;
     let client = ServiceBuilder::new()
         .bulkhead_with(bulkhead)
         .timeout_with(timeout)
         .service(Client::builder(TokioExecutor::new()).build_http::<String>());
 
-    let calls = (0..8u64).map(|n| {
-        let client = client.clone();
-        let uri = format!("http://{addr}/{}", n % 5);
-        tokio::spawn(async move {
-            let req = http::Request::get(uri)
-                .body(String::new())
-                .expect("request");
-            (n, client.oneshot(req).await)
-        })
-    });
-    for call in calls {
-        let (n, result) = call.await?;
-        match result {
-            Ok(res) => println!("call {n}: {}", res.status()),
-            Err(err) => match kind_of(&*err) {
-                Some(ErrorKind::BulkheadFull) => println!("call {n}: rejected, too many in flight"),
-                Some(ErrorKind::Timeout) => println!("call {n}: timed out ({err})"),
-                _ => println!("call {n}: failed: {err}"),
-            },
-        }
+    // All eight at once, polled together in this task: the first four take
+    // the bulkhead's permits and hold them while their calls are pending,
+    // so the other four are rejected without reaching the server.
+    let mut calls = Vec::new();
+    for (n, ms) in DELAYS_MS.iter().enumerate() {
+        let req = http::Request::get(format!("http://{addr}/{ms}")).body(String::new())?;
+        let client = client.clone(); // a clone starts without a permit
+        calls.push(async move { (n, client.oneshot(req).await) });
     }
-    Ok(())
+    let mut lines = Vec::new();
+    let (mut ok, mut timed_out, mut rejected) = (0, 0, 0);
+    for (n, result) in join_all(calls).await {
+        let line = match result {
+            Ok(res) => {
+                ok += 1;
+                format!("call {n}: {}", res.status())
+            }
+            Err(err) => match kind_of(&*err) {
+                Some(ErrorKind::BulkheadFull) => {
+                    rejected += 1;
+                    format!("call {n}: rejected, 4 calls in flight already")
+                }
+                Some(ErrorKind::Timeout) => {
+                    timed_out += 1;
+                    format!("call {n}: timed out ({err})")
+                }
+                _ => format!("call {n}: failed: {err}"),
+            },
+        };
+        lines.push(line);
+    }
+    lines.push(format!(
+        "{ok} answered, {timed_out} timed out, {rejected} rejected"
+    ));
+    server.abort();
+    Ok(lines)
 }

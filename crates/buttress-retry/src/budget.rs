@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use buttress_core::clock::CoarseClock;
 use buttress_core::ConfigError;
 use tokio::time::Instant;
 
@@ -33,20 +34,37 @@ const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 ///
 /// # Exactness
 ///
-/// Time is cut into slots of a tenth of `ttl`, and every deposit and every
-/// withdrawal is counted in the slot of its own time; the window is the
-/// current slot and the nine before it. So a deposit or withdrawal made at
-/// `t` counts until the end of the slot holding `t + ttl` begins: at least
-/// `ttl - ttl / 10`, never longer than `ttl`. Expiry errs toward fewer
+/// Time is cut into slots of a tenth of `ttl`, read from the budget's
+/// [`CoarseClock`] (period: one slot), and every deposit and every
+/// withdrawal is counted in the slot that clock shows when it is made; the
+/// window is the current slot and the nine before it. Deposits,
+/// withdrawals, refunds and snapshots all read that one clock, which never
+/// goes back, so a deposit is never stamped later than a withdrawal that
+/// follows it. In the clock's time, a deposit or withdrawal counts for at
+/// least `ttl - ttl / 10` and at most `ttl`: expiry errs toward fewer
 /// retries, by less than one slot, and never drops a deposit that is still
 /// in the window.
 ///
-/// A deposit is one atomic add on the word of its own slot (and a clock
-/// read); nothing is batched or kept per thread. [`try_withdraw`],
-/// [`available`] and [`snapshot`] take a short lock and read every slot, so
-/// they see every deposit and withdrawal that completed before they began;
-/// a snapshot taken when no deposit is in flight counts every deposit
-/// made. Withdrawals, rare by nature, take the lock.
+/// The clock is a ticker task's, so that a deposit costs one atomic load
+/// instead of a clock read: it follows tokio's clock (paused in tests) and
+/// lags real time by at most the ticker's scheduling delay (outside a
+/// runtime the clock is read instead). What is stated above holds exactly
+/// in the clock's time. In real time, the window is late by the clock's
+/// lag: a deposit stamped while the ticker is late lands in an earlier
+/// slot and expires early (fewer retries), and a withdrawal made while the
+/// ticker is late still counts deposits that expired within that lag (at
+/// most that lag's worth). On a runtime that polls its tasks on time the
+/// lag is the ticker's wake-up delay; a runtime that is blocked, or a
+/// current-thread runtime that is not being driven, holds the clock back
+/// until it runs the ticker again.
+///
+/// A deposit is one atomic load of the clock and one atomic add on the
+/// word of its own slot; nothing is batched or kept per thread.
+/// [`try_withdraw`], [`available`] and [`snapshot`] take a short lock and
+/// read every slot, so they see every deposit and withdrawal that
+/// completed before they began; a snapshot taken when no deposit is in
+/// flight counts every deposit made. Withdrawals, rare by nature, take the
+/// lock.
 ///
 /// [`try_withdraw`]: RetryBudget::try_withdraw
 /// [`available`]: RetryBudget::available
@@ -89,8 +107,9 @@ struct Inner {
     min_per_sec: u32,
     deposit: i64,
     reserve: i64,
-    slot_nanos: u64,
-    base: Instant,
+    /// The slot number: the one time source of deposits, withdrawals,
+    /// refunds and snapshots.
+    clock: CoarseClock,
     /// One word per slot: the slot number (wrapping at 2^32, which takes
     /// over 13 years of 100 ms slots) and the deposits made in it.
     deposits: [AtomicU64; SLOTS],
@@ -151,11 +170,11 @@ impl RetryBudget {
     }
 
     /// Records one request: adds `percent` % of a retry to the budget, in
-    /// the slot of the current time.
+    /// the slot the budget's clock shows.
     #[inline]
     pub fn deposit(&self) {
         let inner = &*self.inner;
-        let slot = inner.slot_at(Instant::now());
+        let slot = inner.clock.now_ticks();
         let word = &inner.deposits[index(slot)];
         let before = word.fetch_add(1, Ordering::AcqRel);
         if stamp_of(before) != stamp(slot) {
@@ -173,7 +192,7 @@ impl RetryBudget {
     /// it is spent.
     pub(crate) fn withdraw(&self) -> Option<Withdrawal> {
         let inner = &*self.inner;
-        let mut w = inner.lock_at(Instant::now());
+        let mut w = inner.lock_now();
         if inner.balance(&w) >= i128::from(ONE_RETRY) {
             let slot = w.now;
             w.slots[index(slot)] += 1;
@@ -192,7 +211,7 @@ impl RetryBudget {
     /// still in the window.
     pub(crate) fn refund(&self, withdrawal: Withdrawal) {
         let inner = &*self.inner;
-        let mut w = inner.lock_at(Instant::now());
+        let mut w = inner.lock_now();
         if withdrawal.slot + SLOTS as u64 > w.now {
             let taken = &mut w.slots[index(withdrawal.slot)];
             *taken = taken.saturating_sub(1);
@@ -204,7 +223,7 @@ impl RetryBudget {
     /// Retries that could be made right now.
     pub fn available(&self) -> u64 {
         let inner = &*self.inner;
-        let w = inner.lock_at(Instant::now());
+        let w = inner.lock_now();
         let balance = inner.balance(&w);
         drop(w);
         u64::try_from(balance / i128::from(ONE_RETRY)).unwrap_or(0)
@@ -213,7 +232,7 @@ impl RetryBudget {
     /// The current state.
     pub fn snapshot(&self) -> BudgetSnapshot {
         let inner = &*self.inner;
-        let w = inner.lock_at(Instant::now());
+        let w = inner.lock_now();
         let available = u64::try_from(inner.balance(&w) / i128::from(ONE_RETRY)).unwrap_or(0);
         let deposits = inner.deposits();
         drop(w);
@@ -271,14 +290,6 @@ fn age(now: u32, then: u32) -> i64 {
 }
 
 impl Inner {
-    /// The slot number of `at`: time since `base` in slots.
-    #[inline]
-    fn slot_at(&self, at: Instant) -> u64 {
-        let nanos =
-            u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
-        nanos / self.slot_nanos
-    }
-
     /// A deposit whose add landed in a word that another slot number holds.
     ///
     /// A word holding a later slot number (this thread read the clock
@@ -340,9 +351,10 @@ impl Inner {
             - i128::from(withdrawn) * i128::from(ONE_RETRY)
     }
 
-    /// The withdrawals at `now`, the slots that expired cleared.
-    fn lock_at(&self, now: Instant) -> MutexGuard<'_, Withdrawn> {
-        let slot = self.slot_at(now);
+    /// The withdrawals at the clock's current slot, the slots that expired
+    /// cleared.
+    fn lock_now(&self) -> MutexGuard<'_, Withdrawn> {
+        let slot = self.clock.now_ticks();
         // Every update is a plain integer write: a panic elsewhere cannot
         // leave the window half-updated.
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
@@ -409,9 +421,8 @@ impl RetryBudgetBuilder {
         let reserve = i64::from(self.min_per_sec)
             .saturating_mul(ttl_ms)
             .saturating_mul(ONE_RETRY / 1000);
-        let slot_nanos = u64::try_from(self.ttl.as_nanos() / SLOTS as u128)
-            .unwrap_or(u64::MAX)
-            .max(1);
+        // ttl is at least 1 s: a slot is at least 100 ms.
+        let slot = self.ttl / SLOTS as u32;
         Ok(RetryBudget {
             inner: Arc::new(Inner {
                 ttl: self.ttl,
@@ -419,8 +430,7 @@ impl RetryBudgetBuilder {
                 min_per_sec: self.min_per_sec,
                 deposit,
                 reserve,
-                slot_nanos,
-                base: Instant::now(),
+                clock: CoarseClock::new(Instant::now(), slot),
                 deposits: std::array::from_fn(|_| AtomicU64::new(0)),
                 retired: AtomicU64::new(0),
                 window: Mutex::new(Withdrawn {
@@ -444,6 +454,15 @@ mod tests {
             .min_per_sec(min_per_sec)
             .build()
             .unwrap()
+    }
+
+    /// Advances the paused clock and lets the budget's clock ticker run:
+    /// `advance` yields once, but the current-thread scheduler polls the
+    /// test's task again before the ticker that the timer woke, so without
+    /// the second yield the next deposit would still see the slot before.
+    async fn advance(d: Duration) {
+        tokio::time::advance(d).await;
+        tokio::task::yield_now().await;
     }
 
     fn drain(b: &RetryBudget) -> u64 {
@@ -499,7 +518,7 @@ mod tests {
             b.deposit();
         }
         assert_eq!(b.available(), 5);
-        tokio::time::advance(Duration::from_secs(5)).await;
+        advance(Duration::from_secs(5)).await;
         for _ in 0..4 {
             b.deposit();
         }
@@ -508,16 +527,16 @@ mod tests {
         assert_eq!(b.available(), 6);
         // The first ten deposits leave the window; the later ones and the
         // withdrawal stay.
-        tokio::time::advance(Duration::from_secs(5)).await;
+        advance(Duration::from_secs(5)).await;
         assert_eq!(b.available(), 1);
         // Everything has expired.
-        tokio::time::advance(Duration::from_secs(10)).await;
+        advance(Duration::from_secs(10)).await;
         assert_eq!(b.available(), 0);
         // A long silence clears the whole window at once.
         for _ in 0..2 {
             b.deposit();
         }
-        tokio::time::advance(Duration::from_secs(3600)).await;
+        advance(Duration::from_secs(3600)).await;
         assert_eq!(b.available(), 0);
         let s = b.snapshot();
         assert_eq!((s.deposits, s.withdrawals), (16, 1));
@@ -529,18 +548,18 @@ mod tests {
         for _ in 0..20 {
             b.deposit();
         }
-        tokio::time::advance(Duration::from_secs(5)).await;
+        advance(Duration::from_secs(5)).await;
         for _ in 0..20 {
             b.deposit();
         }
         assert_eq!(b.available(), 20);
         assert_eq!(b.snapshot().deposits, 40);
         // At t = 10 s the deposits of t = 0 expire, those of t = 5 s stay.
-        tokio::time::advance(Duration::from_secs(5)).await;
+        advance(Duration::from_secs(5)).await;
         assert_eq!(b.available(), 10);
-        tokio::time::advance(Duration::from_millis(4_999)).await;
+        advance(Duration::from_millis(4_999)).await;
         assert_eq!(b.available(), 10, "still in the window at 14.999 s");
-        tokio::time::advance(Duration::from_millis(1)).await;
+        advance(Duration::from_millis(1)).await;
         assert_eq!(b.available(), 0);
         assert_eq!(b.snapshot().deposits, 40);
     }
@@ -552,13 +571,13 @@ mod tests {
         b.deposit();
         let taken = b.withdraw().expect("two retries deposited");
         assert_eq!(b.available(), 1);
-        tokio::time::advance(Duration::from_secs(5)).await;
+        advance(Duration::from_secs(5)).await;
         b.refund(taken);
         assert_eq!(b.available(), 2);
         assert_eq!(b.snapshot().withdrawals, 0);
         // Deposits and the refunded withdrawal were all of t = 0: at 10 s
         // nothing is left (a refund counted at 5 s would leave a retry).
-        tokio::time::advance(Duration::from_secs(5)).await;
+        advance(Duration::from_secs(5)).await;
         assert_eq!(b.available(), 0);
     }
 
@@ -567,7 +586,7 @@ mod tests {
         let b = budget(100.0, 0);
         b.deposit();
         let taken = b.withdraw().expect("one retry deposited");
-        tokio::time::advance(Duration::from_secs(10)).await;
+        advance(Duration::from_secs(10)).await;
         b.deposit();
         b.refund(taken);
         assert_eq!(b.available(), 1);
@@ -580,7 +599,7 @@ mod tests {
         for _ in 0..5 {
             b.deposit();
         }
-        tokio::time::advance(Duration::from_secs(30)).await;
+        advance(Duration::from_secs(30)).await;
         assert_eq!(b.available(), 0);
         assert_eq!(b.snapshot().deposits, 5);
     }

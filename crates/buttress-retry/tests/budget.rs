@@ -20,11 +20,20 @@ fn budget(percent: f64, min_per_sec: u32, ttl: Duration) -> RetryBudget {
         .unwrap()
 }
 
+/// Advances the paused clock and lets the budget's clock ticker run:
+/// `advance` yields once, but the current-thread scheduler polls the test's
+/// task again before the ticker that the timer woke, so without the second
+/// yield the next deposit would still see the slot before.
+async fn advance(d: Duration) {
+    tokio::time::advance(d).await;
+    tokio::task::yield_now().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_deposit_expiring_does_not_take_later_deposits_with_it() {
     let b = budget(20.0, 0, Duration::from_secs(10));
     b.deposit();
-    tokio::time::advance(Duration::from_millis(10_500)).await;
+    advance(Duration::from_millis(10_500)).await;
     for _ in 0..19 {
         b.deposit();
     }
@@ -36,6 +45,44 @@ async fn a_deposit_expiring_does_not_take_later_deposits_with_it() {
         retries += 1;
     }
     assert_eq!(retries, 3);
+}
+
+#[test]
+fn outside_a_runtime_the_budget_reads_the_clock() {
+    let b = budget(50.0, 0, Duration::from_secs(10));
+    for _ in 0..4 {
+        b.deposit();
+    }
+    assert!(b.try_withdraw());
+    assert!(b.try_withdraw());
+    assert!(!b.try_withdraw());
+    let s = b.snapshot();
+    assert_eq!(
+        (s.available, s.deposits, s.withdrawals, s.refusals),
+        (0, 4, 2, 1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_clock_ticker_ends_with_the_budget() {
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let b = budget(20.0, 10, Duration::from_secs(10));
+    b.deposit();
+    tokio::task::yield_now().await;
+    assert_eq!(alive(), 1, "the first deposit started the ticker");
+    let clone = b.clone();
+    drop(b);
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(alive(), 1, "a clone keeps the budget");
+    drop(clone);
+    // The ticker holds no reference while it waits: it ends at its next
+    // tick (one slot, a tenth of the ttl).
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(alive(), 0);
 }
 
 /// The budget as its docs define it, one event at a time: every deposit
@@ -146,7 +193,7 @@ proptest! {
             for op in ops {
                 match op {
                     Op::Advance(ms) => {
-                        tokio::time::advance(Duration::from_millis(ms)).await;
+                        advance(Duration::from_millis(ms)).await;
                         model.now_nanos += u128::from(ms) * 1_000_000;
                     }
                     Op::Deposit(n) => {

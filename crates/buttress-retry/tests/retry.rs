@@ -377,8 +377,11 @@ async fn a_spent_budget_returns_the_last_result_without_retry() {
     assert_eq!(spent, 2);
     let b = budget.snapshot();
     assert_eq!((b.deposits, b.withdrawals, b.refusals), (2, 1, 2));
-    // A second later the floor allows one retry again.
+    // A second later the floor allows one retry again. The budget's slots
+    // come from a clock ticker task: `advance` yields once, but the
+    // scheduler polls this task again before the ticker, so yield again.
     tokio::time::advance(Duration::from_secs(1)).await;
+    tokio::task::yield_now().await;
     let svc = Scripted::failing(1);
     assert_eq!(layer.layer(svc.clone()).oneshot(1).await.unwrap(), 1);
     assert_eq!(svc.calls().len(), 2);

@@ -56,6 +56,9 @@ pub struct RetryConfig {
     pub budget: Option<BudgetConfig>,
     /// A seed for reproducible jitter (default: a per-thread generator).
     pub seed: Option<u64>,
+    /// Allow more than 10 attempts without a budget or a `max_elapsed`
+    /// (default `false`); see [`RetryBuilder::unbounded_retries`].
+    pub unbounded_retries: bool,
 }
 
 /// A [`RetryBudget`] as plain data.
@@ -104,6 +107,7 @@ impl Default for RetryConfig {
             max_elapsed: None,
             budget: None,
             seed: None,
+            unbounded_retries: false,
         }
     }
 }
@@ -129,6 +133,9 @@ impl RetryConfig {
         }
         if let Some(seed) = self.seed {
             b = b.seed(seed);
+        }
+        if self.unbounded_retries {
+            b = b.unbounded_retries();
         }
         Ok(b)
     }

@@ -18,6 +18,17 @@ use crate::service::Retry;
 
 pub(crate) const KIND: &str = "retry";
 
+/// The longest `max_delay` a builder accepts: one hour. A longer wait
+/// between two attempts looks like a hang, not a retry.
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(60 * 60);
+
+/// The longest `max_elapsed` a builder accepts: one day.
+pub(crate) const MAX_ELAPSED: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// More attempts than this need a bound: a budget, a `max_elapsed`, or
+/// an explicit [`unbounded_retries`](RetryBuilder::unbounded_retries).
+pub(crate) const MAX_UNGUARDED_ATTEMPTS: u32 = 10;
+
 /// The limits of one layer, copied into every response future so that the
 /// happy path reads no shared state.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -261,6 +272,7 @@ impl RetryLayer {
     pub fn builder() -> RetryBuilder {
         RetryBuilder {
             name: Cow::Borrowed(KIND),
+            unbounded_retries: false,
             settings: Settings {
                 max_attempts: 3,
                 backoff: Backoff::exponential(Duration::from_millis(100)),
@@ -288,7 +300,8 @@ impl RetryLayer {
     }
 
     /// `max_attempts` attempts in all, waiting a full-jittered exponential
-    /// delay from `initial`, doubling, capped at `max_delay`.
+    /// delay from `initial`, doubling, capped at `max_delay` (at most one
+    /// hour: `build` refuses `Duration::MAX`, which waited for ever).
     pub fn exponential(max_attempts: u32, initial: Duration, max_delay: Duration) -> RetryBuilder {
         Self::builder()
             .max_attempts(max_attempts)
@@ -361,6 +374,7 @@ impl<P, R> RetryLayer<P, R> {
 pub struct RetryBuilder<P = RetryErrors, R = CloneRequest> {
     name: Cow<'static, str>,
     settings: Settings,
+    unbounded_retries: bool,
     policy: P,
     replay: R,
     budget: Option<RetryBudget>,
@@ -391,6 +405,25 @@ impl<P, R> RetryBuilder<P, R> {
     }
 
     /// Attempts in all, the first one included (default 3; at least 1).
+    ///
+    /// More than 10 attempts need something else that ends the retries: a
+    /// [`budget`](Self::budget), a [`max_elapsed`](Self::max_elapsed), or
+    /// an explicit [`unbounded_retries`](Self::unbounded_retries);
+    /// otherwise [`build`](Self::build) refuses them, since `u32::MAX`
+    /// attempts against a service that stays down would retry for ever.
+    ///
+    /// ```
+    /// use buttress_retry::RetryLayer;
+    /// use std::time::Duration;
+    ///
+    /// let err = RetryLayer::builder().max_attempts(u32::MAX).build().unwrap_err();
+    /// assert_eq!(err.field(), "max_attempts");
+    /// RetryLayer::builder()
+    ///     .max_attempts(u32::MAX)
+    ///     .max_elapsed(Duration::from_secs(30))
+    ///     .build()
+    ///     .unwrap();
+    /// ```
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.settings.max_attempts = n;
         self
@@ -408,17 +441,30 @@ impl<P, R> RetryBuilder<P, R> {
         self
     }
 
-    /// The longest wait between two attempts (default 10 s). A server hint
-    /// beyond it ends the retries instead of being shortened.
+    /// The longest wait between two attempts (default 10 s; more than zero,
+    /// at most one hour). A server hint beyond it ends the retries instead
+    /// of being shortened. Every backoff delay is capped at it, so a huge
+    /// initial delay waits this long, not for ever.
     pub fn max_delay(mut self, max: Duration) -> Self {
         self.settings.max_delay = max;
         self
     }
 
     /// No attempt starts later than this after the call began (default
-    /// none). Costs one clock read per call.
+    /// none; more than zero, at most one day). Costs one clock read per
+    /// call.
     pub fn max_elapsed(mut self, max: Duration) -> Self {
         self.settings.max_elapsed = Some(max);
+        self
+    }
+
+    /// Allows more than 10 [`max_attempts`](Self::max_attempts) without a
+    /// budget or a `max_elapsed`: the retries of a call against a service
+    /// that stays down then end only with the attempts. An explicit
+    /// choice, for callers that bound them some other way (an outer
+    /// timeout, a cancelled future).
+    pub fn unbounded_retries(mut self) -> Self {
+        self.unbounded_retries = true;
         self
     }
 
@@ -459,6 +505,7 @@ impl<P, R> RetryBuilder<P, R> {
         RetryBuilder {
             name: self.name,
             settings: self.settings,
+            unbounded_retries: self.unbounded_retries,
             policy,
             replay: self.replay,
             budget: self.budget,
@@ -478,6 +525,7 @@ impl<P, R> RetryBuilder<P, R> {
         RetryBuilder {
             name: self.name,
             settings: self.settings,
+            unbounded_retries: self.unbounded_retries,
             policy: self.policy,
             replay,
             budget: self.budget,
@@ -507,11 +555,40 @@ impl<P, R> RetryBuilder<P, R> {
                 "must be greater than zero",
             ));
         }
+        if s.max_delay > MAX_DELAY {
+            return Err(ConfigError::new(
+                KIND,
+                "max_delay",
+                format!("must be at most one hour, got {:?}", s.max_delay),
+            ));
+        }
         if s.max_elapsed.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::new(
                 KIND,
                 "max_elapsed",
                 "must be greater than zero",
+            ));
+        }
+        if let Some(max) = s.max_elapsed.filter(|d| *d > MAX_ELAPSED) {
+            return Err(ConfigError::new(
+                KIND,
+                "max_elapsed",
+                format!("must be at most one day, got {max:?}"),
+            ));
+        }
+        if s.max_attempts > MAX_UNGUARDED_ATTEMPTS
+            && self.budget.is_none()
+            && s.max_elapsed.is_none()
+            && !self.unbounded_retries
+        {
+            return Err(ConfigError::new(
+                KIND,
+                "max_attempts",
+                format!(
+                    "{} attempts need a bound: a budget, a max_elapsed, or an explicit \
+                     unbounded_retries() (at most {MAX_UNGUARDED_ATTEMPTS} without one)",
+                    s.max_attempts
+                ),
             ));
         }
         s.backoff.validate()?;

@@ -1225,3 +1225,61 @@ async fn an_error_of_a_post_that_may_have_left_is_not_put_to_the_policy_or_the_b
     let b = budget.snapshot();
     assert_eq!((b.deposits, b.withdrawals, b.refusals), (1, 0, 0));
 }
+
+#[test]
+fn delays_beyond_an_hour_are_refused_instead_of_waiting_for_ever() {
+    let err = RetryLayer::exponential(3, Duration::MAX, Duration::MAX)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "max_delay");
+    let err = RetryLayer::fixed(3, Duration::MAX).build().unwrap_err();
+    assert_eq!(err.field(), "max_delay");
+    let err = RetryLayer::builder()
+        .max_elapsed(Duration::MAX)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "max_elapsed");
+    // A huge initial delay is capped by max_delay: allowed, and bounded.
+    RetryLayer::exponential(3, Duration::MAX, Duration::from_secs(1))
+        .build()
+        .unwrap();
+}
+
+#[test]
+fn many_attempts_need_a_budget_a_deadline_or_an_explicit_opt_in() {
+    let err = RetryLayer::builder()
+        .max_attempts(u32::MAX)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "max_attempts");
+    assert!(err.reason().contains("unbounded_retries"), "{err}");
+    RetryLayer::builder().max_attempts(10).build().unwrap();
+    RetryLayer::builder()
+        .max_attempts(u32::MAX)
+        .budget(RetryBudget::builder().build().unwrap())
+        .build()
+        .unwrap();
+    RetryLayer::builder()
+        .max_attempts(u32::MAX)
+        .max_elapsed(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    RetryLayer::builder()
+        .max_attempts(u32::MAX)
+        .unbounded_retries()
+        .build()
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn huge_initial_delay_waits_max_delay_not_for_ever() {
+    let svc = Scripted::failing(1);
+    let layer = RetryLayer::exponential(2, Duration::MAX, Duration::from_secs(1))
+        .jitter(Jitter::None)
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    assert_eq!(layer.layer(svc.clone()).oneshot(7).await.unwrap(), 7);
+    assert_eq!(svc.gaps(), vec![Duration::from_secs(1)]);
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+}

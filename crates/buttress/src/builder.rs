@@ -48,12 +48,83 @@ mod sealed {
 /// # }
 /// ```
 pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
-    /// Turns buttress rejections into HTTP responses (503, 504, 429, 500),
-    /// making the service `Infallible` for axum; see
-    /// [`ErrorToResponseLayer`].
+    /// Turns buttress rejections into HTTP responses (503, 504, 429, 500,
+    /// with `Retry-After` and `RateLimit-*` headers when known, and an
+    /// empty body), making the service `Infallible` for axum; see
+    /// [`ErrorToResponseLayer`]. For RFC 9457 problem+json bodies, add
+    /// `.layer(ErrorToResponseLayer::new().problem_json())` instead.
     fn error_to_response(self) -> ServiceBuilder<Stack<ErrorToResponseLayer, L>>;
 
+    /// For tonic servers: answers every error of the layers below with a
+    /// gRPC status (`Unavailable`, `ResourceExhausted` with
+    /// `grpc-retry-pushback-ms`, `DeadlineExceeded`, else `Internal`) and
+    /// a generic message, making the service `Infallible`; see
+    /// [`ErrorToStatusLayer`](crate::core::grpc::ErrorToStatusLayer) (its
+    /// `detailed(true)` keeps instance names and reasons, for internal
+    /// services). Put it first (outermost), in
+    /// `tonic::transport::Server::builder().layer(...)`: without it tonic
+    /// resets the stream on a rejection and the client sees a transport
+    /// error.
+    ///
+    /// ```
+    /// use buttress::core::error::{BoxError, BulkheadFull, BulkheadFullReason};
+    /// use buttress::ServiceBuilderExt;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // With tonic: `Server::builder().layer(ServiceBuilder::new().error_to_status().bulkhead(64).into_inner())`
+    /// let svc = ServiceBuilder::new()
+    ///     .error_to_status()
+    ///     .service_fn(|_req: http::Request<()>| async {
+    ///         let full = BulkheadFull::new("db".into(), BulkheadFullReason::QueueFull);
+    ///         Err::<http::Response<String>, BoxError>(full.into())
+    ///     });
+    /// let res = svc.oneshot(http::Request::new(())).await.unwrap();
+    /// assert_eq!(res.headers()["grpc-status"], "14"); // Unavailable
+    /// assert_eq!(res.headers()["grpc-message"], "service%20unavailable");
+    /// # }
+    /// ```
+    #[cfg(feature = "tonic")]
+    fn error_to_status(self) -> ServiceBuilder<Stack<buttress_core::grpc::ErrorToStatusLayer, L>>;
+
+    /// For tonic clients: turns the rejections of the buttress layers below
+    /// (around a `tonic::transport::Channel`) into a `tonic::Status`, so
+    /// generated clients return `Unavailable` for an open breaker or a full
+    /// bulkhead, `DeadlineExceeded` for a timeout and `ResourceExhausted`
+    /// with pushback for a rate limit, instead of `Unknown`. Transport
+    /// errors pass through to tonic. See
+    /// [`RejectionToStatusLayer`](crate::core::grpc::RejectionToStatusLayer).
+    ///
+    /// ```
+    /// use buttress::core::error::{kind_of, BoxError, CircuitOpen, ErrorKind};
+    /// use buttress::ServiceBuilderExt;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // With tonic: `HealthClient::new(ServiceBuilder::new().rejection_to_status().circuit_breaker(b).service(channel))`
+    /// let svc = ServiceBuilder::new()
+    ///     .rejection_to_status()
+    ///     .service_fn(|_req: ()| async {
+    ///         Err::<(), BoxError>(CircuitOpen::new("db".into(), None).into())
+    ///     });
+    /// let err = svc.oneshot(()).await.unwrap_err();
+    /// // `err` is a `tonic::Status` (code `Unavailable`) whose source is the rejection.
+    /// assert_eq!(kind_of(&*err), Some(ErrorKind::CircuitOpen));
+    /// # }
+    /// ```
+    #[cfg(feature = "tonic")]
+    fn rejection_to_status(
+        self,
+    ) -> ServiceBuilder<Stack<buttress_core::grpc::RejectionToStatusLayer, L>>;
+
     /// A [`TimeoutLayer`](crate::timeout::TimeoutLayer) of `timeout` per call.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero. For a value read from configuration, check it
+    /// first: `.timeout_with(TimeoutLayer::new(timeout)?)`.
     #[cfg(feature = "timeout")]
     fn call_timeout(
         self,
@@ -69,6 +140,11 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
 
     /// A [`BulkheadLayer`](crate::bulkhead::BulkheadLayer) admitting
     /// `max_concurrent` calls at once and rejecting the rest.
+    ///
+    /// # Panics
+    ///
+    /// If `max_concurrent` is zero. For a value read from configuration,
+    /// check it first: `.bulkhead_with(BulkheadLayer::new(n)?)`.
     #[cfg(feature = "bulkhead")]
     fn bulkhead(
         self,
@@ -111,12 +187,27 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self.layer(ErrorToResponseLayer::new())
     }
 
+    #[cfg(feature = "tonic")]
+    fn error_to_status(self) -> ServiceBuilder<Stack<buttress_core::grpc::ErrorToStatusLayer, L>> {
+        self.layer(buttress_core::grpc::ErrorToStatusLayer::new())
+    }
+
+    #[cfg(feature = "tonic")]
+    fn rejection_to_status(
+        self,
+    ) -> ServiceBuilder<Stack<buttress_core::grpc::RejectionToStatusLayer, L>> {
+        self.layer(buttress_core::grpc::RejectionToStatusLayer::new())
+    }
+
     #[cfg(feature = "timeout")]
     fn call_timeout(
         self,
         timeout: std::time::Duration,
     ) -> ServiceBuilder<Stack<buttress_timeout::TimeoutLayer, L>> {
-        self.layer(buttress_timeout::TimeoutLayer::new(timeout))
+        match buttress_timeout::TimeoutLayer::new(timeout) {
+            Ok(layer) => self.layer(layer),
+            Err(err) => panic!("ServiceBuilderExt::call_timeout: {err}"),
+        }
     }
 
     #[cfg(feature = "timeout")]
@@ -132,7 +223,10 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         max_concurrent: usize,
     ) -> ServiceBuilder<Stack<buttress_bulkhead::BulkheadLayer, L>> {
-        self.layer(buttress_bulkhead::BulkheadLayer::new(max_concurrent))
+        match buttress_bulkhead::BulkheadLayer::new(max_concurrent) {
+            Ok(layer) => self.layer(layer),
+            Err(err) => panic!("ServiceBuilderExt::bulkhead: {err}"),
+        }
     }
 
     #[cfg(feature = "bulkhead")]

@@ -18,14 +18,16 @@
 #      feature combinations, the tests (cargo-nextest when
 #      installed, plus doctests; else cargo test), the circuit breaker's
 #      loom models, cargo doc with warnings
-#      denied, cargo deny (licenses, bans, sources), a 3-second demo run
+#      denied (and, when a nightly toolchain is installed, as docs.rs
+#      builds: nightly with --cfg docsrs), cargo deny (licenses, bans,
+#      sources), a 3-second demo run
 #
 # Everything builds in the debug profile. The last line of a run reads
 # "<N> passed, <M> failed", counted from the test runners' own summaries.
 
 set -euo pipefail
 
-usage() { sed -n '3,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '3,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 quick=false
 install=true
@@ -273,6 +275,17 @@ if ! $quick; then
     section "cargo doc (warnings and broken intra-doc links denied)"
     RUSTDOCFLAGS="-D warnings -D rustdoc::broken_intra_doc_links" \
         cargo doc --workspace --all-features --no-deps
+
+    # docs.rs builds with nightly rustdoc and `--cfg docsrs`, which turns on
+    # the crates' nightly-only `doc_cfg` feature: a feature nightly renames
+    # or removes breaks only that build, so check it where a nightly exists.
+    if cargo +nightly --version >/dev/null 2>&1; then
+        section "cargo +nightly doc --cfg docsrs (as docs.rs builds)"
+        RUSTDOCFLAGS="--cfg docsrs -D warnings" \
+            cargo +nightly doc --workspace --all-features --no-deps
+    else
+        section "cargo +nightly doc --cfg docsrs: skipped, no nightly toolchain installed"
+    fi
 
     # The advisories check is left out: it fetches the RustSec database from
     # GitHub, which the build machines cannot reach.

@@ -60,6 +60,7 @@
 //!   the builder does and returns a `ConfigError` rather than panicking
 //!   or accepting a limit of 0.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
 pub mod error;

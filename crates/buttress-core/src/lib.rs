@@ -28,7 +28,7 @@
 //! assert_eq!(kind_of(&*err), Some(ErrorKind::Timeout));
 //! ```
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod clock;
 pub mod config;

@@ -84,6 +84,7 @@
 //! Errors are `BoxError` (tower's convention); the futures need a tokio
 //! runtime with the time driver enabled to wait between attempts.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backoff;
 mod body;

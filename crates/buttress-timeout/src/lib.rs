@@ -74,6 +74,7 @@
 //!   shutdown panic, as any tokio timer (`tower::timeout` included) does.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
 pub mod error;

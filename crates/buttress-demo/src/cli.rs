@@ -1,4 +1,4 @@
-//! Command-line arguments, parsed by hand: two flags do not need a parser.
+//! Command-line arguments, parsed by hand: three flags do not need a parser.
 
 use std::time::Duration;
 
@@ -11,14 +11,18 @@ buttress-demo: a gateway protected by buttress in front of a flaky upstream
 Starts, on 127.0.0.1, an upstream that turns slow and error-prone in phases
 and an axum gateway protected by a bulkhead, a circuit breaker and a timeout,
 which retries the upstream's 503s within a budget; drives closed-loop load at
-it and prints, each second, what every pattern did.
+it and prints, each second, what every pattern did. Then it sends the same
+load, with the upstream degraded again, through a gateway without buttress
+for a few seconds, and compares.
 
 USAGE:
-    buttress-demo [--duration <secs>] [--concurrency <n>]
+    buttress-demo [--duration <secs>] [--concurrency <n>] [--compare <secs>]
 
 OPTIONS:
     --duration <secs>    how long the load runs, 1 to 3600 (default 20)
     --concurrency <n>    clients, each with one request in flight, 1 to 4096 (default 48)
+    --compare <secs>     how long the unprotected comparison runs, 0 (none) to 60
+                         (default 3; at most the length of the degraded phase)
     -h, --help           print this help
 ";
 
@@ -73,6 +77,10 @@ where
                 let n = number(&value("--concurrency")?, "--concurrency", 1, 4096)?;
                 config.concurrency = usize::try_from(n).unwrap_or(usize::MAX);
             }
+            "--compare" => {
+                let secs = number(&value("--compare")?, "--compare", 0, 60)?;
+                config.compare = Duration::from_secs(secs);
+            }
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -112,6 +120,14 @@ mod tests {
         let c = run(&["--duration=3", "--concurrency", "1"]);
         assert_eq!(c.duration, Duration::from_secs(3));
         assert_eq!(c.concurrency, 1);
+    }
+
+    #[test]
+    fn the_comparison_can_be_shortened_or_left_out() {
+        assert_eq!(DemoConfig::default().compare, Duration::from_secs(3));
+        assert_eq!(run(&["--compare", "5"]).compare, Duration::from_secs(5));
+        assert_eq!(run(&["--compare=0"]).compare, Duration::ZERO);
+        assert!(parse_args(["--compare", "61"]).is_err());
     }
 
     #[test]

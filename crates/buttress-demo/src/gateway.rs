@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{Request, Response, StatusCode, Uri};
+use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use axum::routing::get;
 use axum::Router;
 use buttress_bulkhead::{BulkheadEvent, BulkheadHandle, BulkheadLayer};
@@ -20,8 +20,11 @@ use buttress_circuit_breaker::{
     CircuitBreakerEvent, CircuitBreakerHandle, CircuitBreakerLayer, State,
 };
 use buttress_core::deadline::Deadline;
-use buttress_core::response::ErrorToResponseLayer;
-use buttress_core::{BulkheadFullReason, ConfigError, HttpClassifier, Registry};
+use buttress_core::error::chain;
+use buttress_core::response::{error_response, ErrorToResponseLayer};
+use buttress_core::{
+    BoxError, BulkheadFull, BulkheadFullReason, CircuitOpen, ConfigError, HttpClassifier, Registry,
+};
 use buttress_retry::{
     Backoff, HttpReplay, HttpRetry, NotRetried, ReplayBody, Retry, RetryBudget, RetryEvent,
     RetryHandle, RetryLayer,
@@ -81,6 +84,77 @@ type UpstreamClient = Client<HttpConnector, ReplayBody<Empty<Bytes>>>;
 type Upstream = Retry<UpstreamClient, HttpRetry, HttpReplay>;
 /// The client of the health check, which is not retried.
 type HealthClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// The header with which the gateway says which layer answered a request
+/// with 503, so that the load generator counts each 503 by its cause in
+/// the same place, and at the same moment, as every other answer.
+pub(crate) const REJECTED_BY: HeaderName = HeaderName::from_static("x-rejected-by");
+
+/// Which layer rejected a request with 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// The bulkhead: every slot and the queue were taken.
+    QueueFull,
+    /// The bulkhead: waited `MAX_WAIT` in the queue in vain.
+    WaitTimedOut,
+    /// The circuit breaker: open, or half-open with every probe slot taken.
+    CircuitOpen,
+}
+
+impl Rejection {
+    /// The rejection in `err`'s `source()` chain, if any.
+    fn of(err: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        chain(err).find_map(|e| {
+            if let Some(full) = e.downcast_ref::<BulkheadFull>() {
+                Some(match full.reason() {
+                    BulkheadFullReason::QueueFull => Rejection::QueueFull,
+                    BulkheadFullReason::WaitTimedOut => Rejection::WaitTimedOut,
+                })
+            } else if e.is::<CircuitOpen>() {
+                Some(Rejection::CircuitOpen)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The value of the [`REJECTED_BY`] header.
+    pub(crate) fn as_header(self) -> &'static str {
+        match self {
+            Rejection::QueueFull => "bulkhead-queue-full",
+            Rejection::WaitTimedOut => "bulkhead-wait-timed-out",
+            Rejection::CircuitOpen => "circuit-open",
+        }
+    }
+
+    /// The rejection a [`REJECTED_BY`] header names.
+    pub(crate) fn from_header(value: &[u8]) -> Option<Self> {
+        [
+            Rejection::QueueFull,
+            Rejection::WaitTimedOut,
+            Rejection::CircuitOpen,
+        ]
+        .into_iter()
+        .find(|r| r.as_header().as_bytes() == value)
+    }
+}
+
+/// Answers the gateway's own rejections (bulkhead, open circuit) as
+/// [`ErrorToResponseLayer`] does, with the same `error_response`, plus the
+/// [`REJECTED_BY`] header; other errors (timeouts) go on to it.
+fn tag_rejection(result: Result<Response<Body>, BoxError>) -> Result<Response<Body>, BoxError> {
+    let err = match result {
+        Ok(res) => return Ok(res),
+        Err(err) => err,
+    };
+    let Some(rejection) = Rejection::of(&*err) else {
+        return Err(err);
+    };
+    let mut res: Response<Body> = error_response(&*err, StatusCode::GATEWAY_TIMEOUT);
+    res.headers_mut()
+        .insert(REJECTED_BY, HeaderValue::from_static(rejection.as_header()));
+    Ok(res)
+}
 
 /// Bulkhead rejections by reason, counted from the bulkhead's events.
 #[derive(Debug, Default)]
@@ -439,6 +513,7 @@ pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<G
     // makes share one bulkhead.
     let protected = ServiceBuilder::new()
         .layer(ErrorToResponseLayer::new())
+        .map_result(tag_rejection)
         .layer(bulkhead)
         .layer(breaker)
         .layer(timeout)
@@ -450,6 +525,33 @@ pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<G
     );
     let server = Server::start("gateway", app).await?;
     Ok(Gateway { server, observer })
+}
+
+/// Starts, on 127.0.0.1, the gateway without buttress: the same forwarding
+/// to `upstream` with no bulkhead, no breaker, no timeout and no retry, for
+/// the comparison run.
+pub(crate) async fn start_unprotected(upstream: SocketAddr) -> Result<Server, DemoError> {
+    let client: HealthClient = Client::builder(TokioExecutor::new()).build_http();
+    let uri = upstream_uri(upstream, "/");
+    let app = Router::new().route(
+        "/",
+        get(move || forward_unprotected(client.clone(), uri.clone())),
+    );
+    Server::start("unprotected gateway", app).await
+}
+
+/// Forwards one request as [`forward`] does, with nothing around it: the
+/// upstream's status passes through, its 503s included.
+async fn forward_unprotected(client: HealthClient, uri: Uri) -> Response<Body> {
+    let res = match client.get(uri).await {
+        Ok(res) => res,
+        Err(_) => return bad_gateway(),
+    };
+    let (parts, body) = res.into_parts();
+    match body.collect().await {
+        Ok(body) => Response::from_parts(parts, Body::from(body.to_bytes())),
+        Err(_) => bad_gateway(),
+    }
 }
 
 fn upstream_uri(upstream: SocketAddr, path: &str) -> Uri {
@@ -514,6 +616,25 @@ mod tests {
             name: "upstream".into(),
             from,
             to,
+        }
+    }
+
+    #[test]
+    fn rejections_are_tagged_with_the_layer_that_made_them() {
+        let full: BoxError =
+            BulkheadFull::new("gateway".into(), BulkheadFullReason::WaitTimedOut).into();
+        let res = tag_rejection(Err(full)).unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()[REJECTED_BY], "bulkhead-wait-timed-out");
+        let timeout: BoxError =
+            buttress_core::Elapsed::new("upstream-timeout".into(), UPSTREAM_TIMEOUT).into();
+        assert!(tag_rejection(Err(timeout)).is_err());
+        for r in [
+            Rejection::QueueFull,
+            Rejection::WaitTimedOut,
+            Rejection::CircuitOpen,
+        ] {
+            assert_eq!(Rejection::from_header(r.as_header().as_bytes()), Some(r));
         }
     }
 

@@ -14,9 +14,12 @@
 //! - a **load generator**: `concurrency` clients in a closed loop.
 //!
 //! It prints one row per second (unless [`DemoConfig::print_table`] is
-//! off), stops after [`DemoConfig::duration`], shuts both servers down
-//! gracefully and returns a [`Summary`], whose `Display` is the final
-//! report.
+//! off) and stops after [`DemoConfig::duration`]. Then, for
+//! [`DemoConfig::compare`] (a few seconds), it puts the upstream back in its
+//! degraded phase and sends the same load through a second gateway without
+//! buttress, which only forwards, so the report shows what the protection
+//! bought. It shuts the servers down gracefully and returns a [`Summary`],
+//! whose `Display` is the final report.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), buttress_demo::DemoError> {
@@ -43,14 +46,22 @@ mod rng;
 mod server;
 mod upstream;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use buttress_core::Registry;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::phase::Phase;
+
+/// How often the comparison samples the upstream's calls in flight.
+const UPSTREAM_SAMPLE: Duration = Duration::from_millis(10);
 
 pub use cli::{parse_args, Command, USAGE};
 pub use error::DemoError;
-pub use report::{Counts, PhaseSummary, Summary};
+pub use report::{Counts, PhaseSummary, Summary, Unprotected};
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,15 +72,19 @@ pub struct DemoConfig {
     pub concurrency: usize,
     /// Print the header and one row per second to stdout while running.
     pub print_table: bool,
+    /// How long the comparison without buttress runs after the protected
+    /// run (at most the length of the degraded phase); zero for none.
+    pub compare: Duration,
 }
 
 impl Default for DemoConfig {
-    /// 20 s, 48 clients, with the live table.
+    /// 20 s, 48 clients, with the live table, then a 3 s comparison.
     fn default() -> Self {
         Self {
             duration: Duration::from_secs(20),
             concurrency: 48,
             print_table: true,
+            compare: Duration::from_secs(3),
         }
     }
 }
@@ -87,7 +102,8 @@ pub async fn run(config: DemoConfig) -> Result<Summary, DemoError> {
     // The upstream's phases follow this clock; it is started again right
     // before the load so that the first phase gets its full share.
     let timeline = phase::Timeline::new(secs);
-    let upstream = upstream::start(timeline.clone()).await?;
+    let upstream_load = Arc::new(upstream::UpstreamLoad::default());
+    let upstream = upstream::start(timeline.clone(), upstream_load.clone()).await?;
     let gateway = match gateway::start(upstream.addr(), &registry).await {
         Ok(gateway) => gateway,
         Err(e) => {
@@ -97,37 +113,98 @@ pub async fn run(config: DemoConfig) -> Result<Summary, DemoError> {
         }
     };
 
-    let outcome = drive(&config, secs, concurrency, &timeline, &gateway, &registry).await;
-
+    let report = report::Report::new(
+        secs,
+        gateway.observer(),
+        upstream_load.clone(),
+        config.print_table,
+    );
+    let outcome = drive(concurrency, &timeline, &gateway, report).await;
     // Servers stop in any case: the gateway first, so that no request is
     // forwarded to an upstream that is going away.
     let gateway_down = gateway.shutdown().await;
+    let outcome = match outcome {
+        Ok((report, totals)) if !config.compare.is_zero() => {
+            let compared = compare(
+                &config,
+                concurrency,
+                &timeline,
+                upstream.addr(),
+                &upstream_load,
+            )
+            .await;
+            compared.map(|bare| (report, totals, Some(bare)))
+        }
+        Ok((report, totals)) => Ok((report, totals, None)),
+        Err(e) => Err(e),
+    };
     let upstream_down = upstream.shutdown().await;
-    let summary = outcome?;
+    let (report, totals, bare) = outcome?;
     gateway_down?;
     upstream_down?;
-    Ok(summary)
+    Ok(report.summary(totals, registry.snapshot(), bare))
 }
 
 /// The load phase: preflight, clients, live report, totals.
 async fn drive(
-    config: &DemoConfig,
-    secs: u64,
     concurrency: usize,
     timeline: &phase::Timeline,
     gateway: &gateway::Gateway,
-    registry: &Registry,
-) -> Result<Summary, DemoError> {
+    mut report: report::Report,
+) -> Result<(report::Report, report::Totals), DemoError> {
     load::preflight(gateway.addr()).await?;
-
-    let mut report = report::Report::new(secs, gateway.observer(), config.print_table);
     report.print_intro(concurrency, gateway.addr(), timeline);
 
     let (samples_tx, samples_rx) = mpsc::unbounded_channel();
     let start = timeline.restart();
-    let deadline = start + Duration::from_secs(secs);
+    let deadline = start + Duration::from_secs(timeline.secs());
     let load = load::start(gateway.addr(), concurrency, deadline, samples_tx);
 
     let totals = report.live(start, timeline, samples_rx, load).await;
-    Ok(report.summary(totals, registry.snapshot()))
+    Ok((report, totals))
+}
+
+/// The comparison: the upstream degraded again, the same clients, through
+/// a gateway without buttress, for `config.compare` (at most the degraded
+/// phase's length).
+async fn compare(
+    config: &DemoConfig,
+    concurrency: usize,
+    timeline: &phase::Timeline,
+    upstream: SocketAddr,
+    upstream_load: &upstream::UpstreamLoad,
+) -> Result<Unprotected, DemoError> {
+    let bare = gateway::start_unprotected(upstream).await?;
+    let length = timeline.restart_in(Phase::Degraded);
+    let secs = config.compare.as_secs().clamp(1, length.as_secs().max(1));
+    if config.print_table {
+        println!();
+        println!(
+            "comparison: the same {concurrency} clients for {secs} s, the upstream {} again, through a gateway without buttress ...",
+            Phase::Degraded
+        );
+    }
+    let (samples_tx, mut samples_rx) = mpsc::unbounded_channel();
+    let calls_before = upstream_load.calls();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let load = load::start(bare.addr(), concurrency, deadline, samples_tx);
+    let mut peak = 0;
+    while Instant::now() < deadline {
+        peak = peak.max(upstream_load.in_flight());
+        tokio::time::sleep(UPSTREAM_SAMPLE).await;
+    }
+    load.finish().await;
+    let calls = upstream_load.calls() - calls_before;
+    let mut samples = Vec::new();
+    while let Ok(sample) = samples_rx.try_recv() {
+        samples.push(sample);
+    }
+    bare.shutdown().await?;
+    Ok(report::unprotected(
+        Phase::Degraded,
+        secs,
+        samples,
+        calls,
+        peak,
+    ))
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::http::{StatusCode, Uri};
+use axum::http::{HeaderValue, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -14,6 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout, Instant};
 
+use crate::gateway::{Rejection, REJECTED_BY};
 use crate::rng::XorShift64;
 use crate::DemoError;
 
@@ -39,8 +40,10 @@ pub(crate) enum Outcome {
     /// 502: the upstream still shed the call (503) after the gateway's
     /// retries, or could not be reached.
     BadGateway,
-    /// 503: shed by the bulkhead or rejected by the open circuit.
-    Shed,
+    /// 503: shed by the bulkhead or rejected by the open circuit, as the
+    /// gateway's `x-rejected-by` header says; `None` without one (the
+    /// unprotected gateway passes the upstream's own 503s on).
+    Shed(Option<Rejection>),
     /// 504: the gateway's timeout cut the upstream call.
     TimedOut,
     /// Any other status, a connection error or the client's own timeout.
@@ -48,12 +51,14 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    fn of(status: StatusCode) -> Self {
+    fn of(status: StatusCode, rejected_by: Option<&HeaderValue>) -> Self {
         match status {
             StatusCode::OK => Outcome::Ok,
             StatusCode::INTERNAL_SERVER_ERROR => Outcome::UpstreamError,
             StatusCode::BAD_GATEWAY => Outcome::BadGateway,
-            StatusCode::SERVICE_UNAVAILABLE => Outcome::Shed,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                Outcome::Shed(rejected_by.and_then(|v| Rejection::from_header(v.as_bytes())))
+            }
             StatusCode::GATEWAY_TIMEOUT => Outcome::TimedOut,
             _ => Outcome::Other,
         }
@@ -142,7 +147,7 @@ pub(crate) fn start(
                 if samples.send(sample).is_err() {
                     return;
                 }
-                let range = if outcome == Outcome::Shed {
+                let range = if matches!(outcome, Outcome::Shed(_)) {
                     BACKOFF_MS
                 } else {
                     THINK_MS
@@ -162,12 +167,13 @@ fn pause(rng: &mut XorShift64, (lo, hi): (u64, u64)) -> Duration {
 async fn send(http: &LoadClient, uri: Uri) -> Outcome {
     let exchange = async {
         let res = http.get(uri).await?;
-        let status = res.status();
-        res.into_body().collect().await?;
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(status)
+        let (parts, body) = res.into_parts();
+        body.collect().await?;
+        let outcome = Outcome::of(parts.status, parts.headers.get(REJECTED_BY));
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(outcome)
     };
     match timeout(CLIENT_TIMEOUT, exchange).await {
-        Ok(Ok(status)) => Outcome::of(status),
+        Ok(Ok(outcome)) => outcome,
         Ok(Err(_)) | Err(_) => Outcome::Other,
     }
 }
@@ -194,14 +200,35 @@ mod tests {
 
     #[test]
     fn statuses_sort_into_outcomes() {
-        assert_eq!(Outcome::of(StatusCode::OK), Outcome::Ok);
+        let of = |status| Outcome::of(status, None);
+        assert_eq!(of(StatusCode::OK), Outcome::Ok);
         assert_eq!(
-            Outcome::of(StatusCode::INTERNAL_SERVER_ERROR),
+            of(StatusCode::INTERNAL_SERVER_ERROR),
             Outcome::UpstreamError
         );
-        assert_eq!(Outcome::of(StatusCode::SERVICE_UNAVAILABLE), Outcome::Shed);
-        assert_eq!(Outcome::of(StatusCode::GATEWAY_TIMEOUT), Outcome::TimedOut);
-        assert_eq!(Outcome::of(StatusCode::BAD_GATEWAY), Outcome::BadGateway);
-        assert_eq!(Outcome::of(StatusCode::NOT_FOUND), Outcome::Other);
+        assert_eq!(of(StatusCode::SERVICE_UNAVAILABLE), Outcome::Shed(None));
+        assert_eq!(of(StatusCode::GATEWAY_TIMEOUT), Outcome::TimedOut);
+        assert_eq!(of(StatusCode::BAD_GATEWAY), Outcome::BadGateway);
+        assert_eq!(of(StatusCode::NOT_FOUND), Outcome::Other);
+    }
+
+    #[test]
+    fn a_503_is_sorted_by_the_layer_that_rejected_it() {
+        for rejection in [
+            Rejection::QueueFull,
+            Rejection::WaitTimedOut,
+            Rejection::CircuitOpen,
+        ] {
+            let header = HeaderValue::from_static(rejection.as_header());
+            assert_eq!(
+                Outcome::of(StatusCode::SERVICE_UNAVAILABLE, Some(&header)),
+                Outcome::Shed(Some(rejection))
+            );
+        }
+        let unknown = HeaderValue::from_static("gremlins");
+        assert_eq!(
+            Outcome::of(StatusCode::SERVICE_UNAVAILABLE, Some(&unknown)),
+            Outcome::Shed(None)
+        );
     }
 }

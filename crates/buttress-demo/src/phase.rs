@@ -95,6 +95,24 @@ impl Timeline {
         now
     }
 
+    /// Starts the run again so that it is `phase`'s first second now (every
+    /// clone sees it); returns when `phase` ends, counted from now.
+    pub(crate) fn restart_in(&self, phase: Phase) -> Duration {
+        let (healthy_until, degraded_until) = self.boundaries();
+        let (from, until) = match phase {
+            Phase::Healthy => (0, healthy_until),
+            Phase::Degraded => (healthy_until, degraded_until),
+            Phase::Recovered => (degraded_until, self.secs.max(degraded_until + 1)),
+        };
+        let start = Instant::now()
+            .checked_sub(Duration::from_secs(from))
+            .unwrap_or(self.base)
+            .max(self.base);
+        let offset = u64::try_from((start - self.base).as_nanos()).unwrap_or(u64::MAX);
+        self.start_offset.store(offset, Ordering::Relaxed);
+        Duration::from_secs(until - from)
+    }
+
     /// Time since the start of the run.
     pub(crate) fn elapsed(&self) -> Duration {
         let start = self.base + Duration::from_nanos(self.start_offset.load(Ordering::Relaxed));
@@ -146,5 +164,16 @@ mod tests {
         assert_eq!(t.phase_at(Duration::from_secs(6)), Phase::Degraded);
         assert_eq!(t.phase_at(Duration::from_secs(13)), Phase::Recovered);
         assert_eq!(t.phase_at(Duration::from_secs(25)), Phase::Recovered);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_in_a_phase_starts_at_its_first_second() {
+        let t = Timeline::new(20);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(t.restart_in(Phase::Degraded), Duration::from_secs(7));
+        assert_eq!(t.phase(), Phase::Degraded);
+        assert_eq!(t.elapsed(), Duration::from_secs(6));
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert_eq!(t.phase(), Phase::Recovered);
     }
 }

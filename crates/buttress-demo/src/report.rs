@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use buttress_retry::BudgetSnapshot;
@@ -9,13 +10,13 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{sleep_until, Instant};
 
 use crate::gateway::{
-    BreakCounts, Observer, RetryCounts, BREAKER_OPEN, BREAKER_PROBES, BREAKER_THRESHOLD,
+    BreakCounts, Observer, Rejection, RetryCounts, BREAKER_OPEN, BREAKER_PROBES, BREAKER_THRESHOLD,
     BREAKER_WINDOW, MAX_CONCURRENT, MAX_QUEUE, MAX_WAIT, RETRY_ATTEMPTS, RETRY_BACKOFF,
     RETRY_BUDGET_FLOOR, RETRY_BUDGET_PERCENT, RETRY_MAX_DELAY, UPSTREAM_TIMEOUT,
 };
 use crate::load::{Load, Outcome, Sample, CLIENT_TIMEOUT};
 use crate::phase::{Phase, Timeline};
-use crate::upstream::{FAST_MS, SLOW_MS};
+use crate::upstream::{UpstreamLoad, FAST_MS, SLOW_MS};
 
 /// How often the bulkhead's occupancy is sampled for its peak.
 const OCCUPANCY_SAMPLE: Duration = Duration::from_millis(10);
@@ -33,8 +34,16 @@ pub struct Counts {
     /// retries, or could not be reached.
     pub bad_gateway: u64,
     /// 503: shed by the bulkhead or rejected by the open circuit (the
-    /// split is in [`Summary`], counted from the layers' events).
+    /// three fields below split them, by the gateway's `x-rejected-by`
+    /// header; without buttress, the upstream's own 503s).
     pub shed: u64,
+    /// Among `shed`: the bulkhead's slots and queue were all taken.
+    pub shed_queue_full: u64,
+    /// Among `shed`: waited the bulkhead's whole `max_wait` in its queue.
+    pub shed_wait_timed_out: u64,
+    /// Among `shed`: the circuit was open (or half-open with every probe
+    /// slot taken).
+    pub shed_circuit_open: u64,
     /// 504: the gateway's timeout cut the upstream call.
     pub timeouts: u64,
     /// Any other status, connection errors and client-side timeouts.
@@ -48,7 +57,15 @@ impl Counts {
             Outcome::Ok => &mut self.ok,
             Outcome::UpstreamError => &mut self.upstream_errors,
             Outcome::BadGateway => &mut self.bad_gateway,
-            Outcome::Shed => &mut self.shed,
+            Outcome::Shed(by) => {
+                match by {
+                    Some(Rejection::QueueFull) => self.shed_queue_full += 1,
+                    Some(Rejection::WaitTimedOut) => self.shed_wait_timed_out += 1,
+                    Some(Rejection::CircuitOpen) => self.shed_circuit_open += 1,
+                    None => {}
+                }
+                &mut self.shed
+            }
             Outcome::TimedOut => &mut self.timeouts,
             Outcome::Other => &mut self.other,
         } += 1;
@@ -60,6 +77,9 @@ impl Counts {
         self.upstream_errors += other.upstream_errors;
         self.bad_gateway += other.bad_gateway;
         self.shed += other.shed;
+        self.shed_queue_full += other.shed_queue_full;
+        self.shed_wait_timed_out += other.shed_wait_timed_out;
+        self.shed_circuit_open += other.shed_circuit_open;
         self.timeouts += other.timeouts;
         self.other += other.other;
     }
@@ -87,7 +107,7 @@ pub struct PhaseSummary {
     pub p50: Duration,
     /// 99th percentile latency.
     pub p99: Duration,
-    /// Calls rejected by the open circuit in it (from the breaker's events).
+    /// Calls rejected by the open circuit in it (`counts.shed_circuit_open`).
     pub circuit_rejected: u64,
     /// Times the breaker opened in it (from the breaker's events).
     pub circuit_opened: u64,
@@ -101,6 +121,32 @@ pub struct PhaseSummary {
     /// Retries refused in it because the budget was spent (from the retry
     /// layer's events).
     pub retry_budget_spent: u64,
+    /// Calls the upstream received in it, retries included.
+    pub upstream_calls: u64,
+    /// Most calls seen in flight at the upstream at once in it (sampled).
+    pub upstream_peak: usize,
+}
+
+/// The comparison run: the same upstream phase and the same clients,
+/// through a gateway without buttress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unprotected {
+    /// The upstream's phase during the run (`"degraded"`).
+    pub phase: &'static str,
+    /// How long the load ran.
+    pub seconds: u64,
+    /// Requests by how they ended (every 503 is the upstream's own).
+    pub counts: Counts,
+    /// Median latency.
+    pub p50: Duration,
+    /// 99th percentile latency.
+    pub p99: Duration,
+    /// Slowest request.
+    pub max: Duration,
+    /// Calls the upstream received.
+    pub upstream_calls: u64,
+    /// Most calls seen in flight at the upstream at once (sampled).
+    pub upstream_peak: usize,
 }
 
 /// What happened during a run; `Display` prints the final report.
@@ -176,6 +222,9 @@ pub struct Summary {
     pub max: Duration,
     /// The same, phase by phase, in order.
     pub phases: Vec<PhaseSummary>,
+    /// The comparison run without buttress, unless it was turned off
+    /// (`--compare 0`).
+    pub unprotected: Option<Unprotected>,
     /// The registry snapshot at the end of the load.
     pub registry: serde_json::Value,
 }
@@ -198,6 +247,8 @@ struct PhaseTotals {
     latencies: Vec<Duration>,
     breaks: BreakCounts,
     retries: RetryCounts,
+    upstream_calls: u64,
+    upstream_peak: usize,
 }
 
 /// Prints the table while the load runs and sums it up.
@@ -205,22 +256,32 @@ struct PhaseTotals {
 pub(crate) struct Report {
     secs: u64,
     observer: Observer,
+    upstream: Arc<UpstreamLoad>,
     print: bool,
     concurrency: usize,
     peak_active: usize,
     peak_queued: usize,
+    /// Most upstream calls in flight seen since the last row.
+    upstream_peak: usize,
 }
 
 impl Report {
     /// A report for a run of `secs` seconds; prints only if `print`.
-    pub(crate) fn new(secs: u64, observer: Observer, print: bool) -> Self {
+    pub(crate) fn new(
+        secs: u64,
+        observer: Observer,
+        upstream: Arc<UpstreamLoad>,
+        print: bool,
+    ) -> Self {
         Self {
             secs,
             observer,
+            upstream,
             print,
             concurrency: 0,
             peak_active: 0,
             peak_queued: 0,
+            upstream_peak: 0,
         }
     }
 
@@ -327,7 +388,7 @@ impl Report {
         load: Load,
     ) -> Totals {
         let mut load = Some(load);
-        let mut rejections_before = (0, 0);
+        let mut upstream_before = self.upstream.calls();
         let mut breaks_before = BreakCounts::default();
         let mut retries_before = RetryCounts::default();
         let mut totals = Totals {
@@ -351,10 +412,10 @@ impl Report {
                 latencies.push(sample.latency);
             }
             latencies.sort_unstable();
-            let rejections = self.observer.rejections.get();
-            let full = rejections.0 - rejections_before.0;
-            let wait = rejections.1 - rejections_before.1;
-            rejections_before = rejections;
+            let upstream_now = self.upstream.calls();
+            let upstream_calls = upstream_now - upstream_before;
+            upstream_before = upstream_now;
+            let upstream_peak = std::mem::take(&mut self.upstream_peak);
             let breaks_now = self.observer.breaks.get();
             let breaks = breaks_now.since(breaks_before);
             breaks_before = breaks_now;
@@ -371,9 +432,9 @@ impl Report {
                     counts.upstream_errors,
                     counts.bad_gateway,
                     counts.shed,
-                    full,
-                    wait,
-                    breaks.not_permitted,
+                    counts.shed_queue_full,
+                    counts.shed_wait_timed_out,
+                    counts.shed_circuit_open,
                     counts.timeouts,
                     retries.retries,
                     retries.succeeded,
@@ -397,6 +458,8 @@ impl Report {
                     p.latencies.extend(latencies);
                     p.breaks.merge(breaks);
                     p.retries.merge(retries);
+                    p.upstream_calls += upstream_calls;
+                    p.upstream_peak = p.upstream_peak.max(upstream_peak);
                 }
                 _ => totals.phases.push(PhaseTotals {
                     phase,
@@ -405,6 +468,8 @@ impl Report {
                     latencies,
                     breaks,
                     retries,
+                    upstream_calls,
+                    upstream_peak,
                 }),
             }
         }
@@ -418,6 +483,7 @@ impl Report {
             let snapshot = self.observer.bulkhead.snapshot();
             self.peak_active = self.peak_active.max(snapshot.active);
             self.peak_queued = self.peak_queued.max(snapshot.queued);
+            self.upstream_peak = self.upstream_peak.max(self.upstream.in_flight());
             let now = Instant::now();
             if now >= until {
                 return;
@@ -427,7 +493,12 @@ impl Report {
     }
 
     /// The final numbers.
-    pub(crate) fn summary(&self, totals: Totals, registry: serde_json::Value) -> Summary {
+    pub(crate) fn summary(
+        &self,
+        totals: Totals,
+        registry: serde_json::Value,
+        unprotected: Option<Unprotected>,
+    ) -> Summary {
         let Totals {
             elapsed,
             counts,
@@ -459,12 +530,14 @@ impl Report {
                     counts: p.counts,
                     p50: percentile(&p.latencies, 50),
                     p99: percentile(&p.latencies, 99),
-                    circuit_rejected: p.breaks.not_permitted,
+                    circuit_rejected: p.counts.shed_circuit_open,
                     circuit_opened: p.breaks.opened,
                     circuit_closed: p.breaks.closed,
                     retries: p.retries.retries,
                     retry_succeeded: p.retries.succeeded,
                     retry_budget_spent: p.retries.budget_spent,
+                    upstream_calls: p.upstream_calls,
+                    upstream_peak: p.upstream_peak,
                 }
             })
             .collect();
@@ -495,8 +568,36 @@ impl Report {
             p99: percentile(&latencies, 99),
             max: latencies.last().copied().unwrap_or_default(),
             phases,
+            unprotected,
             registry,
         }
+    }
+}
+
+/// Sums up the comparison run from its samples.
+pub(crate) fn unprotected(
+    phase: Phase,
+    seconds: u64,
+    samples: impl IntoIterator<Item = Sample>,
+    upstream_calls: u64,
+    upstream_peak: usize,
+) -> Unprotected {
+    let mut counts = Counts::default();
+    let mut latencies = Vec::new();
+    for sample in samples {
+        counts.add(sample.outcome);
+        latencies.push(sample.latency);
+    }
+    latencies.sort_unstable();
+    Unprotected {
+        phase: phase.name(),
+        seconds,
+        counts,
+        p50: percentile(&latencies, 50),
+        p99: percentile(&latencies, 99),
+        max: latencies.last().copied().unwrap_or_default(),
+        upstream_calls,
+        upstream_peak,
     }
 }
 
@@ -636,6 +737,7 @@ impl fmt::Display for Summary {
              gateway always means \"shed here\"",
             c.upstream_errors, c.bad_gateway
         )?;
+        self.fmt_comparison(f)?;
         writeln!(f)?;
         writeln!(f, "registry snapshot")?;
         let json = serde_json::to_string_pretty(&self.registry).map_err(|_| fmt::Error)?;
@@ -647,6 +749,83 @@ impl Summary {
     /// 503s from the bulkhead: queue full or waited too long.
     pub fn shed_bulkhead(&self) -> u64 {
         self.shed_queue_full + self.shed_wait_timed_out
+    }
+
+    /// The protected run's phase beside the same phase without buttress.
+    fn fmt_comparison(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(bare) = &self.unprotected else {
+            return Ok(());
+        };
+        let Some(with) = self.phases.iter().find(|p| p.phase == bare.phase) else {
+            return Ok(());
+        };
+        writeln!(f)?;
+        writeln!(
+            f,
+            "without buttress: the same {} upstream and {} clients for {} s, through a gateway that\n  \
+             only forwards (no bulkhead, breaker, timeout or retry)",
+            bare.phase,
+            self.concurrency,
+            bare.seconds
+        )?;
+        writeln!(
+            f,
+            "  {:<18} {:>5} {:>6} {:>7} {:>8} {:>8} {:>11} {:>13}",
+            bare.phase, "req/s", "200", "not 200", "p50", "p99", "upstream/s", "upstream peak"
+        )?;
+        let row = |f: &mut fmt::Formatter<'_>,
+                   label: &str,
+                   c: &Counts,
+                   secs: u64,
+                   p50: Duration,
+                   p99: Duration,
+                   calls: u64,
+                   peak: usize| {
+            let secs = secs.max(1);
+            writeln!(
+                f,
+                "  {label:<18} {:>5} {:>5.0}% {:>6.0}% {:>8} {:>8} {:>11} {:>13}",
+                c.total / secs,
+                c.percent(c.ok),
+                c.percent(c.total - c.ok),
+                ms(p50),
+                ms(p99),
+                calls / secs,
+                peak
+            )
+        };
+        row(
+            f,
+            "with buttress",
+            &with.counts,
+            with.seconds,
+            with.p50,
+            with.p99,
+            with.upstream_calls,
+            with.upstream_peak,
+        )?;
+        row(
+            f,
+            "without",
+            &bare.counts,
+            bare.seconds,
+            bare.p50,
+            bare.p99,
+            bare.upstream_calls,
+            bare.upstream_peak,
+        )?;
+        let text = format!(
+            "Only the gateway differs. With buttress a request waits at most {} for a \
+             bulkhead slot and {} for the upstream, retries included, and otherwise fails \
+             fast (503 shed, 504 cut); without it, every request reaches the upstream and \
+             its client waits as long as the upstream takes (up to {} ms in this phase; the \
+             slowest took {}).",
+            ms(MAX_WAIT),
+            ms(UPSTREAM_TIMEOUT),
+            SLOW_MS.1,
+            ms(bare.max)
+        );
+        writeln!(f, "  {}", wrap(&text, 89, "\n  "))
     }
 
     /// The retry layer's line of "what each pattern did".
@@ -821,11 +1000,30 @@ mod tests {
     #[test]
     fn counts_add_up() {
         let mut c = Counts::default();
-        for o in [Outcome::Ok, Outcome::Ok, Outcome::Shed, Outcome::Other] {
+        for o in [
+            Outcome::Ok,
+            Outcome::Ok,
+            Outcome::Shed(Some(Rejection::QueueFull)),
+            Outcome::Shed(Some(Rejection::CircuitOpen)),
+            Outcome::Shed(Some(Rejection::CircuitOpen)),
+            Outcome::Shed(None),
+            Outcome::Other,
+        ] {
             c.add(o);
         }
-        assert_eq!((c.total, c.ok, c.shed, c.other), (4, 2, 1, 1));
-        assert_eq!(c.percent(c.ok), 50.0);
+        assert_eq!((c.total, c.ok, c.shed, c.other), (7, 2, 4, 1));
+        assert_eq!(
+            (
+                c.shed_queue_full,
+                c.shed_wait_timed_out,
+                c.shed_circuit_open
+            ),
+            (1, 0, 2)
+        );
+        let mut sum = c;
+        sum.merge(&c);
+        assert_eq!((sum.shed, sum.shed_circuit_open), (8, 4));
+        assert!((c.percent(c.ok) - 200.0 / 7.0).abs() < 1e-9);
     }
 
     #[test]

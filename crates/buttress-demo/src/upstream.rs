@@ -1,6 +1,7 @@
 //! The flaky upstream: random latency, some slow calls, some 500s and some
 //! 503s, with rates that follow the phases of the run.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,10 +32,49 @@ enum Answer {
     Unavailable,
 }
 
+/// How much work the upstream gets: what the gateway in front of it
+/// spares it (or not).
+#[derive(Debug, Default)]
+pub(crate) struct UpstreamLoad {
+    calls: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl UpstreamLoad {
+    /// Calls received so far (`GET /` only).
+    pub(crate) fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Calls being answered now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a call in flight until it is dropped: answered, or abandoned by
+/// the gateway.
+struct InFlight<'a>(&'a UpstreamLoad);
+
+impl<'a> InFlight<'a> {
+    fn enter(load: &'a UpstreamLoad) -> Self {
+        load.calls.fetch_add(1, Ordering::Relaxed);
+        load.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(load)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What every request handler shares.
 #[derive(Debug)]
 struct Upstream {
     timeline: Timeline,
+    load: Arc<UpstreamLoad>,
     // Held for three draws, never across an await.
     rng: Mutex<XorShift64>,
 }
@@ -70,6 +110,7 @@ fn draw(rng: &mut XorShift64, phase: Phase) -> (Duration, Answer) {
 
 /// `GET /`: waits the drawn latency, then answers 200, 500 or 503.
 async fn work(State(upstream): State<Arc<Upstream>>) -> Response {
+    let _in_flight = InFlight::enter(&upstream.load);
     let (latency, answer) = upstream.draw();
     tokio::time::sleep(latency).await;
     match answer {
@@ -87,10 +128,15 @@ async fn work(State(upstream): State<Arc<Upstream>>) -> Response {
     }
 }
 
-/// Starts the upstream on 127.0.0.1; its behaviour follows `timeline`.
-pub(crate) async fn start(timeline: Timeline) -> Result<Server, DemoError> {
+/// Starts the upstream on 127.0.0.1; its behaviour follows `timeline`, and
+/// it counts its calls in `load`.
+pub(crate) async fn start(
+    timeline: Timeline,
+    load: Arc<UpstreamLoad>,
+) -> Result<Server, DemoError> {
     let state = Arc::new(Upstream {
         timeline,
+        load,
         rng: Mutex::new(XorShift64::from_clock(0)),
     });
     let app = Router::new()

@@ -11,6 +11,7 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
         duration: Duration::from_secs(3),
         concurrency: 8,
         print_table: false,
+        compare: Duration::from_secs(1),
     };
     let summary = tokio::time::timeout(Duration::from_secs(30), run(config))
         .await
@@ -38,6 +39,29 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
     assert_eq!(
         phases.iter().map(|p| p.circuit_rejected).sum::<u64>(),
         summary.circuit_rejected
+    );
+    // Each 503 is counted with its cause where every answer is counted (the
+    // clients, by the gateway's `x-rejected-by` header), so the table's
+    // `503` column is `full + wait + open` in every phase (and every row).
+    for p in phases {
+        let pc = &p.counts;
+        assert_eq!(
+            pc.shed_queue_full + pc.shed_wait_timed_out + pc.shed_circuit_open,
+            pc.shed,
+            "{p:?}"
+        );
+        assert_eq!(p.circuit_rejected, pc.shed_circuit_open, "{p:?}");
+    }
+    assert_eq!(c.shed_queue_full, summary.shed_queue_full, "{summary:?}");
+    assert_eq!(
+        c.shed_wait_timed_out, summary.shed_wait_timed_out,
+        "{summary:?}"
+    );
+    assert_eq!(c.shed_circuit_open, summary.circuit_rejected, "{summary:?}");
+    // Each forwarded call and retry reached the upstream.
+    assert!(
+        phases.iter().map(|p| p.upstream_calls).sum::<u64>() >= summary.forwarded,
+        "{summary:?}"
     );
     assert_eq!(
         phases.iter().map(|p| p.circuit_opened).sum::<u64>(),
@@ -84,7 +108,30 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
     );
     assert_eq!(phases.len(), 3, "{phases:?}");
 
+    // The comparison: the same clients, the upstream degraded, no buttress.
+    let bare = summary.unprotected.as_ref().expect("the comparison ran");
+    assert_eq!((bare.phase, bare.seconds), ("degraded", 1), "{bare:?}");
+    let bc = &bare.counts;
+    assert!(bc.total > 0, "{bare:?}");
+    assert_eq!(
+        bc.ok + bc.upstream_errors + bc.bad_gateway + bc.shed + bc.timeouts + bc.other,
+        bc.total,
+        "{bare:?}"
+    );
+    // Nothing rejects there: its 503s are the upstream's own, untagged, and
+    // every request is one upstream call.
+    assert_eq!(
+        bc.shed_queue_full + bc.shed_wait_timed_out + bc.shed_circuit_open,
+        0,
+        "{bare:?}"
+    );
+    assert_eq!(bare.upstream_calls, bc.total - bc.other, "{bare:?}");
+
     let report = summary.to_string();
+    assert!(
+        report.contains("without buttress: the same degraded upstream"),
+        "{report}"
+    );
     assert!(report.contains("what each pattern did"), "{report}");
     assert!(report.contains("  circuit    "), "{report}");
     assert!(report.contains("  retry      "), "{report}");

@@ -73,7 +73,10 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    println!("listening on http://{}/work", listener.local_addr().unwrap());
+    println!(
+        "listening on http://{}/work",
+        listener.local_addr().unwrap()
+    );
     // The connect info is what gives each request its client IP.
     axum::serve(
         listener,

@@ -49,7 +49,11 @@ async fn with_connect_info_each_client_ip_gets_its_own_bulkhead() {
     // ...so A's second call is rejected, while client B is not affected.
     let (again, b) = tokio::join!(get(addr, "127.0.0.1"), get(addr, "127.0.0.2"));
     assert_eq!(again.0, 503, "{}", again.1);
-    assert!(again.1.contains("bulkhead `per-client` is full"), "{}", again.1);
+    assert!(
+        again.1.contains("bulkhead `per-client` is full"),
+        "{}",
+        again.1
+    );
     assert_eq!(b, (200, "done\n".to_owned()));
     assert_eq!(first.await.unwrap(), (200, "done\n".to_owned()));
     assert_eq!(handle.keys(), 2);
@@ -68,8 +72,14 @@ async fn without_connect_info_requests_are_rejected_and_counted() {
     for from in ["127.0.0.1", "127.0.0.2"] {
         let (status, body) = get(addr, from).await;
         assert_eq!(status, 500, "{body}");
-        assert!(body.contains("no key for request in `per-client`"), "{body}");
-        assert!(body.contains("into_make_service_with_connect_info"), "{body}");
+        assert!(
+            body.contains("no key for request in `per-client`"),
+            "{body}"
+        );
+        assert!(
+            body.contains("into_make_service_with_connect_info"),
+            "{body}"
+        );
     }
     assert_eq!(handle.missing_key(), 2);
     assert_eq!(handle.keys(), 0);

@@ -411,6 +411,9 @@ impl<P, R> RetryBuilder<P, R> {
     /// an explicit [`unbounded_retries`](Self::unbounded_retries);
     /// otherwise [`build`](Self::build) refuses them, since `u32::MAX`
     /// attempts against a service that stays down would retry for ever.
+    /// A budget bounds the load the retries put on the upstream, not how
+    /// long one call retries (its minimum rate refills): pair it with
+    /// `max_elapsed` to bound both.
     ///
     /// ```
     /// use buttress_retry::RetryLayer;

@@ -1,0 +1,152 @@
+//! Random values for the retry builder, its presets and its config:
+//! `build()` returns an error or a layer whose call against a service that
+//! always fails ends (paused clock), never a panic or a hang.
+
+use std::time::Duration;
+
+use buttress_core::BoxError;
+use buttress_retry::{Backoff, Jitter, RetryBudget, RetryLayer};
+use proptest::prelude::*;
+use tower::{service_fn, Layer, ServiceExt};
+
+fn durations() -> impl Strategy<Value = Duration> {
+    prop_oneof![
+        Just(Duration::ZERO),
+        Just(Duration::MAX),
+        (0u64..10_000).prop_map(Duration::from_millis),
+        any::<u64>().prop_map(Duration::from_nanos),
+        (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+    ]
+}
+
+fn floats() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        Just(f64::NAN),
+        Just(f64::INFINITY),
+        Just(f64::NEG_INFINITY),
+        Just(0.0),
+        Just(-1.0),
+        Just(f64::MAX),
+        -10.0f64..200.0,
+        any::<f64>(),
+    ]
+}
+
+fn counts() -> impl Strategy<Value = u32> {
+    prop_oneof![Just(0), Just(u32::MAX), 0u32..20, any::<u32>()]
+}
+
+/// Builds within a tenth of a second: no allocation by the size asked for.
+fn quick<T>(f: impl FnOnce() -> T) -> T {
+    let start = std::time::Instant::now();
+    let out = f();
+    assert!(
+        start.elapsed() < Duration::from_millis(100),
+        "slow build: {:?}",
+        start.elapsed()
+    );
+    out
+}
+
+/// Runs `f` on a paused current-thread runtime; it must finish within an
+/// hour of paused time.
+fn finishes<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(3600), f)
+            .await
+            .expect("the call hung")
+    })
+}
+
+fn backoffs() -> impl Strategy<Value = Backoff> {
+    prop_oneof![
+        durations().prop_map(Backoff::fixed),
+        (durations(), durations()).prop_map(|(i, s)| Backoff::linear(i, s)),
+        (durations(), floats()).prop_map(|(initial, multiplier)| Backoff::Exponential {
+            initial,
+            multiplier
+        }),
+    ]
+}
+
+fn jitters() -> impl Strategy<Value = Jitter> {
+    prop_oneof![
+        Just(Jitter::None),
+        Just(Jitter::Full),
+        Just(Jitter::Equal),
+        Just(Jitter::Decorrelated),
+        floats().prop_map(Jitter::Proportional),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn retry_builder_is_an_error_or_a_layer_that_ends(
+        max_attempts in counts(),
+        backoff in backoffs(),
+        jitter in jitters(),
+        max_delay in durations(),
+        max_elapsed in proptest::option::of(durations()),
+        budget in any::<bool>(),
+        unbounded in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let mut b = RetryLayer::builder()
+            .max_attempts(max_attempts)
+            .backoff(backoff)
+            .jitter(jitter)
+            .max_delay(max_delay)
+            .seed(seed);
+        if let Some(max) = max_elapsed {
+            b = b.max_elapsed(max);
+        }
+        if budget {
+            b = b.budget(RetryBudget::builder().build().unwrap());
+        }
+        if unbounded {
+            b = b.unbounded_retries();
+        }
+        let Ok(layer) = quick(|| b.build()) else { return Ok(()) };
+        prop_assert!(max_delay <= Duration::from_secs(3600));
+        prop_assert!(max_attempts <= 10 || budget || max_elapsed.is_some() || unbounded);
+        // A service that always fails: the retries end with the attempts
+        // or the deadline. A budget bounds the load on the upstream, not
+        // one call (its minimum rate refills), so such layers and explicit
+        // unbounded ones are only built.
+        let svc = layer.layer(service_fn(|_: u32| async { Err::<u32, BoxError>("down".into()) }));
+        if max_attempts <= 10 || max_elapsed.is_some() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            // 10 attempts of at most an hour, or a day of max_elapsed.
+            let done = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(11 * 3600 + 86_400), svc.oneshot(1)).await
+            });
+            prop_assert!(done.is_ok(), "the retries did not end");
+            prop_assert!(done.unwrap().is_err());
+        }
+    }
+
+    #[test]
+    fn retry_presets_are_an_error_or_a_working_layer(
+        max_attempts in counts(),
+        a in durations(),
+        b in durations(),
+    ) {
+        for builder in [RetryLayer::exponential(max_attempts, a, b), RetryLayer::fixed(max_attempts, a)] {
+            if let Ok(layer) = quick(|| builder.build()) {
+                let svc = layer.layer(service_fn(|x: u32| async move { Ok::<u32, BoxError>(x) }));
+                prop_assert_eq!(finishes(svc.oneshot(3)).unwrap(), 3);
+            }
+        }
+    }
+}

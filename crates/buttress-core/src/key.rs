@@ -1,9 +1,16 @@
 //! Key extractors: which bucket a request belongs to, for keyed rate
 //! limiters, breakers and bulkheads.
 //!
-//! An extractor returns `None` when the request has no key; the keyed layer
-//! then decides (documented on each layer) whether such a request shares one
-//! fallback bucket or passes unkeyed.
+//! An extractor returns `None` when the request has no key. The keyed
+//! bulkhead and the keyed breaker then reject the request with
+//! [`KeyMissing`](crate::error::KeyMissing) by default (or, opted in,
+//! share one explicit bucket), count it, and log a warning the first time.
+//!
+//! [`PeerAddr`] and [`ClientIp`] need the peer address in the request.
+//! With axum, serve with
+//! `axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())`
+//! and enable the `axum` feature (of buttress or buttress-core): plain
+//! `axum::serve(listener, app)`, or the feature off, gives no request a key.
 
 use std::fmt;
 use std::hash::Hash;
@@ -80,7 +87,10 @@ where
 /// The peer's socket address, from the request extensions.
 ///
 /// Reads a `SocketAddr` extension (put there by your accept loop) or, with
-/// the `axum` feature, axum's `ConnectInfo<SocketAddr>`.
+/// the `axum` feature, axum's `ConnectInfo<SocketAddr>`, which axum sets
+/// only for an app served with
+/// `into_make_service_with_connect_info::<SocketAddr>()`. Without either,
+/// no request has a key.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PeerAddr;
 
@@ -125,7 +135,10 @@ pub enum ForwardedHeader {
 /// blindly: any client can write it.
 ///
 /// With `trusted_proxies = 0` the header is ignored and the peer address is
-/// the key. A header that does not parse, or that lists fewer hops than there
+/// the key. The peer address comes from the request as [`PeerAddr`] finds
+/// it: behind axum, serve with
+/// `into_make_service_with_connect_info::<SocketAddr>()` and enable the
+/// `axum` feature, or no request has a key. A header that does not parse, or that lists fewer hops than there
 /// are trusted proxies, falls back to the peer address (the request did not
 /// come through the proxy chain you described) and emits a `tracing` debug
 /// event; it never panics.

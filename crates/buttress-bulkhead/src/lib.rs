@@ -2,8 +2,15 @@
 //! an optional bounded FIFO wait queue with a queue timeout, and rejection
 //! with [`BulkheadFull`](error::BulkheadFull) beyond that.
 //!
+//! **Paths.** Applications depend on the facade crate `buttress`, which
+//! re-exports this crate as `buttress::bulkhead` (feature `bulkhead`, on by
+//! default); the examples use those paths. Depending on `buttress-bulkhead`
+//! directly, the same items are at `buttress_bulkhead::...`, and `buttress::core`
+//! is `buttress_core`.
+//!
 //! ```
-//! use buttress_bulkhead::{error::BulkheadFull, BulkheadLayer};
+//! # mod buttress { pub mod core { pub use buttress_core::*; } pub mod bulkhead { pub use buttress_bulkhead::*; } }
+//! use buttress::bulkhead::{error::BulkheadFull, BulkheadLayer};
 //! use std::time::Duration;
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
@@ -35,7 +42,8 @@
 //! - **How it rejects.** Never with an error from `poll_ready`: the service
 //!   reports ready and the call fails at once without reaching the inner
 //!   service, so the service stays usable (tower's `LoadShed` pattern).
-//!   `buttress_core::response::ErrorToResponseLayer` turns the rejection
+//!   `buttress::core::response::ErrorToResponseLayer` (or `error_to_response()`
+//!   on a `ServiceBuilder`) turns the rejection
 //!   into a 503.
 //! - **RAII.** A permit is released when the response future completes or
 //!   is dropped, when a service holding one is dropped, and on inner

@@ -66,8 +66,9 @@
 //!   `Retry-After`; never an error from `poll_ready`.
 //!
 //! ```
-//! use buttress_circuit_breaker::CircuitBreakerLayer;
-//! use buttress_core::HttpClassifier;
+//! # mod buttress { pub mod core { pub use buttress_core::*; } pub mod circuit_breaker { pub use buttress_circuit_breaker::*; } }
+//! use buttress::circuit_breaker::CircuitBreakerLayer;
+//! use buttress::core::HttpClassifier;
 //! use std::time::Duration;
 //!
 //! let layer = CircuitBreakerLayer::builder()

@@ -40,8 +40,15 @@
 //! [`RetryExhausted`](error::RetryExhausted), which says how many attempts
 //! were made and keeps the error as its `source()`.
 //!
+//! **Paths.** Applications depend on the facade crate `buttress`, which
+//! re-exports this crate as `buttress::retry` (feature `retry`, on by
+//! default); the examples use those paths. Depending on `buttress-retry`
+//! directly, the same items are at `buttress_retry::...`, and `buttress::core`
+//! is `buttress_core`.
+//!
 //! ```
-//! use buttress_retry::{RetryBudget, RetryEvent, RetryLayer};
+//! # mod buttress { pub mod core { pub use buttress_core::*; } pub mod retry { pub use buttress_retry::*; } }
+//! use buttress::retry::{RetryBudget, RetryEvent, RetryLayer};
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt};
 //!

@@ -20,10 +20,18 @@
 //!   run time.
 //!
 //! The error is a `BoxError` (tower's convention): check it with
-//! `err.is::<Elapsed>()` or [`buttress_core::error::kind_of`].
+//! `err.is::<Elapsed>()` or
+//! [`buttress::core::error::kind_of`](buttress_core::error::kind_of).
+//!
+//! **Paths.** Applications depend on the facade crate `buttress`, which
+//! re-exports this crate as `buttress::timeout` (feature `timeout`, on by
+//! default); the examples use those paths. Depending on `buttress-timeout`
+//! directly, the same items are at `buttress_timeout::...`, and `buttress::core`
+//! is `buttress_core`.
 //!
 //! ```
-//! use buttress_timeout::{error::Elapsed, TimeoutLayer};
+//! # mod buttress { pub mod core { pub use buttress_core::*; } pub mod timeout { pub use buttress_timeout::*; } }
+//! use buttress::timeout::{error::Elapsed, TimeoutEvent, TimeoutLayer};
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
@@ -31,7 +39,7 @@
 //! # async fn main() {
 //! let layer = TimeoutLayer::builder(Duration::from_millis(100))
 //!     .name("inventory")
-//!     .on_event(|e: &buttress_timeout::TimeoutEvent| eprintln!("{e:?}"))
+//!     .on_event(|e: &TimeoutEvent| eprintln!("{e:?}"))
 //!     .build()
 //!     .unwrap();
 //! let svc = ServiceBuilder::new().layer(layer).service_fn(|ms: u64| async move {

@@ -56,6 +56,13 @@ impl std::error::Error for DuplicateName {}
 
 /// A cheap-to-clone handle to a map of named components.
 ///
+/// Names are unique across kinds: one registry holds one component per
+/// name, whatever its kind, so a bulkhead and a timeout both named `"api"`
+/// cannot both register. [`register`](Registry::register) refuses the
+/// second with [`DuplicateName`], and a builder given the registry fails
+/// its `build()` with a `ConfigError` on the `name` field. Give each
+/// registered instance its own name (`"api"`, `"api-timeout"`).
+///
 /// ```
 /// use buttress_core::registry::{Component, Registry};
 /// use std::any::Any;

@@ -303,7 +303,7 @@ pub(crate) fn cases() -> Vec<Case> {
     ];
 
     // Timeout.
-    let ours = buttress_timeout::TimeoutLayer::new(TIMEOUT);
+    let ours = buttress_timeout::TimeoutLayer::new(TIMEOUT).expect("a valid timeout");
     let rez = tower_resilience::timelimiter::TimeLimiterLayer::builder()
         .timeout_duration(TIMEOUT)
         .build();
@@ -345,7 +345,7 @@ pub(crate) fn cases() -> Vec<Case> {
     ));
 
     // Bulkhead.
-    let ours = buttress_bulkhead::BulkheadLayer::new(PERMITS);
+    let ours = buttress_bulkhead::BulkheadLayer::new(PERMITS).expect("a valid bulkhead");
     let rez = tower_resilience::bulkhead::BulkheadLayer::builder()
         .max_concurrent_calls(PERMITS)
         .build()
@@ -464,8 +464,8 @@ pub(crate) fn cases() -> Vec<Case> {
                 .build()
                 .expect("a valid retry layer"),
         )
-        .layer(buttress_bulkhead::BulkheadLayer::new(PERMITS))
-        .layer(buttress_timeout::TimeoutLayer::new(TIMEOUT))
+        .layer(buttress_bulkhead::BulkheadLayer::new(PERMITS).expect("a valid bulkhead"))
+        .layer(buttress_timeout::TimeoutLayer::new(TIMEOUT).expect("a valid timeout"))
         .service(ReadySvc);
     cases.push(Case::new("stack", "ready", Impl::Buttress, stack));
     let stack = tower::ServiceBuilder::new()
@@ -497,8 +497,8 @@ pub(crate) fn cases() -> Vec<Case> {
                 .build()
                 .expect("a valid breaker"),
         )
-        .layer(buttress_bulkhead::BulkheadLayer::new(PERMITS))
-        .layer(buttress_timeout::TimeoutLayer::new(TIMEOUT))
+        .layer(buttress_bulkhead::BulkheadLayer::new(PERMITS).expect("a valid bulkhead"))
+        .layer(buttress_timeout::TimeoutLayer::new(TIMEOUT).expect("a valid timeout"))
         .service(ReadySvc);
     cases.push(Case::new("stack-breaker", "ready", Impl::Buttress, stack));
     let stack = tower::ServiceBuilder::new()

@@ -46,7 +46,7 @@ fn scaling(c: &mut Criterion) {
     let breaker = buttress_circuit_breaker::CircuitBreakerLayer::builder()
         .build()
         .expect("a valid breaker");
-    let bulkhead = buttress_bulkhead::BulkheadLayer::new(1_000);
+    let bulkhead = buttress_bulkhead::BulkheadLayer::new(1_000).expect("a valid bulkhead");
     for threads in [1u64, 2] {
         let make = || breaker.layer(ReadySvc);
         c.bench_function(&format!("breaker/buttress/{threads}-thread"), |b| {

@@ -34,7 +34,7 @@ async fn main() -> Result<(), BoxError> {
 
 /// Runs the example and returns what it prints: one line per call, in call
 /// order, then a summary line.
-pub async fn run() -> Result<Vec<String>, BoxError> {
+pub(crate) async fn run() -> Result<Vec<String>, BoxError> {
     // A server whose answer to `/{ms}` takes `ms` milliseconds.
     let app = Router::new().route(
         "/{ms}",

@@ -15,7 +15,10 @@ async fn hyper_client_example_rejects_the_calls_beyond_four_in_flight() {
     assert!(lines[2].starts_with("call 2: timed out ("), "{lines:#?}");
     assert!(lines[3].starts_with("call 3: timed out ("), "{lines:#?}");
     for (n, line) in lines.iter().enumerate().take(8).skip(4) {
-        assert_eq!(*line, format!("call {n}: rejected, 4 calls in flight already"));
+        assert_eq!(
+            *line,
+            format!("call {n}: rejected, 4 calls in flight already")
+        );
     }
     assert_eq!(lines[8], "2 answered, 2 timed out, 4 rejected");
 }

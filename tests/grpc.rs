@@ -168,7 +168,7 @@ async fn detailed_server_sends_the_rejection_text() {
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(
         status.message(),
-        "bulkhead `health` is full: wait queue full"
+        "bulkhead `health` is full: no free permit and no room to wait"
     );
 
     server.release(held).await;

@@ -71,6 +71,7 @@ async fn full_bulkhead_sheds_with_503_and_recovers() {
 
     let shed = get(&http, &server.url("/fast"), &[]).await;
     assert_eq!(shed.status, 503);
+    assert_eq!(shed.retry_after.as_deref(), Some("1"), "the default hint");
     assert_eq!(shed.body, "", "no error text leaks to the client");
     assert_eq!(handle.snapshot().rejected, 1);
 

@@ -37,6 +37,13 @@ pub struct BulkheadConfig {
         serde(with = "buttress_core::config::option_duration")
     )]
     pub max_wait: Option<Duration>,
+    /// The retry hint of a rejection (default `"1s"`; `null` for none),
+    /// sent as `Retry-After` / gRPC pushback.
+    #[cfg_attr(
+        feature = "serde",
+        serde(with = "buttress_core::config::option_duration")
+    )]
+    pub retry_after: Option<Duration>,
 }
 
 impl Default for BulkheadConfig {
@@ -46,6 +53,7 @@ impl Default for BulkheadConfig {
             max_concurrent: 25,
             max_queue: 0,
             max_wait: None,
+            retry_after: Some(crate::layer::DEFAULT_RETRY_AFTER),
         }
     }
 }
@@ -56,7 +64,8 @@ impl BulkheadConfig {
         let b = BulkheadLayer::builder()
             .name(self.name.as_str())
             .max_concurrent(self.max_concurrent)
-            .max_queue(self.max_queue);
+            .max_queue(self.max_queue)
+            .retry_after(self.retry_after);
         match self.max_wait {
             Some(w) => b.max_wait(w),
             None => b,

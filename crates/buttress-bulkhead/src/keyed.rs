@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use buttress_core::error::{BoxError, BulkheadFull, KeyMissing};
+use buttress_core::error::{BoxError, KeyMissing};
 use buttress_core::key::BoundedMap;
 use buttress_core::registry::Component;
 use buttress_core::{BulkheadFullReason, ConfigError, KeyExtractor, Listener, Listeners, Registry};
@@ -20,7 +20,7 @@ use tower_service::Service;
 
 use crate::events::BulkheadEvent;
 use crate::layer::{validate, validate_wait, BulkheadHandle, KIND};
-use crate::state::{Acquire, BulkheadSnapshot, Permit, Shared};
+use crate::state::{rejection, Acquire, BulkheadSnapshot, Permit, Shared};
 
 const KEYED_KIND: &str = "keyed_bulkhead";
 
@@ -73,6 +73,7 @@ struct KeyedShared<K> {
     max_concurrent: usize,
     max_queue: usize,
     max_wait: Option<Duration>,
+    retry_after: Option<Duration>,
     listeners: Listeners<BulkheadEvent>,
     map: BoundedMap<K, Arc<Shared>>,
     /// Requests whose key the extractor could not find share this one,
@@ -112,13 +113,16 @@ impl<K> KeyedShared<K> {
 
 impl<K: Hash + Eq + Clone> KeyedShared<K> {
     fn new_bulkhead(&self) -> Arc<Shared> {
-        Arc::new(Shared::new(
-            self.name.clone(),
-            self.max_concurrent,
-            self.max_queue,
-            self.max_wait,
-            self.listeners.clone(),
-        ))
+        Arc::new(
+            Shared::new(
+                self.name.clone(),
+                self.max_concurrent,
+                self.max_queue,
+                self.max_wait,
+                self.listeners.clone(),
+            )
+            .with_retry_after(self.retry_after),
+        )
     }
 
     /// The bulkhead of `key`; `None` when the map is full of keys in use.
@@ -232,6 +236,7 @@ impl<X> KeyedBulkheadLayer<X, ()> {
             max_concurrent: 25,
             max_queue: 0,
             max_wait: None,
+            retry_after: Some(crate::layer::DEFAULT_RETRY_AFTER),
             max_keys: 10_000,
             idle_timeout: Duration::from_secs(60),
             on_missing_key: MissingKey::Reject,
@@ -269,6 +274,7 @@ pub struct KeyedBulkheadBuilder<X> {
     max_concurrent: usize,
     max_queue: usize,
     max_wait: Option<Duration>,
+    retry_after: Option<Duration>,
     max_keys: usize,
     idle_timeout: Duration,
     on_missing_key: MissingKey,
@@ -310,6 +316,13 @@ impl<X> KeyedBulkheadBuilder<X> {
     /// [`max_queue`](Self::max_queue) above 0.
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = Some(max_wait);
+        self
+    }
+
+    /// The retry hint of a rejection (default 1 s; `None` for none); see
+    /// [`BulkheadBuilder::retry_after`](crate::BulkheadBuilder::retry_after).
+    pub fn retry_after(mut self, retry_after: impl Into<Option<Duration>>) -> Self {
+        self.retry_after = retry_after.into();
         self
     }
 
@@ -357,13 +370,16 @@ impl<X> KeyedBulkheadBuilder<X> {
         if self.max_keys == 0 {
             return Err(ConfigError::new(KIND, "max_keys", "must be at least 1"));
         }
-        let unkeyed = Arc::new(Shared::new(
-            self.name.clone(),
-            self.max_concurrent,
-            self.max_queue,
-            self.max_wait,
-            self.listeners.clone(),
-        ));
+        let unkeyed = Arc::new(
+            Shared::new(
+                self.name.clone(),
+                self.max_concurrent,
+                self.max_queue,
+                self.max_wait,
+                self.listeners.clone(),
+            )
+            .with_retry_after(self.retry_after),
+        );
         let layer = KeyedBulkheadLayer {
             extractor: Arc::new(self.extractor),
             shared: Arc::new(KeyedShared {
@@ -371,6 +387,7 @@ impl<X> KeyedBulkheadBuilder<X> {
                 max_concurrent: self.max_concurrent,
                 max_queue: self.max_queue,
                 max_wait: self.max_wait,
+                retry_after: self.retry_after,
                 listeners: self.listeners,
                 map: BoundedMap::new(self.max_keys, self.idle_timeout),
                 unkeyed,
@@ -464,8 +481,12 @@ where
             return KeyedResponseFuture {
                 state: KeyedState::Rejected {
                     error: Some(
-                        BulkheadFull::new(self.shared.name.clone(), BulkheadFullReason::QueueFull)
-                            .into(),
+                        rejection(
+                            self.shared.name.clone(),
+                            BulkheadFullReason::QueueFull,
+                            self.shared.retry_after,
+                        )
+                        .into(),
                     ),
                 },
             };
@@ -533,9 +554,9 @@ where
                             *acquire = None;
                         }
                         Poll::Ready(Err(reason)) => {
-                            let name = acq.name();
+                            let error = acq.rejection(reason);
                             *acquire = None;
-                            return Poll::Ready(Err(BulkheadFull::new(name, reason).into()));
+                            return Poll::Ready(Err(error.into()));
                         }
                     }
                 }

@@ -107,9 +107,13 @@ pub struct BulkheadBuilder {
     max_concurrent: usize,
     max_queue: usize,
     max_wait: Option<Duration>,
+    retry_after: Option<Duration>,
     registry: Option<Registry>,
     listeners: Listeners<BulkheadEvent>,
 }
+
+/// The retry hint a rejection carries unless configured otherwise.
+pub(crate) const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl Default for BulkheadBuilder {
     fn default() -> Self {
@@ -118,6 +122,7 @@ impl Default for BulkheadBuilder {
             max_concurrent: 25,
             max_queue: 0,
             max_wait: None,
+            retry_after: Some(DEFAULT_RETRY_AFTER),
             registry: None,
             listeners: Listeners::new(),
         }
@@ -172,6 +177,30 @@ impl BulkheadBuilder {
         self
     }
 
+    /// The retry hint of a rejection (default 1 s): sent as `Retry-After`
+    /// by the HTTP mapping and as `grpc-retry-pushback-ms` by the gRPC one,
+    /// and honoured by buttress's retry layer. A bulkhead cannot know when
+    /// a permit will be free, so this is a hint to set from the calls'
+    /// usual duration; `None` sends none.
+    ///
+    /// ```
+    /// use buttress_bulkhead::BulkheadLayer;
+    /// use std::time::Duration;
+    ///
+    /// let layer = BulkheadLayer::builder()
+    ///     .max_concurrent(10)
+    ///     .retry_after(Duration::from_millis(200))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// let quiet = BulkheadLayer::builder().retry_after(None).build().unwrap();
+    /// # let _ = quiet;
+    /// ```
+    pub fn retry_after(mut self, retry_after: impl Into<Option<Duration>>) -> Self {
+        self.retry_after = retry_after.into();
+        self
+    }
+
     /// Registers the bulkhead's handle in `registry` under its name.
     pub fn registry(mut self, registry: &Registry) -> Self {
         self.registry = Some(registry.clone());
@@ -188,13 +217,16 @@ impl BulkheadBuilder {
     pub fn build(self) -> Result<BulkheadLayer, ConfigError> {
         validate(&self.name, self.max_concurrent, self.max_queue)?;
         validate_wait(self.max_queue, self.max_wait)?;
-        let layer = BulkheadLayer::from_shared(Shared::new(
-            self.name,
-            self.max_concurrent,
-            self.max_queue,
-            self.max_wait,
-            self.listeners,
-        ));
+        let layer = BulkheadLayer::from_shared(
+            Shared::new(
+                self.name,
+                self.max_concurrent,
+                self.max_queue,
+                self.max_wait,
+                self.listeners,
+            )
+            .with_retry_after(self.retry_after),
+        );
         if let Some(registry) = &self.registry {
             registry
                 .register(layer.handle())

@@ -2,7 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use buttress_core::error::{BoxError, BulkheadFull};
+use buttress_core::error::BoxError;
 use buttress_core::BulkheadFullReason;
 use tower_service::Service;
 
@@ -138,9 +138,7 @@ where
             return ResponseFuture::called(self.inner.call(req), permit);
         }
         match std::mem::replace(&mut self.state, State::Idle) {
-            State::Rejected(reason) => {
-                ResponseFuture::rejected(BulkheadFull::new(self.shared.name.clone(), reason))
-            }
+            State::Rejected(reason) => ResponseFuture::rejected(self.shared.rejection(reason)),
             State::Idle | State::Acquiring(_) => {
                 panic!("poll_ready must be called (and return ready) before call")
             }

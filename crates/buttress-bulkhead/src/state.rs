@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use buttress_core::error::BulkheadFull;
 use buttress_core::{BulkheadFullReason, Listeners};
 use tokio::time::{Instant, Sleep};
 
@@ -62,6 +63,8 @@ pub(crate) struct Shared {
     pub(crate) listeners: Listeners<BulkheadEvent>,
     /// The origin of [`Permit`]'s timestamps.
     base: Instant,
+    /// The hint a rejection carries (`Retry-After`, gRPC pushback).
+    retry_after: Option<Duration>,
 }
 
 impl fmt::Debug for Shared {
@@ -132,7 +135,19 @@ impl Shared {
             rejected: AtomicU64::new(0),
             listeners,
             base: Instant::now(),
+            retry_after: None,
         }
+    }
+
+    /// The hint that rejections carry.
+    pub(crate) fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+
+    /// The error of a rejection for `reason`, with the retry hint.
+    pub(crate) fn rejection(&self, reason: BulkheadFullReason) -> BulkheadFull {
+        rejection(self.name.clone(), reason, self.retry_after)
     }
 
     /// Takes a permit if one is free and nobody queues ahead.
@@ -466,9 +481,9 @@ impl Acquire {
         }
     }
 
-    /// The bulkhead's name.
-    pub(crate) fn name(&self) -> Arc<str> {
-        self.shared.name.clone()
+    /// The error of a rejection for `reason`, with the retry hint.
+    pub(crate) fn rejection(&self, reason: BulkheadFullReason) -> BulkheadFull {
+        self.shared.rejection(reason)
     }
 
     fn reject(&self, reason: BulkheadFullReason) -> BulkheadFullReason {
@@ -490,6 +505,19 @@ impl Drop for Acquire {
                 self.shared.release();
             }
         }
+    }
+}
+
+/// A rejection's error, with `retry_after` when there is one.
+pub(crate) fn rejection(
+    name: Arc<str>,
+    reason: BulkheadFullReason,
+    retry_after: Option<Duration>,
+) -> BulkheadFull {
+    let error = BulkheadFull::new(name, reason);
+    match retry_after {
+        Some(after) => error.with_retry_after(after),
+        None => error,
     }
 }
 

@@ -126,7 +126,7 @@ async fn queue_full_rejects_with_reason() {
     assert_ready_ok!(s3.poll_ready());
     let err = s3.call("3").await.unwrap_err();
     assert_eq!(reason(&err), BulkheadFullReason::QueueFull);
-    assert_eq!(err.to_string(), "bulkhead `db` is full: wait queue full");
+    assert_eq!(err.to_string(), "bulkhead `db` is full: no free permit and no room to wait");
 }
 
 #[tokio::test(start_paused = true)]
@@ -582,6 +582,7 @@ fn config_defaults_and_validation() {
             max_concurrent: 25,
             max_queue: 0,
             max_wait: None,
+            retry_after: Some(Duration::from_secs(1)),
         }
     );
     let registry = Registry::new();
@@ -590,6 +591,7 @@ fn config_defaults_and_validation() {
         max_concurrent: 3,
         max_queue: 2,
         max_wait: Some(Duration::from_millis(5)),
+        retry_after: None,
     }
     .builder()
     .registry(&registry)
@@ -697,4 +699,48 @@ fn max_wait_without_a_queue_is_rejected_by_build() {
         .max_wait(Duration::from_millis(10))
         .build()
         .unwrap();
+}
+
+/// A rejection carries the configured retry hint (1 s by default), which
+/// the HTTP mapping sends as `Retry-After`; `None` sends none.
+#[tokio::test]
+async fn a_rejection_carries_the_retry_hint() {
+    use tower::{Service, ServiceExt};
+    for (hint, expected) in [
+        (
+            Some(Duration::from_millis(1_500)),
+            Some(Duration::from_millis(1_500)),
+        ),
+        (None, None),
+    ] {
+        let layer = BulkheadLayer::builder()
+            .max_concurrent(1)
+            .retry_after(hint)
+            .build()
+            .unwrap();
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let g = gate.clone();
+        let svc = layer.layer(tower::service_fn(move |_: ()| {
+            let g = g.clone();
+            async move {
+                g.notified().await;
+                Ok::<_, std::convert::Infallible>(())
+            }
+        }));
+        let mut held = svc.clone();
+        let held = tokio::spawn(async move { held.ready().await.unwrap().call(()).await });
+        tokio::task::yield_now().await;
+        let err = svc.clone().oneshot(()).await.unwrap_err();
+        let full = err
+            .downcast_ref::<BulkheadFull>()
+            .expect("a bulkhead rejection");
+        assert_eq!(full.retry_after(), expected);
+        assert_eq!(buttress_core::error::retry_after(&*err), expected);
+        gate.notify_one();
+        held.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        BulkheadConfig::default().retry_after,
+        Some(Duration::from_secs(1))
+    );
 }

@@ -110,7 +110,8 @@ impl StdError for Elapsed {}
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum BulkheadFullReason {
-    /// Every permit was taken and the wait queue was full (or disabled).
+    /// Every permit was taken and there was no room to wait: the wait
+    /// queue was full, or the bulkhead has none.
     QueueFull,
     /// The call waited in the queue for `max_wait` without getting a permit.
     WaitTimedOut,
@@ -119,7 +120,7 @@ pub enum BulkheadFullReason {
 impl fmt::Display for BulkheadFullReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            BulkheadFullReason::QueueFull => "wait queue full",
+            BulkheadFullReason::QueueFull => "no free permit and no room to wait",
             BulkheadFullReason::WaitTimedOut => "wait in queue timed out",
         })
     }
@@ -564,7 +565,7 @@ mod tests {
     #[test]
     fn displays_leave_default_names_out() {
         let full = BulkheadFull::new("bulkhead".into(), BulkheadFullReason::QueueFull);
-        assert_eq!(full.to_string(), "bulkhead is full: wait queue full");
+        assert_eq!(full.to_string(), "bulkhead is full: no free permit and no room to wait");
         let open = CircuitOpen::new("circuit_breaker".into(), None);
         assert_eq!(open.to_string(), "circuit breaker is open");
         assert_eq!(

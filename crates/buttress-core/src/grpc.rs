@@ -13,7 +13,7 @@
 //! A [`RetryExhausted`](crate::error::RetryExhausted) is mapped by what
 //! ended its last attempt. The messages are generic by default, as the HTTP
 //! mapping sends an empty body: a rejection's own text names instances and
-//! reasons ("bulkhead `orders-db` is full: wait queue full") that callers
+//! reasons ("bulkhead `orders-db` is full: no free permit and no room to wait") that callers
 //! outside the service should not see. `detailed(true)` on the layers (or
 //! [`detailed_status_from_error`]) sends that text instead, for internal
 //! services. The text of an unknown error is never sent; it is logged
@@ -81,7 +81,7 @@ pub fn status_from_error(err: &(dyn StdError + 'static)) -> Status {
 /// let err: BoxError = BulkheadFull::new("db".into(), BulkheadFullReason::QueueFull).into();
 /// let status = detailed_status_from_error(&*err);
 /// assert_eq!(status.code(), tonic::Code::Unavailable);
-/// assert_eq!(status.message(), "bulkhead `db` is full: wait queue full");
+/// assert_eq!(status.message(), "bulkhead `db` is full: no free permit and no room to wait");
 /// ```
 pub fn detailed_status_from_error(err: &(dyn StdError + 'static)) -> Status {
     status_for(err, true)
@@ -548,9 +548,9 @@ mod tests {
     fn detailed_keeps_the_rejection_text() {
         let e: BoxError = BulkheadFull::new("orders".into(), BulkheadFullReason::QueueFull).into();
         let s = detailed_status_from_error(&*e);
-        assert_eq!(s.message(), "bulkhead `orders` is full: wait queue full");
+        assert_eq!(s.message(), "bulkhead `orders` is full: no free permit and no room to wait");
         let s = ErrorToStatusLayer::new().detailed(true).status(&*e);
-        assert_eq!(s.message(), "bulkhead `orders` is full: wait queue full");
+        assert_eq!(s.message(), "bulkhead `orders` is full: no free permit and no room to wait");
         let e: BoxError = Elapsed::new("timeout".into(), Duration::from_millis(200)).into();
         let s = detailed_status_from_error(&*e);
         assert_eq!(s.message(), "request timed out after 200ms");

@@ -27,7 +27,7 @@
 //! `title` is the status' reason phrase, as RFC 9457 asks of
 //! `about:blank`. With [`ErrorToResponseLayer::detailed`] a rejection's own
 //! text (instance name and reason) is added as `detail`, for internal
-//! services, as in `` "detail":"bulkhead `orders` is full: wait queue full" ``.
+//! services, as in `` "detail":"bulkhead `orders` is full: no free permit and no room to wait" ``.
 //! The text of an unknown error is never sent. Another format is one
 //! [`ErrorBody`] impl away.
 //!
@@ -647,7 +647,7 @@ mod tests {
         );
         assert_eq!(
             json(&r)["detail"],
-            "bulkhead `orders` is full: wait queue full"
+            "bulkhead `orders` is full: no free permit and no room to wait"
         );
 
         let last: BoxError = CircuitOpen::new("circuit_breaker".into(), None).into();

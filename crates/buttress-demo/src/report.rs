@@ -731,7 +731,7 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "  responses  rejections became bare 503 / 504 statuses (the breaker's 503s with\n             \
+            "  responses  rejections became bare 503 / 504 statuses (the 503s with\n             \
              Retry-After), never error text; upstream 500s passed through ({}), and the\n             \
              upstream 503s left after the retries became 502 ({}), so that a 503 from the\n             \
              gateway always means \"shed here\"",

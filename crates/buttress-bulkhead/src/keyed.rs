@@ -159,7 +159,7 @@ impl<K: Hash + Eq + Clone> KeyedShared<K> {
 /// evicted if no call of it is running or queued (and no
 /// [`BulkheadHandle`] of it is held) and none started for `idle_timeout`;
 /// when no key can go, a request with a new key is rejected with
-/// [`BulkheadFull`] (`QueueFull`) rather than growing memory, so a client
+/// [`BulkheadFull`](crate::error::BulkheadFull) (`QueueFull`) rather than growing memory, so a client
 /// rotating keys cannot exhaust it.
 ///
 /// A request whose key the extractor cannot find is rejected with

@@ -126,7 +126,10 @@ async fn queue_full_rejects_with_reason() {
     assert_ready_ok!(s3.poll_ready());
     let err = s3.call("3").await.unwrap_err();
     assert_eq!(reason(&err), BulkheadFullReason::QueueFull);
-    assert_eq!(err.to_string(), "bulkhead `db` is full: no free permit and no room to wait");
+    assert_eq!(
+        err.to_string(),
+        "bulkhead `db` is full: no free permit and no room to wait"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -565,7 +565,10 @@ mod tests {
     #[test]
     fn displays_leave_default_names_out() {
         let full = BulkheadFull::new("bulkhead".into(), BulkheadFullReason::QueueFull);
-        assert_eq!(full.to_string(), "bulkhead is full: no free permit and no room to wait");
+        assert_eq!(
+            full.to_string(),
+            "bulkhead is full: no free permit and no room to wait"
+        );
         let open = CircuitOpen::new("circuit_breaker".into(), None);
         assert_eq!(open.to_string(), "circuit breaker is open");
         assert_eq!(

@@ -548,9 +548,15 @@ mod tests {
     fn detailed_keeps_the_rejection_text() {
         let e: BoxError = BulkheadFull::new("orders".into(), BulkheadFullReason::QueueFull).into();
         let s = detailed_status_from_error(&*e);
-        assert_eq!(s.message(), "bulkhead `orders` is full: no free permit and no room to wait");
+        assert_eq!(
+            s.message(),
+            "bulkhead `orders` is full: no free permit and no room to wait"
+        );
         let s = ErrorToStatusLayer::new().detailed(true).status(&*e);
-        assert_eq!(s.message(), "bulkhead `orders` is full: no free permit and no room to wait");
+        assert_eq!(
+            s.message(),
+            "bulkhead `orders` is full: no free permit and no room to wait"
+        );
         let e: BoxError = Elapsed::new("timeout".into(), Duration::from_millis(200)).into();
         let s = detailed_status_from_error(&*e);
         assert_eq!(s.message(), "request timed out after 200ms");

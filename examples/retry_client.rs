@@ -81,7 +81,7 @@ async fn main() -> Result<(), buttress::BoxError> {
     let handle = retry.handle();
     let client = ServiceBuilder::new()
         .retry_with(retry)
-        .call_timeout(Duration::from_millis(500)) // one attempt
+        .call_timeout(Duration::from_millis(500))? // one attempt
         .service(
             Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<bytes::Bytes>>>(),
         );

@@ -62,6 +62,7 @@ async fn client_bulkhead_rejects_the_call_beyond_its_limit() {
     let mut first = ServiceBuilder::new()
         .bulkhead_with(bulkhead.clone())
         .call_timeout(Duration::from_secs(5))
+        .unwrap()
         .service(client());
     let second = ServiceBuilder::new()
         .bulkhead_with(bulkhead)

@@ -55,7 +55,8 @@ async fn full_bulkhead_sheds_with_503_and_recovers() {
         ServiceBuilder::new()
             .error_to_response()
             .bulkhead_with(bulkhead)
-            .call_timeout(Duration::from_secs(5)),
+            .call_timeout(Duration::from_secs(5))
+            .unwrap(),
     );
     let server = TestServer::start(app).await;
     let http = client();
@@ -137,7 +138,8 @@ async fn slow_handler_times_out_with_504() {
         .layer(
             ServiceBuilder::new()
                 .error_to_response()
-                .call_timeout(Duration::from_millis(50)),
+                .call_timeout(Duration::from_millis(50))
+                .unwrap(),
         );
     let server = TestServer::start(app).await;
     let started = Instant::now();

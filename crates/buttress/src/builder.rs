@@ -26,7 +26,7 @@ mod sealed {
 /// use tower::{ServiceBuilder, ServiceExt};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
+/// # async fn main() -> Result<(), buttress::core::ConfigError> {
 /// let breaker = buttress::circuit_breaker::CircuitBreakerLayer::builder()
 ///     .name("upstream")
 ///     .build()
@@ -41,10 +41,11 @@ mod sealed {
 /// let svc = ServiceBuilder::new()
 ///     .retry_with(retry)
 ///     .circuit_breaker(breaker)
-///     .bulkhead(8)
-///     .call_timeout(Duration::from_secs(1))
+///     .bulkhead(8)?
+///     .call_timeout(Duration::from_secs(1))?
 ///     .service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x + 1) });
 /// assert_eq!(svc.oneshot(1).await.unwrap(), 2);
+/// # Ok(())
 /// # }
 /// ```
 pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
@@ -73,7 +74,7 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// // With tonic: `Server::builder().layer(ServiceBuilder::new().error_to_status().bulkhead(64).into_inner())`
+    /// // With tonic: `Server::builder().layer(ServiceBuilder::new().error_to_status().bulkhead(64)?.into_inner())`
     /// let svc = ServiceBuilder::new()
     ///     .error_to_status()
     ///     .service_fn(|_req: http::Request<()>| async {
@@ -119,17 +120,24 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         self,
     ) -> ServiceBuilder<Stack<buttress_core::grpc::RejectionToStatusLayer, L>>;
 
-    /// A [`TimeoutLayer`](crate::timeout::TimeoutLayer) of `timeout` per call.
+    /// A [`TimeoutLayer`](crate::timeout::TimeoutLayer) of `timeout` per
+    /// call, validated as its builder validates: a zero timeout is a
+    /// [`ConfigError`](crate::core::ConfigError), never a panic.
     ///
-    /// # Panics
+    /// ```
+    /// use buttress::ServiceBuilderExt;
+    /// use std::time::Duration;
+    /// use tower::ServiceBuilder;
     ///
-    /// If `timeout` is zero. For a value read from configuration, check it
-    /// first: `.timeout_with(TimeoutLayer::new(timeout)?)`.
+    /// let layers = ServiceBuilder::new().call_timeout(Duration::from_secs(2)).unwrap();
+    /// # let _ = layers;
+    /// assert!(ServiceBuilder::new().call_timeout(Duration::ZERO).is_err());
+    /// ```
     #[cfg(feature = "timeout")]
     fn call_timeout(
         self,
         timeout: std::time::Duration,
-    ) -> ServiceBuilder<Stack<buttress_timeout::TimeoutLayer, L>>;
+    ) -> Result<ServiceBuilder<Stack<buttress_timeout::TimeoutLayer, L>>, buttress_core::ConfigError>;
 
     /// A configured [`TimeoutLayer`](crate::timeout::TimeoutLayer).
     #[cfg(feature = "timeout")]
@@ -139,17 +147,27 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     ) -> ServiceBuilder<Stack<buttress_timeout::TimeoutLayer<P>, L>>;
 
     /// A [`BulkheadLayer`](crate::bulkhead::BulkheadLayer) admitting
-    /// `max_concurrent` calls at once and rejecting the rest.
+    /// `max_concurrent` calls at once and rejecting the rest, validated as
+    /// its builder validates: zero (or more than 2^30) is a
+    /// [`ConfigError`](crate::core::ConfigError), never a panic.
     ///
-    /// # Panics
+    /// ```
+    /// use buttress::ServiceBuilderExt;
+    /// use tower::ServiceBuilder;
     ///
-    /// If `max_concurrent` is zero. For a value read from configuration,
-    /// check it first: `.bulkhead_with(BulkheadLayer::new(n)?)`.
+    /// let layers = ServiceBuilder::new().bulkhead(32).unwrap();
+    /// # let _ = layers;
+    /// let err = ServiceBuilder::new().bulkhead(0).unwrap_err();
+    /// assert_eq!(err.field(), "max_concurrent");
+    /// ```
     #[cfg(feature = "bulkhead")]
     fn bulkhead(
         self,
         max_concurrent: usize,
-    ) -> ServiceBuilder<Stack<buttress_bulkhead::BulkheadLayer, L>>;
+    ) -> Result<
+        ServiceBuilder<Stack<buttress_bulkhead::BulkheadLayer, L>>,
+        buttress_core::ConfigError,
+    >;
 
     /// A configured [`BulkheadLayer`](crate::bulkhead::BulkheadLayer).
     #[cfg(feature = "bulkhead")]
@@ -203,11 +221,9 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     fn call_timeout(
         self,
         timeout: std::time::Duration,
-    ) -> ServiceBuilder<Stack<buttress_timeout::TimeoutLayer, L>> {
-        match buttress_timeout::TimeoutLayer::new(timeout) {
-            Ok(layer) => self.layer(layer),
-            Err(err) => panic!("ServiceBuilderExt::call_timeout: {err}"),
-        }
+    ) -> Result<ServiceBuilder<Stack<buttress_timeout::TimeoutLayer, L>>, buttress_core::ConfigError>
+    {
+        Ok(self.layer(buttress_timeout::TimeoutLayer::new(timeout)?))
     }
 
     #[cfg(feature = "timeout")]
@@ -222,11 +238,11 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     fn bulkhead(
         self,
         max_concurrent: usize,
-    ) -> ServiceBuilder<Stack<buttress_bulkhead::BulkheadLayer, L>> {
-        match buttress_bulkhead::BulkheadLayer::new(max_concurrent) {
-            Ok(layer) => self.layer(layer),
-            Err(err) => panic!("ServiceBuilderExt::bulkhead: {err}"),
-        }
+    ) -> Result<
+        ServiceBuilder<Stack<buttress_bulkhead::BulkheadLayer, L>>,
+        buttress_core::ConfigError,
+    > {
+        Ok(self.layer(buttress_bulkhead::BulkheadLayer::new(max_concurrent)?))
     }
 
     #[cfg(feature = "bulkhead")]

@@ -94,8 +94,8 @@
 //!         .build()?;
 //!     let client = ServiceBuilder::new()
 //!         .circuit_breaker(breaker)
-//!         .bulkhead(32) // at most 32 calls in flight, the rest rejected
-//!         .call_timeout(Duration::from_secs(2))
+//!         .bulkhead(32)? // at most 32 calls in flight, the rest rejected
+//!         .call_timeout(Duration::from_secs(2))? // zero would be a ConfigError
 //!         .service(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
 //!
 //!     let req = http::Request::get(format!("http://{addr}/items/7")).body(Empty::new())?;
@@ -135,7 +135,8 @@
 //!         ServiceBuilder::new()
 //!             .error_to_response()
 //!             .bulkhead_with(bulkhead)
-//!             .call_timeout(Duration::from_secs(5)),
+//!             .call_timeout(Duration::from_secs(5))
+//!             .expect("a valid timeout"),
 //!     );
 //! # let _ = app;
 //! ```

@@ -223,12 +223,22 @@ pub(crate) struct Shared {
     /// The state (low byte) and its generation, which every transition
     /// increments. Written only under `inner`'s lock; admission reads it
     /// without the lock.
-    word: AtomicU64,
+    ///
+    /// On a cache line of its own, apart from the lock and from the
+    /// `Arc`'s reference counts (which this alignment also moves to a line
+    /// of their own), so that recording calls does not evict it from the
+    /// cores that admit calls.
+    word: Padded<AtomicU64>,
     /// When an open breaker lets probes through, in nanoseconds since
     /// `base`. Written under the lock before the word that publishes the
     /// open state.
     open_until: AtomicU64,
-    inner: Mutex<Inner>,
+    inner: Padded<Mutex<Inner>>,
+    /// The failed (and slow) calls of a full count window at which a
+    /// threshold is reached: the smallest `n` with `n * 100 / size >=
+    /// threshold`, so that the usual verdict compares integers and agrees
+    /// with the percentage to the last bit.
+    full_trip: (u64, u64),
     /// Whether a thread is delivering the queued events.
     delivering: AtomicBool,
     base: Instant,
@@ -254,6 +264,35 @@ fn reaches(n: u64, calls: u64, threshold: f64) -> bool {
     percent(n, calls) >= threshold
 }
 
+/// The smallest `n` of `calls` that [`reaches`] `threshold` (`calls + 1`
+/// when none does). `reaches` grows with `n`, so a binary search finds it.
+fn first_reaching(calls: u64, threshold: f64) -> u64 {
+    let (mut lo, mut hi) = (0, calls + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if mid <= calls && reaches(mid, calls, threshold) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    lo
+}
+
+/// A value alone on its cache line (two lines: adjacent-line prefetch
+/// pairs them on x86).
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 impl Shared {
     pub(crate) fn new(
         name: Arc<str>,
@@ -266,7 +305,17 @@ impl Shared {
             .map(|_| CoarseClock::new(base, Duration::from_secs(1)));
         Arc::new_cyclic(|this| Shared {
             name,
-            inner: Mutex::new(Inner {
+            full_trip: (
+                first_reaching(
+                    u64::from(settings.window_size),
+                    settings.failure_rate_threshold,
+                ),
+                first_reaching(
+                    u64::from(settings.window_size),
+                    settings.slow_call_rate_threshold,
+                ),
+            ),
+            inner: Padded(Mutex::new(Inner {
                 window: match settings.time_window_secs {
                     Some(secs) => Window::Time(TimeWindow::new(secs)),
                     None => Window::Count(CountWindow::new(settings.window_size)),
@@ -279,10 +328,10 @@ impl Shared {
                 exceeded: false,
                 events: VecDeque::new(),
                 timer: None,
-            }),
+            })),
             settings,
             listeners,
-            word: AtomicU64::new(State::Closed.code()),
+            word: Padded(AtomicU64::new(State::Closed.code())),
             open_until: AtomicU64::new(0),
             delivering: AtomicBool::new(false),
             base,
@@ -292,10 +341,9 @@ impl Shared {
         })
     }
 
+    #[inline]
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // No code that can panic runs under the lock (listeners run after
-        // it), so a poisoned lock still guards consistent data.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock()
     }
 
     /// Releases the lock, then starts the timer and delivers the events
@@ -554,27 +602,33 @@ impl Shared {
             }
             return;
         }
-        let rates = match &mut inner.window {
+        let (rates, full) = match &mut inner.window {
             Window::Count(w) => {
                 w.record(failed, slow);
-                w.rates()
+                let rates = w.rates();
+                (rates, rates.calls == u64::from(self.settings.window_size))
             }
             Window::Time(w) => {
                 w.record(second, failed, slow);
-                w.rates(second)
+                (w.rates(second), false)
             }
         };
-        if rates.calls >= self.minimum_calls()
-            && (reaches(
-                rates.failed,
-                rates.calls,
-                self.settings.failure_rate_threshold,
-            ) || reaches(
-                rates.slow,
-                rates.calls,
-                self.settings.slow_call_rate_threshold,
-            ))
-        {
+        let trips = if full {
+            // The usual case: integers, the same verdict as the rates.
+            rates.failed >= self.full_trip.0 || rates.slow >= self.full_trip.1
+        } else {
+            rates.calls >= self.minimum_calls()
+                && (reaches(
+                    rates.failed,
+                    rates.calls,
+                    self.settings.failure_rate_threshold,
+                ) || reaches(
+                    rates.slow,
+                    rates.calls,
+                    self.settings.slow_call_rate_threshold,
+                ))
+        };
+        if trips {
             self.exceeded(inner, word, rates.failure_rate(), rates.slow_rate());
         } else {
             inner.exceeded = false;
@@ -852,6 +906,29 @@ mod tests {
         assert_eq!(j.wait(20, 0.0), Duration::from_secs(300));
         assert_eq!(j.wait(20, 0.5), Duration::from_secs(225));
         assert!(j.wait(20, 0.999) > Duration::from_secs(150));
+    }
+
+    proptest::proptest! {
+        /// The integer verdict of a full count window is the percentage's,
+        /// for every count, at every threshold.
+        #[test]
+        fn first_reaching_agrees_with_the_percentage(
+            size in 1u64..2_000,
+            threshold in 0.0001f64..=100.0,
+        ) {
+            let first = first_reaching(size, threshold);
+            for n in 0..=size {
+                proptest::prop_assert_eq!(n >= first, reaches(n, size, threshold), "n = {}", n);
+            }
+        }
+    }
+
+    #[test]
+    fn first_reaching_at_round_thresholds() {
+        assert_eq!(first_reaching(100, 50.0), 50);
+        assert_eq!(first_reaching(3, 100.0 / 3.0), 1);
+        assert_eq!(first_reaching(7, 100.0), 7);
+        assert_eq!(first_reaching(1, 0.0001), 1);
     }
 
     #[test]

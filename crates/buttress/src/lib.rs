@@ -177,7 +177,8 @@ mod builder;
 pub use builder::ServiceBuilderExt;
 
 /// Every ```` ```rust ```` block of README.md, compiled (and run, unless
-/// marked `no_run`) as a doctest, so the README's snippets stay true.
-#[cfg(doctest)]
+/// marked `no_run`) as a doctest, so the README's snippets stay true. They
+/// use the gRPC and axum integrations, hence all features.
+#[cfg(all(doctest, feature = "full"))]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;

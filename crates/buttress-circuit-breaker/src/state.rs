@@ -214,6 +214,9 @@ struct Inner {
     /// A timer for an automatic transition, started once the lock is
     /// released: its deadline and the generation it applies to.
     timer: Option<(Instant, u64)>,
+    /// Whether `events` or `timer` hold something for [`Shared::unlock`]:
+    /// one flag for the common case, where they hold nothing.
+    post: bool,
 }
 
 pub(crate) struct Shared {
@@ -328,6 +331,7 @@ impl Shared {
                 exceeded: false,
                 events: VecDeque::new(),
                 timer: None,
+                post: false,
             })),
             settings,
             listeners,
@@ -349,7 +353,16 @@ impl Shared {
     /// Releases the lock, then starts the timer and delivers the events
     /// that the critical section left.
     #[inline]
-    fn unlock(&self, mut inner: MutexGuard<'_, Inner>) {
+    fn unlock(&self, inner: MutexGuard<'_, Inner>) {
+        if inner.post {
+            self.unlock_and_post(inner);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn unlock_and_post(&self, mut inner: MutexGuard<'_, Inner>) {
+        inner.post = false;
         let timer = inner.timer.take();
         let events = !inner.events.is_empty();
         drop(inner);
@@ -540,7 +553,9 @@ impl Shared {
             (Some(limit), Some(e)) => e > limit,
             _ => false,
         };
-        self.emit_outcome(outcome, slow, elapsed);
+        if !self.listeners.is_empty() {
+            self.emit_outcome(outcome, slow, elapsed);
+        }
         if outcome == Outcome::Ignored {
             return false;
         }
@@ -568,10 +583,8 @@ impl Shared {
         recorded
     }
 
+    #[cold]
     fn emit_outcome(&self, outcome: Outcome, slow: bool, elapsed: Option<Duration>) {
-        if self.listeners.is_empty() {
-            return;
-        }
         let name = || self.name.clone();
         self.listeners.emit(|| match outcome {
             Outcome::Success => CircuitBreakerEvent::Success { name: name() },
@@ -630,7 +643,7 @@ impl Shared {
         };
         if trips {
             self.exceeded(inner, word, rates.failure_rate(), rates.slow_rate());
-        } else {
+        } else if inner.exceeded {
             inner.exceeded = false;
         }
     }
@@ -684,6 +697,7 @@ impl Shared {
     fn queue(&self, inner: &mut Inner, make: impl FnOnce() -> CircuitBreakerEvent) {
         if !self.listeners.is_empty() {
             inner.events.push_back(make());
+            inner.post = true;
         }
     }
 
@@ -727,6 +741,7 @@ impl Shared {
                 self.open_until.store(until, Release);
                 if self.settings.automatic_half_open {
                     inner.timer = Some((self.instant_at(until), gen));
+                    inner.post = true;
                 }
             }
             State::HalfOpen => {
@@ -736,6 +751,7 @@ impl Shared {
                 if let Some(max) = self.settings.max_wait_in_half_open {
                     let max = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
                     inner.timer = Some((self.instant_at(now.saturating_add(max)), gen));
+                    inner.post = true;
                 }
             }
             State::ForcedOpen => {}

@@ -4,13 +4,13 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use buttress_core::error::{BoxError, KeyMissing};
-use buttress_core::key::BoundedMap;
+use buttress_core::key::{BoundedMap, MissingKey, MissingKeys};
 use buttress_core::registry::Component;
 use buttress_core::{BulkheadFullReason, ConfigError, KeyExtractor, Listener, Listeners, Registry};
 use pin_project_lite::pin_project;
@@ -45,29 +45,6 @@ const KEYED_KIND: &str = "keyed_bulkhead";
 ///     .unwrap();
 /// # let _ = layer;
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum MissingKey {
-    /// Fail the call with [`KeyMissing`] without calling the inner service
-    /// (the default). The HTTP mapping answers 500: the server, not the
-    /// client, is misconfigured.
-    #[default]
-    Reject,
-    /// Run the call in one extra bucket shared by every request without a
-    /// key, with the same limits as a key's (see
-    /// [`KeyedBulkheadHandle::unkeyed`]).
-    SharedBucket,
-}
-
-impl MissingKey {
-    fn as_str(self) -> &'static str {
-        match self {
-            MissingKey::Reject => "reject",
-            MissingKey::SharedBucket => "shared_bucket",
-        }
-    }
-}
-
 struct KeyedShared<K> {
     name: Arc<str>,
     max_concurrent: usize,
@@ -79,36 +56,14 @@ struct KeyedShared<K> {
     /// Requests whose key the extractor could not find share this one,
     /// with [`MissingKey::SharedBucket`].
     unkeyed: Arc<Shared>,
-    on_missing_key: MissingKey,
-    /// The extractor's type name, for the error and the warning.
-    extractor: &'static str,
-    /// Requests whose key the extractor could not find.
-    missing_key: AtomicU64,
-    /// Whether the one warning about a missing key was logged.
-    warned_missing_key: AtomicBool,
+    /// The policy for requests without a key, and their count.
+    missing: MissingKeys,
     /// Requests with a new key rejected because every key was in use.
     map_full: AtomicU64,
     /// `completed` and `rejected` of evicted keys, so that totals never go
     /// down when a key is evicted.
     retired_completed: AtomicU64,
     retired_rejected: AtomicU64,
-}
-
-impl<K> KeyedShared<K> {
-    /// Counts a request without a key and warns about the first one.
-    fn note_missing_key(&self) {
-        self.missing_key.fetch_add(1, Relaxed);
-        if !self.warned_missing_key.load(Relaxed) && !self.warned_missing_key.swap(true, Relaxed) {
-            tracing::warn!(
-                name = %self.name,
-                extractor = self.extractor,
-                policy = self.on_missing_key.as_str(),
-                "a request had no key; for a peer-address key behind axum, serve with \
-                 into_make_service_with_connect_info::<SocketAddr>() and enable buttress's \
-                 `axum` feature (further requests without a key are only counted)"
-            );
-        }
-    }
 }
 
 impl<K: Hash + Eq + Clone> KeyedShared<K> {
@@ -391,10 +346,7 @@ impl<X> KeyedBulkheadBuilder<X> {
                 listeners: self.listeners,
                 map: BoundedMap::new(self.max_keys, self.idle_timeout),
                 unkeyed,
-                on_missing_key: self.on_missing_key,
-                extractor: std::any::type_name::<X>(),
-                missing_key: AtomicU64::new(0),
-                warned_missing_key: AtomicBool::new(false),
+                missing: MissingKeys::new(self.on_missing_key, std::any::type_name::<X>()),
                 map_full: AtomicU64::new(0),
                 retired_completed: AtomicU64::new(0),
                 retired_rejected: AtomicU64::new(0),
@@ -455,14 +407,18 @@ where
             Some(key) => self.shared.get(key),
             None => {
                 let shared = &self.shared;
-                shared.note_missing_key();
-                match shared.on_missing_key {
+                match shared.missing.note(&shared.name) {
                     MissingKey::SharedBucket => Some(shared.unkeyed.clone()),
-                    MissingKey::Reject => {
+                    // `Reject`, and any policy added later: the safe one.
+                    _ => {
                         return KeyedResponseFuture {
                             state: KeyedState::Rejected {
                                 error: Some(
-                                    KeyMissing::new(shared.name.clone(), shared.extractor).into(),
+                                    KeyMissing::new(
+                                        shared.name.clone(),
+                                        shared.missing.extractor(),
+                                    )
+                                    .into(),
                                 ),
                             },
                         };
@@ -619,12 +575,12 @@ impl<K: Hash + Eq> KeyedBulkheadHandle<K> {
     /// [`KeyMissing`] are not in [`totals`](Self::totals)`().rejected`,
     /// which counts bulkheads that were full.
     pub fn missing_key(&self) -> u64 {
-        self.shared.missing_key.load(Relaxed)
+        self.shared.missing.count()
     }
 
     /// The policy for requests without a key.
     pub fn on_missing_key(&self) -> MissingKey {
-        self.shared.on_missing_key
+        self.shared.missing.policy()
     }
 
     /// Requests with a new key rejected because every key was in use
@@ -679,7 +635,7 @@ impl<K: Hash + Eq + Send + Sync + 'static> Component for KeyedBulkheadHandle<K> 
             "rejected": t.rejected,
             "rejected_map_full": self.map_full_rejections(),
             "missing_key": self.missing_key(),
-            "on_missing_key": self.shared.on_missing_key.as_str(),
+            "on_missing_key": self.shared.missing.policy().as_str(),
         })
     }
 

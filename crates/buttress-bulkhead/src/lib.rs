@@ -79,11 +79,14 @@ mod layer;
 mod service;
 mod state;
 
+/// What a keyed layer does with a request without a key (from
+/// `buttress-core`, shared by every keyed layer).
+pub use buttress_core::key::MissingKey;
 pub use config::BulkheadConfig;
 pub use events::BulkheadEvent;
 pub use keyed::{
     KeyedBulkhead, KeyedBulkheadBuilder, KeyedBulkheadHandle, KeyedBulkheadLayer,
-    KeyedResponseFuture, MissingKey,
+    KeyedResponseFuture,
 };
 pub use layer::{BulkheadBuilder, BulkheadHandle, BulkheadLayer};
 pub use service::Bulkhead;

@@ -5,13 +5,12 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use buttress_core::error::{BoxError, CircuitOpen, KeyMissing};
-use buttress_core::key::BoundedMap;
+use buttress_core::key::{BoundedMap, MissingKey, MissingKeys};
 use buttress_core::registry::Component;
 use buttress_core::{
     Classifier, ConfigError, ErrorsAsFailures, KeyExtractor, Listener, Listeners, Registry,
@@ -52,27 +51,6 @@ const KEYED_KIND: &str = "keyed_circuit_breaker";
 ///     .unwrap();
 /// assert_eq!(layer.handle().on_missing_key(), MissingKey::SharedBucket);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum MissingKey {
-    /// Fail the call with [`KeyMissing`] without calling the inner service
-    /// (the default).
-    #[default]
-    Reject,
-    /// Run the call through the one extra breaker that also takes new keys
-    /// while the map is full (see [`KeyedCircuitBreakerHandle::unkeyed`]).
-    SharedBucket,
-}
-
-impl MissingKey {
-    fn as_str(self) -> &'static str {
-        match self {
-            MissingKey::Reject => "reject",
-            MissingKey::SharedBucket => "shared_bucket",
-        }
-    }
-}
-
 struct Keyed<K> {
     name: Arc<str>,
     settings: Settings,
@@ -82,30 +60,8 @@ struct Keyed<K> {
     /// this breaker, and requests without a key with
     /// [`MissingKey::SharedBucket`].
     unkeyed: Arc<Shared>,
-    on_missing_key: MissingKey,
-    /// The extractor's type name, for the error and the warning.
-    extractor: &'static str,
-    /// Requests whose key the extractor could not find.
-    missing_key: AtomicU64,
-    /// Whether the one warning about a missing key was logged.
-    warned_missing_key: AtomicBool,
-}
-
-impl<K> Keyed<K> {
-    /// Counts a request without a key and warns about the first one.
-    fn note_missing_key(&self) {
-        self.missing_key.fetch_add(1, Relaxed);
-        if !self.warned_missing_key.load(Relaxed) && !self.warned_missing_key.swap(true, Relaxed) {
-            tracing::warn!(
-                name = %self.name,
-                extractor = self.extractor,
-                policy = self.on_missing_key.as_str(),
-                "a request had no key; for a peer-address key behind axum, serve with \
-                 into_make_service_with_connect_info::<SocketAddr>() and enable buttress's \
-                 `axum` feature (further requests without a key are only counted)"
-            );
-        }
-    }
+    /// The policy for requests without a key, and their count.
+    missing: MissingKeys,
 }
 
 impl<K: Hash + Eq + Clone + fmt::Debug> Keyed<K> {
@@ -338,10 +294,7 @@ impl<X, C> KeyedCircuitBreakerBuilder<X, C> {
                 settings,
                 listeners: self.listeners,
                 map: BoundedMap::new(self.max_keys, self.idle_timeout),
-                on_missing_key: self.on_missing_key,
-                extractor: std::any::type_name::<X>(),
-                missing_key: AtomicU64::new(0),
-                warned_missing_key: AtomicBool::new(false),
+                missing: MissingKeys::new(self.on_missing_key, std::any::type_name::<X>()),
             }),
             classifier: self.classifier,
         };
@@ -403,13 +356,16 @@ where
         let shared = match self.extractor.extract(&req) {
             Some(key) => keyed.breaker(key),
             None => {
-                keyed.note_missing_key();
-                match keyed.on_missing_key {
+                match keyed.missing.note(&keyed.name) {
                     MissingKey::SharedBucket => keyed.unkeyed.clone(),
-                    MissingKey::Reject => {
+                    // `Reject`, and any policy added later: the safe one.
+                    _ => {
                         return KeyedResponseFuture {
                             kind: KeyedKind::KeyMissing {
-                                error: Some(KeyMissing::new(keyed.name.clone(), keyed.extractor)),
+                                error: Some(KeyMissing::new(
+                                    keyed.name.clone(),
+                                    keyed.missing.extractor(),
+                                )),
                             },
                         };
                     }
@@ -535,12 +491,12 @@ impl<K: Hash + Eq> KeyedCircuitBreakerHandle<K> {
     /// Requests whose key the extractor could not find, whatever the
     /// [`MissingKey`] policy did with them.
     pub fn missing_key(&self) -> u64 {
-        self.keyed.missing_key.load(Relaxed)
+        self.keyed.missing.count()
     }
 
     /// The policy for requests without a key.
     pub fn on_missing_key(&self) -> MissingKey {
-        self.keyed.on_missing_key
+        self.keyed.missing.policy()
     }
 
     /// How many held keys are in each state.
@@ -574,7 +530,7 @@ impl<K: Hash + Eq + Send + Sync + 'static> Component for KeyedCircuitBreakerHand
             "states": states,
             "unkeyed": self.keyed.unkeyed.state().as_str(),
             "missing_key": self.missing_key(),
-            "on_missing_key": self.keyed.on_missing_key.as_str(),
+            "on_missing_key": self.keyed.missing.policy().as_str(),
         })
     }
 

@@ -98,11 +98,14 @@ mod state;
 mod sync;
 mod window;
 
+/// What a keyed layer does with a request without a key (from
+/// `buttress-core`, shared by every keyed layer).
+pub use buttress_core::key::MissingKey;
 pub use config::CircuitBreakerConfig;
 pub use events::CircuitBreakerEvent;
 pub use keyed::{
     KeyedCircuitBreaker, KeyedCircuitBreakerBuilder, KeyedCircuitBreakerHandle,
-    KeyedCircuitBreakerLayer, KeyedResponseFuture, MissingKey,
+    KeyedCircuitBreakerLayer, KeyedResponseFuture,
 };
 pub use layer::{
     CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerSnapshot,

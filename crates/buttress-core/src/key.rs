@@ -21,8 +21,10 @@ use http::header::{HeaderName, FORWARDED};
 use http::{HeaderMap, Request};
 
 mod bounded_map;
+mod missing;
 
 pub use bounded_map::BoundedMap;
+pub use missing::{MissingKey, MissingKeys};
 
 /// Extracts a key from a request.
 pub trait KeyExtractor<Req>: Send + Sync + 'static {

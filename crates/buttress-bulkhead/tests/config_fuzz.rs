@@ -2,7 +2,10 @@
 //! setters return an error or a working layer, never panic, never hang,
 //! never allocate by the size asked for.
 
-use std::time::{Duration, Instant};
+use std::alloc::System;
+
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use std::time::Duration;
 
 use buttress_bulkhead::{BulkheadLayer, KeyedBulkheadLayer, MissingKey, MAX_CONCURRENT};
 use buttress_core::key::FnKey;
@@ -30,11 +33,22 @@ fn sizes() -> impl Strategy<Value = usize> {
     ]
 }
 
-/// Builds within a tenth of a second: no allocation by the size asked for.
-fn quick<T>(f: impl FnOnce() -> T) -> T {
-    let start = Instant::now();
+/// Counts the test binary's allocations, so that `bounded` can check them.
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Runs a build that must not allocate by the size asked for (a window or
+/// a queue of `u32::MAX` would take gigabytes): at most 64 MiB allocated
+/// while it runs, a loose bound since other tests of this binary may
+/// allocate at the same time. Counted, not timed: exact on any machine.
+fn bounded<T>(f: impl FnOnce() -> T) -> T {
+    let region = Region::new(GLOBAL);
     let out = f();
-    assert!(start.elapsed() < Duration::from_millis(100), "slow build");
+    let allocated = region.change().bytes_allocated;
+    assert!(
+        allocated < 64 << 20,
+        "the build allocated {allocated} bytes"
+    );
     out
 }
 
@@ -81,7 +95,7 @@ proptest! {
         if let Some(w) = max_wait {
             b = b.max_wait(w);
         }
-        match quick(|| b.build()) {
+        match bounded(|| b.build()) {
             Ok(layer) => {
                 prop_assert!((1..=MAX_CONCURRENT).contains(&max_concurrent));
                 one_call_finishes(layer);
@@ -132,7 +146,7 @@ proptest! {
             .max_keys(max_keys)
             .idle_timeout(idle)
             .on_missing_key(policy);
-        if let Ok(layer) = quick(|| b.build::<u32>()) {
+        if let Ok(layer) = bounded(|| b.build::<u32>()) {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_time()
                 .start_paused(true)

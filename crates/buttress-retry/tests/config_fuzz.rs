@@ -2,6 +2,9 @@
 //! `build()` returns an error or a layer whose call against a service that
 //! always fails ends (paused clock), never a panic or a hang.
 
+use std::alloc::System;
+
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use std::time::Duration;
 
 use buttress_core::BoxError;
@@ -36,14 +39,21 @@ fn counts() -> impl Strategy<Value = u32> {
     prop_oneof![Just(0), Just(u32::MAX), 0u32..20, any::<u32>()]
 }
 
-/// Builds within a tenth of a second: no allocation by the size asked for.
-fn quick<T>(f: impl FnOnce() -> T) -> T {
-    let start = std::time::Instant::now();
+/// Counts the test binary's allocations, so that `bounded` can check them.
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Runs a build that must not allocate by the size asked for (a window or
+/// a queue of `u32::MAX` would take gigabytes): at most 64 MiB allocated
+/// while it runs, a loose bound since other tests of this binary may
+/// allocate at the same time. Counted, not timed: exact on any machine.
+fn bounded<T>(f: impl FnOnce() -> T) -> T {
+    let region = Region::new(GLOBAL);
     let out = f();
+    let allocated = region.change().bytes_allocated;
     assert!(
-        start.elapsed() < Duration::from_millis(100),
-        "slow build: {:?}",
-        start.elapsed()
+        allocated < 64 << 20,
+        "the build allocated {allocated} bytes"
     );
     out
 }
@@ -113,7 +123,7 @@ proptest! {
         if unbounded {
             b = b.unbounded_retries();
         }
-        let Ok(layer) = quick(|| b.build()) else { return Ok(()) };
+        let Ok(layer) = bounded(|| b.build()) else { return Ok(()) };
         prop_assert!(max_delay <= Duration::from_secs(3600));
         prop_assert!(max_attempts <= 10 || budget || max_elapsed.is_some() || unbounded);
         // A service that always fails: the retries end with the attempts
@@ -143,7 +153,7 @@ proptest! {
         b in durations(),
     ) {
         for builder in [RetryLayer::exponential(max_attempts, a, b), RetryLayer::fixed(max_attempts, a)] {
-            if let Ok(layer) = quick(|| builder.build()) {
+            if let Ok(layer) = bounded(|| builder.build()) {
                 let svc = layer.layer(service_fn(|x: u32| async move { Ok::<u32, BoxError>(x) }));
                 prop_assert_eq!(finishes(svc.oneshot(3)).unwrap(), 3);
             }

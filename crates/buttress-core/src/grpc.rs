@@ -246,19 +246,7 @@ where
     type Future = ErrorToStatusFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.broken {
-            return Poll::Ready(Ok(()));
-        }
-        match self.inner.poll_ready(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-            Poll::Ready(Err(e)) => {
-                let err: BoxError = e.into();
-                tracing::error!(error = %err, "inner service failed in poll_ready; answering Internal");
-                self.broken = true;
-                Poll::Ready(Ok(()))
-            }
-        }
+        crate::response::poll_ready_or_break(&mut self.inner, cx, &mut self.broken, "Internal")
     }
 
     fn call(&mut self, req: Req) -> Self::Future {

@@ -420,19 +420,7 @@ where
     type Future = ErrorToResponseFuture<S::Future, Fmt>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.broken {
-            return Poll::Ready(Ok(()));
-        }
-        match self.inner.poll_ready(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-            Poll::Ready(Err(e)) => {
-                let err: BoxError = e.into();
-                tracing::error!(error = %err, "inner service failed in poll_ready; answering 500");
-                self.broken = true;
-                Poll::Ready(Ok(()))
-            }
-        }
+        poll_ready_or_break(&mut self.inner, cx, &mut self.broken, "500")
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
@@ -448,6 +436,35 @@ where
                 inner: self.inner.call(req),
                 config: Some(self.config.clone()),
             },
+        }
+    }
+}
+
+/// `poll_ready` of a layer that answers every error itself: an error of
+/// the inner service's `poll_ready` is logged once and marks the service
+/// `broken`, so that its calls are answered with an error response
+/// (`answer` names it in the log) instead of failing readiness.
+pub(crate) fn poll_ready_or_break<S, Req>(
+    inner: &mut S,
+    cx: &mut Context<'_>,
+    broken: &mut bool,
+    answer: &str,
+) -> Poll<Result<(), Infallible>>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    if *broken {
+        return Poll::Ready(Ok(()));
+    }
+    match inner.poll_ready(cx) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+        Poll::Ready(Err(e)) => {
+            let err: BoxError = e.into();
+            tracing::error!(error = %err, "inner service failed in poll_ready; answering {answer}");
+            *broken = true;
+            Poll::Ready(Ok(()))
         }
     }
 }

@@ -215,60 +215,269 @@ impl fmt::Display for CircuitOpen {
 
 impl StdError for CircuitOpen {}
 
+/// The quota of a rate-limit policy at the time of a call: what the
+/// `RateLimit-Policy` and `RateLimit` response headers of
+/// draft-ietf-httpapi-ratelimit-headers advertise (see
+/// [`ratelimit_headers`](crate::response::ratelimit_headers)).
+///
+/// `limit` quota units (requests, unless the limiter counts otherwise) per
+/// `window`, of which `remaining` are left; after `reset` the quota is
+/// restored. A plain value: the limiter that builds it decides what the
+/// numbers mean for its algorithm.
+///
+/// ```
+/// use buttress_core::Quota;
+/// use std::time::Duration;
+///
+/// // 100 requests a minute, none left, restored in 30 s.
+/// let quota = Quota::new("api".into(), 100, Duration::from_secs(60), 0, Duration::from_secs(30));
+/// assert_eq!(quota.policy(), "api");
+/// assert_eq!(quota.limit(), 100);
+/// assert_eq!(quota.window(), Duration::from_secs(60));
+/// assert_eq!(quota.remaining(), 0);
+/// assert_eq!(quota.reset(), Duration::from_secs(30));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    policy: Arc<str>,
+    limit: u64,
+    window: Duration,
+    remaining: u64,
+    reset: Duration,
+}
+
+impl Quota {
+    /// The policy named `policy` allows `limit` units per `window`;
+    /// `remaining` are left, and the quota is restored after `reset`.
+    ///
+    /// ```
+    /// use buttress_core::Quota;
+    /// use std::time::Duration;
+    ///
+    /// let quota = Quota::new("per-client".into(), 10, Duration::from_secs(1), 3, Duration::from_millis(400));
+    /// assert_eq!(quota.remaining(), 3);
+    /// ```
+    pub fn new(
+        policy: Arc<str>,
+        limit: u64,
+        window: Duration,
+        remaining: u64,
+        reset: Duration,
+    ) -> Self {
+        Self {
+            policy,
+            limit,
+            window,
+            remaining,
+            reset,
+        }
+    }
+
+    /// The name of the policy: the list item of both headers. Any text;
+    /// the headers escape it (see
+    /// [`ratelimit_headers`](crate::response::ratelimit_headers)).
+    ///
+    /// ```
+    /// use buttress_core::Quota;
+    /// use std::time::Duration;
+    ///
+    /// let quota = Quota::new("api".into(), 100, Duration::from_secs(60), 99, Duration::ZERO);
+    /// assert_eq!(quota.policy(), "api");
+    /// ```
+    pub fn policy(&self) -> &str {
+        &self.policy
+    }
+
+    /// Units allowed per [`window`](Quota::window): the header's `q`.
+    ///
+    /// ```
+    /// use buttress_core::Quota;
+    /// use std::time::Duration;
+    ///
+    /// let quota = Quota::new("api".into(), 100, Duration::from_secs(60), 99, Duration::ZERO);
+    /// assert_eq!(quota.limit(), 100);
+    /// ```
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The window the [`limit`](Quota::limit) applies to: the header's
+    /// `w`, in whole seconds rounded up.
+    ///
+    /// ```
+    /// use buttress_core::Quota;
+    /// use std::time::Duration;
+    ///
+    /// let quota = Quota::new("api".into(), 100, Duration::from_secs(60), 99, Duration::ZERO);
+    /// assert_eq!(quota.window(), Duration::from_secs(60));
+    /// ```
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Units left: the header's `r`.
+    ///
+    /// ```
+    /// use buttress_core::Quota;
+    /// use std::time::Duration;
+    ///
+    /// let quota = Quota::new("api".into(), 100, Duration::from_secs(60), 99, Duration::ZERO);
+    /// assert_eq!(quota.remaining(), 99);
+    /// ```
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
+    /// Time until the quota is restored: the header's `t`, in whole
+    /// seconds rounded up.
+    ///
+    /// ```
+    /// use buttress_core::Quota;
+    /// use std::time::Duration;
+    ///
+    /// let quota = Quota::new("api".into(), 100, Duration::from_secs(60), 0, Duration::from_millis(1500));
+    /// assert_eq!(quota.reset(), Duration::from_millis(1500));
+    /// ```
+    pub fn reset(&self) -> Duration {
+        self.reset
+    }
+}
+
 /// A rate limiter rejected the call.
+///
+/// ```
+/// use buttress_core::{Quota, RateLimited};
+/// use std::time::Duration;
+///
+/// let limited = RateLimited::new("api".into(), Some(Duration::from_secs(30)));
+/// assert_eq!(limited.retry_after(), Some(Duration::from_secs(30)));
+/// assert_eq!(limited.quota(), None);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimited {
     name: Arc<str>,
     retry_after: Option<Duration>,
-    limit: Option<u64>,
-    remaining: Option<u64>,
-    reset: Option<Duration>,
+    quota: Option<Quota>,
 }
 
 impl RateLimited {
     /// The limiter `name` rejected a call; the next one is admitted after
     /// `retry_after`.
+    ///
+    /// ```
+    /// use buttress_core::RateLimited;
+    ///
+    /// let limited = RateLimited::new("api".into(), None);
+    /// assert_eq!(limited.name(), "api");
+    /// ```
     pub fn new(name: Arc<str>, retry_after: Option<Duration>) -> Self {
         Self {
             name,
             retry_after,
-            limit: None,
-            remaining: None,
-            reset: None,
+            quota: None,
         }
     }
 
-    /// Attach the quota, for the `RateLimit-*` response headers.
-    pub fn with_quota(mut self, limit: u64, remaining: u64, reset: Duration) -> Self {
-        self.limit = Some(limit);
-        self.remaining = Some(remaining);
-        self.reset = Some(reset);
+    /// Attach the quota, for the `RateLimit-Policy` and `RateLimit`
+    /// response headers (and the gRPC metadata of the same names).
+    ///
+    /// When a response carries both `Retry-After` and `RateLimit`, the
+    /// draft asks that they agree (`Retry-After` not earlier than `t`), so
+    /// a limiter should give a `reset` consistent with `retry_after`.
+    ///
+    /// ```
+    /// use buttress_core::{Quota, RateLimited};
+    /// use std::time::Duration;
+    ///
+    /// let quota = Quota::new("api".into(), 100, Duration::from_secs(60), 0, Duration::from_secs(30));
+    /// let limited = RateLimited::new("api".into(), Some(Duration::from_secs(30))).with_quota(quota);
+    /// assert_eq!(limited.limit(), Some(100));
+    /// assert_eq!(limited.quota().unwrap().window(), Duration::from_secs(60));
+    /// ```
+    pub fn with_quota(mut self, quota: Quota) -> Self {
+        self.quota = Some(quota);
         self
     }
 
     /// The name of the limiter.
+    ///
+    /// ```
+    /// use buttress_core::RateLimited;
+    ///
+    /// assert_eq!(RateLimited::new("per-client".into(), None).name(), "per-client");
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// How long until a call would be admitted.
+    ///
+    /// ```
+    /// use buttress_core::RateLimited;
+    /// use std::time::Duration;
+    ///
+    /// let limited = RateLimited::new("api".into(), Some(Duration::from_millis(250)));
+    /// assert_eq!(limited.retry_after(), Some(Duration::from_millis(250)));
+    /// ```
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
 
-    /// Requests allowed per window, if known.
+    /// The quota, if attached with [`with_quota`](RateLimited::with_quota).
+    ///
+    /// ```
+    /// use buttress_core::{Quota, RateLimited};
+    /// use std::time::Duration;
+    ///
+    /// let quota = Quota::new("api".into(), 100, Duration::from_secs(60), 0, Duration::from_secs(30));
+    /// let limited = RateLimited::new("api".into(), None).with_quota(quota.clone());
+    /// assert_eq!(limited.quota(), Some(&quota));
+    /// assert_eq!(RateLimited::new("api".into(), None).quota(), None);
+    /// ```
+    pub fn quota(&self) -> Option<&Quota> {
+        self.quota.as_ref()
+    }
+
+    /// Units allowed per window ([`Quota::limit`]), if a quota is attached.
+    ///
+    /// ```
+    /// use buttress_core::{Quota, RateLimited};
+    /// use std::time::Duration;
+    ///
+    /// let quota = Quota::new("api".into(), 100, Duration::from_secs(60), 0, Duration::from_secs(30));
+    /// assert_eq!(RateLimited::new("api".into(), None).with_quota(quota).limit(), Some(100));
+    /// ```
     pub fn limit(&self) -> Option<u64> {
-        self.limit
+        self.quota.as_ref().map(Quota::limit)
     }
 
-    /// Requests left in the window, if known.
+    /// Units left in the window ([`Quota::remaining`]), if a quota is
+    /// attached.
+    ///
+    /// ```
+    /// use buttress_core::{Quota, RateLimited};
+    /// use std::time::Duration;
+    ///
+    /// let quota = Quota::new("api".into(), 100, Duration::from_secs(60), 0, Duration::from_secs(30));
+    /// assert_eq!(RateLimited::new("api".into(), None).with_quota(quota).remaining(), Some(0));
+    /// ```
     pub fn remaining(&self) -> Option<u64> {
-        self.remaining
+        self.quota.as_ref().map(Quota::remaining)
     }
 
-    /// Time until the quota is fully restored, if known.
+    /// Time until the quota is restored ([`Quota::reset`]), if a quota is
+    /// attached.
+    ///
+    /// ```
+    /// use buttress_core::{Quota, RateLimited};
+    /// use std::time::Duration;
+    ///
+    /// let quota = Quota::new("api".into(), 100, Duration::from_secs(60), 0, Duration::from_secs(30));
+    /// let limited = RateLimited::new("api".into(), None).with_quota(quota);
+    /// assert_eq!(limited.reset(), Some(Duration::from_secs(30)));
+    /// ```
     pub fn reset(&self) -> Option<Duration> {
-        self.reset
+        self.quota.as_ref().map(Quota::reset)
     }
 }
 
@@ -536,6 +745,30 @@ mod tests {
         let outer: BoxError = Wrapper(inner).into();
         assert_eq!(kind_of(&*outer), Some(ErrorKind::RateLimited));
         assert_eq!(retry_after(&*outer), Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn rate_limited_reads_limit_remaining_and_reset_from_its_quota() {
+        let limited = RateLimited::new("api".into(), Some(Duration::from_secs(2)));
+        assert_eq!(limited.quota(), None);
+        assert_eq!(limited.limit(), None);
+        assert_eq!(limited.remaining(), None);
+        assert_eq!(limited.reset(), None);
+
+        let quota = Quota::new(
+            "per-client".into(),
+            10,
+            Duration::from_secs(1),
+            0,
+            Duration::from_millis(1500),
+        );
+        let limited = limited.with_quota(quota.clone());
+        assert_eq!(limited.quota(), Some(&quota));
+        assert_eq!(limited.quota().unwrap().policy(), "per-client");
+        assert_eq!(limited.limit(), Some(10));
+        assert_eq!(limited.remaining(), Some(0));
+        assert_eq!(limited.reset(), Some(Duration::from_millis(1500)));
+        assert_eq!(limited.retry_after(), Some(Duration::from_secs(2)));
     }
 
     #[test]

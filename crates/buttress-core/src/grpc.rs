@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | [`BulkheadFull`] | `Unavailable` | `service unavailable` | `grpc-retry-pushback-ms` when known |
 //! | [`CircuitOpen`] | `Unavailable` | `service unavailable` | `grpc-retry-pushback-ms` when known |
-//! | [`RateLimited`] | `ResourceExhausted` | `rate limit exceeded` | `grpc-retry-pushback-ms` when known |
+//! | [`RateLimited`] | `ResourceExhausted` | `rate limit exceeded` | `grpc-retry-pushback-ms` when known; `ratelimit-policy` and `ratelimit` when a [`Quota`] is attached |
 //! | [`Elapsed`] | `DeadlineExceeded` | `deadline exceeded` | |
 //! | a `tonic::Status` | itself | its own | its own |
 //! | anything else | `Internal` | `internal error` | |
@@ -21,6 +21,10 @@
 //!
 //! `grpc-retry-pushback-ms` is gRPC's pushback convention: how long a
 //! client should wait before retrying, in whole milliseconds, rounded up.
+//! `ratelimit-policy` and `ratelimit` are ASCII metadata with the same text
+//! as the HTTP headers of draft-ietf-httpapi-ratelimit-headers (see
+//! [`ratelimit_headers`](crate::response::ratelimit_headers)), e.g.
+//! `"api";q=100;w=60` and `"api";r=0;t=30`.
 //!
 //! - **Servers**: [`ErrorToStatusLayer`] goes outermost in
 //!   `tonic::transport::Server::builder().layer(...)`. Without it, tonic
@@ -48,7 +52,7 @@ use tonic::{Code, Status};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::error::{chain, BoxError, BulkheadFull, CircuitOpen, Elapsed, RateLimited};
+use crate::error::{chain, BoxError, BulkheadFull, CircuitOpen, Elapsed, Quota, RateLimited};
 
 /// The metadata key of gRPC's retry pushback, in milliseconds.
 pub const RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
@@ -120,7 +124,10 @@ fn find_status(err: &(dyn StdError + 'static), detailed: bool) -> Option<Status>
             return Some(with_pushback(status, e.retry_after()));
         }
         if let Some(e) = e.downcast_ref::<RateLimited>() {
-            let status = Status::resource_exhausted(message("rate limit exceeded", e));
+            let mut status = Status::resource_exhausted(message("rate limit exceeded", e));
+            if let Some(quota) = e.quota() {
+                with_quota(&mut status, quota);
+            }
             return Some(with_pushback(status, e.retry_after()));
         }
         if let Some(e) = e.downcast_ref::<Elapsed>() {
@@ -128,6 +135,23 @@ fn find_status(err: &(dyn StdError + 'static), detailed: bool) -> Option<Status>
         }
     }
     None
+}
+
+/// Adds the quota as `ratelimit-policy` and `ratelimit` metadata.
+fn with_quota(status: &mut Status, quota: &Quota) {
+    // Only printable ASCII is written, which ASCII metadata accepts.
+    let fields = [
+        (
+            "ratelimit-policy",
+            crate::response::ratelimit_policy_text(quota),
+        ),
+        ("ratelimit", crate::response::ratelimit_text(quota)),
+    ];
+    for (key, text) in fields {
+        if let Ok(value) = MetadataValue::try_from(text) {
+            status.metadata_mut().insert(key, value);
+        }
+    }
 }
 
 fn with_pushback(mut status: Status, retry_after: Option<Duration>) -> Status {
@@ -521,6 +545,47 @@ mod tests {
         assert!(!detailed_status_from_error(&*e)
             .message()
             .contains("hunter2"));
+    }
+
+    #[test]
+    fn rate_limited_quota_becomes_ratelimit_metadata() {
+        let quota = Quota::new(
+            r#"api "v1""#.into(),
+            100,
+            Duration::from_secs(60),
+            0,
+            Duration::from_millis(29_001),
+        );
+        let e: BoxError = RateLimited::new("api".into(), Some(Duration::from_secs(30)))
+            .with_quota(quota)
+            .into();
+        for s in [
+            status_from_error(&*e),
+            detailed_status_from_error(&*e),
+            RejectionToStatusLayer::new()
+                .map_error(RateLimited::clone(find(&*e).unwrap()).into())
+                .downcast_ref::<Status>()
+                .unwrap()
+                .clone(),
+        ] {
+            assert_eq!(s.code(), Code::ResourceExhausted);
+            assert_eq!(s.metadata().get(RETRY_PUSHBACK_MS).unwrap(), "30000");
+            assert_eq!(
+                s.metadata().get("ratelimit-policy").unwrap(),
+                r#""api \"v1\"";q=100;w=60"#
+            );
+            assert_eq!(
+                s.metadata().get("ratelimit").unwrap(),
+                r#""api \"v1\"";r=0;t=30"#
+            );
+        }
+
+        // Without a quota, only the pushback.
+        let e: BoxError = RateLimited::new("api".into(), Some(Duration::from_secs(1))).into();
+        let s = status_from_error(&*e);
+        assert!(s.metadata().get("ratelimit-policy").is_none());
+        assert!(s.metadata().get("ratelimit").is_none());
+        assert_eq!(s.metadata().get(RETRY_PUSHBACK_MS).unwrap(), "1000");
     }
 
     #[test]

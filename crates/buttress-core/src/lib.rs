@@ -12,8 +12,8 @@
 //!   checks and dashboards.
 //! - [`key`]: which bucket a request belongs to, for keyed instances.
 //! - [`error`]: [`ConfigError`], the rejection errors ([`BulkheadFull`],
-//!   [`Elapsed`], [`CircuitOpen`], [`RateLimited`], [`RetryExhausted`]) and
-//!   helpers to inspect a [`BoxError`].
+//!   [`Elapsed`], [`CircuitOpen`], [`RateLimited`] with its [`Quota`],
+//!   [`RetryExhausted`]) and helpers to inspect a [`BoxError`].
 //! - [`response`]: rejections to HTTP responses, [`grpc`] (feature `tonic`):
 //!   to `tonic::Status`.
 //! - [`deadline`]: per-request deadlines carried in request extensions.
@@ -44,7 +44,7 @@ pub mod response;
 
 pub use error::{
     BoxError, BulkheadFull, BulkheadFullReason, CircuitOpen, ConfigError, Elapsed, ErrorKind,
-    RateLimited, RetryExhausted,
+    Quota, RateLimited, RetryExhausted,
 };
 pub use event::{Listener, Listeners};
 pub use key::KeyExtractor;

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | [`BulkheadFull`] | 503 Service Unavailable | `Retry-After` when known |
 //! | [`CircuitOpen`] | 503 Service Unavailable | `Retry-After` when known |
-//! | [`RateLimited`] | 429 Too Many Requests | `Retry-After`, `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` when known |
+//! | [`RateLimited`] | 429 Too Many Requests | `Retry-After` when known; `RateLimit-Policy` and `RateLimit` when a [`Quota`] is attached |
 //! | [`Elapsed`] | 504 Gateway Timeout (configurable, e.g. 408) | |
 //! | anything else | 500 Internal Server Error | |
 //!
@@ -13,6 +13,17 @@
 //! rejection that ended its last attempt. `Retry-After` is in whole
 //! seconds, rounded up, and present whenever the rejection carries a retry
 //! hint (a bulkhead's only when the bulkhead sets one).
+//!
+//! **Rate-limit headers.** A [`RateLimited`] that carries a [`Quota`]
+//! (see [`RateLimited::with_quota`]) adds the two fields of
+//! draft-ietf-httpapi-ratelimit-headers (versions 08 to 10), written by
+//! [`ratelimit_headers`], which a rate limiter can also call on the
+//! responses it lets through:
+//!
+//! ```text
+//! RateLimit-Policy: "api";q=100;w=60
+//! RateLimit: "api";r=0;t=30
+//! ```
 //!
 //! **Bodies.** By default the body is empty, with no content type, and
 //! never contains the error text, which may leak internals; an unknown
@@ -57,12 +68,14 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::error::{chain, BoxError, BulkheadFull, CircuitOpen, Elapsed, ErrorKind, RateLimited};
+use crate::error::{
+    chain, BoxError, BulkheadFull, CircuitOpen, Elapsed, ErrorKind, Quota, RateLimited,
+};
 
 /// `Retry-After` in whole seconds, rounded up, so a client never comes back
 /// early; `None` when no wait remains.
@@ -80,8 +93,134 @@ pub fn retry_after_secs(wait: Duration) -> Option<u64> {
     if wait.is_zero() {
         None
     } else {
-        Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+        Some(ceil_secs(wait))
     }
+}
+
+/// Whole seconds, rounded up; saturates instead of overflowing on
+/// `Duration::MAX`.
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
+}
+
+// ===== rate-limit headers =====
+
+/// The `RateLimit-Policy` header name (draft-ietf-httpapi-ratelimit-headers):
+/// the quota policy, `"name";q=<limit>;w=<window>`. See
+/// [`ratelimit_headers`].
+///
+/// ```
+/// use buttress_core::response::RATELIMIT_POLICY;
+///
+/// assert_eq!(RATELIMIT_POLICY, "ratelimit-policy");
+/// ```
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// The `RateLimit` header name (draft-ietf-httpapi-ratelimit-headers): the
+/// current service limit, `"name";r=<remaining>;t=<reset>`. See
+/// [`ratelimit_headers`].
+///
+/// ```
+/// use buttress_core::response::RATELIMIT;
+///
+/// assert_eq!(RATELIMIT, "ratelimit");
+/// ```
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// The largest Integer a Structured Field can carry (15 digits).
+const SF_INTEGER_MAX: u64 = 999_999_999_999_999;
+
+/// Inserts the `RateLimit-Policy` and `RateLimit` headers of
+/// draft-ietf-httpapi-ratelimit-headers (versions 08 to 10) for `quota`,
+/// replacing any already in `headers`.
+///
+/// The error-to-response mapping calls it for a [`RateLimited`] that
+/// carries a quota; a rate limiter calls it to advertise its quota on the
+/// responses it admits.
+///
+/// Each header is a Structured Field List of one Item, the policy name as
+/// a String, with Integer parameters:
+///
+/// - `RateLimit-Policy`: `q` is [`Quota::limit`]; `w` is
+///   [`Quota::window`] in whole seconds, rounded up (the draft has no
+///   sub-second windows), and left out when the window is zero, which the
+///   draft does not allow.
+/// - `RateLimit`: `r` is [`Quota::remaining`]; `t` is [`Quota::reset`] in
+///   whole seconds, rounded up so a client never comes back early (`0`
+///   when nothing is left to wait).
+/// - The name is quoted, with `"` and `\` escaped by a backslash. Every
+///   byte outside printable ASCII (`0x20` to `0x7E`), which a String cannot
+///   carry, is replaced by `_`, one per byte (`café` becomes `"caf__"`):
+///   replaced rather than rejected, so that a name never costs a response
+///   its headers nor makes an invalid one.
+/// - A number above the largest Structured Field Integer
+///   (999,999,999,999,999) is sent as that largest value.
+///
+/// ```
+/// use buttress_core::response::{ratelimit_headers, RATELIMIT, RATELIMIT_POLICY};
+/// use buttress_core::Quota;
+/// use std::time::Duration;
+///
+/// let quota = Quota::new("api".into(), 100, Duration::from_secs(60), 0, Duration::from_secs(30));
+/// let mut headers = http::HeaderMap::new();
+/// ratelimit_headers(&quota, &mut headers);
+/// assert_eq!(headers[RATELIMIT_POLICY], r#""api";q=100;w=60"#);
+/// assert_eq!(headers[RATELIMIT], r#""api";r=0;t=30"#);
+/// ```
+pub fn ratelimit_headers(quota: &Quota, headers: &mut HeaderMap) {
+    // Only printable ASCII is written, which every header value accepts.
+    if let Ok(value) = HeaderValue::try_from(ratelimit_policy_text(quota)) {
+        headers.insert(RATELIMIT_POLICY, value);
+    }
+    if let Ok(value) = HeaderValue::try_from(ratelimit_text(quota)) {
+        headers.insert(RATELIMIT, value);
+    }
+}
+
+/// The `RateLimit-Policy` field value for `quota`; also sent as gRPC
+/// metadata.
+pub(crate) fn ratelimit_policy_text(quota: &Quota) -> String {
+    let mut text = String::with_capacity(quota.policy().len() + 48);
+    push_sf_string(&mut text, quota.policy());
+    push_sf_integer_param(&mut text, "q", quota.limit());
+    let window = ceil_secs(quota.window());
+    if window > 0 {
+        push_sf_integer_param(&mut text, "w", window);
+    }
+    text
+}
+
+/// The `RateLimit` field value for `quota`; also sent as gRPC metadata.
+pub(crate) fn ratelimit_text(quota: &Quota) -> String {
+    let mut text = String::with_capacity(quota.policy().len() + 48);
+    push_sf_string(&mut text, quota.policy());
+    push_sf_integer_param(&mut text, "r", quota.remaining());
+    push_sf_integer_param(&mut text, "t", ceil_secs(quota.reset()));
+    text
+}
+
+/// Appends `s` as a Structured Field String; see [`ratelimit_headers`] for
+/// the bytes it cannot carry.
+fn push_sf_string(out: &mut String, s: &str) {
+    out.push('"');
+    for b in s.bytes() {
+        match b {
+            b'"' | b'\\' => {
+                out.push('\\');
+                out.push(char::from(b));
+            }
+            0x20..=0x7e => out.push(char::from(b)),
+            _ => out.push('_'),
+        }
+    }
+    out.push('"');
+}
+
+/// Appends `;key=value`, the value clamped to a Structured Field Integer.
+fn push_sf_integer_param(out: &mut String, key: &str, value: u64) {
+    use std::fmt::Write as _;
+    // Writing to a `String` cannot fail.
+    let _ = write!(out, ";{key}={}", value.min(SF_INTEGER_MAX));
 }
 
 /// Builds the response for an error, as described in the [module
@@ -140,15 +279,8 @@ fn classify<'a>(
             return (StatusCode::SERVICE_UNAVAILABLE, r.retry_after(), Some(e));
         }
         if let Some(r) = e.downcast_ref::<RateLimited>() {
-            if let Some(limit) = r.limit() {
-                headers.insert("ratelimit-limit", HeaderValue::from(limit));
-            }
-            if let Some(remaining) = r.remaining() {
-                headers.insert("ratelimit-remaining", HeaderValue::from(remaining));
-            }
-            if let Some(reset) = r.reset() {
-                let secs = retry_after_secs(reset).unwrap_or(0);
-                headers.insert("ratelimit-reset", HeaderValue::from(secs));
+            if let Some(quota) = r.quota() {
+                ratelimit_headers(quota, headers);
             }
             return (StatusCode::TOO_MANY_REQUESTS, r.retry_after(), Some(e));
         }
@@ -543,6 +675,91 @@ mod tests {
         error_response(&*err, StatusCode::GATEWAY_TIMEOUT)
     }
 
+    fn quota(policy: &str, limit: u64, window_ms: u64, remaining: u64, reset_ms: u64) -> Quota {
+        Quota::new(
+            policy.into(),
+            limit,
+            Duration::from_millis(window_ms),
+            remaining,
+            Duration::from_millis(reset_ms),
+        )
+    }
+
+    /// The two header values `ratelimit_headers` writes for `quota`.
+    fn fields(quota: &Quota) -> (String, String) {
+        let mut headers = HeaderMap::new();
+        ratelimit_headers(quota, &mut headers);
+        assert_eq!(headers.len(), 2);
+        let text = |name| headers[name].to_str().unwrap().to_owned();
+        (text(RATELIMIT_POLICY), text(RATELIMIT))
+    }
+
+    #[test]
+    fn ratelimit_headers_write_the_draft_fields_exactly() {
+        let (policy, limit) = fields(&quota("api", 100, 60_000, 0, 30_000));
+        assert_eq!(policy, r#""api";q=100;w=60"#);
+        assert_eq!(limit, r#""api";r=0;t=30"#);
+
+        let (policy, limit) = fields(&quota("per-client", 5, 1000, 4, 200));
+        assert_eq!(policy, r#""per-client";q=5;w=1"#);
+        assert_eq!(limit, r#""per-client";r=4;t=1"#);
+    }
+
+    #[test]
+    fn ratelimit_headers_escape_quote_and_backslash_in_the_name() {
+        let (policy, limit) = fields(&quota(r#"a"b\c"#, 1, 1000, 0, 0));
+        assert_eq!(policy, r#""a\"b\\c";q=1;w=1"#);
+        assert_eq!(limit, r#""a\"b\\c";r=0;t=0"#);
+    }
+
+    #[test]
+    fn ratelimit_headers_replace_each_non_printable_ascii_byte() {
+        // "é" (two bytes in UTF-8), tab, newline, DEL.
+        let (policy, limit) = fields(&quota("caf\u{e9}\t\n\u{7f}x", 1, 1000, 1, 0));
+        assert_eq!(policy, r#""caf_____x";q=1;w=1"#);
+        assert_eq!(limit, r#""caf_____x";r=1;t=0"#);
+        let (policy, _) = fields(&quota("", 1, 1000, 1, 0));
+        assert_eq!(policy, r#""";q=1;w=1"#);
+    }
+
+    #[test]
+    fn ratelimit_reset_is_rounded_up_to_whole_seconds() {
+        assert_eq!(fields(&quota("p", 1, 1000, 0, 1500)).1, r#""p";r=0;t=2"#);
+        assert_eq!(fields(&quota("p", 1, 1000, 0, 0)).1, r#""p";r=0;t=0"#);
+        assert_eq!(fields(&quota("p", 1, 1000, 0, 1)).1, r#""p";r=0;t=1"#);
+        assert_eq!(fields(&quota("p", 1, 1000, 0, 2000)).1, r#""p";r=0;t=2"#);
+    }
+
+    #[test]
+    fn ratelimit_window_is_in_whole_seconds() {
+        assert_eq!(fields(&quota("p", 10, 1000, 9, 0)).0, r#""p";q=10;w=1"#);
+        assert_eq!(fields(&quota("p", 10, 60_000, 9, 0)).0, r#""p";q=10;w=60"#);
+        // The draft has no sub-second windows: rounded up, never to zero.
+        assert_eq!(fields(&quota("p", 10, 500, 9, 0)).0, r#""p";q=10;w=1"#);
+        assert_eq!(fields(&quota("p", 10, 1500, 9, 0)).0, r#""p";q=10;w=2"#);
+        // The draft does not allow a zero window: `w` is left out.
+        assert_eq!(fields(&quota("p", 10, 0, 9, 0)).0, r#""p";q=10"#);
+    }
+
+    #[test]
+    fn ratelimit_numbers_are_clamped_to_structured_field_integers() {
+        let huge = Quota::new("p".into(), u64::MAX, Duration::MAX, u64::MAX, Duration::MAX);
+        let (policy, limit) = fields(&huge);
+        assert_eq!(policy, r#""p";q=999999999999999;w=999999999999999"#);
+        assert_eq!(limit, r#""p";r=999999999999999;t=999999999999999"#);
+        assert_eq!(retry_after_secs(Duration::MAX), Some(u64::MAX));
+    }
+
+    #[test]
+    fn ratelimit_headers_replace_earlier_values() {
+        let mut headers = HeaderMap::new();
+        ratelimit_headers(&quota("a", 1, 1000, 1, 0), &mut headers);
+        ratelimit_headers(&quota("b", 2, 1000, 0, 500), &mut headers);
+        assert_eq!(headers.len(), 2);
+        assert_eq!(headers[RATELIMIT_POLICY], r#""b";q=2;w=1"#);
+        assert_eq!(headers[RATELIMIT], r#""b";r=0;t=1"#);
+    }
+
     #[test]
     fn maps_each_rejection() {
         let r = resp(BulkheadFull::new("b".into(), BulkheadFullReason::QueueFull).into());
@@ -554,15 +771,23 @@ mod tests {
         assert_eq!(r.headers()["retry-after"], "2");
 
         let r = resp(
-            RateLimited::new("r".into(), Some(Duration::from_millis(10)))
-                .with_quota(100, 0, Duration::from_secs(30))
+            RateLimited::new("r".into(), Some(Duration::from_secs(30)))
+                .with_quota(quota("api", 100, 60_000, 0, 30_000))
                 .into(),
         );
         assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after"], "30");
+        assert_eq!(r.headers()["ratelimit-policy"], r#""api";q=100;w=60"#);
+        assert_eq!(r.headers()["ratelimit"], r#""api";r=0;t=30"#);
+        assert!(r.headers().get("ratelimit-limit").is_none());
+        assert!(r.headers().get("ratelimit-remaining").is_none());
+        assert!(r.headers().get("ratelimit-reset").is_none());
+
+        let r = resp(RateLimited::new("r".into(), Some(Duration::from_millis(10))).into());
+        assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["retry-after"], "1");
-        assert_eq!(r.headers()["ratelimit-limit"], "100");
-        assert_eq!(r.headers()["ratelimit-remaining"], "0");
-        assert_eq!(r.headers()["ratelimit-reset"], "30");
+        assert!(r.headers().get(RATELIMIT_POLICY).is_none());
+        assert!(r.headers().get(RATELIMIT).is_none());
 
         let r = resp(Elapsed::new("t".into(), Duration::from_secs(1)).into());
         assert_eq!(r.status(), 504);
@@ -616,17 +841,13 @@ mod tests {
         assert_eq!(r.headers()["retry-after"], "3");
         assert_eq!(json(&r)["title"], "Service Unavailable");
 
-        let limited = RateLimited::new("api".into(), Some(Duration::from_millis(1500))).with_quota(
-            10,
-            0,
-            Duration::from_millis(9500),
-        );
+        let limited = RateLimited::new("api".into(), Some(Duration::from_millis(1500)))
+            .with_quota(quota("api", 10, 10_000, 0, 1500));
         let r = problem(layer, limited.into());
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["retry-after"], "2");
-        assert_eq!(r.headers()["ratelimit-limit"], "10");
-        assert_eq!(r.headers()["ratelimit-remaining"], "0");
-        assert_eq!(r.headers()["ratelimit-reset"], "10");
+        assert_eq!(r.headers()["ratelimit-policy"], r#""api";q=10;w=10"#);
+        assert_eq!(r.headers()["ratelimit"], r#""api";r=0;t=2"#);
         assert_eq!(
             json(&r),
             serde_json::json!({"type": "about:blank", "title": "Too Many Requests", "status": 429})
@@ -700,8 +921,17 @@ mod tests {
             .layer(ErrorToResponseLayer::new().problem_json())
             .service_fn(|fail: bool| async move {
                 if fail {
+                    let quota = Quota::new(
+                        "api".into(),
+                        100,
+                        Duration::from_secs(60),
+                        0,
+                        Duration::from_secs(1),
+                    );
                     Err::<Response<String>, BoxError>(
-                        RateLimited::new("api".into(), Some(Duration::from_secs(1))).into(),
+                        RateLimited::new("api".into(), Some(Duration::from_secs(1)))
+                            .with_quota(quota)
+                            .into(),
                     )
                 } else {
                     Ok(Response::new("ok".to_owned()))
@@ -710,10 +940,14 @@ mod tests {
         let r = svc.clone().oneshot(true).await.unwrap();
         assert_eq!(r.status(), 429);
         assert_eq!(json(&r)["status"], 429);
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert_eq!(r.headers()["ratelimit-policy"], r#""api";q=100;w=60"#);
+        assert_eq!(r.headers()["ratelimit"], r#""api";r=0;t=1"#);
         let r = svc.oneshot(false).await.unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.body(), "ok");
         assert!(r.headers().get("content-type").is_none());
+        assert!(r.headers().get(RATELIMIT).is_none());
     }
 
     #[tokio::test]

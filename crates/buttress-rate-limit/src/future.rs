@@ -1,0 +1,300 @@
+//! Response futures.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use buttress_core::error::BoxError;
+use buttress_core::{Quota, RateLimited};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use crate::algorithm::Verdict;
+pub(crate) use crate::decide::{Decide, Decision};
+use crate::events::{Backend, RejectReason};
+use crate::headers::Headers;
+use crate::queue::{Enrolled, Turn};
+
+/// The rejection of a call and its accounting.
+pub(crate) fn reject<D: Decide>(
+    d: &D,
+    key: &D::Key,
+    now: u64,
+    cost: u64,
+    reason: RejectReason,
+    retry_after: Option<u64>,
+) -> BoxError {
+    d.counted(false);
+    d.policy()
+        .emit_rejected(cost, reason, retry_after, Backend::Local);
+    let retry_after = retry_after.map(Duration::from_nanos);
+    let mut quota = d.quota(key, now);
+    if let Some(wait) = retry_after {
+        // `t` of the `RateLimit` header says when this client may come
+        // back: the same moment as `Retry-After`, not when the limiter is
+        // full again.
+        quota = Quota::new(
+            d.policy().name.clone(),
+            quota.limit(),
+            quota.window(),
+            quota.remaining(),
+            wait,
+        );
+    }
+    RateLimited::new(d.policy().name.clone(), retry_after)
+        .with_quota(quota)
+        .into()
+}
+
+pin_project! {
+    /// Response future of the rate limiters: the inner call, a call waiting
+    /// for its permits, or a rejection.
+    pub struct ResponseFuture<S, Req, D, H>
+    where
+        S: Service<Req>,
+        D: Decide,
+    {
+        #[pin]
+        kind: Kind<S, Req, D>,
+        quota: Option<Quota>,
+        _headers: std::marker::PhantomData<fn() -> H>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<S, Req, D>
+    where
+        S: Service<Req>,
+        D: Decide,
+    {
+        Called {
+            #[pin]
+            inner: S::Future,
+        },
+        Waiting {
+            wait: Box<Wait<S, Req, D>>,
+        },
+        Rejected {
+            error: Option<BoxError>,
+        },
+    }
+}
+
+/// A call waiting in the queue, with the ready inner service and the
+/// request it will get.
+pub(crate) struct Wait<S, Req, D: Decide> {
+    pub(crate) shared: Arc<D>,
+    pub(crate) service: Option<S>,
+    pub(crate) request: Option<Req>,
+    pub(crate) enrolled: Enrolled<D::Key>,
+    pub(crate) cost: u64,
+    pub(crate) priority: u8,
+    /// Nanoseconds (limiter time) when it joined and when it gives up.
+    pub(crate) joined: u64,
+    pub(crate) deadline: u64,
+    pub(crate) sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S, Req, D, H> ResponseFuture<S, Req, D, H>
+where
+    S: Service<Req>,
+    D: Decide,
+{
+    #[inline]
+    pub(crate) fn called(inner: S::Future, quota: Option<Quota>) -> Self {
+        Self {
+            kind: Kind::Called { inner },
+            quota,
+            _headers: std::marker::PhantomData,
+        }
+    }
+
+    pub(crate) fn rejected(error: BoxError) -> Self {
+        Self {
+            kind: Kind::Rejected { error: Some(error) },
+            quota: None,
+            _headers: std::marker::PhantomData,
+        }
+    }
+
+    pub(crate) fn waiting(wait: Wait<S, Req, D>) -> Self {
+        Self {
+            kind: Kind::Waiting {
+                wait: Box::new(wait),
+            },
+            quota: None,
+            _headers: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<S, Req, D, H> fmt::Debug for ResponseFuture<S, Req, D, H>
+where
+    S: Service<Req>,
+    D: Decide,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.kind {
+            Kind::Called { .. } => "called",
+            Kind::Waiting { .. } => "waiting",
+            Kind::Rejected { .. } => "rejected",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a waiting call stands after one turn.
+enum Step<F> {
+    Pending,
+    Call(F),
+    Reject(BoxError),
+}
+
+impl<S, Req, D: Decide> Wait<S, Req, D>
+where
+    S: Service<Req>,
+{
+    fn poll_turn(
+        &mut self,
+        cx: &mut Context<'_>,
+        headers: bool,
+    ) -> (Step<S::Future>, Option<Quota>) {
+        let shared = self.shared.clone();
+        let d = &*shared;
+        loop {
+            let now = d.time().now();
+            let mut keys_full = false;
+            let turn = self.enrolled.turn(cx.waker(), |key| {
+                match d.decide(key, now, self.cost, self.priority) {
+                    Decision::Allow => Verdict::Allow,
+                    Decision::Deny(wait) => Verdict::Deny(wait),
+                    Decision::KeysFull => {
+                        keys_full = true;
+                        Verdict::Deny(None)
+                    }
+                }
+            });
+            let wake_at = match turn {
+                Turn::Acquired => {
+                    d.counted(true);
+                    d.policy().emit_permitted(
+                        self.cost,
+                        Duration::from_nanos(now.saturating_sub(self.joined)),
+                        Backend::Local,
+                    );
+                    let quota = headers.then(|| d.quota(&self.enrolled.key, now));
+                    let (Some(mut service), Some(request)) =
+                        (self.service.take(), self.request.take())
+                    else {
+                        unreachable!("a waiter is served once")
+                    };
+                    return (Step::Call(service.call(request)), quota);
+                }
+                Turn::Denied(wait) => {
+                    let until = wait.map(|w| now.saturating_add(w));
+                    match until {
+                        Some(t) if t <= self.deadline => t,
+                        _ => {
+                            // It cannot be served before its deadline: no
+                            // point waiting for the timeout.
+                            self.enrolled.leave();
+                            let reason = if keys_full {
+                                RejectReason::KeysFull
+                            } else if wait.is_none() {
+                                RejectReason::OverCapacity
+                            } else {
+                                RejectReason::WaitTimedOut
+                            };
+                            let err = reject(d, &self.enrolled.key, now, self.cost, reason, wait);
+                            return (Step::Reject(err), None);
+                        }
+                    }
+                }
+                Turn::Behind => {
+                    if now >= self.deadline {
+                        self.enrolled.leave();
+                        let err = reject(
+                            d,
+                            &self.enrolled.key,
+                            now,
+                            self.cost,
+                            RejectReason::WaitTimedOut,
+                            None,
+                        );
+                        return (Step::Reject(err), None);
+                    }
+                    self.deadline
+                }
+                Turn::Gone => {
+                    let err = reject(
+                        d,
+                        &self.enrolled.key,
+                        now,
+                        self.cost,
+                        RejectReason::WaitTimedOut,
+                        None,
+                    );
+                    return (Step::Reject(err), None);
+                }
+            };
+            let at = d.time().instant(wake_at);
+            let sleep = match &mut self.sleep {
+                Some(sleep) => {
+                    sleep.as_mut().reset(at);
+                    sleep
+                }
+                slot @ None => slot.insert(Box::pin(tokio::time::sleep_until(at))),
+            };
+            if sleep.as_mut().poll(cx).is_pending() {
+                return (Step::Pending, None);
+            }
+        }
+    }
+}
+
+impl<S, Req, D, H> Future for ResponseFuture<S, Req, D, H>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    D: Decide,
+    H: Headers<S::Response>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.kind.as_mut().project() {
+                KindProj::Called { inner } => {
+                    let mut res = ready!(inner.poll(cx)).map_err(Into::into)?;
+                    if let Some(quota) = this.quota.take() {
+                        H::add(&mut res, &quota);
+                    }
+                    return Poll::Ready(Ok(res));
+                }
+                KindProj::Rejected { error } => {
+                    let error = error.take().expect("polled after completion");
+                    return Poll::Ready(Err(error));
+                }
+                KindProj::Waiting { wait } => match wait.poll_turn(cx, H::ENABLED) {
+                    (Step::Pending, _) => return Poll::Pending,
+                    (Step::Call(inner), quota) => {
+                        *this.quota = quota;
+                        this.kind.set(Kind::Called { inner });
+                    }
+                    (Step::Reject(error), _) => {
+                        this.kind.set(Kind::Rejected { error: Some(error) });
+                    }
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! The global limiter's layer, builder and handle.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use buttress_core::registry::Component;
+use buttress_core::{ConfigError, Listeners, Registry};
+use tower_layer::Layer;
+
+use crate::algorithm::{Algorithm, Params};
+use crate::events::{Backend, RateLimitEvent};
+use crate::headers::{NoHeaders, WithHeaders};
+use crate::limiter::{Limiter, Policy, TimeSource};
+use crate::rate::Rate;
+use crate::service::{RateLimit, Weigh};
+use crate::weigh::{CostFn, PriorityFn, Unit};
+use crate::KIND;
+
+/// Limits the rate of calls, shared by every service it makes.
+///
+/// Every service made by one layer (and every clone of them) takes from
+/// the same limiter, so one layer applied to several axum routes gives
+/// them one common limit (tower's own `RateLimit` keeps one per clone).
+///
+/// ```
+/// use buttress_rate_limit::{Rate, RateLimitLayer};
+/// use buttress_core::RateLimited;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = RateLimitLayer::builder(Rate::per_second(2)).name("search").build().unwrap();
+/// let mut svc = ServiceBuilder::new()
+///     .layer(layer.clone())
+///     .service_fn(|q: &'static str| async move { Ok::<_, std::convert::Infallible>(q.len()) });
+///
+/// assert_eq!(svc.ready().await.unwrap().call("a").await.unwrap(), 1);
+/// assert_eq!(svc.ready().await.unwrap().call("bb").await.unwrap(), 2);
+/// // The burst (2 by default, the rate's permits) is spent.
+/// let err = svc.ready().await.unwrap().call("ccc").await.unwrap_err();
+/// let limited = err.downcast_ref::<RateLimited>().unwrap();
+/// assert_eq!(limited.name(), "search");
+/// assert!(limited.retry_after().unwrap() <= std::time::Duration::from_millis(500));
+/// assert_eq!(layer.handle().snapshot().rejected, 1);
+/// # }
+/// ```
+pub struct RateLimitLayer<C = Unit, P = Unit, H = NoHeaders> {
+    shared: Arc<Limiter>,
+    weigh: Arc<Weigh<C, P>>,
+    _headers: PhantomData<fn() -> H>,
+}
+
+impl<C, P, H> Clone for RateLimitLayer<C, P, H> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            weigh: self.weigh.clone(),
+            _headers: PhantomData,
+        }
+    }
+}
+
+impl<C, P, H> fmt::Debug for RateLimitLayer<C, P, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.shared, f)
+    }
+}
+
+impl RateLimitLayer {
+    /// A GCRA limiter admitting `rate`, with a burst of `rate.permits()`,
+    /// rejecting at once what exceeds it. Named `"rate_limit"`.
+    ///
+    /// ```
+    /// use buttress_rate_limit::{Rate, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::new(Rate::per_second(100)).unwrap();
+    /// assert_eq!(layer.handle().snapshot().available, 100);
+    /// assert_eq!(RateLimitLayer::new(Rate::per_second(0)).unwrap_err().field(), "rate");
+    /// ```
+    pub fn new(rate: Rate) -> Result<Self, ConfigError> {
+        Self::builder(rate).build()
+    }
+
+    /// A builder for a limiter of `rate`.
+    pub fn builder(rate: Rate) -> RateLimitBuilder {
+        RateLimitBuilder {
+            common: Common::new(rate),
+            weigh: Weigh {
+                cost: Unit,
+                priority: Unit,
+            },
+            _headers: PhantomData,
+        }
+    }
+}
+
+impl<C, P, H> RateLimitLayer<C, P, H> {
+    /// A handle to observe the limiter and change its rate at run time.
+    pub fn handle(&self) -> RateLimitHandle {
+        RateLimitHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S, C, P, H> Layer<S> for RateLimitLayer<C, P, H> {
+    type Service = RateLimit<S, C, P, H>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            shared: self.shared.clone(),
+            weigh: self.weigh.clone(),
+            _headers: PhantomData,
+        }
+    }
+}
+
+/// The settings the global and the keyed builders share.
+pub(crate) struct Common {
+    pub(crate) name: Arc<str>,
+    pub(crate) algorithm: Algorithm,
+    pub(crate) rate: Rate,
+    pub(crate) burst: Option<u64>,
+    pub(crate) max_wait: Duration,
+    pub(crate) max_queue: usize,
+    pub(crate) reserve: Option<(f64, u8)>,
+    pub(crate) resolution: Option<Duration>,
+    pub(crate) registry: Option<Registry>,
+    pub(crate) listeners: Listeners<RateLimitEvent>,
+}
+
+/// The longest `max_wait` accepted.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+impl Common {
+    pub(crate) fn new(rate: Rate) -> Self {
+        Self {
+            name: Arc::from(KIND),
+            algorithm: Algorithm::Gcra,
+            rate,
+            burst: None,
+            max_wait: Duration::ZERO,
+            max_queue: 0,
+            reserve: None,
+            resolution: None,
+            registry: None,
+            listeners: Listeners::new(),
+        }
+    }
+
+    /// Validates everything; the numbers and the policy.
+    pub(crate) fn validate(&self) -> Result<(Params, Policy), ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError::new(KIND, "name", "must not be empty"));
+        }
+        let params = Params::new(self.algorithm, self.rate, self.burst)?;
+        if self.max_wait > MAX_WAIT {
+            return Err(ConfigError::new(KIND, "max_wait", "must be at most 1 day"));
+        }
+        if !self.max_wait.is_zero() && self.max_queue == 0 {
+            return Err(ConfigError::new(
+                KIND,
+                "max_wait",
+                "has no effect without a wait queue: set max_queue above 0, or leave max_wait unset",
+            ));
+        }
+        if self.max_queue > 0 && self.max_wait.is_zero() {
+            return Err(ConfigError::new(
+                KIND,
+                "max_queue",
+                "has no effect without max_wait: nobody would wait",
+            ));
+        }
+        if self.max_queue > isize::MAX as usize {
+            return Err(ConfigError::new(KIND, "max_queue", "is too large"));
+        }
+        let (reserve_ppm, reserve_priority) = match self.reserve {
+            None => (0, u8::MAX),
+            Some((fraction, priority)) => {
+                if !(0.0..1.0).contains(&fraction) {
+                    return Err(ConfigError::new(
+                        KIND,
+                        "reserve",
+                        format!("the fraction must be at least 0 and below 1, got {fraction}"),
+                    ));
+                }
+                if priority == 0 {
+                    return Err(ConfigError::new(
+                        KIND,
+                        "reserve",
+                        "a reserve for priority 0 and above would be kept for every call: use a priority of at least 1",
+                    ));
+                }
+                ((fraction * 1_000_000.0).round() as u32, priority)
+            }
+        };
+        if let Some(r) = self.resolution {
+            if r > Duration::from_secs(1) {
+                return Err(ConfigError::new(
+                    KIND,
+                    "resolution",
+                    "must be at most 1 s (0 reads the clock at every decision)",
+                ));
+            }
+        }
+        Ok((
+            params,
+            Policy {
+                name: self.name.clone(),
+                max_wait: self.max_wait,
+                max_queue: self.max_queue,
+                reserve_ppm,
+                reserve_priority,
+                listeners: self.listeners.clone(),
+            },
+        ))
+    }
+
+    pub(crate) fn register(&self, component: impl Component) -> Result<(), ConfigError> {
+        if let Some(registry) = &self.registry {
+            registry
+                .register(component)
+                .map_err(|e| ConfigError::new(KIND, "name", e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`RateLimitLayer`].
+pub struct RateLimitBuilder<C = Unit, P = Unit, H = NoHeaders> {
+    common: Common,
+    weigh: Weigh<C, P>,
+    _headers: PhantomData<fn() -> H>,
+}
+
+impl<C, P, H> fmt::Debug for RateLimitBuilder<C, P, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitBuilder")
+            .field("name", &self.common.name)
+            .field("algorithm", &self.common.algorithm)
+            .field("rate", &self.common.rate)
+            .field("burst", &self.common.burst)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The builder methods shared by [`RateLimitBuilder`] and
+/// [`KeyedRateLimitBuilder`](crate::KeyedRateLimitBuilder).
+macro_rules! common_setters {
+    () => {
+        /// The instance name, used in errors, events, headers and the
+        /// registry (default `"rate_limit"`).
+        pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+            self.common.name = name.into();
+            self
+        }
+
+        /// The algorithm (default [`Algorithm::Gcra`](crate::Algorithm::Gcra)); see its
+        /// table for what each one guarantees.
+        pub fn algorithm(mut self, algorithm: crate::Algorithm) -> Self {
+            self.common.algorithm = algorithm;
+            self
+        }
+
+        /// How many permits may be taken at once, for GCRA and the token
+        /// bucket (default: the rate's permits, so `Rate::per_second(100)`
+        /// admits 100 at once, then one every 10 ms). At least 1; the
+        /// window algorithms take none.
+        pub fn burst(mut self, burst: u64) -> Self {
+            self.common.burst = Some(burst);
+            self
+        }
+
+        /// How long a call may wait for its permits (default 0: reject at
+        /// once). A call whose permits would come later than this is
+        /// rejected at once rather than after waiting. Needs
+        /// [`max_queue`](Self::max_queue).
+        pub fn max_wait(mut self, max_wait: std::time::Duration) -> Self {
+            self.common.max_wait = max_wait;
+            self
+        }
+
+        /// Callers allowed to wait at once (default 0). Waiters are served
+        /// by priority, then in arrival order; while anyone waits, new
+        /// calls queue behind them rather than take permits first.
+        pub fn max_queue(mut self, max_queue: usize) -> Self {
+            self.common.max_queue = max_queue;
+            self
+        }
+
+        /// Keeps `fraction` of the capacity (the burst, or a window's
+        /// permits) for calls of priority `priority` and above: lower
+        /// priorities are admitted only while more than that is left, so a
+        /// flood of them cannot starve the urgent ones. `fraction` is in
+        /// `[0, 1)`, `priority` at least 1. Needs a priority extractor
+        /// ([`priority`](Self::priority)).
+        pub fn reserve(mut self, fraction: f64, priority: u8) -> Self {
+            self.common.reserve = Some((fraction, priority));
+            self
+        }
+
+        /// The resolution of the clock decisions read (default zero: tokio's
+        /// clock is read at every decision, about 17 ns on a typical x86
+        /// VM). A non-zero resolution reads a coarse clock kept by a ticker
+        /// task instead (one atomic load), at the price of exactness in real
+        /// time: decisions see time up to one resolution (plus the ticker's
+        /// scheduling delay) late, so in any interval the limiter may admit
+        /// what the rate refills in that much more time. At most 1 s.
+        pub fn resolution(mut self, resolution: std::time::Duration) -> Self {
+            self.common.resolution = Some(resolution);
+            self
+        }
+
+        /// Registers the limiter's handle in `registry` under its name.
+        pub fn registry(mut self, registry: &buttress_core::Registry) -> Self {
+            self.common.registry = Some(registry.clone());
+            self
+        }
+
+        /// Adds an event listener.
+        pub fn on_event(
+            mut self,
+            listener: impl buttress_core::Listener<crate::RateLimitEvent>,
+        ) -> Self {
+            self.common.listeners = self.common.listeners.with(listener);
+            self
+        }
+    };
+}
+pub(crate) use common_setters;
+
+impl<C, P, H> RateLimitBuilder<C, P, H> {
+    common_setters!();
+
+    /// Takes the cost of each request (permits, at least 1) from `f`: by
+    /// body size, by a gRPC method's weight...
+    ///
+    /// ```
+    /// use buttress_rate_limit::{Rate, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder(Rate::per_second(1000))
+    ///     .cost(|req: &http::Request<()>| {
+    ///         req.headers()
+    ///             .get(http::header::CONTENT_LENGTH)
+    ///             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    ///             .map_or(1, |len| 1 + len / 1024)
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn cost<F>(self, f: F) -> RateLimitBuilder<CostFn<F>, P, H> {
+        RateLimitBuilder {
+            common: self.common,
+            weigh: Weigh {
+                cost: CostFn(f),
+                priority: self.weigh.priority,
+            },
+            _headers: PhantomData,
+        }
+    }
+
+    /// Takes the priority of each request from `f` (default 0 for all).
+    pub fn priority<F>(self, f: F) -> RateLimitBuilder<C, PriorityFn<F>, H> {
+        RateLimitBuilder {
+            common: self.common,
+            weigh: Weigh {
+                cost: self.weigh.cost,
+                priority: PriorityFn(f),
+            },
+            _headers: PhantomData,
+        }
+    }
+
+    /// Adds the `RateLimit-Policy` and `RateLimit` headers to every
+    /// `http::Response` (not only to 429s).
+    pub fn response_headers(self) -> RateLimitBuilder<C, P, WithHeaders> {
+        RateLimitBuilder {
+            common: self.common,
+            weigh: self.weigh,
+            _headers: PhantomData,
+        }
+    }
+
+    /// Validates and builds the layer.
+    pub fn build(self) -> Result<RateLimitLayer<C, P, H>, ConfigError> {
+        let (params, policy) = self.common.validate()?;
+        let time = TimeSource::new(self.common.resolution);
+        let layer = RateLimitLayer {
+            shared: Arc::new(Limiter::new(params, time, policy)),
+            weigh: Arc::new(self.weigh),
+            _headers: PhantomData,
+        };
+        self.common.register(layer.handle())?;
+        Ok(layer)
+    }
+}
+
+/// A limiter's state, as [`RateLimitHandle::snapshot`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct RateLimitSnapshot {
+    /// The algorithm.
+    pub algorithm: Algorithm,
+    /// The rate.
+    pub rate: Rate,
+    /// The burst (the rate's permits for the window algorithms).
+    pub burst: u64,
+    /// Permits that could be taken now (per key: a key's).
+    pub available: u64,
+    /// Time until the limiter is back to full.
+    #[cfg_attr(feature = "serde", serde(with = "buttress_core::config::duration"))]
+    pub reset: Duration,
+    /// Calls waiting for permits.
+    pub waiting: usize,
+    /// Calls admitted since creation (or the last reset).
+    pub permitted: u64,
+    /// Calls rejected since creation (or the last reset).
+    pub rejected: u64,
+    /// Which store decides.
+    pub backend: Backend,
+}
+
+/// Observes a limiter and changes its rate at run time.
+#[derive(Clone)]
+pub struct RateLimitHandle {
+    shared: Arc<Limiter>,
+}
+
+impl fmt::Debug for RateLimitHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.shared, f)
+    }
+}
+
+impl RateLimitHandle {
+    pub(crate) fn from_shared(shared: Arc<Limiter>) -> Self {
+        Self { shared }
+    }
+
+    /// The instance name.
+    pub fn name(&self) -> &str {
+        &self.shared.policy.name
+    }
+
+    /// The current state.
+    pub fn snapshot(&self) -> RateLimitSnapshot {
+        let s = &self.shared;
+        let p = s.params.load_full();
+        let levels = s.levels(&p, s.time.now());
+        let (permitted, rejected) = s.counts();
+        RateLimitSnapshot {
+            algorithm: s.algorithm(),
+            rate: p.rate,
+            burst: p.burst,
+            available: levels.remaining,
+            reset: Duration::from_nanos(levels.reset),
+            waiting: s.queue.len(),
+            permitted,
+            rejected,
+            backend: Backend::Local,
+        }
+    }
+
+    /// Changes the rate and the burst (`None`: the rate's permits) for the
+    /// next decision, validated as the builder validates them; on an error
+    /// nothing changes. Permits already taken stay taken: with GCRA and the
+    /// token bucket the debt is kept in time, so a lower rate refills it
+    /// more slowly from now on; a window keeps its count.
+    ///
+    /// ```
+    /// use buttress_rate_limit::{Rate, RateLimitLayer};
+    ///
+    /// let handle = RateLimitLayer::new(Rate::per_second(10)).unwrap().handle();
+    /// handle.set_rate(Rate::per_minute(30), Some(5)).unwrap();
+    /// assert_eq!(handle.snapshot().rate, Rate::per_minute(30));
+    /// assert_eq!(handle.snapshot().burst, 5);
+    /// assert_eq!(handle.set_rate(Rate::per_second(0), None).unwrap_err().field(), "rate");
+    /// ```
+    pub fn set_rate(&self, rate: Rate, burst: Option<u64>) -> Result<(), ConfigError> {
+        let p = Params::new(self.shared.algorithm(), rate, burst)?;
+        self.shared.params.store(p);
+        Ok(())
+    }
+}
+
+impl Component for RateLimitHandle {
+    fn name(&self) -> &str {
+        &self.shared.policy.name
+    }
+
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn snapshot(&self) -> serde_json::Value {
+        let s = RateLimitHandle::snapshot(self);
+        serde_json::json!({
+            "algorithm": s.algorithm.as_str(),
+            "rate": s.rate.to_string(),
+            "burst": s.burst,
+            "available": s.available,
+            "reset_ms": s.reset.as_millis() as u64,
+            "waiting": s.waiting,
+            "permitted": s.permitted,
+            "rejected": s.rejected,
+            "backend": s.backend.as_str(),
+        })
+    }
+
+    fn reset(&self) {
+        self.shared.reset_counts();
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

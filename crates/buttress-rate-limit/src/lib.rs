@@ -1,0 +1,102 @@
+//! A rate limiter for tower services: exact algorithms (GCRA, token bucket,
+//! fixed window, sliding log, sliding window), global or per key, a cost
+//! per request, priorities with a reserve, and a bounded wait queue.
+//!
+//! **Paths.** Applications depend on the facade crate `buttress`, which
+//! re-exports this crate as `buttress::rate_limit` (feature `rate-limit`).
+//! Depending on `buttress-rate-limit` directly, the same items are at
+//! `buttress_rate_limit::...`, and `buttress::core` is `buttress_core`.
+//!
+//! ```
+//! # mod buttress { pub mod core { pub use buttress_core::*; } pub mod rate_limit { pub use buttress_rate_limit::*; } }
+//! use buttress::core::RateLimited;
+//! use buttress::rate_limit::{Rate, RateLimitLayer};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // 100 calls per second on average, at most 10 at once.
+//! let layer = RateLimitLayer::builder(Rate::per_second(100)).burst(10).build().unwrap();
+//! let mut svc = ServiceBuilder::new().layer(layer).service_fn(|()| async {
+//!     Ok::<_, std::convert::Infallible>("done")
+//! });
+//! for _ in 0..10 {
+//!     svc.ready().await.unwrap().call(()).await.unwrap();
+//! }
+//! let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+//! assert!(err.downcast_ref::<RateLimited>().is_some());
+//! # }
+//! ```
+//!
+//! How it behaves:
+//!
+//! - **Unambiguous rates.** [`Rate::per_second(100)`](Rate::per_second)
+//!   admits 100 per second; [`Rate::new`] takes any period; the burst is a
+//!   setting of its own. Each [`Algorithm`] documents the most it admits in
+//!   any interval, and the tests check those bounds on random arrivals.
+//! - **Exact under concurrency.** A global GCRA decision is one
+//!   compare-and-swap on one word; the other algorithms and the keyed map
+//!   decide under a short lock. No decision is batched or cached, so
+//!   concurrent callers never pass more than one caller could.
+//! - **Shared by clones.** State is created once by the layer: every
+//!   service it makes, and every clone, takes from the same limit (one
+//!   layer on several axum routes gives one limit).
+//! - **How it rejects.** In `call`, where the request's cost, priority and
+//!   key are known: the service reports ready and the call fails with
+//!   [`RateLimited`](buttress_core::RateLimited) (with `retry_after` and the
+//!   quota) without reaching the inner service.
+//!   `buttress::core::response::ErrorToResponseLayer` turns it into a 429
+//!   with `Retry-After` (whole seconds, rounded up) and the IETF
+//!   `RateLimit-Policy` / `RateLimit` headers; the gRPC mapping into
+//!   `ResourceExhausted` with the delay in metadata. With
+//!   `response_headers()` every response carries the headers.
+//! - **Waiting.** With [`max_wait`](RateLimitBuilder::max_wait) and
+//!   [`max_queue`](RateLimitBuilder::max_queue), a call may wait for its
+//!   permits in a bounded queue, served by priority then in arrival order.
+//!   A waiter that is dropped leaves the queue and takes nothing; a call
+//!   whose permits would come after `max_wait` is rejected at once.
+//! - **Priorities.** [`reserve`](RateLimitBuilder::reserve) keeps part of
+//!   the capacity for high priorities, so a flood of low-priority calls
+//!   cannot starve them.
+//! - **Keys.** [`KeyedRateLimitLayer`] keeps one limit per key (client IP
+//!   behind trusted proxies, header, extension, closure) in a bounded map
+//!   that only evicts keys back to full, optionally with a global limit.
+//! - **Operations.** [`RateLimitHandle`] gives a snapshot and changes the
+//!   rate at run time; builders register it in a
+//!   [`Registry`](buttress_core::Registry) and take event listeners.
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod algorithm;
+mod decide;
+mod events;
+pub mod future;
+mod headers;
+mod keyed;
+mod layer;
+mod limiter;
+mod params;
+mod queue;
+mod rate;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
+mod service;
+mod weigh;
+
+/// What a keyed layer does with a request without a key (from
+/// `buttress-core`, shared by every keyed layer).
+pub use buttress_core::key::MissingKey;
+/// The rejection error (from `buttress-core`, shared by every layer).
+pub use buttress_core::{Quota, RateLimited};
+
+pub use algorithm::{Algorithm, MAX_SLIDING_LOG_PERMITS};
+pub use events::{Backend, RateLimitEvent, RejectReason};
+pub use headers::{Headers, NoHeaders, WithHeaders};
+pub use keyed::{KeyedRateLimit, KeyedRateLimitBuilder, KeyedRateLimitHandle, KeyedRateLimitLayer};
+pub use layer::{RateLimitBuilder, RateLimitHandle, RateLimitLayer, RateLimitSnapshot};
+pub use rate::{ParseRateError, Rate, MAX_PERIOD, MAX_PERMITS};
+pub use service::RateLimit;
+pub use weigh::{Cost, CostFn, Priority, PriorityFn, Unit};
+
+pub(crate) const KIND: &str = "rate_limit";

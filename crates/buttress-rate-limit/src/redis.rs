@@ -1,0 +1,1 @@
+//! A cluster-wide limiter whose state lives in Redis.

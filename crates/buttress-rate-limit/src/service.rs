@@ -1,0 +1,236 @@
+//! The global limiter's service.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use buttress_core::error::BoxError;
+use buttress_core::Quota;
+use tower_service::Service;
+
+use crate::algorithm::Verdict;
+use crate::events::{Backend, RateLimitEvent, RejectReason};
+use crate::future::{reject, Decide, Decision, ResponseFuture, Wait};
+use crate::headers::Headers;
+use crate::limiter::{quota, Limiter, Policy, TimeSource};
+use crate::queue::{Enrolled, Queue};
+use crate::weigh::{Cost, Priority};
+
+/// The cost and priority extractors of a limiter.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Weigh<C, P> {
+    pub(crate) cost: C,
+    pub(crate) priority: P,
+}
+
+impl Decide for Limiter {
+    type Key = ();
+
+    fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn time(&self) -> &TimeSource {
+        &self.time
+    }
+
+    fn queue(&self) -> &Arc<Queue<()>> {
+        &self.queue
+    }
+
+    #[inline]
+    fn decide(&self, _: &(), now: u64, cost: u64, priority: u8) -> Decision {
+        let p = self.params.load();
+        let keep = self.policy.keep(priority, &p);
+        self.acquire(&p, now, cost, keep).into()
+    }
+
+    fn quota(&self, _: &(), now: u64) -> Quota {
+        let p = self.params.load();
+        quota(&self.policy.name, &p, self.levels(&p, now))
+    }
+
+    #[inline]
+    fn counted(&self, permitted: bool) {
+        if permitted {
+            self.count_permitted();
+        } else {
+            self.count_rejected();
+        }
+    }
+}
+
+/// Limits the rate of calls to the inner service; made by
+/// [`RateLimitLayer`](crate::RateLimitLayer).
+///
+/// The decision is made in `call`, where the request (its cost, its
+/// priority) is known: `poll_ready` is the inner service's. A call that is
+/// admitted calls the inner service at once; one that is rejected fails
+/// with [`RateLimited`](buttress_core::RateLimited) without reaching it;
+/// one that may wait keeps the ready inner service and its request in its
+/// response future until its turn, and calls it then. That is why the
+/// inner service must be `Clone` (as for tower's `Retry`): the ready
+/// instance goes with the waiting call and a clone stays behind.
+pub struct RateLimit<S, C, P, H> {
+    pub(crate) inner: S,
+    pub(crate) shared: Arc<Limiter>,
+    pub(crate) weigh: Arc<Weigh<C, P>>,
+    pub(crate) _headers: PhantomData<fn() -> H>,
+}
+
+impl<S, C, P, H> RateLimit<S, C, P, H> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, C, P, H> Clone for RateLimit<S, C, P, H> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            weigh: self.weigh.clone(),
+            _headers: PhantomData,
+        }
+    }
+}
+
+impl<S: fmt::Debug, C, P, H> fmt::Debug for RateLimit<S, C, P, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("name", &self.shared.policy.name)
+            .finish()
+    }
+}
+
+impl<S, C, P, H, Req> Service<Req> for RateLimit<S, C, P, H>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    C: Cost<Req>,
+    P: Priority<Req>,
+    H: Headers<S::Response>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Req, Limiter, H>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let shared = &*self.shared;
+        let cost = self.weigh.cost.cost(&req);
+        let policy = &shared.policy;
+        let mut priority = 0;
+        if policy.reserve_ppm != 0 || shared.queue.len() != 0 {
+            priority = self.weigh.priority.priority(&req);
+        }
+        let now = shared.time.now();
+        let denied = if shared.queue.len() == 0 {
+            let p = shared.params.load();
+            let keep = policy.keep(priority, &p);
+            match shared.acquire(&p, now, cost, keep) {
+                Verdict::Allow => {
+                    shared.count_permitted();
+                    policy.emit_permitted(cost, std::time::Duration::ZERO, Backend::Local);
+                    let quota = H::ENABLED.then(|| quota(&policy.name, &p, shared.levels(&p, now)));
+                    return ResponseFuture::called(self.inner.call(req), quota);
+                }
+                Verdict::Deny(wait) => wait,
+            }
+        } else {
+            // Someone waits: take a place behind them.
+            Some(0)
+        };
+        self.wait_or_reject(req, now, cost, priority, denied)
+    }
+}
+
+impl<S, C, P, H> RateLimit<S, C, P, H> {
+    #[cold]
+    #[inline(never)]
+    fn wait_or_reject<Req>(
+        &mut self,
+        req: Req,
+        now: u64,
+        cost: u64,
+        priority: u8,
+        wait: Option<u64>,
+    ) -> ResponseFuture<S, Req, Limiter, H>
+    where
+        S: Service<Req> + Clone,
+        P: Priority<Req>,
+    {
+        let shared = &self.shared;
+        let reason = wait_or_reason(&shared.policy, wait);
+        if let Some(reason) = reason {
+            return ResponseFuture::rejected(reject(&**shared, &(), now, cost, reason, wait));
+        }
+        let policy = &shared.policy;
+        let Some(place) = shared.queue.join(&(), priority, policy.max_queue) else {
+            return ResponseFuture::rejected(reject(
+                &**shared,
+                &(),
+                now,
+                cost,
+                RejectReason::QueueFull,
+                wait,
+            ));
+        };
+        policy.listeners.emit(|| RateLimitEvent::Queued {
+            name: policy.name.clone(),
+            queued: shared.queue.len(),
+            priority,
+        });
+        let ready = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, ready);
+        ResponseFuture::waiting(Wait {
+            shared: shared.clone(),
+            service: Some(service),
+            request: Some(req),
+            enrolled: Enrolled {
+                queue: shared.queue.clone(),
+                key: (),
+                place,
+                active: true,
+            },
+            cost,
+            priority,
+            joined: now,
+            deadline: now.saturating_add(nanos(policy.max_wait)),
+            sleep: None,
+        })
+    }
+}
+
+/// `None` when a call denied with `wait` may wait for its permits, else
+/// why it is rejected at once.
+pub(crate) fn wait_or_reason(policy: &Policy, wait: Option<u64>) -> Option<RejectReason> {
+    match wait {
+        None => Some(RejectReason::OverCapacity),
+        Some(_) if !policy.can_wait() => Some(RejectReason::Exhausted),
+        Some(w) if w > nanos(policy.max_wait) => Some(RejectReason::Exhausted),
+        Some(_) => None,
+    }
+}
+
+pub(crate) fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}

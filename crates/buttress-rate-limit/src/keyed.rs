@@ -344,6 +344,10 @@ impl<X, C, P, H> fmt::Debug for KeyedRateLimitBuilder<X, C, P, H> {
 impl<X, C, P, H> KeyedRateLimitBuilder<X, C, P, H> {
     common_setters!();
 
+    pub(crate) fn common_mut(&mut self) -> &mut Common {
+        &mut self.common
+    }
+
     /// Keys kept at most (default 100 000; at least 1).
     pub fn max_keys(mut self, max: usize) -> Self {
         self.max_keys = max;

@@ -335,6 +335,10 @@ pub(crate) use common_setters;
 impl<C, P, H> RateLimitBuilder<C, P, H> {
     common_setters!();
 
+    pub(crate) fn common_mut(&mut self) -> &mut Common {
+        &mut self.common
+    }
+
     /// Takes the cost of each request (permits, at least 1) from `f`: by
     /// body size, by a gRPC method's weight...
     ///

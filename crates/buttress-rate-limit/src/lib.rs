@@ -68,6 +68,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod algorithm;
+mod config;
 mod decide;
 mod events;
 pub mod future;
@@ -91,6 +92,7 @@ pub use buttress_core::key::MissingKey;
 pub use buttress_core::{Quota, RateLimited};
 
 pub use algorithm::{Algorithm, MAX_SLIDING_LOG_PERMITS};
+pub use config::RateLimitConfig;
 pub use events::{Backend, RateLimitEvent, RejectReason};
 pub use headers::{Headers, NoHeaders, WithHeaders};
 pub use keyed::{KeyedRateLimit, KeyedRateLimitBuilder, KeyedRateLimitHandle, KeyedRateLimitLayer};

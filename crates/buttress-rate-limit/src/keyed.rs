@@ -541,7 +541,7 @@ where
         let cost = self.weigh.cost.cost(&req);
         let policy = &shared.policy;
         let mut priority = 0;
-        if policy.reserve_ppm != 0 || shared.queue.len() != 0 {
+        if policy.reserve_ppm != 0 || policy.can_wait() {
             priority = self.weigh.priority.priority(&req);
         }
         let now = shared.time.now();

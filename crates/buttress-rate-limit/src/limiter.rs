@@ -95,6 +95,7 @@ impl Policy {
         }
     }
 
+    #[inline]
     pub(crate) fn can_wait(&self) -> bool {
         !self.max_wait.is_zero() && self.max_queue > 0
     }

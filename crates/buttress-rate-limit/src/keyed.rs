@@ -608,6 +608,36 @@ where
     }
 }
 
+/// A keyed limiter's state, as [`KeyedRateLimitHandle::snapshot`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct KeyedRateLimitSnapshot {
+    /// The algorithm.
+    pub algorithm: Algorithm,
+    /// Each key's rate.
+    pub rate_per_key: Rate,
+    /// Each key's burst.
+    pub burst_per_key: u64,
+    /// Keys held now.
+    pub keys: usize,
+    /// The most keys held.
+    pub max_keys: usize,
+    /// Calls waiting, over every key.
+    pub waiting: usize,
+    /// Calls admitted, over every key.
+    pub permitted: u64,
+    /// Calls rejected, over every key (those without a key excepted).
+    pub rejected: u64,
+    /// Calls with a new key rejected because no key could be evicted
+    /// (also in `rejected`).
+    pub rejected_keys_full: u64,
+    /// Requests without a key, whatever the policy did with them.
+    pub missing_key: u64,
+    /// The global limit, if one is set.
+    pub global: Option<RateLimitSnapshot>,
+}
+
 /// Observes a keyed limiter and changes its rate at run time.
 pub struct KeyedRateLimitHandle<K> {
     shared: Arc<KeyedShared<K>>,
@@ -681,6 +711,38 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedRateLimitHandle<K> {
             .map(crate::RateLimitHandle::from_shared)
     }
 
+    /// The whole keyed limiter at a glance (serde-serializable).
+    ///
+    /// ```
+    /// use buttress_rate_limit::{KeyedRateLimitLayer, Rate};
+    /// use buttress_core::key::FnKey;
+    ///
+    /// let by_id: FnKey<_, u32> = FnKey::new(|r: &u32| Some(*r));
+    /// let layer = KeyedRateLimitLayer::builder(by_id, Rate::per_second(5))
+    ///     .max_keys(1000)
+    ///     .build::<u32>()
+    ///     .unwrap();
+    /// let s = layer.handle().snapshot();
+    /// assert_eq!((s.keys, s.max_keys, s.burst_per_key), (0, 1000, 5));
+    /// ```
+    pub fn snapshot(&self) -> KeyedRateLimitSnapshot {
+        let p = self.shared.params.load_full();
+        let (permitted, rejected) = self.totals();
+        KeyedRateLimitSnapshot {
+            algorithm: p.algorithm,
+            rate_per_key: p.rate,
+            burst_per_key: p.burst,
+            keys: self.keys(),
+            max_keys: self.max_keys(),
+            waiting: self.waiting(),
+            permitted,
+            rejected,
+            rejected_keys_full: self.keys_full_rejections(),
+            missing_key: self.missing_key(),
+            global: self.global().map(|g| g.snapshot()),
+        }
+    }
+
     /// Calls admitted and rejected, over every key.
     pub fn totals(&self) -> (u64, u64) {
         (
@@ -723,19 +785,18 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Component for KeyedRateLimitH
     }
 
     fn snapshot(&self) -> serde_json::Value {
-        let p = self.shared.params.load_full();
-        let (permitted, rejected) = self.totals();
+        let s = KeyedRateLimitHandle::snapshot(self);
         serde_json::json!({
-            "algorithm": p.algorithm.as_str(),
-            "rate_per_key": p.rate.to_string(),
-            "burst_per_key": p.burst,
-            "keys": self.keys(),
-            "max_keys": self.max_keys(),
-            "waiting": self.waiting(),
-            "permitted": permitted,
-            "rejected": rejected,
-            "rejected_keys_full": self.keys_full_rejections(),
-            "missing_key": self.missing_key(),
+            "algorithm": s.algorithm.as_str(),
+            "rate_per_key": s.rate_per_key.to_string(),
+            "burst_per_key": s.burst_per_key,
+            "keys": s.keys,
+            "max_keys": s.max_keys,
+            "waiting": s.waiting,
+            "permitted": s.permitted,
+            "rejected": s.rejected,
+            "rejected_keys_full": s.rejected_keys_full,
+            "missing_key": s.missing_key,
             "on_missing_key": self.shared.missing.policy().as_str(),
             "backend": Backend::Local.as_str(),
             "global": self.global().map(|g| Component::snapshot(&g)),

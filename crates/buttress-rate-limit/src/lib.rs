@@ -95,7 +95,10 @@ pub use algorithm::{Algorithm, MAX_SLIDING_LOG_PERMITS};
 pub use config::RateLimitConfig;
 pub use events::{Backend, RateLimitEvent, RejectReason};
 pub use headers::{Headers, NoHeaders, WithHeaders};
-pub use keyed::{KeyedRateLimit, KeyedRateLimitBuilder, KeyedRateLimitHandle, KeyedRateLimitLayer};
+pub use keyed::{
+    KeyedRateLimit, KeyedRateLimitBuilder, KeyedRateLimitHandle, KeyedRateLimitLayer,
+    KeyedRateLimitSnapshot,
+};
 pub use layer::{RateLimitBuilder, RateLimitHandle, RateLimitLayer, RateLimitSnapshot};
 pub use rate::{ParseRateError, Rate, MAX_PERIOD, MAX_PERMITS};
 pub use service::RateLimit;

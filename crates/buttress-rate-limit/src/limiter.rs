@@ -150,9 +150,19 @@ pub(crate) fn quota(name: &Arc<str>, p: &Params, levels: Levels) -> Quota {
 #[repr(align(128))]
 struct Padded<T>(T);
 
+/// The words every decision writes, on a cache line of their own, away
+/// from the read-mostly parameters: the GCRA word and the counters.
+#[derive(Default)]
+struct Hot {
+    /// GCRA: the theoretical arrival time, one compare-and-swap per
+    /// decision.
+    tat: AtomicU64,
+    permitted: AtomicU64,
+    rejected: AtomicU64,
+}
+
 enum Store {
-    /// GCRA: the theoretical arrival time, one compare-and-swap per decision.
-    Gcra(Padded<AtomicU64>),
+    Gcra,
     /// The other algorithms, under a short spin lock that never runs user
     /// code.
     Locked(Padded<spin::mutex::SpinMutex<State, spin::relax::Yield>>),
@@ -165,8 +175,7 @@ pub struct Limiter {
     pub(crate) time: TimeSource,
     pub(crate) policy: Policy,
     pub(crate) queue: Arc<Queue<()>>,
-    permitted: AtomicU64,
-    rejected: AtomicU64,
+    hot: Padded<Hot>,
 }
 
 impl fmt::Debug for Limiter {
@@ -183,7 +192,7 @@ impl Limiter {
     pub(crate) fn new(params: Params, time: TimeSource, policy: Policy) -> Self {
         let now = time.now();
         let store = match params.algorithm {
-            Algorithm::Gcra => Store::Gcra(Padded(AtomicU64::new(0))),
+            Algorithm::Gcra => Store::Gcra,
             _ => Store::Locked(Padded(spin::mutex::SpinMutex::new(State::new(
                 &params, now,
             )))),
@@ -194,8 +203,7 @@ impl Limiter {
             time,
             policy,
             queue: Arc::new(Queue::new()),
-            permitted: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
+            hot: Padded(Hot::default()),
         }
     }
 
@@ -203,8 +211,8 @@ impl Limiter {
     #[inline]
     pub(crate) fn acquire(&self, p: &Params, now: u64, cost: u64, keep: u64) -> Verdict {
         match &self.store {
-            Store::Gcra(word) => {
-                let word = &word.0;
+            Store::Gcra => {
+                let word = &self.hot.0.tat;
                 let mut tat = word.load(Relaxed);
                 loop {
                     match p.gcra(tat, now, cost, keep) {
@@ -223,27 +231,30 @@ impl Limiter {
     /// What is left at `now`.
     pub(crate) fn levels(&self, p: &Params, now: u64) -> Levels {
         match &self.store {
-            Store::Gcra(word) => p.gcra_levels(word.0.load(Relaxed), now),
+            Store::Gcra => p.gcra_levels(self.hot.0.tat.load(Relaxed), now),
             Store::Locked(state) => state.0.lock().levels(p, now),
         }
     }
 
     #[inline]
     pub(crate) fn count_permitted(&self) {
-        self.permitted.fetch_add(1, Relaxed);
+        self.hot.0.permitted.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn count_rejected(&self) {
-        self.rejected.fetch_add(1, Relaxed);
+        self.hot.0.rejected.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn counts(&self) -> (u64, u64) {
-        (self.permitted.load(Relaxed), self.rejected.load(Relaxed))
+        (
+            self.hot.0.permitted.load(Relaxed),
+            self.hot.0.rejected.load(Relaxed),
+        )
     }
 
     pub(crate) fn reset_counts(&self) {
-        self.permitted.store(0, Relaxed);
-        self.rejected.store(0, Relaxed);
+        self.hot.0.permitted.store(0, Relaxed);
+        self.hot.0.rejected.store(0, Relaxed);
     }
 
     pub(crate) fn algorithm(&self) -> Algorithm {

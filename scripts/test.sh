@@ -181,7 +181,9 @@ if ! $quick; then
         "-p buttress --no-default-features --features timeout" \
         "-p buttress --no-default-features --features bulkhead" \
         "-p buttress --no-default-features --features circuit-breaker" \
-        "-p buttress --no-default-features --features retry"; do
+        "-p buttress --no-default-features --features retry" \
+        "-p buttress --no-default-features --features rate-limit" \
+        "-p buttress --no-default-features --features rate-limit-redis"; do
         echo "    cargo check $combo"
         # shellcheck disable=SC2086 # the combination is a list of words
         cargo check --quiet $combo

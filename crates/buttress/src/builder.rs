@@ -15,10 +15,15 @@ mod sealed {
 /// tower's `retry` feature adds an inherent `ServiceBuilder::retry` too:
 /// when it is on (in your crate or any dependency), [`retry`] resolves to
 /// tower's method, so call [`retry_with`] (or
-/// `ServiceBuilderExt::retry(builder, layer)`).
+/// `ServiceBuilderExt::retry(builder, layer)`). Likewise tower's `limit`
+/// feature (which tonic's `transport` turns on) adds an inherent
+/// `ServiceBuilder::rate_limit(num, per)`, which shadows [`rate_limit`]:
+/// call [`rate_limit_with`] there.
 ///
 /// [`retry`]: ServiceBuilderExt::retry
 /// [`retry_with`]: ServiceBuilderExt::retry_with
+/// [`rate_limit`]: ServiceBuilderExt::rate_limit
+/// [`rate_limit_with`]: ServiceBuilderExt::rate_limit_with
 ///
 /// ```
 /// use buttress::ServiceBuilderExt;
@@ -198,6 +203,120 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         self,
         layer: buttress_retry::RetryLayer<P, R>,
     ) -> ServiceBuilder<Stack<buttress_retry::RetryLayer<P, R>, L>>;
+
+    /// A global GCRA [`RateLimitLayer`](crate::rate_limit::RateLimitLayer)
+    /// admitting `rate` with a burst of `rate.permits()` and rejecting
+    /// what exceeds it with
+    /// [`RateLimited`](crate::core::RateLimited) (a 429 with
+    /// `Retry-After` through [`error_to_response`](Self::error_to_response)),
+    /// validated as its builder validates: a rate of zero, or more than one
+    /// permit per nanosecond, is a [`ConfigError`](crate::core::ConfigError),
+    /// never a panic. Named `"rate_limit"`; for a name, a burst, another
+    /// algorithm, a wait queue or priorities, build the layer and use
+    /// [`rate_limit_with`](Self::rate_limit_with).
+    ///
+    /// Shadowed by tower's inherent `ServiceBuilder::rate_limit(num, per)`
+    /// when tower's `limit` feature is on (tonic's `transport` turns it
+    /// on): then call `ServiceBuilderExt::rate_limit(builder, rate)`, as
+    /// below, or [`rate_limit_with`](Self::rate_limit_with), which never
+    /// is.
+    ///
+    /// ```
+    /// use buttress::rate_limit::Rate;
+    /// use buttress::ServiceBuilderExt;
+    /// use tower::ServiceBuilder;
+    ///
+    /// // In a build without tower's `limit` feature:
+    /// // `ServiceBuilder::new().rate_limit(Rate::per_second(100))?`
+    /// let layers = ServiceBuilderExt::rate_limit(ServiceBuilder::new(), Rate::per_second(100)).unwrap();
+    /// # let _ = layers;
+    /// let err = ServiceBuilderExt::rate_limit(ServiceBuilder::new(), Rate::per_second(0)).unwrap_err();
+    /// assert_eq!(err.field(), "rate");
+    /// ```
+    #[cfg(feature = "rate-limit")]
+    fn rate_limit(
+        self,
+        rate: buttress_rate_limit::Rate,
+    ) -> Result<
+        ServiceBuilder<Stack<buttress_rate_limit::RateLimitLayer, L>>,
+        buttress_core::ConfigError,
+    >;
+
+    /// A configured [`RateLimitLayer`](crate::rate_limit::RateLimitLayer):
+    /// one limit shared by every service the stack makes (and every clone,
+    /// so one layer on several axum routes gives them one limit).
+    ///
+    /// ```
+    /// use buttress::core::error::{kind_of, ErrorKind};
+    /// use buttress::rate_limit::{Rate, RateLimitLayer};
+    /// use buttress::ServiceBuilderExt;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), buttress::BoxError> {
+    /// let limit = RateLimitLayer::builder(Rate::per_second(50))
+    ///     .name("search")
+    ///     .burst(2)
+    ///     .build()?;
+    /// let mut svc = ServiceBuilder::new()
+    ///     .rate_limit_with(limit)
+    ///     .service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x * 2) });
+    /// assert_eq!(svc.ready().await?.call(1).await?, 2);
+    /// assert_eq!(svc.ready().await?.call(2).await?, 4);
+    /// // The burst of 2 is spent: the third call is rejected at once.
+    /// let err = svc.ready().await?.call(3).await.unwrap_err();
+    /// assert_eq!(kind_of(&*err), Some(ErrorKind::RateLimited));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "rate-limit")]
+    fn rate_limit_with<C, P, H>(
+        self,
+        layer: buttress_rate_limit::RateLimitLayer<C, P, H>,
+    ) -> ServiceBuilder<Stack<buttress_rate_limit::RateLimitLayer<C, P, H>, L>>;
+
+    /// A configured [`KeyedRateLimitLayer`](crate::rate_limit::KeyedRateLimitLayer):
+    /// one limit per key (client IP, header, extension, closure), in a
+    /// bounded map, optionally with a global limit as well. On a server it
+    /// sits right below [`error_to_response`](Self::error_to_response), so
+    /// that a client over its limit is answered 429 before it takes a
+    /// bulkhead permit.
+    ///
+    /// ```
+    /// use buttress::core::key::Header;
+    /// use buttress::rate_limit::{KeyedRateLimitLayer, Rate};
+    /// use buttress::ServiceBuilderExt;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), buttress::BoxError> {
+    /// let per_client = KeyedRateLimitLayer::builder(
+    ///     Header::new(http::HeaderName::from_static("x-client")),
+    ///     Rate::per_minute(1),
+    /// )
+    /// .name("per-client")
+    /// .build()?;
+    /// let mut svc = ServiceBuilder::new()
+    ///     .error_to_response() // a rejection becomes a 429 with Retry-After
+    ///     .keyed_rate_limit(per_client)
+    ///     .service_fn(|_req: http::Request<()>| async {
+    ///         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    ///     });
+    /// let req = |client: &str| http::Request::builder().header("x-client", client).body(()).unwrap();
+    /// assert_eq!(svc.ready().await?.call(req("alice")).await?.status(), 200);
+    /// let limited = svc.ready().await?.call(req("alice")).await?;
+    /// assert_eq!(limited.status(), 429);
+    /// assert_eq!(limited.headers()["retry-after"], "60");
+    /// // Another client has a limit of its own.
+    /// assert_eq!(svc.ready().await?.call(req("bob")).await?.status(), 200);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "rate-limit")]
+    fn keyed_rate_limit<X, K, C, P, H>(
+        self,
+        layer: buttress_rate_limit::KeyedRateLimitLayer<X, K, C, P, H>,
+    ) -> ServiceBuilder<Stack<buttress_rate_limit::KeyedRateLimitLayer<X, K, C, P, H>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -274,6 +393,33 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: buttress_retry::RetryLayer<P, R>,
     ) -> ServiceBuilder<Stack<buttress_retry::RetryLayer<P, R>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "rate-limit")]
+    fn rate_limit(
+        self,
+        rate: buttress_rate_limit::Rate,
+    ) -> Result<
+        ServiceBuilder<Stack<buttress_rate_limit::RateLimitLayer, L>>,
+        buttress_core::ConfigError,
+    > {
+        Ok(self.layer(buttress_rate_limit::RateLimitLayer::new(rate)?))
+    }
+
+    #[cfg(feature = "rate-limit")]
+    fn rate_limit_with<C, P, H>(
+        self,
+        layer: buttress_rate_limit::RateLimitLayer<C, P, H>,
+    ) -> ServiceBuilder<Stack<buttress_rate_limit::RateLimitLayer<C, P, H>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "rate-limit")]
+    fn keyed_rate_limit<X, K, C, P, H>(
+        self,
+        layer: buttress_rate_limit::KeyedRateLimitLayer<X, K, C, P, H>,
+    ) -> ServiceBuilder<Stack<buttress_rate_limit::KeyedRateLimitLayer<X, K, C, P, H>, L>> {
         self.layer(layer)
     }
 }

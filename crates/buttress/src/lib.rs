@@ -8,10 +8,11 @@
 //! | bulkhead: concurrency limit, bounded queue, queue timeout | [`bulkhead`] | `bulkhead` (default) |
 //! | circuit breaker: rate windows, slow calls, RAII half-open probes | [`circuit_breaker`] | `circuit-breaker` (default) |
 //! | retry: backoff with jitter, budgets, Retry-After, HTTP body replay | [`retry`] | `retry` (default) |
+//! | rate limiting: GCRA, token bucket, windows, per key, priorities, `RateLimit` headers | [`rate_limit`] | `rate-limit` (default) |
 //! | classification, events, registry, keys, errors to responses | [`core`] | always |
 //!
-//! Rate limiting, fallback, cache, saga, metrics and health are planned
-//! and not built yet.
+//! Fallback, cache, saga, metrics and health are planned and not built
+//! yet.
 //!
 //! # Install
 //!
@@ -40,6 +41,8 @@
 //! | `bulkhead` | yes | [`bulkhead`], [`ServiceBuilderExt::bulkhead`], [`ServiceBuilderExt::bulkhead_with`] |
 //! | `circuit-breaker` | yes | [`circuit_breaker`], [`ServiceBuilderExt::circuit_breaker`] |
 //! | `retry` | yes | [`retry`], [`ServiceBuilderExt::retry_with`] |
+//! | `rate-limit` | yes | [`rate_limit`], [`ServiceBuilderExt::rate_limit_with`], [`ServiceBuilderExt::rate_limit`], [`ServiceBuilderExt::keyed_rate_limit`] |
+//! | `rate-limit-redis` | no | `rate_limit::redis`: the limiter's state in Redis, shared by every replica |
 //! | `serde` | yes | `Serialize`/`Deserialize` on the configuration structs, durations as `"30s"` |
 //! | `tonic` | no | rejections to `tonic::Status` (`core::grpc`), a classifier for `tonic::Status` results |
 //! | `axum` | no | axum's `ConnectInfo` as the peer address in the client-IP key extractors |
@@ -129,11 +132,25 @@
 //!     .build()
 //!     .expect("valid bulkhead config");
 //!
+//! // 20 requests a second per client IP (peer address: no proxy in front;
+//! // serve with `into_make_service_with_connect_info::<SocketAddr>()` and
+//! // the `axum` feature), and 1000 a second for all clients together.
+//! let per_client = buttress::rate_limit::KeyedRateLimitLayer::builder(
+//!     buttress::core::key::ClientIp::new(0),
+//!     buttress::rate_limit::Rate::per_second(20),
+//! )
+//! .name("per-client")
+//! .global(buttress::rate_limit::Rate::per_second(1000), None)
+//! .registry(&registry)
+//! .build::<std::net::IpAddr>()
+//! .expect("valid rate limit config");
+//!
 //! let app: axum::Router = axum::Router::new()
 //!     .route("/", axum::routing::get(|| async { "hello" }))
 //!     .layer(
 //!         ServiceBuilder::new()
-//!             .error_to_response()
+//!             .error_to_response() // 429 + Retry-After, 503, 504
+//!             .keyed_rate_limit(per_client)
 //!             .bulkhead_with(bulkhead)
 //!             .call_timeout(Duration::from_secs(5))
 //!             .expect("a valid timeout"),
@@ -172,6 +189,10 @@ pub use buttress_circuit_breaker as circuit_breaker;
 #[cfg(feature = "retry")]
 #[doc(inline)]
 pub use buttress_retry as retry;
+
+#[cfg(feature = "rate-limit")]
+#[doc(inline)]
+pub use buttress_rate_limit as rate_limit;
 
 mod builder;
 pub use builder::ServiceBuilderExt;

@@ -9,6 +9,10 @@
 //!
 //! The cases must run inside a tokio runtime context (see `runtime()`):
 //! timers need its time driver.
+//!
+//! One case is not a layer: governor's `RateLimiter::check()`, called
+//! directly (no service, no future), the floor a rate limiter's decision
+//! is compared with.
 
 // Included by both the bench and the allocation test, which use
 // different parts of it.
@@ -35,6 +39,8 @@ pub(crate) enum Impl {
     Tower,
     /// tower-resilience.
     TowerResilience,
+    /// governor, called directly (not a tower layer).
+    Governor,
 }
 
 impl Impl {
@@ -45,6 +51,7 @@ impl Impl {
             Impl::Buttress => "buttress",
             Impl::Tower => "tower",
             Impl::TowerResilience => "tower-resilience",
+            Impl::Governor => "governor",
         }
     }
 }
@@ -91,6 +98,23 @@ impl Case {
             imp,
             allowed_allocations: 0,
             run: Box::new(move || drive(&mut svc, black_box(1), true)),
+        }
+    }
+
+    /// A case that is a plain closure rather than a service (governor's
+    /// direct `check()`).
+    fn direct(
+        group: &'static str,
+        inner: &'static str,
+        imp: Impl,
+        run: impl FnMut() + 'static,
+    ) -> Self {
+        Case {
+            group,
+            inner,
+            imp,
+            allowed_allocations: 0,
+            run: Box::new(run),
         }
     }
 
@@ -244,6 +268,46 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 const PERMITS: usize = 1_000;
 const ATTEMPTS: u32 = 3;
 const BACKOFF: Duration = Duration::from_millis(100);
+/// The rate (per second) and burst of every rate-limiter case: high
+/// enough that every call is admitted (one permit every nanosecond, a
+/// second's worth of burst), so the happy path is what is measured.
+pub(crate) const RATE_HUGE: u64 = 1_000_000_000;
+
+/// buttress's global rate limiter admitting every call, with `algorithm`
+/// and an optional coarse clock of `resolution`.
+pub(crate) fn rate_limit_layer(
+    algorithm: buttress_rate_limit::Algorithm,
+    resolution: Option<Duration>,
+) -> buttress_rate_limit::RateLimitLayer {
+    use buttress_rate_limit::{Algorithm, Rate, RateLimitLayer};
+    let mut builder = RateLimitLayer::builder(Rate::per_second(RATE_HUGE)).algorithm(algorithm);
+    // The window algorithms take no burst: they admit the rate's permits
+    // per window.
+    if matches!(algorithm, Algorithm::Gcra | Algorithm::TokenBucket) {
+        builder = builder.burst(RATE_HUGE);
+    }
+    if let Some(resolution) = resolution {
+        builder = builder.resolution(resolution);
+    }
+    builder.build().expect("a valid rate limiter")
+}
+
+/// tower-resilience's rate limiter admitting every call (its default
+/// fixed window, `RATE_HUGE` permits per second).
+fn rez_rate_limit() -> tower_resilience::ratelimiter::RateLimiterLayer {
+    tower_resilience::ratelimiter::RateLimiterLayer::builder()
+        .limit_for_period(RATE_HUGE as usize)
+        .refresh_period(Duration::from_secs(1))
+        .build()
+        .expect("a valid tower-resilience rate limiter")
+}
+
+/// governor's direct limiter of the same quota: `RATE_HUGE` per second,
+/// a burst of `RATE_HUGE`.
+fn governor_quota() -> governor::Quota {
+    let n = std::num::NonZeroU32::new(RATE_HUGE as u32).expect("a non-zero rate");
+    governor::Quota::per_second(n).allow_burst(n)
+}
 
 /// A minimal `tower::retry::Policy`: clones the `u64` request, retries an
 /// error up to `ATTEMPTS` attempts in all with no backoff, never retries a
@@ -455,6 +519,92 @@ pub(crate) fn cases() -> Vec<Case> {
         budgeted.layer(ReadySvc),
     ));
 
+    // Rate limiter, global, every call admitted. buttress: GCRA with the
+    // exact clock (tokio's, read once per call), then with a coarse clock
+    // of 1 ms (one atomic load), then the token bucket and the sliding
+    // window once each.
+    use buttress_rate_limit::Algorithm;
+    let ours = rate_limit_layer(Algorithm::Gcra, None);
+    cases.push(Case::new(
+        "rate-limit",
+        "ready",
+        Impl::Buttress,
+        ours.layer(ReadySvc),
+    ));
+    let coarse = rate_limit_layer(Algorithm::Gcra, Some(Duration::from_millis(1)));
+    cases.push(Case::new(
+        "rate-limit-coarse",
+        "ready",
+        Impl::Buttress,
+        coarse.layer(ReadySvc),
+    ));
+    let bucket = rate_limit_layer(Algorithm::TokenBucket, None);
+    cases.push(Case::new(
+        "rate-limit-token-bucket",
+        "ready",
+        Impl::Buttress,
+        bucket.layer(ReadySvc),
+    ));
+    let sliding = rate_limit_layer(Algorithm::SlidingWindow, None);
+    cases.push(Case::new(
+        "rate-limit-sliding-window",
+        "ready",
+        Impl::Buttress,
+        sliding.layer(ReadySvc),
+    ));
+    // tower's `RateLimit` keeps its count per service (per clone), and
+    // turns not ready once the count is spent; here it never is.
+    cases.push(Case::new(
+        "rate-limit",
+        "ready",
+        Impl::Tower,
+        tower::limit::RateLimit::new(
+            ReadySvc,
+            tower::limit::rate::Rate::new(RATE_HUGE, Duration::from_secs(1)),
+        ),
+    ));
+    cases.push(Case::new(
+        "rate-limit",
+        "ready",
+        Impl::TowerResilience,
+        rez_rate_limit().layer(ReadySvc),
+    ));
+    // governor's `check()` on a direct limiter, called as is: no service
+    // around it. With its default clock (quanta, the CPU's time-stamp
+    // counter), then with std's `Instant`, the clock buttress reads
+    // (through tokio).
+    let quanta = governor::RateLimiter::direct(governor_quota());
+    cases.push(Case::direct(
+        "rate-limit",
+        "check",
+        Impl::Governor,
+        move || {
+            assert!(black_box(&quanta).check().is_ok(), "governor admits");
+        },
+    ));
+    let std_clock =
+        governor::RateLimiter::direct_with_clock(governor_quota(), governor::clock::MonotonicClock);
+    cases.push(Case::direct(
+        "rate-limit",
+        "check_std_clock",
+        Impl::Governor,
+        move || {
+            assert!(black_box(&std_clock).check().is_ok(), "governor admits");
+        },
+    ));
+
+    // Rate limiter with a spent burst and no refill worth a call: every
+    // call is rejected.
+    let spent = buttress_rate_limit::RateLimitLayer::builder(buttress_rate_limit::Rate::new(
+        1,
+        Duration::from_secs(3600),
+    ))
+    .build()
+    .expect("a valid rate limiter");
+    let mut spent_svc = spent.layer(ReadySvc);
+    drive(&mut spent_svc, 1, true);
+    cases.push(Case::rejecting("rate-limit", Impl::Buttress, spent_svc));
+
     // A stack in the client order of the README (retry, circuit breaker,
     // rate limiter, bulkhead, per-attempt timeout), outermost first: retry,
     // bulkhead, timeout.
@@ -522,6 +672,58 @@ pub(crate) fn cases() -> Vec<Case> {
         .service(ReadySvc);
     cases.push(Case::new(
         "stack-breaker",
+        "ready",
+        Impl::TowerResilience,
+        stack,
+    ));
+
+    // The full client order of DESIGN.md section 4 (retry, circuit
+    // breaker, rate limiter, bulkhead, per-attempt timeout): the stack
+    // above with the global rate limiter (GCRA, exact clock, every call
+    // admitted) between breaker and bulkhead.
+    let stack = tower::ServiceBuilder::new()
+        .layer(
+            buttress_retry::RetryLayer::builder()
+                .build()
+                .expect("a valid retry layer"),
+        )
+        .layer(
+            buttress_circuit_breaker::CircuitBreakerLayer::builder()
+                .build()
+                .expect("a valid breaker"),
+        )
+        .layer(rate_limit_layer(Algorithm::Gcra, None))
+        .layer(buttress_bulkhead::BulkheadLayer::new(PERMITS).expect("a valid bulkhead"))
+        .layer(buttress_timeout::TimeoutLayer::new(TIMEOUT).expect("a valid timeout"))
+        .service(ReadySvc);
+    cases.push(Case::new(
+        "stack-rate-limit",
+        "ready",
+        Impl::Buttress,
+        stack,
+    ));
+    let stack = tower::ServiceBuilder::new()
+        .layer(rez_retry())
+        .layer(
+            tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+                .build()
+                .expect("a valid tower-resilience breaker"),
+        )
+        .layer(rez_rate_limit())
+        .layer(
+            tower_resilience::bulkhead::BulkheadLayer::builder()
+                .max_concurrent_calls(PERMITS)
+                .build()
+                .expect("a valid tower-resilience bulkhead"),
+        )
+        .layer(
+            tower_resilience::timelimiter::TimeLimiterLayer::builder()
+                .timeout_duration(TIMEOUT)
+                .build(),
+        )
+        .service(ReadySvc);
+    cases.push(Case::new(
+        "stack-rate-limit",
         "ready",
         Impl::TowerResilience,
         stack,

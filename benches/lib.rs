@@ -8,4 +8,5 @@
 //! ```sh
 //! cargo bench -p buttress-benches                      # the timings
 //! cargo test -p buttress-benches --test alloc -- --nocapture   # allocations per call
+//! cargo test -p buttress-benches --test rate_limit_memory -- --nocapture   # 1M keys' memory
 //! ```

@@ -18,19 +18,35 @@
 //!   answer is `None`.
 //! - `hit/100k/N-thread`: hits split over N threads on one shared map, time
 //!   per call (wall time / calls), as in the `scaling` bench.
+//! - `keyed/rate-limit/hit/100k`: the same hits through the keyed rate
+//!   limiter's layer (`KeyedRateLimitLayer`, GCRA, a `FnKey` taking the
+//!   request's `IpAddr`, every call admitted): `poll_ready`, `call` and the
+//!   response future polled to completion over a bare service, as in the
+//!   `layers` bench. Unlike the map cases the layer reads its own clock:
+//!   tokio's (`exact`), or a coarse clock of 1 ms (`coarse-1ms`, one
+//!   atomic load; its ticker is started in a current-thread runtime that
+//!   is then not driven, so the time it reads stands still, as between two
+//!   ticks).
 
 // criterion_group! and criterion_main! generate undocumented public items.
 #![allow(missing_docs)]
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use buttress_core::key::BoundedMap;
+use buttress_core::key::{BoundedMap, FnKey};
+use buttress_rate_limit::{KeyedRateLimitLayer, Rate};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
 
 /// The previous implementation of `BoundedMap` (before the sharded map),
 /// unchanged but for the docs, as the baseline.
@@ -296,12 +312,79 @@ fn new_key(c: &mut Criterion) {
     group.finish();
 }
 
+/// Rate and burst per key: every call admitted (one permit per
+/// nanosecond, a second's worth of burst), as in the `layers` bench.
+const RATE_HUGE: u64 = 1_000_000_000;
+
+/// `poll_ready`, `call`, poll to completion, as `cases::drive` does.
+#[inline]
+fn drive<S: Service<IpAddr>>(svc: &mut S, key: IpAddr) {
+    let mut cx = Context::from_waker(Waker::noop());
+    match svc.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        _ => panic!("a benchmark service must be ready"),
+    }
+    let mut fut = pin!(svc.call(key));
+    loop {
+        if let Poll::Ready(res) = fut.as_mut().poll(&mut cx) {
+            assert!(res.is_ok(), "every call is admitted");
+            black_box(res.ok());
+            return;
+        }
+    }
+}
+
+fn rate_limit_hit(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a tokio runtime");
+    let _guard = rt.enter();
+    let keys = scattered(HIT_KEYS);
+    let mut group = c.benchmark_group("keyed/rate-limit/hit/100k");
+    for (name, resolution) in [
+        ("exact", None),
+        ("coarse-1ms", Some(Duration::from_millis(1))),
+    ] {
+        let mut builder = KeyedRateLimitLayer::builder(
+            FnKey::new(|ip: &IpAddr| Some(*ip)),
+            Rate::per_second(RATE_HUGE),
+        )
+        .burst(RATE_HUGE)
+        .max_keys(HIT_KEYS as usize);
+        if let Some(resolution) = resolution {
+            builder = builder.resolution(resolution);
+        }
+        let layer = builder.build().expect("a valid keyed rate limiter");
+        let mut svc = layer.layer(tower::service_fn(|ip: IpAddr| {
+            std::future::ready(Ok::<_, Infallible>(ip))
+        }));
+        for k in &keys {
+            drive(&mut svc, *k);
+        }
+        // Let the coarse clock's ticker run once, as in a running server.
+        rt.block_on(tokio::task::yield_now());
+        assert_eq!(layer.handle().keys(), keys.len(), "every key is held");
+        group.bench_function(name, |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i += 1;
+                if i == keys.len() {
+                    i = 0;
+                }
+                drive(&mut svc, black_box(keys[i]))
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = hit, hit_threads, new_key
+    targets = hit, rate_limit_hit, hit_threads, new_key
 }
 criterion_main!(benches);

@@ -1,5 +1,7 @@
 //! Two threads on one shared layer against one thread: the per-call time
-//! of a breaker or a bulkhead that both threads share.
+//! of a breaker, a bulkhead or a global rate limiter (GCRA, exact clock,
+//! every call admitted: one compare-and-swap on one word) that both
+//! threads share.
 //!
 //! `cargo bench -p buttress-benches --bench scaling`. The throughput ratio
 //! is `time per call on one thread / time per call on two threads`
@@ -47,6 +49,7 @@ fn scaling(c: &mut Criterion) {
         .build()
         .expect("a valid breaker");
     let bulkhead = buttress_bulkhead::BulkheadLayer::new(1_000).expect("a valid bulkhead");
+    let rate_limit = cases::rate_limit_layer(buttress_rate_limit::Algorithm::Gcra, None);
     for threads in [1u64, 2] {
         let make = || breaker.layer(ReadySvc);
         c.bench_function(&format!("breaker/buttress/{threads}-thread"), |b| {
@@ -54,6 +57,10 @@ fn scaling(c: &mut Criterion) {
         });
         let make = || bulkhead.layer(ReadySvc);
         c.bench_function(&format!("bulkhead/buttress/{threads}-thread"), |b| {
+            b.iter_custom(|iters| run(iters.max(threads), threads, &make))
+        });
+        let make = || rate_limit.layer(ReadySvc);
+        c.bench_function(&format!("rate-limit/buttress/{threads}-thread"), |b| {
             b.iter_custom(|iters| run(iters.max(threads), threads, &make))
         });
     }

@@ -63,8 +63,12 @@ where
 
 fn inner(
     counts: Arc<Vec<AtomicU64>>,
-) -> impl Service<u32, Response = (), Error = Infallible, Future = std::future::Ready<Result<(), Infallible>>>
-       + Clone
+) -> impl Service<
+    u32,
+    Response = (),
+    Error = Infallible,
+    Future = std::future::Ready<Result<(), Infallible>>,
+> + Clone
        + Send
        + 'static {
     tower::service_fn(move |key: u32| {
@@ -137,12 +141,17 @@ async fn a_keyed_limiter_admits_exactly_the_burst_of_each_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_global_limit_beside_the_keys_never_passes_its_burst_nor_charges_refused_keys() {
-    for algorithm in [Algorithm::Gcra, Algorithm::TokenBucket, Algorithm::SlidingLog].repeat(ROUNDS) {
+    for algorithm in [
+        Algorithm::Gcra,
+        Algorithm::TokenBucket,
+        Algorithm::SlidingLog,
+    ]
+    .repeat(ROUNDS)
+    {
         // Five keys of 20 could take 100; the global limit lets 50 pass.
         let layer = match algorithm {
-            Algorithm::SlidingLog => {
-                KeyedRateLimitLayer::builder(by_key(), Rate::per_hour(20)).global(Rate::per_hour(50), None)
-            }
+            Algorithm::SlidingLog => KeyedRateLimitLayer::builder(by_key(), Rate::per_hour(20))
+                .global(Rate::per_hour(50), None),
             _ => KeyedRateLimitLayer::builder(by_key(), Rate::per_hour(100))
                 .burst(20)
                 .global(Rate::per_hour(100), Some(50)),

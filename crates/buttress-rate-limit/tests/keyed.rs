@@ -51,9 +51,7 @@ fn service<L>(
     Future = impl Future<Output = Result<u64, BoxError>> + Send,
 > + Clone
 where
-    L: tower::Layer<
-        tower::util::ServiceFn<fn(Req) -> std::future::Ready<Result<u64, Infallible>>>,
-    >,
+    L: tower::Layer<tower::util::ServiceFn<fn(Req) -> std::future::Ready<Result<u64, Infallible>>>>,
     L::Service: Service<Req, Response = u64, Error = BoxError> + Clone,
     <L::Service as Service<Req>>::Future: Send,
 {
@@ -250,10 +248,18 @@ async fn a_global_refusal_leaves_the_key_untouched() {
         // The global limit (3) is spent; key 2 has one left.
         let res = call(&mut svc, Some(2), 1).await;
         assert!(is_limited(&res), "{algorithm}");
-        assert_eq!(handle.key(&2).available, 1, "{algorithm}: key 2 was charged");
+        assert_eq!(
+            handle.key(&2).available,
+            1,
+            "{algorithm}: key 2 was charged"
+        );
         let res = call(&mut svc, Some(3), 1).await;
         assert!(is_limited(&res));
-        assert_eq!(handle.key(&3).available, 2, "{algorithm}: key 3 was charged");
+        assert_eq!(
+            handle.key(&3).available,
+            2,
+            "{algorithm}: key 3 was charged"
+        );
         // Key 1 is refused by its own limit before the global one is asked.
         assert!(call(&mut svc, Some(1), 1).await.is_err());
         // One global permit back after 20 s: key 2 still has its own.
@@ -304,7 +310,10 @@ async fn the_keyed_registry_entry_is_exact() {
     );
     let handle: KeyedRateLimitHandle<u32> = registry.get("per-client").unwrap();
     let s = handle.snapshot();
-    assert_eq!((s.keys, s.permitted, s.rejected, s.missing_key), (2, 3, 1, 1));
+    assert_eq!(
+        (s.keys, s.permitted, s.rejected, s.missing_key),
+        (2, 3, 1, 1)
+    );
 }
 
 #[tokio::test(start_paused = true)]

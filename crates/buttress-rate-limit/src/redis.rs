@@ -1,1 +1,0 @@
-//! A cluster-wide limiter whose state lives in Redis.

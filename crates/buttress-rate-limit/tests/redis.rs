@@ -1,0 +1,599 @@
+//! The Redis backend against real redis-server processes: each test starts
+//! its own on a free loopback port and kills it when done.
+//!
+//! Run with `cargo test -p buttress-rate-limit --features redis --test redis`
+//! (`bash scripts/test.sh` installs redis-server when it is missing).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use buttress_core::error::{BoxError, KeyMissing};
+use buttress_core::key::Header;
+use buttress_core::RateLimited;
+use buttress_rate_limit::redis::{OutagePolicy, RedisRateLimitLayer};
+use buttress_rate_limit::{Backend, MissingKey, Rate, RateLimitEvent, RejectReason};
+use tower::{Service, ServiceExt};
+
+// ---------------------------------------------------------------------------
+// A redis-server of the test's own.
+
+struct Server {
+    port: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("no free loopback port")
+        .port()
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+fn spawn(port: u16) -> Option<Child> {
+    let mut child = match Command::new("redis-server")
+        .args(["--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "redis-server is not on PATH: the test command `bash scripts/test.sh` installs it \
+             (or: apt-get install redis-server)"
+        ),
+        Err(e) => panic!("could not start redis-server: {e}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if ping(port) {
+            return Some(child);
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return None; // the port was taken meanwhile
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+impl Server {
+    fn start() -> Self {
+        for _ in 0..5 {
+            let port = free_port();
+            if let Some(child) = spawn(port) {
+                return Self {
+                    port,
+                    child: Some(child),
+                };
+            }
+        }
+        panic!("redis-server did not answer PING on any of 5 free ports");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a new server on the same port.
+    fn restart(&mut self) {
+        self.kill();
+        for _ in 0..50 {
+            if let Some(child) = spawn(self.port) {
+                self.child = Some(child);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("redis-server did not restart on port {}", self.port);
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A stopped server dies of SIGKILL too.
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+        }
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers.
+
+fn ok_service() -> impl Service<
+    http::Request<()>,
+    Response = (),
+    Error = Infallible,
+    Future = impl Future<Output = Result<(), Infallible>> + Send,
+> + Clone
+       + Send
+       + 'static {
+    tower::service_fn(|_req: http::Request<()>| async { Ok::<_, Infallible>(()) })
+}
+
+fn req() -> http::Request<()> {
+    http::Request::new(())
+}
+
+fn keyed_req(key: &str) -> http::Request<()> {
+    http::Request::builder()
+        .header("x-key", key)
+        .body(())
+        .unwrap()
+}
+
+async fn call<S>(svc: &mut S, req: http::Request<()>) -> Result<(), BoxError>
+where
+    S: Service<http::Request<()>, Response = (), Error = BoxError>,
+{
+    svc.ready().await?.call(req).await
+}
+
+fn limited(e: &BoxError) -> &RateLimited {
+    e.downcast_ref::<RateLimited>()
+        .unwrap_or_else(|| panic!("not RateLimited: {e}"))
+}
+
+fn header() -> Header {
+    Header::new(http::HeaderName::from_static("x-key"))
+}
+
+type Events = Arc<Mutex<Vec<(Backend, Option<RejectReason>)>>>;
+
+fn recorder() -> (Events, impl Fn(&RateLimitEvent) + Send + Sync + 'static) {
+    let events: Events = Arc::default();
+    let sink = events.clone();
+    let listener = move |e: &RateLimitEvent| {
+        let entry = match e {
+            RateLimitEvent::Permitted { backend, .. } => (*backend, None),
+            RateLimitEvent::Rejected {
+                backend, reason, ..
+            } => (*backend, Some(*reason)),
+            _ => return,
+        };
+        sink.lock().unwrap().push(entry);
+    };
+    (events, listener)
+}
+
+/// `cmdstat_evalsha` calls on the server.
+async fn evalsha_calls(server: &Server) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut server.conn().await)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------
+// Tests.
+
+#[test]
+fn building_needs_no_runtime_and_no_server() {
+    let layer = RedisRateLimitLayer::builder_url("redis://127.0.0.1:1/", Rate::per_second(5))
+        .build()
+        .unwrap();
+    let s = layer.handle().snapshot();
+    assert_eq!(s.prefix, "buttress:rl:redis_rate_limit:");
+    assert_eq!(s.backend, None);
+    let err = RedisRateLimitLayer::builder_url("http://nope", Rate::per_second(5))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "url");
+}
+
+/// Two replicas (two layers, two connections) on one Redis admit together
+/// exactly the limit over a burst of concurrent calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_limit_exactly() {
+    let server = Server::start();
+    let replica = || {
+        RedisRateLimitLayer::builder_url(server.url(), Rate::per_hour(40))
+            .name("shared")
+            // A loaded test machine must not turn into an outage here.
+            .decision_timeout(Duration::from_secs(10))
+            .outage(OutagePolicy::FailClosed)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (replica(), replica());
+    let svc_a = tower::Layer::layer(&a, ok_service());
+    let svc_b = tower::Layer::layer(&b, ok_service());
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let mut svc = if i % 2 == 0 {
+            svc_a.clone()
+        } else {
+            svc_b.clone()
+        };
+        tasks.push(tokio::spawn(
+            async move { call(&mut svc, req()).await.is_ok() },
+        ));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += u32::from(t.await.unwrap());
+    }
+    let (sa, sb) = (a.handle().snapshot(), b.handle().snapshot());
+    assert_eq!(sa.redis_errors + sb.redis_errors, 0, "{sa:?} {sb:?}");
+    assert_eq!(
+        admitted, 40,
+        "two replicas admitted {admitted} of a limit of 40"
+    );
+    assert_eq!(sa.permitted + sb.permitted, 40);
+    assert_eq!(sa.rejected + sb.rejected, 160);
+    assert!(
+        sa.permitted > 0 && sb.permitted > 0,
+        "both replicas took part"
+    );
+    // Every call was decided by Redis, or by the pre-check replaying it.
+    assert_eq!(
+        sa.redis_decisions + sb.redis_decisions + sa.precheck_rejections + sb.precheck_rejections,
+        200
+    );
+}
+
+/// The decisions follow the in-memory GCRA: the burst, then a
+/// `retry_after` of one emission interval, with the quota.
+#[tokio::test]
+async fn redis_decisions_follow_gcra() {
+    let server = Server::start();
+    // T = 1 s, burst 3.
+    let layer = RedisRateLimitLayer::builder_url(server.url(), Rate::per_minute(60))
+        .burst(3)
+        .local_precheck(false)
+        .decision_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut svc = tower::Layer::layer(&layer, ok_service());
+    for _ in 0..3 {
+        call(&mut svc, req()).await.unwrap();
+    }
+    let err = call(&mut svc, req()).await.unwrap_err();
+    let limited = limited(&err);
+    let wait = limited.retry_after().unwrap();
+    assert!(
+        wait <= Duration::from_secs(1) && wait > Duration::from_millis(500),
+        "{wait:?}"
+    );
+    assert_eq!(limited.remaining(), Some(0));
+    assert_eq!(limited.limit(), Some(60));
+    tokio::time::sleep(wait).await;
+    call(&mut svc, req()).await.unwrap();
+    let s = layer.handle().snapshot();
+    assert_eq!((s.permitted, s.rejected, s.redis_decisions), (4, 1, 5));
+    assert_eq!(s.backend, Some(Backend::Redis));
+}
+
+/// Kills Redis mid-run, then restarts it on the same port, under `policy`;
+/// returns the outcomes of the calls made while it was down.
+async fn outage_run(policy: OutagePolicy) -> (Vec<Result<(), BoxError>>, Events) {
+    let mut server = Server::start();
+    let timeout = Duration::from_millis(200);
+    let (events, listener) = recorder();
+    let layer = RedisRateLimitLayer::builder_url(server.url(), Rate::per_hour(3))
+        .name("outage")
+        .outage(policy)
+        .decision_timeout(timeout)
+        .retry_backoff(Duration::from_millis(300))
+        .local_precheck(false)
+        .on_event(listener)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = tower::Layer::layer(&layer, ok_service());
+    // Redis decides: the burst, then a rejection.
+    for _ in 0..3 {
+        call(&mut svc, req()).await.unwrap();
+    }
+    assert!(call(&mut svc, req()).await.is_err());
+    assert_eq!(handle.snapshot().backend, Some(Backend::Redis));
+    assert_eq!(handle.snapshot().redis_errors, 0);
+
+    server.kill();
+    let mut outcomes = Vec::new();
+    let mut slowest = Duration::ZERO;
+    // 10 calls over about a second: several backoffs, each ending with one
+    // call that tries Redis again.
+    for _ in 0..10 {
+        let started = Instant::now();
+        outcomes.push(call(&mut svc, req()).await);
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A generous bound: decided by the timeout at worst, never hung.
+    assert!(
+        slowest < timeout + Duration::from_secs(2),
+        "a call took {slowest:?} to be decided"
+    );
+    let s = handle.snapshot();
+    assert!(!s.redis_available);
+    assert!(s.redis_errors >= 1, "{s:?}");
+    assert_eq!(s.redis_decisions, 4, "no decision reached a dead Redis");
+
+    // Back to Redis once it answers again.
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut back = false;
+    for _ in 0..200 {
+        let started = Instant::now();
+        let _ = call(&mut svc, req()).await;
+        assert!(started.elapsed() < timeout + Duration::from_secs(2));
+        if handle.snapshot().backend == Some(Backend::Redis) {
+            back = true;
+            break;
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = handle.snapshot();
+    assert!(back, "decisions did not return to Redis: {s:?}");
+    assert!(s.redis_available);
+    assert_eq!(s.redis_decisions, 5);
+    (outcomes, events)
+}
+
+fn during_outage(events: &Events) -> Vec<(Backend, Option<RejectReason>)> {
+    // The first 4 events came from Redis before the kill, the last from
+    // Redis after the restart.
+    let events = events.lock().unwrap();
+    events[4..events.len() - 1].to_vec()
+}
+
+#[tokio::test]
+async fn outage_fail_open_admits_everything() {
+    let (outcomes, events) = outage_run(OutagePolicy::FailOpen).await;
+    assert!(outcomes.iter().all(Result::is_ok));
+    let during = during_outage(&events);
+    assert!(during.len() >= 10);
+    assert!(during.iter().all(|e| *e == (Backend::OutagePolicy, None)));
+}
+
+#[tokio::test]
+async fn outage_fail_closed_rejects_everything() {
+    let (outcomes, events) = outage_run(OutagePolicy::FailClosed).await;
+    for o in &outcomes {
+        let err = o.as_ref().unwrap_err();
+        let limited = limited(err);
+        assert!(limited.retry_after().unwrap() <= Duration::from_millis(300));
+    }
+    let during = during_outage(&events);
+    assert!(during.len() >= 10);
+    assert!(during.iter().all(|e| *e
+        == (
+            Backend::OutagePolicy,
+            Some(RejectReason::BackendUnavailable)
+        )));
+}
+
+#[tokio::test]
+async fn outage_fallback_local_limits_with_the_same_numbers() {
+    let (outcomes, events) = outage_run(OutagePolicy::FallbackLocal).await;
+    // A fresh local GCRA of 3 per hour: the burst, then rejections.
+    let admitted = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(admitted, 3);
+    assert!(outcomes[..3].iter().all(Result::is_ok));
+    for o in &outcomes[3..] {
+        assert!(limited(o.as_ref().unwrap_err()).retry_after().is_some());
+    }
+    let during = during_outage(&events);
+    assert!(during.iter().all(|(b, _)| *b == Backend::LocalFallback));
+}
+
+/// A Redis that stops answering (SIGSTOP) holds no call longer than the
+/// decision timeout; decisions return to it when it resumes.
+#[tokio::test]
+async fn a_hung_redis_never_hangs_a_request() {
+    let server = Server::start();
+    let timeout = Duration::from_millis(100);
+    let layer = RedisRateLimitLayer::builder_url(server.url(), Rate::per_second(1000))
+        .decision_timeout(timeout)
+        .retry_backoff(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = tower::Layer::layer(&layer, ok_service());
+    call(&mut svc, req()).await.unwrap();
+    server.signal("-STOP");
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let started = Instant::now();
+        call(&mut svc, req()).await.unwrap();
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(slowest < timeout + Duration::from_secs(2), "{slowest:?}");
+    let s = handle.snapshot();
+    assert!(s.redis_timeouts >= 1, "{s:?}");
+    assert_eq!(s.backend, Some(Backend::LocalFallback));
+    assert!(s.local_fallback_decisions >= 8, "{s:?}");
+    server.signal("-CONT");
+    let mut back = false;
+    for _ in 0..100 {
+        call(&mut svc, req()).await.unwrap();
+        if handle.snapshot().backend == Some(Backend::Redis) {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back, "{:?}", handle.snapshot());
+}
+
+#[tokio::test]
+async fn script_flush_mid_run_reloads_the_script() {
+    let server = Server::start();
+    let layer = RedisRateLimitLayer::builder_url(server.url(), Rate::per_hour(1000))
+        .decision_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut svc = tower::Layer::layer(&layer, ok_service());
+    for _ in 0..5 {
+        call(&mut svc, req()).await.unwrap();
+    }
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut server.conn().await)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        call(&mut svc, req()).await.unwrap();
+    }
+    let s = layer.handle().snapshot();
+    assert_eq!((s.redis_decisions, s.redis_errors), (10, 0), "{s:?}");
+    assert_eq!(s.backend, Some(Backend::Redis));
+}
+
+#[tokio::test]
+async fn the_key_expires_when_full_again() {
+    let server = Server::start();
+    // T = 1 s.
+    let layer = RedisRateLimitLayer::builder_url(server.url(), Rate::per_minute(60))
+        .name("ttl")
+        .burst(10)
+        .keyed(header())
+        .decision_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut svc = tower::Layer::layer(&layer, ok_service());
+    let mut conn = server.conn().await;
+    call(&mut svc, keyed_req("alice")).await.unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("buttress:rl:ttl:k:alice")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 1000, "PTTL {pttl}");
+    call(&mut svc, keyed_req("alice")).await.unwrap();
+    call(&mut svc, keyed_req("alice")).await.unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("buttress:rl:ttl:k:alice")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pttl > 2000 && pttl <= 3000, "PTTL {pttl}");
+    let value: String = redis::cmd("GET")
+        .arg("buttress:rl:ttl:k:alice")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (s, n) = value.split_once(':').unwrap();
+    assert!(s.parse::<u64>().is_ok() && n.parse::<u32>().unwrap() < 1_000_000_000);
+}
+
+#[tokio::test]
+async fn the_precheck_rejects_without_a_round_trip() {
+    let server = Server::start();
+    let layer = RedisRateLimitLayer::builder_url(server.url(), Rate::per_hour(2))
+        .decision_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut svc = tower::Layer::layer(&layer, ok_service());
+    call(&mut svc, req()).await.unwrap();
+    call(&mut svc, req()).await.unwrap();
+    let first = call(&mut svc, req()).await.unwrap_err();
+    let first_wait = limited(&first).retry_after().unwrap();
+    let before = evalsha_calls(&server).await;
+    for _ in 0..10 {
+        let err = call(&mut svc, req()).await.unwrap_err();
+        let wait = limited(&err).retry_after().unwrap();
+        assert!(wait <= first_wait && wait > first_wait - Duration::from_secs(60));
+    }
+    assert_eq!(evalsha_calls(&server).await, before, "a call reached Redis");
+    let s = layer.handle().snapshot();
+    assert_eq!(s.precheck_rejections, 10);
+    assert_eq!(s.redis_decisions, 3);
+    assert_eq!((s.permitted, s.rejected), (2, 11));
+}
+
+#[tokio::test]
+async fn keyed_limits_are_independent_and_a_missing_key_is_rejected() {
+    let server = Server::start();
+    let layer = RedisRateLimitLayer::builder_url(server.url(), Rate::per_hour(2))
+        .name("keyed")
+        .keyed(header())
+        .decision_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut svc = tower::Layer::layer(&layer, ok_service());
+    for key in ["a", "b"] {
+        call(&mut svc, keyed_req(key)).await.unwrap();
+        call(&mut svc, keyed_req(key)).await.unwrap();
+        limited(&call(&mut svc, keyed_req(key)).await.unwrap_err());
+    }
+    call(&mut svc, keyed_req("c")).await.unwrap();
+    let err = call(&mut svc, req()).await.unwrap_err();
+    assert!(err.downcast_ref::<KeyMissing>().is_some(), "{err}");
+    let s = layer.handle().snapshot();
+    assert_eq!((s.permitted, s.rejected, s.missing_key), (5, 2, 1));
+
+    // With a shared bucket, requests without a key share one limit.
+    let shared = RedisRateLimitLayer::builder_url(server.url(), Rate::per_hour(2))
+        .name("keyed-shared")
+        .keyed(header())
+        .on_missing_key(MissingKey::SharedBucket)
+        .decision_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut svc = tower::Layer::layer(&shared, ok_service());
+    call(&mut svc, req()).await.unwrap();
+    call(&mut svc, req()).await.unwrap();
+    limited(&call(&mut svc, req()).await.unwrap_err());
+    call(&mut svc, keyed_req("a")).await.unwrap();
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("buttress:rl:keyed-shared:unkeyed")
+        .query_async(&mut server.conn().await)
+        .await
+        .unwrap();
+    assert!(exists);
+}

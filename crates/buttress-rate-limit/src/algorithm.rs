@@ -248,13 +248,13 @@ pub(crate) enum State {
     /// The bucket's level, in nanoseconds of refill (`interval` per
     /// permit), and the time it was last brought up to date.
     Bucket { level: u64, last: u64 },
-    /// The index of the current window and the permits taken in it.
-    Fixed { window: u64, count: u64 },
+    /// The start of the current window and the permits taken in it.
+    Fixed { start: u64, count: u64 },
     /// Admitted permits in the last period.
     Log(Box<Log>),
-    /// The index of the current window and the permits taken in it and in
+    /// The start of the current window and the permits taken in it and in
     /// the one before.
-    Sliding { window: u64, prev: u64, curr: u64 },
+    Sliding { start: u64, prev: u64, curr: u64 },
 }
 
 /// The entries of a sliding log.
@@ -278,12 +278,12 @@ impl State {
                 last: now,
             },
             Algorithm::FixedWindow => State::Fixed {
-                window: now / p.period,
+                start: now - now % p.period,
                 count: 0,
             },
             Algorithm::SlidingLog => State::Log(Box::default()),
             Algorithm::SlidingWindow => State::Sliding {
-                window: now / p.period,
+                start: now - now % p.period,
                 prev: 0,
                 curr: 0,
             },
@@ -320,10 +320,10 @@ impl State {
                     Verdict::Deny(Some(need - *level))
                 }
             }
-            State::Fixed { window, count } => {
-                let idx = now / p.period;
-                if idx > *window {
-                    *window = idx;
+            State::Fixed { start, count } => {
+                let (s, passed) = advance(*start, now, p.period);
+                if passed > 0 {
+                    *start = s;
                     *count = 0;
                 }
                 let usable = p.permits.saturating_sub(keep);
@@ -335,28 +335,20 @@ impl State {
                     Verdict::Allow
                 } else {
                     // The next window starts empty.
-                    let next = (*window + 1) * p.period;
+                    let next = *start + p.period;
                     Verdict::Deny(Some(next.saturating_sub(now).max(1)))
                 }
             }
             State::Log(log) => log.acquire(p, now, cost, keep),
-            State::Sliding { window, prev, curr } => {
-                let idx = now / p.period;
-                if idx == *window + 1 {
-                    *prev = *curr;
-                    *curr = 0;
-                    *window = idx;
-                } else if idx > *window + 1 {
-                    *prev = 0;
-                    *curr = 0;
-                    *window = idx;
-                }
+            State::Sliding { start, prev, curr } => {
+                let (s, passed) = advance(*start, now, p.period);
+                (*prev, *curr) = slide(*prev, *curr, passed);
+                *start = s;
                 let usable = p.permits.saturating_sub(keep);
                 if cost > usable {
                     return Verdict::Deny(None);
                 }
-                let start = *window * p.period;
-                let elapsed = now.saturating_sub(start).min(p.period - 1);
+                let elapsed = now.saturating_sub(*start).min(p.period - 1);
                 if sliding_fits(p.period, *prev, *curr + cost, usable, elapsed) {
                     *curr += cost;
                     return Verdict::Allow;
@@ -379,8 +371,9 @@ impl State {
                     reset: p.span - level,
                 }
             }
-            State::Fixed { window, count } => {
-                if now / p.period > *window || *count == 0 {
+            State::Fixed { start, count } => {
+                let (_, passed) = advance(*start, now, p.period);
+                if passed > 0 || *count == 0 {
                     Levels {
                         remaining: p.permits,
                         reset: 0,
@@ -388,27 +381,20 @@ impl State {
                 } else {
                     Levels {
                         remaining: p.permits.saturating_sub(*count),
-                        reset: ((*window + 1) * p.period).saturating_sub(now),
+                        reset: (*start + p.period).saturating_sub(now),
                     }
                 }
             }
             State::Log(log) => log.levels(p, now),
-            State::Sliding { window, prev, curr } => {
-                let idx = now / p.period;
-                let (prev, curr) = if idx == *window {
-                    (*prev, *curr)
-                } else if idx == *window + 1 {
-                    (*curr, 0)
-                } else {
-                    (0, 0)
-                };
+            State::Sliding { start, prev, curr } => {
+                let (start, passed) = advance(*start, now, p.period);
+                let (prev, curr) = slide(*prev, *curr, passed);
                 if prev == 0 && curr == 0 {
                     return Levels {
                         remaining: p.permits,
                         reset: 0,
                     };
                 }
-                let start = idx * p.period;
                 let elapsed = now.saturating_sub(start).min(p.period - 1);
                 // permits × P − prev × (P − e) − curr × P, in permit-periods.
                 let used = u128::from(prev) * u128::from(p.period - elapsed)
@@ -435,15 +421,34 @@ impl State {
             State::Bucket { level, last } => {
                 level.saturating_add(now.saturating_sub(*last)) >= p.span
             }
-            State::Fixed { window, count } => *count == 0 || now / p.period > *window,
+            State::Fixed { start, count } => *count == 0 || advance(*start, now, p.period).1 > 0,
             State::Log(log) => log.is_empty_at(p, now),
-            State::Sliding { window, curr, prev } => {
-                let idx = now / p.period;
-                idx > *window + 1
-                    || (idx == *window + 1 && *curr == 0)
-                    || (*curr == 0 && *prev == 0)
+            State::Sliding { start, curr, prev } => {
+                let passed = advance(*start, now, p.period).1;
+                slide(*prev, *curr, passed) == (0, 0)
             }
         }
+    }
+}
+
+/// The start of the window `now` is in, and how many windows passed since
+/// the one starting at `start`. A window keeps its start when the period
+/// changes (it just gets the new length), and a `now` before `start` (a
+/// thread that read the clock earlier) counts in the current window.
+fn advance(start: u64, now: u64, period: u64) -> (u64, u64) {
+    if now < start.saturating_add(period) {
+        return (start, 0);
+    }
+    let passed = (now - start) / period;
+    (start + passed * period, passed)
+}
+
+/// The counts of a sliding window after `passed` windows.
+fn slide(prev: u64, curr: u64, passed: u64) -> (u64, u64) {
+    match passed {
+        0 => (prev, curr),
+        1 => (curr, 0),
+        _ => (0, 0),
     }
 }
 

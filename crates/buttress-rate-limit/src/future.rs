@@ -50,6 +50,16 @@ pub(crate) fn reject<D: Decide>(
         .into()
 }
 
+/// The retry hint of a call refused because the queue is full: when the
+/// limiter is full again (the waiters ahead will have been served by then),
+/// at least 1 ms, so that it is never "come back now".
+pub(crate) fn queue_full_hint<D: Decide>(d: &D, key: &D::Key, now: u64) -> u64 {
+    let reset = d.quota(key, now).reset();
+    u64::try_from(reset.as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1_000_000)
+}
+
 pin_project! {
     /// Response future of the rate limiters: the inner call, a call waiting
     /// for its permits, or a rejection.

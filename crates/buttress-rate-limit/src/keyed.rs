@@ -17,7 +17,7 @@ use tower_service::Service;
 
 use crate::algorithm::{Algorithm, Levels, Params, State, Verdict};
 use crate::events::{Backend, RateLimitEvent, RejectReason};
-use crate::future::{reject, Decide, Decision, ResponseFuture, Wait};
+use crate::future::{queue_full_hint, reject, Decide, Decision, ResponseFuture, Wait};
 use crate::headers::{Headers, NoHeaders, WithHeaders};
 use crate::layer::{common_setters, Common, RateLimitSnapshot};
 use crate::limiter::{quota, Limiter, Policy, TimeSource};
@@ -83,7 +83,17 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedShared<K> {
         // the key's state is only changed if they are.
         let take_global = |verdict: Verdict| -> Verdict {
             match (&verdict, &global) {
-                (Verdict::Allow, Some((g, gp, gkeep))) => g.acquire(gp, now, cost, *gkeep),
+                (Verdict::Allow, Some((g, gp, gkeep))) => {
+                    let v = g.acquire(gp, now, cost, *gkeep);
+                    // The global limit's own counts (its snapshot and
+                    // registry entry) see every call it decided.
+                    if v == Verdict::Allow {
+                        g.count_permitted();
+                    } else {
+                        g.count_rejected();
+                    }
+                    v
+                }
                 _ => verdict,
             }
         };
@@ -573,13 +583,14 @@ where
             return ResponseFuture::rejected(reject(shared, &slot, now, cost, reason, denied));
         }
         let Some(place) = shared.queue.join(&slot, priority, policy.max_queue) else {
+            let hint = queue_full_hint(shared, &slot, now);
             return ResponseFuture::rejected(reject(
                 shared,
                 &slot,
                 now,
                 cost,
                 RejectReason::QueueFull,
-                denied,
+                Some(hint),
             ));
         };
         policy.listeners.emit(|| RateLimitEvent::Queued {

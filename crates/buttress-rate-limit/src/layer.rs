@@ -275,9 +275,11 @@ macro_rules! common_setters {
         }
 
         /// How long a call may wait for its permits (default 0: reject at
-        /// once). A call whose permits would come later than this is
-        /// rejected at once rather than after waiting. Needs
-        /// [`max_queue`](Self::max_queue).
+        /// once). A call that finds nobody waiting and whose permits would
+        /// come later than this is rejected at once rather than after
+        /// waiting; a call that queues behind others is rejected as soon as
+        /// its turn shows it cannot be served in time, at the latest after
+        /// `max_wait`. Needs [`max_queue`](Self::max_queue).
         pub fn max_wait(mut self, max_wait: std::time::Duration) -> Self {
             self.common.max_wait = max_wait;
             self

@@ -11,7 +11,7 @@ use tower_service::Service;
 
 use crate::algorithm::Verdict;
 use crate::events::{Backend, RateLimitEvent, RejectReason};
-use crate::future::{reject, Decide, Decision, ResponseFuture, Wait};
+use crate::future::{queue_full_hint, reject, Decide, Decision, ResponseFuture, Wait};
 use crate::headers::Headers;
 use crate::limiter::{quota, Limiter, Policy, TimeSource};
 use crate::queue::{Enrolled, Queue};
@@ -185,13 +185,14 @@ impl<S, C, P, H> RateLimit<S, C, P, H> {
         }
         let policy = &shared.policy;
         let Some(place) = shared.queue.join(&(), priority, policy.max_queue) else {
+            let hint = queue_full_hint(&**shared, &(), now);
             return ResponseFuture::rejected(reject(
                 &**shared,
                 &(),
                 now,
                 cost,
                 RejectReason::QueueFull,
-                wait,
+                Some(hint),
             ));
         };
         policy.listeners.emit(|| RateLimitEvent::Queued {

@@ -338,3 +338,22 @@ async fn keys_wait_in_their_own_queue() {
     waiter.await.unwrap().unwrap();
     assert_eq!(start.elapsed(), SEC);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_global_limit_counts_its_calls() {
+    let layer = KeyedRateLimitLayer::builder(key(), Rate::per_minute(2))
+        .global(Rate::per_minute(3), None)
+        .build::<u32>()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = service(layer);
+    for k in [1, 1, 2, 2, 3] {
+        let _ = call(&mut svc, Some(k), 1).await;
+    }
+    let global = handle.global().unwrap().snapshot();
+    assert_eq!(handle.totals(), (3, 2));
+    assert_eq!(
+        (global.available, global.permitted, global.rejected),
+        (0, 3, 2)
+    );
+}

@@ -524,3 +524,50 @@ async fn the_first_waiter_keeps_its_priority_even_with_nobody_waiting_before_it(
     lower.await.unwrap().unwrap();
     assert_eq!(calls.ids(), [0, 1, 2]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_queue_full_rejection_never_says_come_back_now() {
+    let (calls, events) = (Calls::new(), Events::default());
+    let (mut svc, _) = queued(&calls, &events, 20 * SEC, 1);
+    svc.ready().await.unwrap().call((0, 0)).await.unwrap();
+    let _waiting = tokio::spawn(svc.ready().await.unwrap().call((1, 0)));
+    let err = svc.ready().await.unwrap().call((2, 0)).await.unwrap_err();
+    assert_eq!(events.reasons(), [RejectReason::QueueFull]);
+    let hint = limited(&err).retry_after().expect("a retry hint");
+    assert!(hint >= SEC, "retry_after {hint:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_window_set_to_a_longer_period_starts_again_within_one_new_period() {
+    for algorithm in [Algorithm::SlidingWindow, Algorithm::FixedWindow] {
+        let layer = RateLimitLayer::builder(Rate::per_second(2))
+            .algorithm(algorithm)
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut svc = ServiceBuilder::new()
+            .layer(layer)
+            .service_fn(|()| async { Ok::<_, Infallible>(()) });
+        tokio::time::advance(Duration::from_secs(30)).await;
+        svc.ready().await.unwrap().call(()).await.unwrap();
+        svc.ready().await.unwrap().call(()).await.unwrap();
+        assert!(svc.ready().await.unwrap().call(()).await.is_err());
+        handle.set_rate(Rate::per_minute(2), None).unwrap();
+        // The window that started at 30 s now lasts a minute: still full.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(
+            svc.ready().await.unwrap().call(()).await.is_err(),
+            "{algorithm}: the change must not reset the count"
+        );
+        tokio::time::advance(Duration::from_secs(120)).await;
+        let res = svc.ready().await.unwrap().call(()).await;
+        assert!(
+            res.is_ok(),
+            "{algorithm}: still refused 2 min after the change: {:?}",
+            res.unwrap_err()
+                .downcast_ref::<RateLimited>()
+                .unwrap()
+                .retry_after()
+        );
+    }
+}

@@ -177,6 +177,8 @@ if ! $quick; then
         "-p buttress-bulkhead --no-default-features" \
         "-p buttress-circuit-breaker --no-default-features" \
         "-p buttress-retry --no-default-features" \
+        "-p buttress-rate-limit --no-default-features" \
+        "-p buttress-rate-limit --no-default-features --features redis" \
         "-p buttress --no-default-features" \
         "-p buttress --no-default-features --features timeout" \
         "-p buttress --no-default-features --features bulkhead" \

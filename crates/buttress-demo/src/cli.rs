@@ -9,9 +9,10 @@ pub const USAGE: &str = "\
 buttress-demo: a gateway protected by buttress in front of a flaky upstream
 
 Starts, on 127.0.0.1, an upstream that turns slow and error-prone in phases
-and an axum gateway protected by a bulkhead, a circuit breaker and a timeout,
-which retries the upstream's 503s within a budget; drives closed-loop load at
-it and prints, each second, what every pattern did. Then it sends the same
+and an axum gateway protected by a rate limit per client, a bulkhead, a
+circuit breaker and a timeout, which retries the upstream's 503s within a
+budget; drives closed-loop load at it (and bursts from one client, over its
+rate limit) and prints, each second, what every pattern did. Then it sends the same
 load, with the upstream degraded again, through a gateway without buttress
 for a few seconds, and compares.
 
@@ -20,7 +21,8 @@ USAGE:
 
 OPTIONS:
     --duration <secs>    how long the load runs, 1 to 3600 (default 20)
-    --concurrency <n>    clients, each with one request in flight, 1 to 4096 (default 48)
+    --concurrency <n>    steady clients, each with one request in flight, 1 to 4096
+                         (default 48), besides the bursting one
     --compare <secs>     how long the unprotected comparison runs, 0 (none) to 60
                          (default 3; at most the length of the degraded phase)
     -h, --help           print this help

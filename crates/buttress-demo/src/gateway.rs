@@ -1,7 +1,7 @@
 //! The gateway: forwards `GET /` to the upstream, protected by buttress in
-//! the server order of the design (section 4): errors to responses, then
-//! the bulkhead, then the circuit breaker, then the timeout, then the
-//! handler. The handler calls the upstream through a hyper-util client
+//! the server order of the design (section 4): errors to responses, then a
+//! rate limit per client, then the bulkhead, then the circuit breaker, then
+//! the timeout, then the handler. The handler calls the upstream through a hyper-util client
 //! wrapped in a retry layer (the client side of the design: retry with a
 //! budget around the client, inside a total timeout).
 
@@ -21,10 +21,12 @@ use buttress_circuit_breaker::{
 };
 use buttress_core::deadline::Deadline;
 use buttress_core::error::chain;
+use buttress_core::key::Header;
 use buttress_core::response::{error_response, ErrorToResponseLayer};
 use buttress_core::{
     BoxError, BulkheadFull, BulkheadFullReason, CircuitOpen, ConfigError, HttpClassifier, Registry,
 };
+use buttress_rate_limit::{KeyedRateLimitHandle, KeyedRateLimitLayer, Rate, Unit, WithHeaders};
 use buttress_retry::{
     Backoff, HttpReplay, HttpRetry, NotRetried, ReplayBody, Retry, RetryBudget, RetryEvent,
     RetryHandle, RetryLayer,
@@ -38,6 +40,17 @@ use tower::{Layer, ServiceBuilder, ServiceExt};
 
 use crate::server::Server;
 use crate::DemoError;
+
+/// The header that names the client, by which the rate limit is kept.
+pub(crate) const CLIENT: HeaderName = HeaderName::from_static("x-client");
+/// Requests per second each client may send on average...
+pub(crate) const RATE_PER_CLIENT: u64 = 40;
+/// ...and at once, after a pause (GCRA's burst). A steady client sends
+/// about 20 a second at most (one every 20-80 ms after a 503, more slowly
+/// otherwise): to go over, it would need 5 more than the 40 a second
+/// allow, which its pauses make vanishingly unlikely. The bursting client
+/// gets 5 of each burst through, few enough not to crowd the bulkhead.
+pub(crate) const RATE_BURST: u64 = 5;
 
 /// Requests forwarded at the same time.
 pub(crate) const MAX_CONCURRENT: usize = 16;
@@ -379,6 +392,8 @@ impl Retries {
 /// What the report reads from the gateway's layers.
 #[derive(Debug, Clone)]
 pub(crate) struct Observer {
+    /// Counters of the per-client rate limit.
+    pub(crate) rate_limit: KeyedRateLimitHandle<Vec<u8>>,
     /// Occupancy and counters of the bulkhead.
     pub(crate) bulkhead: BulkheadHandle,
     /// State of the circuit breaker.
@@ -448,10 +463,34 @@ pub(crate) fn retry_layer(
         .build()
 }
 
-/// Starts the gateway on 127.0.0.1, forwarding to `upstream`; the
-/// bulkhead, the breaker, the timeout and the retry layer are registered
-/// in `registry`.
+/// The gateway's rate limit: keyed by a header, one unit per request,
+/// headers on every response.
+type PerClientLimit = KeyedRateLimitLayer<Header, Vec<u8>, Unit, Unit, WithHeaders>;
+
+/// The rate limit per client, keyed by the [`CLIENT`] header and
+/// registered in `registry` as `per-client`: [`RATE_PER_CLIENT`] a second
+/// with a burst of [`RATE_BURST`] (GCRA). Every response carries the
+/// client's `RateLimit-Policy` and `RateLimit` headers; a request over the
+/// limit fails with `RateLimited`, which the error-to-response layer
+/// answers 429 with `Retry-After`. A request without the header is
+/// rejected (500): every client of the demo sends it.
+pub(crate) fn rate_limit_layer(registry: &Registry) -> Result<PerClientLimit, ConfigError> {
+    KeyedRateLimitLayer::builder(Header::new(CLIENT), Rate::per_second(RATE_PER_CLIENT))
+        .name("per-client")
+        .burst(RATE_BURST)
+        .max_keys(10_000)
+        .registry(registry)
+        .response_headers()
+        .build()
+}
+
+/// Starts the gateway on 127.0.0.1, forwarding to `upstream`; the rate
+/// limit, the bulkhead, the breaker, the timeout and the retry layer are
+/// registered in `registry`.
 pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<Gateway, DemoError> {
+    // Right below error-to-response, above the bulkhead: a client over its
+    // limit is answered 429 before it takes a bulkhead slot.
+    let rate_limit = rate_limit_layer(registry)?;
     let rejections = Arc::new(Rejections::default());
     let counter = rejections.clone();
     let bulkhead = BulkheadLayer::builder()
@@ -488,6 +527,7 @@ pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<G
     let retries = Arc::new(Retries::default());
     let retry = retry_layer(registry, retries.clone())?;
     let observer = Observer {
+        rate_limit: rate_limit.handle(),
         bulkhead: bulkhead.handle(),
         breaker: breaker.handle(),
         timeout: timeout.handle(),
@@ -513,6 +553,7 @@ pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<G
     // makes share one bulkhead.
     let protected = ServiceBuilder::new()
         .layer(ErrorToResponseLayer::new())
+        .layer(rate_limit)
         .map_result(tag_rejection)
         .layer(bulkhead)
         .layer(breaker)

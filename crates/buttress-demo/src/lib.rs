@@ -6,12 +6,14 @@
 //! - an **upstream** whose latency, error rate (500) and shedding rate
 //!   (503) change in phases (healthy, degraded, recovered);
 //! - a **gateway** that forwards every request to the upstream, protected
-//!   in the server order of the design: errors to responses, then a
-//!   bulkhead, then a circuit breaker, then a timeout, then the forwarding
+//!   in the server order of the design: errors to responses, then a rate
+//!   limit per client (by its `x-client` header), then a bulkhead, then a circuit breaker, then a timeout, then the forwarding
 //!   handler, which calls the upstream through a retry layer with a budget
 //!   (the client side of the design), so that a shed call (503) is tried
 //!   again within the timeout;
-//! - a **load generator**: `concurrency` clients in a closed loop.
+//! - a **load generator**: `concurrency` clients in a closed loop, and one
+//!   more that sends bursts of requests at once, over its rate limit, and
+//!   gets 429s (the steady clients stay under theirs).
 //!
 //! It prints one row per second (unless [`DemoConfig::print_table`] is
 //! off) and stops after [`DemoConfig::duration`]. Then, for
@@ -61,7 +63,7 @@ const UPSTREAM_SAMPLE: Duration = Duration::from_millis(10);
 
 pub use cli::{parse_args, Command, USAGE};
 pub use error::DemoError;
-pub use report::{Counts, PhaseSummary, Summary, Unprotected};
+pub use report::{ClientSummary, Counts, PhaseSummary, Summary, Unprotected};
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,7 +182,7 @@ async fn compare(
     if config.print_table {
         println!();
         println!(
-            "comparison: the same {concurrency} clients for {secs} s, the upstream {} again, through a gateway without buttress ...",
+            "comparison: the same {concurrency} clients and the bursting one for {secs} s, the upstream {} again, through a gateway without buttress ...",
             Phase::Degraded
         );
     }

@@ -11,10 +11,11 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::gateway::{
     BreakCounts, Observer, Rejection, RetryCounts, BREAKER_OPEN, BREAKER_PROBES, BREAKER_THRESHOLD,
-    BREAKER_WINDOW, MAX_CONCURRENT, MAX_QUEUE, MAX_WAIT, RETRY_ATTEMPTS, RETRY_BACKOFF,
-    RETRY_BUDGET_FLOOR, RETRY_BUDGET_PERCENT, RETRY_MAX_DELAY, UPSTREAM_TIMEOUT,
+    BREAKER_WINDOW, MAX_CONCURRENT, MAX_QUEUE, MAX_WAIT, RATE_BURST, RATE_PER_CLIENT,
+    RETRY_ATTEMPTS, RETRY_BACKOFF, RETRY_BUDGET_FLOOR, RETRY_BUDGET_PERCENT, RETRY_MAX_DELAY,
+    UPSTREAM_TIMEOUT,
 };
-use crate::load::{Load, Outcome, Sample, CLIENT_TIMEOUT};
+use crate::load::{Load, Outcome, Sample, Who, BURST_EVERY, BURST_SIZE, CLIENT_TIMEOUT};
 use crate::phase::{Phase, Timeline};
 use crate::upstream::{UpstreamLoad, FAST_MS, SLOW_MS};
 
@@ -28,6 +29,8 @@ pub struct Counts {
     pub total: u64,
     /// 200.
     pub ok: u64,
+    /// 429: the client was over its rate limit.
+    pub rate_limited: u64,
     /// 500: the upstream failed and the gateway passed it on.
     pub upstream_errors: u64,
     /// 502: the upstream still shed the call (503) after the gateway's
@@ -55,6 +58,7 @@ impl Counts {
         self.total += 1;
         *match outcome {
             Outcome::Ok => &mut self.ok,
+            Outcome::RateLimited => &mut self.rate_limited,
             Outcome::UpstreamError => &mut self.upstream_errors,
             Outcome::BadGateway => &mut self.bad_gateway,
             Outcome::Shed(by) => {
@@ -74,6 +78,7 @@ impl Counts {
     fn merge(&mut self, other: &Counts) {
         self.total += other.total;
         self.ok += other.ok;
+        self.rate_limited += other.rate_limited;
         self.upstream_errors += other.upstream_errors;
         self.bad_gateway += other.bad_gateway;
         self.shed += other.shed;
@@ -90,6 +95,47 @@ impl Counts {
             0.0
         } else {
             part as f64 * 100.0 / self.total as f64
+        }
+    }
+}
+
+/// One client's requests, as the per-client rate limit judged them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSummary {
+    /// Its `x-client` header: `"c00"`, `"c01"`, ... for the steady
+    /// clients, `"burst"` for the one that bursts.
+    pub name: String,
+    /// Requests the rate limit let through (whatever came of them next).
+    pub admitted: u64,
+    /// Requests answered 429.
+    pub rate_limited: u64,
+    /// The shortest and the longest `Retry-After` (seconds) on its 429s.
+    pub retry_after: Option<(u64, u64)>,
+}
+
+impl ClientSummary {
+    fn new(who: Who) -> Self {
+        Self {
+            name: who.name(),
+            admitted: 0,
+            rate_limited: 0,
+            retry_after: None,
+        }
+    }
+
+    fn add(&mut self, sample: &Sample) {
+        if sample.outcome != Outcome::RateLimited {
+            // A request that got no answer may not have reached the
+            // limiter; the clients' own timeouts are rare enough here.
+            self.admitted += 1;
+            return;
+        }
+        self.rate_limited += 1;
+        if let Some(secs) = sample.retry_after {
+            self.retry_after = Some(match self.retry_after {
+                None => (secs, secs),
+                Some((lo, hi)) => (lo.min(secs), hi.max(secs)),
+            });
         }
     }
 }
@@ -159,6 +205,14 @@ pub struct Summary {
     pub concurrency: usize,
     /// Requests by how they ended.
     pub counts: Counts,
+    /// Requests the per-client rate limit rejected (from its handle); each
+    /// was answered 429.
+    pub rate_limited: u64,
+    /// Requests the per-client rate limit let through (from its handle).
+    pub rate_limit_admitted: u64,
+    /// Each client's requests as the rate limit judged them (from the
+    /// clients' answers): the steady clients in order, then `"burst"`.
+    pub clients: Vec<ClientSummary>,
     /// Bulkhead rejections because every slot and the queue were taken
     /// (from the bulkhead's events).
     pub shed_queue_full: u64,
@@ -167,8 +221,8 @@ pub struct Summary {
     pub shed_wait_timed_out: u64,
     /// Calls the circuit breaker rejected with 503 without calling the
     /// upstream, because it was open or half-open with every probe slot
-    /// taken (from its events). With the bulkhead's rejections, this makes
-    /// up every 503.
+    /// taken (as the clients saw them, by the gateway's `x-rejected-by`
+    /// header). With the bulkhead's rejections, this makes up every 503.
     pub circuit_rejected: u64,
     /// Times the circuit breaker opened: tripped from closed, or reopened
     /// from half-open because its probes failed (from its events).
@@ -259,6 +313,8 @@ pub(crate) struct Report {
     upstream: Arc<UpstreamLoad>,
     print: bool,
     concurrency: usize,
+    /// Per client: the steady ones, then the bursting one.
+    clients: Vec<ClientSummary>,
     peak_active: usize,
     peak_queued: usize,
     /// Most upstream calls in flight seen since the last row.
@@ -279,6 +335,7 @@ impl Report {
             upstream,
             print,
             concurrency: 0,
+            clients: Vec::new(),
             peak_active: 0,
             peak_queued: 0,
             upstream_peak: 0,
@@ -293,6 +350,11 @@ impl Report {
         timeline: &Timeline,
     ) {
         self.concurrency = concurrency;
+        self.clients = (0..concurrency)
+            .map(Who::Steady)
+            .chain([Who::Burst])
+            .map(ClientSummary::new)
+            .collect();
         if !self.print {
             return;
         }
@@ -306,7 +368,11 @@ impl Report {
                 p.unavailable_percent()
             )
         };
-        println!("buttress demo: {secs} s, {concurrency} clients in a closed loop (each waits for its answer)");
+        println!("buttress demo: {secs} s, {concurrency} clients in a closed loop (each waits for its answer),");
+        println!(
+            "               and one that bursts: {BURST_SIZE} requests at once every {}, ignoring 429s",
+            ms(BURST_EVERY)
+        );
         println!();
         println!(
             "  upstream  answers in {}-{} ms, slow calls take {}-{} ms; fails with 500, or sheds a call\n            \
@@ -320,7 +386,11 @@ impl Report {
             rates(Phase::Recovered)
         );
         println!("  gateway   http://{gateway}, outermost first:");
-        println!("            error-to-response   rejections become 503 (+ Retry-After) / 504, empty body");
+        println!("            error-to-response   rejections become 429 / 503 (+ Retry-After) / 504, empty body");
+        println!(
+            "            rate limit `per-client`  {RATE_PER_CLIENT}/s per client (x-client header), burst {RATE_BURST} (GCRA);\n                                \
+             over it: 429 before taking a bulkhead slot"
+        );
         println!(
             "            bulkhead `gateway`  {MAX_CONCURRENT} running, {MAX_QUEUE} queued, wait at most {}",
             ms(MAX_WAIT)
@@ -345,20 +415,21 @@ impl Report {
         );
         println!();
         println!(
-            "  columns   500 upstream failure passed on; 502 still shed (503) after the retries; 503 rejected,\n            \
-             by the bulkhead (full: queue full, wait: waited {} in the queue) or the open circuit\n            \
-             (open); 504 cut by the timeout; retry: retries made; saved: calls answered after a\n            \
-             retry; spent: retries refused, budget spent; active/queued: bulkhead now; circuit:\n            \
-             breaker state now",
+            "  columns   429 over the client's rate limit; 500 upstream failure passed on; 502 still shed\n            \
+             (503) after the retries; 503 rejected by the bulkhead (full: queue full, wait: waited\n            \
+             {} in the queue) or the open circuit (open); 504 cut by the timeout; retry: retries\n            \
+             made; saved: calls answered after a retry; spent: retries refused, budget spent;\n            \
+             active/queued: bulkhead now; circuit: breaker state now",
             ms(MAX_WAIT)
         );
         println!();
         let header = format!(
-            "{:>4}  {:<9} {:>5} {:>5} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>5} {:>5} {:>5} {:>6} {:>6} {:>6} {:>7}  circuit",
+            "{:>4}  {:<9} {:>5} {:>5} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>5} {:>5} {:>5} {:>6} {:>6} {:>6} {:>7}  circuit",
             "sec",
             "phase",
             "req",
             "200",
+            "429",
             "500",
             "502",
             "503",
@@ -408,6 +479,13 @@ impl Report {
             let mut counts = Counts::default();
             let mut latencies = Vec::new();
             while let Ok(sample) = samples.try_recv() {
+                let client = match sample.who {
+                    Who::Steady(n) => n,
+                    Who::Burst => self.concurrency,
+                };
+                if let Some(tally) = self.clients.get_mut(client) {
+                    tally.add(&sample);
+                }
                 counts.add(sample.outcome);
                 latencies.push(sample.latency);
             }
@@ -426,9 +504,10 @@ impl Report {
             let phase = timeline.phase_at(Duration::from_secs(second - 1));
             if self.print {
                 println!(
-                    "{second:>4}  {phase:<9} {:>5} {:>5} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>5} {:>5} {:>5} {:>6} {:>6} {:>6} {:>7}  {}",
+                    "{second:>4}  {phase:<9} {:>5} {:>5} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>5} {:>5} {:>5} {:>6} {:>6} {:>6} {:>7}  {}",
                     counts.total,
                     counts.ok,
+                    counts.rate_limited,
                     counts.upstream_errors,
                     counts.bad_gateway,
                     counts.shed,
@@ -541,13 +620,20 @@ impl Report {
                 }
             })
             .collect();
+        let (rate_limit_admitted, rate_limited) = self.observer.rate_limit.totals();
         Summary {
             elapsed,
             concurrency: self.concurrency,
             counts,
+            rate_limited,
+            rate_limit_admitted,
+            clients: self.clients.clone(),
             shed_queue_full,
             shed_wait_timed_out,
-            circuit_rejected: breaks.not_permitted,
+            // As the clients saw them: the breaker's own count also has the
+            // requests it refused in `poll_ready` that the rate limit above
+            // it then answered 429 (so they never reached it).
+            circuit_rejected: counts.shed_circuit_open,
             circuit_opened: breaks.opened,
             circuit_reopened: breaks.reopened,
             circuit_closed: breaks.closed,
@@ -631,7 +717,7 @@ impl fmt::Display for Summary {
         };
         writeln!(
             f,
-            "totals: {} requests in {secs:.1} s ({rate:.0} req/s) from {} clients",
+            "totals: {} requests in {secs:.1} s ({rate:.0} req/s) from {} clients and the bursting one",
             c.total, self.concurrency
         )?;
         let line = |f: &mut fmt::Formatter<'_>, label: &str, n: u64, note: String| {
@@ -643,6 +729,12 @@ impl fmt::Display for Summary {
             }
         };
         line(f, "200 ok", c.ok, String::new())?;
+        line(
+            f,
+            "429 rate limited",
+            c.rate_limited,
+            self.rate_limited_note(),
+        )?;
         line(f, "500 upstream error", c.upstream_errors, String::new())?;
         line(
             f,
@@ -702,6 +794,7 @@ impl fmt::Display for Summary {
         }
         writeln!(f)?;
         writeln!(f, "what each pattern did")?;
+        self.fmt_rate_limit(f)?;
         self.fmt_retry(f)?;
         writeln!(
             f,
@@ -731,10 +824,11 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "  responses  rejections became bare 503 / 504 statuses (the 503s with\n             \
-             Retry-After), never error text; upstream 500s passed through ({}), and the\n             \
-             upstream 503s left after the retries became 502 ({}), so that a 503 from the\n             \
-             gateway always means \"shed here\"",
+            "  responses  rejections became bare 429 / 503 / 504 statuses (the 429s and 503s\n             \
+             with Retry-After, every answer with RateLimit headers), never error text;\n             \
+             upstream 500s passed through ({}), and the upstream 503s left after the\n             \
+             retries became 502 ({}), so that a 503 from the gateway always means\n             \
+             \"shed here\"",
             c.upstream_errors, c.bad_gateway
         )?;
         self.fmt_comparison(f)?;
@@ -762,8 +856,8 @@ impl Summary {
         writeln!(f)?;
         writeln!(
             f,
-            "without buttress: the same {} upstream and {} clients for {} s, through a gateway that\n  \
-             only forwards (no bulkhead, breaker, timeout or retry)",
+            "without buttress: the same {} upstream and {} clients (and the bursting one) for {} s,\n  \
+             through a gateway that only forwards (no rate limit, bulkhead, breaker, timeout or retry)",
             bare.phase,
             self.concurrency,
             bare.seconds
@@ -826,6 +920,99 @@ impl Summary {
             ms(bare.max)
         );
         writeln!(f, "  {}", wrap(&text, 89, "\n  "))
+    }
+
+    /// Who the 429s went to, for the totals.
+    fn rate_limited_note(&self) -> String {
+        let burst = self.burst().map_or(0, |b| b.rate_limited);
+        let steady = self.counts.rate_limited.saturating_sub(burst);
+        format!("the bursting client {burst}, the steady ones {steady}")
+    }
+
+    /// The bursting client's numbers.
+    fn burst(&self) -> Option<&ClientSummary> {
+        self.clients.iter().find(|c| c.name == "burst")
+    }
+
+    /// The rate limit's line of "what each pattern did", and the
+    /// per-client numbers.
+    fn fmt_rate_limit(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let steady: Vec<&ClientSummary> =
+            self.clients.iter().filter(|c| c.name != "burst").collect();
+        let steady_limited: u64 = steady.iter().map(|c| c.rate_limited).sum();
+        let mut text = format!(
+            "{} requests over their client's limit of {RATE_PER_CLIENT}/s (burst {RATE_BURST}) were \
+             answered 429 at once, before they could take a bulkhead slot or reach the upstream",
+            self.rate_limited
+        );
+        if let Some(b) = self.burst() {
+            text += &format!(
+                "; the bursting client got {} of them and {} through: of each {BURST_SIZE} \
+                 sent at once, as many as its bucket held (at most {RATE_BURST}, one more every {})",
+                b.rate_limited,
+                b.admitted,
+                ms(Duration::from_secs(1) / RATE_PER_CLIENT as u32)
+            );
+            match b.retry_after {
+                Some((lo, hi)) if lo == hi => {
+                    text += &format!(
+                        ". Each 429 said Retry-After: {lo} (whole seconds, rounded up from \
+                         the wait for the next permit); it ignored them"
+                    )
+                }
+                Some((lo, hi)) => {
+                    text += &format!(". Its 429s said Retry-After: {lo} to {hi}; it ignored them")
+                }
+                None => {}
+            }
+        }
+        text += &format!(
+            ". The {} steady clients, at most about 20 requests a second each, got {}",
+            steady.len(),
+            if steady_limited == 0 {
+                "none".to_owned()
+            } else {
+                steady_limited.to_string()
+            }
+        );
+        writeln!(f, "  rate limit {}", wrap(&text, 78, "\n             "))?;
+        writeln!(
+            f,
+            "             {:<10} {:>9} {:>7}  Retry-After seen",
+            "client", "admitted", "429"
+        )?;
+        if let Some(b) = self.burst() {
+            let seen = match b.retry_after {
+                Some((lo, hi)) if lo == hi => format!("{lo} s"),
+                Some((lo, hi)) => format!("{lo}-{hi} s"),
+                None => "-".to_owned(),
+            };
+            writeln!(
+                f,
+                "             {:<10} {:>9} {:>7}  {seen}",
+                b.name, b.admitted, b.rate_limited
+            )?;
+        }
+        if let (Some(first), Some(last)) = (steady.first(), steady.last()) {
+            let admitted: u64 = steady.iter().map(|c| c.admitted).sum();
+            let least = steady.iter().map(|c| c.admitted).min().unwrap_or(0);
+            let most = steady.iter().map(|c| c.admitted).max().unwrap_or(0);
+            let label = if steady.len() == 1 {
+                first.name.clone()
+            } else {
+                format!("{}-{}", first.name, last.name)
+            };
+            let each = if steady.len() == 1 {
+                String::new()
+            } else {
+                format!("   ({least}-{most} admitted each)")
+            };
+            writeln!(
+                f,
+                "             {label:<10} {admitted:>9} {steady_limited:>7}  -{each}"
+            )?;
+        }
+        Ok(())
     }
 
     /// The retry layer's line of "what each pattern did".
@@ -1024,6 +1211,32 @@ mod tests {
         sum.merge(&c);
         assert_eq!((sum.shed, sum.shed_circuit_open), (8, 4));
         assert!((c.percent(c.ok) - 200.0 / 7.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn clients_count_their_429s_and_the_retry_after_they_saw() {
+        let mut c = ClientSummary::new(Who::Burst);
+        let sample = |outcome, retry_after| Sample {
+            who: Who::Burst,
+            outcome,
+            latency: Duration::ZERO,
+            retry_after,
+        };
+        for s in [
+            sample(Outcome::Ok, None),
+            sample(Outcome::Shed(None), None),
+            sample(Outcome::RateLimited, Some(2)),
+            sample(Outcome::RateLimited, Some(1)),
+            sample(Outcome::RateLimited, None),
+        ] {
+            c.add(&s);
+        }
+        assert_eq!(c.name, "burst");
+        assert_eq!((c.admitted, c.rate_limited), (2, 3));
+        assert_eq!(c.retry_after, Some((1, 2)));
+        let mut counts = Counts::default();
+        counts.add(Outcome::RateLimited);
+        assert_eq!((counts.total, counts.rate_limited), (1, 1));
     }
 
     #[test]

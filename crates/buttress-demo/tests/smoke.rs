@@ -21,7 +21,7 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
     let c = summary.counts;
     assert!(c.total > 0, "no request was made");
     assert_eq!(
-        c.ok + c.upstream_errors + c.bad_gateway + c.shed + c.timeouts + c.other,
+        c.ok + c.rate_limited + c.upstream_errors + c.bad_gateway + c.shed + c.timeouts + c.other,
         c.total,
         "{c:?}"
     );
@@ -93,12 +93,56 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
         c.bad_gateway,
         "{summary:?}"
     );
-    // The four layers are registered under their names.
+    // The rate limit: every 429 the clients saw is one rejection of the
+    // per-client limit, all of them the bursting client's, each with a
+    // Retry-After; the steady clients stay under their limit.
+    assert!(c.rate_limited > 0, "no request was rate limited: {c:?}");
+    assert_eq!(summary.rate_limited, c.rate_limited, "{summary:?}");
+    assert_eq!(summary.clients.len(), 9, "{:?}", summary.clients);
+    let burst = summary.clients.last().unwrap();
+    assert_eq!(burst.name, "burst");
+    assert_eq!(burst.rate_limited, c.rate_limited, "{burst:?}");
+    assert!(burst.admitted > 0, "{burst:?}");
+    assert_eq!(burst.retry_after, Some((1, 1)), "{burst:?}");
+    for steady in &summary.clients[..8] {
+        assert_eq!(steady.rate_limited, 0, "{steady:?}");
+        assert!(steady.admitted > 0, "{steady:?}");
+    }
+    assert_eq!(
+        summary
+            .clients
+            .iter()
+            .map(|c| c.admitted + c.rate_limited)
+            .sum::<u64>(),
+        c.total
+    );
+    // Every answered request went through the limiter (a request without
+    // an answer may or may not have reached it).
+    let judged = summary.rate_limit_admitted + summary.rate_limited;
+    assert!(
+        (c.total - c.other..=c.total).contains(&judged),
+        "{judged} {summary:?}"
+    );
+    assert_eq!(summary.registry["per-client"]["kind"], "keyed_rate_limit");
+    assert_eq!(summary.registry["per-client"]["state"]["keys"], 9);
+    assert_eq!(
+        summary.registry["per-client"]["state"]["rejected"],
+        summary.rate_limited
+    );
+
+    // The five layers are registered under their names.
     assert_eq!(summary.registry["gateway"]["kind"], "bulkhead");
     assert_eq!(summary.registry["upstream"]["kind"], "circuit_breaker");
-    assert_eq!(
-        summary.registry["upstream"]["state"]["not_permitted_calls"],
-        summary.circuit_rejected
+    // The breaker decides in `poll_ready`: it also counts as not permitted
+    // the requests it refused there that the rate limit above it then
+    // answered 429 without calling it.
+    let not_permitted = summary.registry["upstream"]["state"]["not_permitted_calls"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (summary.circuit_rejected..=summary.circuit_rejected + c.rate_limited)
+            .contains(&not_permitted),
+        "{not_permitted} {summary:?}"
     );
     assert_eq!(summary.registry["upstream-timeout"]["kind"], "timeout");
     assert_eq!(summary.registry["upstream-retry"]["kind"], "retry");
@@ -114,12 +158,19 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
     let bc = &bare.counts;
     assert!(bc.total > 0, "{bare:?}");
     assert_eq!(
-        bc.ok + bc.upstream_errors + bc.bad_gateway + bc.shed + bc.timeouts + bc.other,
+        bc.ok
+            + bc.rate_limited
+            + bc.upstream_errors
+            + bc.bad_gateway
+            + bc.shed
+            + bc.timeouts
+            + bc.other,
         bc.total,
         "{bare:?}"
     );
-    // Nothing rejects there: its 503s are the upstream's own, untagged, and
-    // every request is one upstream call.
+    // Nothing rejects there: no 429, its 503s are the upstream's own,
+    // untagged, and every request is one upstream call.
+    assert_eq!(bc.rate_limited, 0, "{bare:?}");
     assert_eq!(
         bc.shed_queue_full + bc.shed_wait_timed_out + bc.shed_circuit_open,
         0,
@@ -135,4 +186,6 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
     assert!(report.contains("what each pattern did"), "{report}");
     assert!(report.contains("  circuit    "), "{report}");
     assert!(report.contains("  retry      "), "{report}");
+    assert!(report.contains("  rate limit "), "{report}");
+    assert!(report.contains("Retry-After: 1"), "{report}");
 }

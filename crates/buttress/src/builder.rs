@@ -313,6 +313,7 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// # }
     /// ```
     #[cfg(feature = "rate-limit")]
+    #[allow(clippy::type_complexity)] // the layer's own five parameters
     fn keyed_rate_limit<X, K, C, P, H>(
         self,
         layer: buttress_rate_limit::KeyedRateLimitLayer<X, K, C, P, H>,
@@ -416,6 +417,7 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     }
 
     #[cfg(feature = "rate-limit")]
+    #[allow(clippy::type_complexity)] // the layer's own five parameters
     fn keyed_rate_limit<X, K, C, P, H>(
         self,
         layer: buttress_rate_limit::KeyedRateLimitLayer<X, K, C, P, H>,

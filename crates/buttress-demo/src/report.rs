@@ -214,10 +214,10 @@ pub struct Summary {
     /// clients' answers): the steady clients in order, then `"burst"`.
     pub clients: Vec<ClientSummary>,
     /// Bulkhead rejections because every slot and the queue were taken
-    /// (from the bulkhead's events).
+    /// (as the clients saw them, by the gateway's `x-rejected-by` header).
     pub shed_queue_full: u64,
     /// Bulkhead rejections after waiting the whole `max_wait` in the queue
-    /// (from the bulkhead's events).
+    /// (as the clients saw them).
     pub shed_wait_timed_out: u64,
     /// Calls the circuit breaker rejected with 503 without calling the
     /// upstream, because it was open or half-open with every probe slot
@@ -585,7 +585,16 @@ impl Report {
             phases,
         } = totals;
         latencies.sort_unstable();
-        let (shed_queue_full, shed_wait_timed_out) = self.observer.rejections.get();
+        // The 503s as the clients saw them. The layers' events count more:
+        // the bulkhead and the breaker decide in `poll_ready`, and a request
+        // they refused there that the rate limit above them then answered
+        // 429 never reached them, yet was counted.
+        let (full_events, wait_events) = self.observer.rejections.get();
+        debug_assert!(
+            full_events + wait_events >= counts.shed_queue_full + counts.shed_wait_timed_out
+        );
+        let (shed_queue_full, shed_wait_timed_out) =
+            (counts.shed_queue_full, counts.shed_wait_timed_out);
         let breaks = self.observer.breaks.get();
         let retries = self.observer.retries.get();
         let budget = self
@@ -630,9 +639,6 @@ impl Report {
             clients: self.clients.clone(),
             shed_queue_full,
             shed_wait_timed_out,
-            // As the clients saw them: the breaker's own count also has the
-            // requests it refused in `poll_ready` that the rate limit above
-            // it then answered 429 (so they never reached it).
             circuit_rejected: counts.shed_circuit_open,
             circuit_opened: breaks.opened,
             circuit_reopened: breaks.reopened,

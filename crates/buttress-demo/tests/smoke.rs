@@ -28,8 +28,8 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
     assert!(c.ok > 0, "no request succeeded: {c:?}");
     assert!(summary.elapsed >= Duration::from_secs(3));
 
-    // Every 503 is a bulkhead rejection or an open-circuit rejection, each
-    // counted once from the layers' events.
+    // Every 503 is a bulkhead rejection or an open-circuit rejection, as
+    // the gateway's `x-rejected-by` header says.
     assert_eq!(
         summary.shed_queue_full + summary.shed_wait_timed_out + summary.circuit_rejected,
         c.shed,

@@ -6,3 +6,6 @@
 //! - `cargo run -p buttress-examples --example hyper_client`: a hyper-util
 //!   client whose calls are bounded by a bulkhead and a per-call timeout,
 //!   acting on typed errors.
+//! - `cargo run -p buttress-examples --example axum_rate_limit`: an axum
+//!   server with a rate limit per client IP and a global one, the quota
+//!   headers on every answer and 429s with `Retry-After`.

@@ -43,7 +43,7 @@
 //!   layer on several axum routes gives one limit).
 //! - **How it rejects.** In `call`, where the request's cost, priority and
 //!   key are known: the service reports ready and the call fails with
-//!   [`RateLimited`](buttress_core::RateLimited) (with `retry_after` and the
+//!   [`RateLimited`] (with `retry_after` and the
 //!   quota) without reaching the inner service.
 //!   `buttress::core::response::ErrorToResponseLayer` turns it into a 429
 //!   with `Retry-After` (whole seconds, rounded up) and the IETF

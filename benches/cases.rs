@@ -212,6 +212,28 @@ impl Future for ArcReady {
     }
 }
 
+/// The floor of any layer that reads the time once per call: a bare
+/// service that reads tokio's clock (`tokio::time::Instant::now()`, what
+/// tower's `RateLimit` and an exact buttress rate limiter read) in `call`.
+/// Not a layer: a measure of this machine.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ClockPerCallSvc;
+
+impl Service<u64> for ClockPerCallSvc {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<u64, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        black_box(tokio::time::Instant::now());
+        std::future::ready(Ok(req))
+    }
+}
+
 /// A bare service whose future is pending once (waking itself) before it
 /// completes: the case where a timeout must arm its timer.
 #[derive(Debug, Clone, Copy, Default)]
@@ -364,6 +386,7 @@ pub(crate) fn cases() -> Vec<Case> {
             Impl::Bare,
             ArcPerCallSvc::default(),
         ),
+        Case::new("baseline", "clock_per_call", Impl::Bare, ClockPerCallSvc),
     ];
 
     // Timeout.

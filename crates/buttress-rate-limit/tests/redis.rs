@@ -598,3 +598,30 @@ async fn keyed_limits_are_independent_and_a_missing_key_is_rejected() {
         .unwrap();
     assert!(exists);
 }
+
+#[tokio::test]
+async fn set_rate_applies_at_the_next_decision_and_clears_the_precheck() {
+    let server = Server::start();
+    let layer = RedisRateLimitLayer::builder_url(server.url(), Rate::per_hour(2))
+        .decision_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = tower::Layer::layer(&layer, ok_service());
+    call(&mut svc, req()).await.unwrap();
+    call(&mut svc, req()).await.unwrap();
+    call(&mut svc, req()).await.unwrap_err();
+    // The pre-check now knows the key is exhausted for half an hour; a
+    // larger burst must reach Redis, which admits 3 more (2 taken of 5).
+    handle.set_rate(Rate::per_hour(2), Some(5)).unwrap();
+    let before = evalsha_calls(&server).await;
+    for _ in 0..3 {
+        call(&mut svc, req()).await.unwrap();
+    }
+    let err = call(&mut svc, req()).await.unwrap_err();
+    assert_eq!(limited(&err).quota().unwrap().remaining(), 0);
+    assert_eq!(evalsha_calls(&server).await, before + 4);
+    let s = handle.snapshot();
+    assert_eq!((s.rate, s.burst), (Rate::per_hour(2), 5));
+    assert_eq!((s.permitted, s.rejected, s.precheck_rejections), (5, 2, 0));
+}

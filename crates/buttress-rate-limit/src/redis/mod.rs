@@ -90,6 +90,7 @@ use tower_service::Service;
 use crate::algorithm::{Algorithm, Levels, Params, Verdict};
 use crate::events::{Backend, RateLimitEvent, RejectReason};
 use crate::limiter::{quota, Limiter, Policy, TimeSource};
+use crate::params::ParamCell;
 use crate::rate::Rate;
 use crate::weigh::{Cost, CostFn, Unit};
 
@@ -520,7 +521,8 @@ impl<X, C> RedisRateLimitBuilder<X, C> {
             Fallback::Global(Box::new(Limiter::new(params, time.clone(), policy.clone())))
         };
         let shared = Arc::new(Shared {
-            params,
+            params: ParamCell::new(params),
+            rate_generation: AtomicU64::new(0),
             policy,
             time,
             client,
@@ -913,6 +915,26 @@ impl RedisRateLimitHandle {
         &self.shared.policy.name
     }
 
+    /// Changes the rate and the burst (`None`: the rate's permits) for the
+    /// next decision, validated as the builder validates them; on an error
+    /// nothing changes. The state in Redis (a time) stays valid: permits
+    /// already taken stay taken. The local fallback changes with it, and
+    /// the pre-check forgets what it learnt under the old numbers.
+    ///
+    /// ```
+    /// # use buttress_rate_limit::{redis::RedisRateLimitLayer, Rate};
+    /// let h = RedisRateLimitLayer::builder_url("redis://127.0.0.1/", Rate::per_second(5)).build().unwrap().handle();
+    /// h.set_rate(Rate::per_minute(100), Some(10)).unwrap();
+    /// assert_eq!((h.snapshot().rate, h.snapshot().burst), (Rate::per_minute(100), 10));
+    /// assert_eq!(h.set_rate(Rate::per_second(0), None).unwrap_err().field(), "rate");
+    /// ```
+    pub fn set_rate(&self, rate: Rate, burst: Option<u64>) -> Result<(), ConfigError> {
+        let p = Params::new(Algorithm::Gcra, rate, burst)?;
+        self.shared.params.store(p);
+        self.shared.rate_generation.fetch_add(1, AcqRel);
+        Ok(())
+    }
+
     /// The current counters.
     ///
     /// ```
@@ -923,11 +945,12 @@ impl RedisRateLimitHandle {
     pub fn snapshot(&self) -> RedisRateLimitSnapshot {
         let s = &self.shared;
         let c = &s.counts;
+        let p = s.params.load_full();
         RedisRateLimitSnapshot {
             name: s.policy.name.to_string(),
             prefix: s.prefix.clone(),
-            rate: s.params.rate,
-            burst: s.params.burst,
+            rate: p.rate,
+            burst: p.burst,
             keyed: s.keyed,
             outage_policy: s.outage_policy,
             backend: backend_of(s.last_backend.load(Relaxed)),
@@ -1020,7 +1043,10 @@ struct Counts {
 }
 
 struct Shared {
-    params: Params,
+    params: ParamCell,
+    /// Bumped by each `set_rate`: a pre-check entry made under other
+    /// numbers is ignored.
+    rate_generation: AtomicU64,
     policy: Policy,
     time: TimeSource,
     client: redis::Client,
@@ -1034,7 +1060,8 @@ struct Shared {
     missing: MissingKeys,
     /// Redis key → local time until which Redis said it is exhausted (for
     /// a call of cost 1).
-    precheck: Option<BoundedMap<Vec<u8>, u64>>,
+    /// (until, the `rate_generation` it was computed under).
+    precheck: Option<BoundedMap<Vec<u8>, (u64, u64)>>,
     fallback: Fallback,
     /// Redis is deemed unreachable.
     down: AtomicBool,
@@ -1116,7 +1143,7 @@ impl Shared {
     /// What is decided without Redis: a cost over the burst, and the local
     /// pre-check.
     fn before_redis(&self, key: &[u8], cost: u64, now: u64) -> Option<Denied> {
-        let p = &self.params;
+        let p = &self.params.load();
         if cost > p.burst {
             return Some(Denied {
                 reason: RejectReason::OverCapacity,
@@ -1124,8 +1151,8 @@ impl Shared {
                 levels: None,
             });
         }
-        let until = self.precheck.as_ref()?.get(&key.to_vec())?;
-        if until <= now {
+        let (until, generation) = self.precheck.as_ref()?.get(&key.to_vec())?;
+        if until <= now || generation != self.rate_generation.load(Acquire) {
             return None;
         }
         self.counts.precheck.fetch_add(1, Relaxed);
@@ -1220,7 +1247,7 @@ impl Shared {
 
     async fn eval_once(&self, key: &[u8], cost: u64) -> redis::RedisResult<[i64; 6]> {
         let mut conn = self.connection()?;
-        let p = &self.params;
+        let p = &self.params.load();
         // cost <= burst, so cost × interval <= span < 2^62.
         let inc = cost * p.interval;
         let mut call = self.script.prepare_invoke();
@@ -1262,16 +1289,23 @@ impl Shared {
         if let Some(map) = &self.precheck {
             // When a call of cost 1 could pass, counted from before the
             // round trip: never later than Redis' own instant.
-            let free = retry.saturating_sub((cost - 1) * self.params.interval);
+            let free = retry.saturating_sub((cost - 1) * self.params.load().interval);
             let until = start.saturating_add(free);
             let now = self.time.now();
+            let generation = self.rate_generation.load(Acquire);
             if until > now {
                 map.with_entry(
                     key.to_vec(),
                     self.time.instant(now),
-                    |_| until,
-                    |u| *u <= now,
-                    |u| *u = (*u).max(until),
+                    |_| (until, generation),
+                    |u| u.0 <= now,
+                    |u| {
+                        if u.1 == generation {
+                            u.0 = u.0.max(until);
+                        } else {
+                            *u = (until, generation);
+                        }
+                    },
                 );
             }
         }
@@ -1288,7 +1322,7 @@ impl Shared {
     /// The outage policy's decision.
     fn outage(&self, key: &[u8], cost: u64) -> Decided {
         let now = self.time.now();
-        let p = &self.params;
+        let p = &self.params.load();
         match self.outage_policy {
             OutagePolicy::FailOpen => Decided {
                 backend: Backend::OutagePolicy,
@@ -1396,7 +1430,7 @@ impl Shared {
             if let Some(wait) = denied.retry_after {
                 levels.reset = wait;
             }
-            err = err.with_quota(quota(&self.policy.name, &self.params, levels));
+            err = err.with_quota(quota(&self.policy.name, &self.params.load(), levels));
         }
         err.into()
     }

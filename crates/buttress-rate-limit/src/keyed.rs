@@ -61,6 +61,11 @@ pub struct KeyedShared<K> {
     keys_full: AtomicU64,
 }
 
+/// Limiter time (nanoseconds since the map's base) as the map takes it.
+fn nanos_i64(now: u64) -> i64 {
+    i64::try_from(now).unwrap_or(i64::MAX)
+}
+
 impl<K> fmt::Debug for KeyedShared<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedRateLimiter")
@@ -110,9 +115,9 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedShared<K> {
             }
         };
         let out = match &self.store {
-            Store::Gcra(map) => map.with_entry(
+            Store::Gcra(map) => map.with_entry_nanos(
                 key.clone(),
-                self.time.instant(now),
+                nanos_i64(now),
                 |_| 0,
                 |tat| *tat <= now,
                 |tat| match p.gcra(*tat, now, cost, keep) {
@@ -126,9 +131,9 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedShared<K> {
                     Err(wait) => Verdict::Deny(wait),
                 },
             ),
-            Store::Other(map) => map.with_entry(
+            Store::Other(map) => map.with_entry_nanos(
                 key.clone(),
-                self.time.instant(now),
+                nanos_i64(now),
                 |_| State::new(&p, now),
                 |s| s.is_full(&p, now),
                 |s| {
@@ -446,7 +451,16 @@ impl<X, C, P, H> KeyedRateLimitBuilder<X, C, P, H> {
         if self.max_keys == 0 {
             return Err(ConfigError::new(KIND, "max_keys", "must be at least 1"));
         }
-        let time = TimeSource::new(self.common.resolution);
+        let store = match params.algorithm {
+            Algorithm::Gcra => Store::Gcra(BoundedMap::new(self.max_keys, self.idle_timeout)),
+            _ => Store::Other(BoundedMap::new(self.max_keys, self.idle_timeout)),
+        };
+        // The map's time is the limiter's: no conversion per call.
+        let base = match &store {
+            Store::Gcra(map) => map.base(),
+            Store::Other(map) => map.base(),
+        };
+        let time = TimeSource::with_base(base, self.common.resolution);
         let global = match self.global {
             None => None,
             Some((rate, burst)) => {
@@ -454,10 +468,6 @@ impl<X, C, P, H> KeyedRateLimitBuilder<X, C, P, H> {
                     .map_err(|e| ConfigError::new(KIND, "global", e.reason().to_owned()))?;
                 Some(Arc::new(Limiter::new(gp, time.clone(), policy.clone())))
             }
-        };
-        let store = match params.algorithm {
-            Algorithm::Gcra => Store::Gcra(BoundedMap::new(self.max_keys, self.idle_timeout)),
-            _ => Store::Other(BoundedMap::new(self.max_keys, self.idle_timeout)),
         };
         let now = time.now();
         let layer = KeyedRateLimitLayer {

@@ -105,14 +105,14 @@ impl<C, P, H> RateLimitLayer<C, P, H> {
     }
 }
 
-impl<S, C, P, H> Layer<S> for RateLimitLayer<C, P, H> {
+impl<S, C: Clone, P: Clone, H> Layer<S> for RateLimitLayer<C, P, H> {
     type Service = RateLimit<S, C, P, H>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RateLimit {
             inner,
             shared: self.shared.clone(),
-            weigh: self.weigh.clone(),
+            weigh: Weigh::clone(&self.weigh),
             _headers: PhantomData,
         }
     }

@@ -32,7 +32,12 @@ impl fmt::Debug for TimeSource {
 
 impl TimeSource {
     pub(crate) fn new(resolution: Option<Duration>) -> Self {
-        let base = Instant::now();
+        Self::with_base(Instant::now(), resolution)
+    }
+
+    /// Counts from `base` (a keyed map's, so that the map takes this time
+    /// as it is).
+    pub(crate) fn with_base(base: Instant, resolution: Option<Duration>) -> Self {
         let coarse = resolution.filter(|r| !r.is_zero()).map(|r| {
             let nanos = u64::try_from(r.as_nanos()).unwrap_or(u64::MAX);
             (CoarseClock::new(base, r), nanos)

@@ -75,7 +75,9 @@ impl Decide for Limiter {
 pub struct RateLimit<S, C, P, H> {
     pub(crate) inner: S,
     pub(crate) shared: Arc<Limiter>,
-    pub(crate) weigh: Arc<Weigh<C, P>>,
+    /// Inline, not behind an `Arc`: a clone (tower's `Retry` clones the
+    /// service for every call) costs one reference count, not two.
+    pub(crate) weigh: Weigh<C, P>,
     pub(crate) _headers: PhantomData<fn() -> H>,
 }
 
@@ -96,7 +98,7 @@ impl<S, C, P, H> RateLimit<S, C, P, H> {
     }
 }
 
-impl<S: Clone, C, P, H> Clone for RateLimit<S, C, P, H> {
+impl<S: Clone, C: Clone, P: Clone, H> Clone for RateLimit<S, C, P, H> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use hashbrown::HashTable;
@@ -64,7 +63,7 @@ const KEYS_PER_SHARD_MIN: usize = 128;
 ///
 /// The key is hashed once with [`RandomState`] (SipHash: keys come from
 /// clients, so the hash resists collision flooding). The hash picks one of
-/// `S` shards, each a `Mutex` over a [`hashbrown::HashTable`] of entries and
+/// `S` shards, each a spin lock over a [`hashbrown::HashTable`] of entries and
 /// its hand; `S` is a power of two, `4 ×` the available parallelism and at
 /// least 16, fewer for small maps (one shard up to 255 keys, at least 128
 /// keys per shard above). A hit is one shard lock and one table probe,
@@ -134,7 +133,15 @@ pub struct BoundedMap<K, V> {
 /// Keeps each shard's lock on its own cache lines, so that threads working
 /// on neighbouring shards do not slow each other down.
 #[repr(align(128))]
-struct PaddedShard<K, V>(Mutex<Shard<K, V>>);
+struct PaddedShard<K, V>(ShardLock<K, V>);
+
+/// A shard's lock: a spin lock whose waiters yield their thread. Its
+/// critical sections are a table probe (and, on a full map, a bounded
+/// sweep) that never block and never run user code but the caller's short
+/// closures; its unlock is a store where `std::sync::Mutex`'s is an atomic
+/// swap, which a hit pays on every call.
+type ShardLock<K, V> = spin::mutex::SpinMutex<Shard<K, V>, spin::relax::Yield>;
+type ShardGuard<'a, K, V> = spin::mutex::SpinMutexGuard<'a, Shard<K, V>, spin::relax::Yield>;
 
 struct Shard<K, V> {
     table: HashTable<Slot<K, V>>,
@@ -181,14 +188,25 @@ impl<K, V> BoundedMap<K, V> {
         self.shards.len()
     }
 
-    fn lock(&self, shard: usize) -> MutexGuard<'_, Shard<K, V>> {
-        // A panic in a caller's closure leaves the shard consistent: `make`
+    fn lock(&self, shard: usize) -> ShardGuard<'_, K, V> {
+        // A panic in a caller's closure leaves the shard consistent (`make`
         // and `evictable` run before the shard changes, `f` only sees a
-        // value.
-        self.shards[shard]
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        // value) and unlocks it as the guard unwinds.
+        self.shards[shard].0.lock()
+    }
+
+    /// The instant [`with_entry_nanos`](Self::with_entry_nanos) counts
+    /// from.
+    ///
+    /// ```
+    /// use buttress_core::key::BoundedMap;
+    /// use std::time::Duration;
+    ///
+    /// let map: BoundedMap<u32, u32> = BoundedMap::new(10, Duration::from_secs(1));
+    /// assert!(map.base() <= tokio::time::Instant::now());
+    /// ```
+    pub fn base(&self) -> Instant {
+        self.base
     }
 
     fn nanos(&self, now: Instant) -> i64 {
@@ -230,7 +248,7 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
         Self {
             shards: (0..shards)
                 .map(|_| {
-                    PaddedShard(Mutex::new(Shard {
+                    PaddedShard(ShardLock::new(Shard {
                         table: HashTable::new(),
                         hand: 0,
                     }))
@@ -269,8 +287,31 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
         evictable: impl Fn(&V) -> bool,
         f: impl FnOnce(&mut V) -> R,
     ) -> Option<R> {
+        self.with_entry_nanos(key, self.nanos(now), make, evictable, f)
+    }
+
+    /// [`with_entry`](Self::with_entry) with the time as nanoseconds since
+    /// [`base`](Self::base), for a caller that keeps time that way already
+    /// (a rate limiter built on the map's base), so that no `Instant` is
+    /// made and taken apart on every call.
+    ///
+    /// ```
+    /// use buttress_core::key::BoundedMap;
+    /// use std::time::Duration;
+    ///
+    /// let map: BoundedMap<&str, u64> = BoundedMap::new(10, Duration::from_secs(1));
+    /// let n = map.with_entry_nanos("a", 5, |_| 0, |_| true, |v| { *v += 1; *v });
+    /// assert_eq!(n, Some(1));
+    /// ```
+    pub fn with_entry_nanos<R>(
+        &self,
+        key: K,
+        now: i64,
+        make: impl FnOnce(&K) -> V,
+        evictable: impl Fn(&V) -> bool,
+        f: impl FnOnce(&mut V) -> R,
+    ) -> Option<R> {
         let hash = self.hasher.hash_one(&key);
-        let now = self.nanos(now);
         let home = self.shard_of(hash);
         let mut shard = self.lock(home);
         if let Some(slot) = shard.find_mut(hash, &key) {

@@ -67,11 +67,12 @@ pin_project! {
     where
         S: Service<Req>,
         D: Decide,
+        H: Headers<S::Response>,
     {
         #[pin]
         kind: Kind<S, Req, D>,
-        quota: Option<Quota>,
-        _headers: std::marker::PhantomData<fn() -> H>,
+        // The quota for the headers: `()` without them.
+        quota: H::Kept,
     }
 }
 
@@ -114,21 +115,20 @@ impl<S, Req, D, H> ResponseFuture<S, Req, D, H>
 where
     S: Service<Req>,
     D: Decide,
+    H: Headers<S::Response>,
 {
     #[inline]
-    pub(crate) fn called(inner: S::Future, quota: Option<Quota>) -> Self {
+    pub(crate) fn called(inner: S::Future, quota: H::Kept) -> Self {
         Self {
             kind: Kind::Called { inner },
             quota,
-            _headers: std::marker::PhantomData,
         }
     }
 
     pub(crate) fn rejected(error: BoxError) -> Self {
         Self {
             kind: Kind::Rejected { error: Some(error) },
-            quota: None,
-            _headers: std::marker::PhantomData,
+            quota: H::Kept::default(),
         }
     }
 
@@ -137,8 +137,7 @@ where
             kind: Kind::Waiting {
                 wait: Box::new(wait),
             },
-            quota: None,
-            _headers: std::marker::PhantomData,
+            quota: H::Kept::default(),
         }
     }
 }
@@ -147,6 +146,7 @@ impl<S, Req, D, H> fmt::Debug for ResponseFuture<S, Req, D, H>
 where
     S: Service<Req>,
     D: Decide,
+    H: Headers<S::Response>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.kind {
@@ -171,11 +171,10 @@ impl<S, Req, D: Decide> Wait<S, Req, D>
 where
     S: Service<Req>,
 {
-    fn poll_turn(
+    fn poll_turn<H: Headers<S::Response>>(
         &mut self,
         cx: &mut Context<'_>,
-        headers: bool,
-    ) -> (Step<S::Future>, Option<Quota>) {
+    ) -> (Step<S::Future>, H::Kept) {
         let shared = self.shared.clone();
         let d = &*shared;
         loop {
@@ -199,7 +198,7 @@ where
                         Duration::from_nanos(now.saturating_sub(self.joined)),
                         Backend::Local,
                     );
-                    let quota = headers.then(|| d.quota(&self.enrolled.key, now));
+                    let quota = H::keep(|| d.quota(&self.enrolled.key, now));
                     let (Some(mut service), Some(request)) =
                         (self.service.take(), self.request.take())
                     else {
@@ -223,7 +222,7 @@ where
                                 RejectReason::WaitTimedOut
                             };
                             let err = reject(d, &self.enrolled.key, now, self.cost, reason, wait);
-                            return (Step::Reject(err), None);
+                            return (Step::Reject(err), H::Kept::default());
                         }
                     }
                 }
@@ -238,7 +237,7 @@ where
                             RejectReason::WaitTimedOut,
                             None,
                         );
-                        return (Step::Reject(err), None);
+                        return (Step::Reject(err), H::Kept::default());
                     }
                     self.deadline
                 }
@@ -251,7 +250,7 @@ where
                         RejectReason::WaitTimedOut,
                         None,
                     );
-                    return (Step::Reject(err), None);
+                    return (Step::Reject(err), H::Kept::default());
                 }
             };
             let at = d.time().instant(wake_at);
@@ -263,7 +262,7 @@ where
                 slot @ None => slot.insert(Box::pin(tokio::time::sleep_until(at))),
             };
             if sleep.as_mut().poll(cx).is_pending() {
-                return (Step::Pending, None);
+                return (Step::Pending, H::Kept::default());
             }
         }
     }
@@ -285,16 +284,14 @@ where
             match this.kind.as_mut().project() {
                 KindProj::Called { inner } => {
                     let mut res = ready!(inner.poll(cx)).map_err(Into::into)?;
-                    if let Some(quota) = this.quota.take() {
-                        H::add(&mut res, &quota);
-                    }
+                    H::add(&mut res, std::mem::take(this.quota));
                     return Poll::Ready(Ok(res));
                 }
                 KindProj::Rejected { error } => {
                     let error = error.take().expect("polled after completion");
                     return Poll::Ready(Err(error));
                 }
-                KindProj::Waiting { wait } => match wait.poll_turn(cx, H::ENABLED) {
+                KindProj::Waiting { wait } => match wait.poll_turn::<H>(cx) {
                     (Step::Pending, _) => return Poll::Pending,
                     (Step::Call(inner), quota) => {
                         *this.quota = quota;

@@ -10,12 +10,15 @@ use buttress_core::Quota;
 /// inner service returns. Rejections carry the quota either way, for the
 /// 429 that the error-to-response layer makes of them.
 pub trait Headers<Res>: Send + Sync + 'static {
-    /// `false` when [`add`](Self::add) does nothing, so the quota is not
-    /// even computed.
-    const ENABLED: bool;
+    /// What a response future keeps for the headers: `()` (nothing, not
+    /// even room for a quota) when none are added.
+    type Kept: Default + Send + Sync + 'static;
 
-    /// Adds the quota to a response.
-    fn add(res: &mut Res, quota: &Quota);
+    /// Keeps the quota `make` computes, or nothing (without calling it).
+    fn keep(make: impl FnOnce() -> Quota) -> Self::Kept;
+
+    /// Adds what was kept to a response.
+    fn add(res: &mut Res, kept: Self::Kept);
 }
 
 /// Responses are left as the inner service made them.
@@ -23,10 +26,13 @@ pub trait Headers<Res>: Send + Sync + 'static {
 pub struct NoHeaders;
 
 impl<Res> Headers<Res> for NoHeaders {
-    const ENABLED: bool = false;
+    type Kept = ();
 
     #[inline]
-    fn add(_: &mut Res, _: &Quota) {}
+    fn keep(_: impl FnOnce() -> Quota) {}
+
+    #[inline]
+    fn add(_: &mut Res, _: ()) {}
 }
 
 /// Every `http::Response` gets `RateLimit-Policy` and `RateLimit` headers.
@@ -34,9 +40,15 @@ impl<Res> Headers<Res> for NoHeaders {
 pub struct WithHeaders;
 
 impl<B> Headers<http::Response<B>> for WithHeaders {
-    const ENABLED: bool = true;
+    type Kept = Option<Quota>;
 
-    fn add(res: &mut http::Response<B>, quota: &Quota) {
-        buttress_core::response::ratelimit_headers(quota, res.headers_mut());
+    fn keep(make: impl FnOnce() -> Quota) -> Option<Quota> {
+        Some(make())
+    }
+
+    fn add(res: &mut http::Response<B>, kept: Option<Quota>) {
+        if let Some(quota) = kept {
+            buttress_core::response::ratelimit_headers(&quota, res.headers_mut());
+        }
     }
 }

@@ -570,7 +570,7 @@ where
                 Decision::Allow => {
                     shared.counted(true);
                     policy.emit_permitted(cost, Duration::ZERO, Backend::Local);
-                    let quota = H::ENABLED.then(|| shared.quota(&slot, now));
+                    let quota = H::keep(|| shared.quota(&slot, now));
                     return ResponseFuture::called(self.inner.call(req), quota);
                 }
                 Decision::Deny(wait) => wait,

@@ -152,7 +152,7 @@ where
                 Verdict::Allow => {
                     shared.count_permitted();
                     policy.emit_permitted(cost, std::time::Duration::ZERO, Backend::Local);
-                    let quota = H::ENABLED.then(|| quota(&policy.name, &p, shared.levels(&p, now)));
+                    let quota = H::keep(|| quota(&policy.name, &p, shared.levels(&p, now)));
                     return ResponseFuture::called(self.inner.call(req), quota);
                 }
                 Verdict::Deny(wait) => wait,
@@ -179,6 +179,7 @@ impl<S, C, P, H> RateLimit<S, C, P, H> {
     where
         S: Service<Req> + Clone,
         P: Priority<Req>,
+        H: Headers<S::Response>,
     {
         let shared = &self.shared;
         let reason = wait_or_reason(&shared.policy, wait);

@@ -38,6 +38,13 @@
 //!   compare-and-swap on one word; the other algorithms and the keyed map
 //!   decide under a short lock. No decision is batched or cached, so
 //!   concurrent callers never pass more than one caller could.
+//! - **Exact time by default.** A decision reads tokio's clock, so it
+//!   follows a paused clock in tests to the nanosecond and admits exactly
+//!   what the algorithm says at that instant. That read is most of the
+//!   limiter's cost (about 17 ns of some 38 on a 2-core x86 VM, see
+//!   BENCHMARKS.md); [`resolution`](RateLimitBuilder::resolution) trades
+//!   it for one atomic load of a coarse clock (about 18 ns in all), at the
+//!   price of decisions seeing time in steps of the resolution.
 //! - **Shared by clones.** State is created once by the layer: every
 //!   service it makes, and every clone, takes from the same limit (one
 //!   layer on several axum routes gives one limit).

@@ -150,7 +150,16 @@ where
                             this.state.set(State::Done);
                             return Poll::Ready(result);
                         }
-                        Step::Retry(delay) if delay.is_zero() => {}
+                        Step::Retry(delay) if delay.is_zero() => {
+                            // No delay, but a turn for the other tasks: a
+                            // service that fails at once would otherwise be
+                            // called again and again without this task
+                            // ever yielding its worker thread (until
+                            // `max_elapsed`, which a paused clock never
+                            // reaches).
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
                         Step::Retry(delay) => this.state.set(State::Waiting {
                             sleep: Box::pin(tokio::time::sleep(delay)),
                         }),

@@ -588,7 +588,13 @@ async fn zero_delay_retries_do_not_sleep() {
     let layer = RetryLayer::fixed(3, Duration::ZERO).build().unwrap();
     let mut retry = layer.layer(svc.clone());
     let mut fut = tokio_test::task::spawn(retry.ready().await.unwrap().call(4));
-    // All three attempts in one poll: no timer was involved.
+    // No timer: each retry only yields its turn (it wakes itself at once,
+    // so the runtime's other tasks run between attempts), and the clock
+    // does not move.
+    for attempt in 1..=2 {
+        assert_pending!(fut.poll());
+        assert!(fut.is_woken(), "attempt {attempt} did not wake itself");
+    }
     assert_eq!(assert_ready_ok!(fut.poll()), 4);
     assert_eq!(svc.gaps(), [Duration::ZERO; 2]);
 }

@@ -93,7 +93,7 @@ impl<S> Bulkhead<S> {
                         self.permit = Some(Permit::new(&self.shared, None));
                         return self.inner.poll_ready(cx).map_err(Into::into);
                     }
-                    self.state = State::Acquiring(Acquire::new(self.shared.clone()));
+                    self.state = State::Acquiring(Acquire::deferred(self.shared.clone()));
                 }
                 State::Acquiring(acquire) => match acquire.poll_acquire(cx) {
                     Poll::Pending => return Poll::Pending,
@@ -120,6 +120,12 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if let State::Rejected(_) = self.state {
+            // Decided by an earlier `poll_ready` that no call consumed (an
+            // outer layer answered that request itself): decide again, now,
+            // rather than hand a stale rejection to the next request.
+            self.state = State::Idle;
+        }
         if self.permit.is_none() {
             if let State::Idle = self.state {
                 if self.shared.try_acquire() {
@@ -138,7 +144,12 @@ where
             return ResponseFuture::called(self.inner.call(req), permit);
         }
         match std::mem::replace(&mut self.state, State::Idle) {
-            State::Rejected(reason) => ResponseFuture::rejected(self.shared.rejection(reason)),
+            State::Rejected(reason) => {
+                // Counted when delivered: a rejection no call consumed is
+                // decided again by the next `poll_ready`, not counted twice.
+                self.shared.count_rejected(reason);
+                ResponseFuture::rejected(self.shared.rejection(reason))
+            }
             State::Idle | State::Acquiring(_) => {
                 panic!("poll_ready must be called (and return ready) before call")
             }

@@ -242,8 +242,13 @@ impl Shared {
         waiter.granted.load(SeqCst)
     }
 
-    pub(crate) fn record_rejected(&self) {
+    /// Counts a rejection that reached its caller, and reports it.
+    pub(crate) fn count_rejected(&self, reason: BulkheadFullReason) {
         self.rejected.fetch_add(1, Relaxed);
+        self.listeners.emit(|| BulkheadEvent::Rejected {
+            name: self.name.clone(),
+            reason,
+        });
     }
 
     pub(crate) fn max_wait(&self) -> Option<Duration> {
@@ -381,6 +386,11 @@ impl Drop for Permit {
 pub(crate) struct Acquire {
     shared: Arc<Shared>,
     state: AcquireState,
+    /// Count and report a rejection here (the keyed future, which hands
+    /// it to its caller at once); `false` when the owner does so when it
+    /// delivers it (the service, whose `poll_ready` decides and whose
+    /// `call` may never come).
+    count: bool,
 }
 
 enum AcquireState {
@@ -399,6 +409,17 @@ impl Acquire {
         Self {
             shared,
             state: AcquireState::Start,
+            count: true,
+        }
+    }
+
+    /// An acquisition whose rejection the owner counts when it delivers it
+    /// ([`Shared::count_rejected`]).
+    pub(crate) fn deferred(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            state: AcquireState::Start,
+            count: false,
         }
     }
 
@@ -487,12 +508,9 @@ impl Acquire {
     }
 
     fn reject(&self, reason: BulkheadFullReason) -> BulkheadFullReason {
-        self.shared.record_rejected();
-        let shared = &self.shared;
-        shared.listeners.emit(|| BulkheadEvent::Rejected {
-            name: shared.name.clone(),
-            reason,
-        });
+        if self.count {
+            self.shared.count_rejected(reason);
+        }
         reason
     }
 }
@@ -573,7 +591,7 @@ mod tests {
         let s = shared(1);
         assert!(s.take_available());
         s.release();
-        s.record_rejected();
+        s.count_rejected(BulkheadFullReason::QueueFull);
         s.reset_counters();
         assert_eq!((s.snapshot().completed, s.snapshot().rejected), (0, 0));
         assert!(s.take_available());

@@ -747,3 +747,33 @@ async fn a_rejection_carries_the_retry_hint() {
         Some(Duration::from_secs(1))
     );
 }
+
+/// An outer layer (a rate limiter, a load shedder) may answer a request
+/// itself after the bulkhead's `poll_ready`, never calling it. The rejection
+/// decided then is neither counted nor handed to the next request: the next
+/// `poll_ready` decides again.
+#[tokio::test]
+async fn a_rejection_no_call_consumed_is_neither_counted_nor_handed_on() {
+    use tower::{Service, ServiceExt};
+    let layer = buttress_bulkhead::BulkheadLayer::new(1).unwrap();
+    let handle = layer.handle();
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|()| async { Ok::<_, std::convert::Infallible>("ok") });
+    let mut holder = svc.clone();
+    let running = holder.ready().await.unwrap().call(());
+    let mut other = svc.clone();
+    // Ready with a rejection in hand; the outer layer drops the request.
+    other.ready().await.unwrap();
+    assert_eq!(handle.snapshot().rejected, 0);
+    assert_eq!(running.await.unwrap(), "ok");
+    // The permit is free now: the next request goes through.
+    let res = other.ready().await.unwrap().call(()).await;
+    assert_eq!(res.unwrap(), "ok");
+    // A rejection that is delivered is counted once.
+    let held = holder.ready().await.unwrap().call(());
+    let err = other.ready().await.unwrap().call(()).await.unwrap_err();
+    assert!(err.is::<buttress_core::BulkheadFull>());
+    assert_eq!(handle.snapshot().rejected, 1);
+    drop(held);
+}

@@ -374,6 +374,7 @@ where
         };
         let inner = match shared.admit() {
             Admission::Reject(retry_after) => {
+                shared.count_not_permitted();
                 ResponseFuture::rejected(CircuitOpen::new(shared.name.clone(), retry_after))
             }
             Admission::Permit {

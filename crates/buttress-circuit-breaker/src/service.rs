@@ -150,6 +150,13 @@ where
     type Future = ResponseFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // A rejection decided by an earlier `poll_ready` that no call
+        // consumed (an outer layer answered that request itself) is not
+        // handed to the next request: decide again, now. (With
+        // backpressure, a rejection with a wait is waited out below.)
+        if matches!(self.ticket, Ticket::Rejected(wait) if !self.backpressure || wait.is_none()) {
+            self.ticket = Ticket::None;
+        }
         loop {
             if self.admitted.is_some() {
                 return self.inner.poll_ready(cx).map_err(Into::into);
@@ -207,6 +214,7 @@ where
         }
         match std::mem::replace(&mut self.ticket, Ticket::None) {
             Ticket::Rejected(retry_after) => {
+                self.shared.count_not_permitted();
                 ResponseFuture::rejected(CircuitOpen::new(self.shared.name.clone(), retry_after))
             }
             Ticket::None => panic!("poll_ready must be called (and return ready) before call"),

@@ -521,11 +521,19 @@ impl Shared {
     }
 
     fn not_permitted(&self, retry_after: Option<Duration>) -> Admission {
+        Admission::Reject(retry_after)
+    }
+
+    /// Counts a rejection that reached its caller, and reports it. Not
+    /// counted at admission: a rejection decided in `poll_ready` may never
+    /// be delivered (an outer layer can answer that request itself, and
+    /// the next `poll_ready` decides again), and the count is of calls the
+    /// breaker refused, not of decisions.
+    pub(crate) fn count_not_permitted(&self) {
         self.not_permitted.fetch_add(1, Relaxed);
         self.listeners.emit(|| CircuitBreakerEvent::NotPermitted {
             name: self.name.clone(),
         });
-        Admission::Reject(retry_after)
     }
 
     /// A probe admitted in generation `gen` ended without a verdict

@@ -738,3 +738,26 @@ fn time_window_outlives_the_runtime_of_its_clock_ticker() {
         assert_eq!(l.handle().snapshot().buffered_calls, 2);
     });
 }
+
+/// An outer layer (a rate limiter, a load shedder) may answer a request
+/// itself after the breaker's `poll_ready`, never calling it. The rejection
+/// decided then is neither counted nor handed to the next request: the next
+/// `poll_ready` decides again.
+#[tokio::test(start_paused = true)]
+async fn a_rejection_no_call_consumed_is_neither_counted_nor_handed_on() {
+    let layer = builder().build().unwrap();
+    let handle = layer.handle();
+    let mut svc = svc(&layer);
+    handle.force_open();
+    // Ready with a rejection in hand; the outer layer drops the request.
+    svc.ready().await.unwrap();
+    assert_eq!(handle.snapshot().not_permitted_calls, 0);
+    handle.reset();
+    // The breaker is closed now: the next request goes through.
+    assert_eq!(svc.ready().await.unwrap().call(Ok).await.unwrap(), 1);
+    // A rejection that is delivered is counted once.
+    handle.force_open();
+    let err = svc.ready().await.unwrap().call(Ok).await.unwrap_err();
+    assert!(err.downcast_ref::<CircuitOpen>().is_some());
+    assert_eq!(handle.snapshot().not_permitted_calls, 1);
+}

@@ -229,5 +229,8 @@ fn zero_delay_retries_yield_to_other_tasks() {
         order
     });
     let other_at = order.iter().position(|s| *s == "other").unwrap();
-    assert!(other_at < order.len() - 1, "the other task ran only after every attempt: {order:?}");
+    assert!(
+        other_at < order.len() - 1,
+        "the other task ran only after every attempt: {order:?}"
+    );
 }

@@ -10,20 +10,19 @@ mod sealed {
 
 /// One method per buttress pattern on tower's [`ServiceBuilder`].
 ///
-/// The names avoid tower's own inherent `timeout` and `concurrency_limit`
-/// methods, which would take precedence when tower's features enable them.
-/// tower's `retry` feature adds an inherent `ServiceBuilder::retry` too:
-/// when it is on (in your crate or any dependency), [`retry`] resolves to
-/// tower's method, so call [`retry_with`] (or
-/// `ServiceBuilderExt::retry(builder, layer)`). Likewise tower's `limit`
-/// feature (which tonic's `transport` turns on) adds an inherent
-/// `ServiceBuilder::rate_limit(num, per)`, which shadows [`rate_limit`]:
-/// call [`rate_limit_with`] there.
+/// The names avoid tower's own inherent `timeout`, `concurrency_limit` and
+/// `rate_limit` methods, which would take precedence when tower's features
+/// enable them (tonic's `transport` turns on `limit`, which adds
+/// `ServiceBuilder::rate_limit(num, per)`): hence [`call_timeout`] and
+/// [`rate_limit_to`]. tower's `retry` feature adds an inherent
+/// `ServiceBuilder::retry` too: when it is on (in your crate or any
+/// dependency), [`retry`] resolves to tower's method, so call
+/// [`retry_with`] (or `ServiceBuilderExt::retry(builder, layer)`).
 ///
+/// [`call_timeout`]: ServiceBuilderExt::call_timeout
+/// [`rate_limit_to`]: ServiceBuilderExt::rate_limit_to
 /// [`retry`]: ServiceBuilderExt::retry
 /// [`retry_with`]: ServiceBuilderExt::retry_with
-/// [`rate_limit`]: ServiceBuilderExt::rate_limit
-/// [`rate_limit_with`]: ServiceBuilderExt::rate_limit_with
 ///
 /// ```
 /// use buttress::ServiceBuilderExt;
@@ -215,26 +214,22 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// algorithm, a wait queue or priorities, build the layer and use
     /// [`rate_limit_with`](Self::rate_limit_with).
     ///
-    /// Shadowed by tower's inherent `ServiceBuilder::rate_limit(num, per)`
-    /// when tower's `limit` feature is on (tonic's `transport` turns it
-    /// on): then call `ServiceBuilderExt::rate_limit(builder, rate)`, as
-    /// below, or [`rate_limit_with`](Self::rate_limit_with), which never
-    /// is.
+    /// Named `rate_limit_to`, not `rate_limit`: tower's `limit` feature
+    /// (which tonic's `transport` turns on) adds an inherent
+    /// `ServiceBuilder::rate_limit(num, per)` that would shadow it.
     ///
     /// ```
     /// use buttress::rate_limit::Rate;
     /// use buttress::ServiceBuilderExt;
     /// use tower::ServiceBuilder;
     ///
-    /// // In a build without tower's `limit` feature:
-    /// // `ServiceBuilder::new().rate_limit(Rate::per_second(100))?`
-    /// let layers = ServiceBuilderExt::rate_limit(ServiceBuilder::new(), Rate::per_second(100)).unwrap();
+    /// let layers = ServiceBuilder::new().rate_limit_to(Rate::per_second(100)).unwrap();
     /// # let _ = layers;
-    /// let err = ServiceBuilderExt::rate_limit(ServiceBuilder::new(), Rate::per_second(0)).unwrap_err();
+    /// let err = ServiceBuilder::new().rate_limit_to(Rate::per_second(0)).unwrap_err();
     /// assert_eq!(err.field(), "rate");
     /// ```
     #[cfg(feature = "rate-limit")]
-    fn rate_limit(
+    fn rate_limit_to(
         self,
         rate: buttress_rate_limit::Rate,
     ) -> Result<
@@ -398,7 +393,7 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     }
 
     #[cfg(feature = "rate-limit")]
-    fn rate_limit(
+    fn rate_limit_to(
         self,
         rate: buttress_rate_limit::Rate,
     ) -> Result<

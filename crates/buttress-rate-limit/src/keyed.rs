@@ -561,11 +561,12 @@ where
         let cost = self.weigh.cost.cost(&req);
         let policy = &shared.policy;
         let mut priority = 0;
-        if policy.reserve_ppm != 0 || policy.can_wait() {
+        if policy.uses_priority {
             priority = self.weigh.priority.priority(&req);
         }
         let now = shared.time.now();
-        let denied = if shared.queue.len() == 0 {
+        // Nobody can wait without a queue: no need to look at it.
+        let denied = if !policy.can_wait || shared.queue.len() == 0 {
             match shared.acquire(&slot, now, cost, priority) {
                 Decision::Allow => {
                     shared.counted(true);

@@ -208,14 +208,14 @@ impl Common {
         }
         Ok((
             params,
-            Policy {
-                name: self.name.clone(),
-                max_wait: self.max_wait,
-                max_queue: self.max_queue,
+            Policy::new(
+                self.name.clone(),
+                self.max_wait,
+                self.max_queue,
                 reserve_ppm,
                 reserve_priority,
-                listeners: self.listeners.clone(),
-            },
+                self.listeners.clone(),
+            ),
         ))
     }
 

@@ -74,6 +74,11 @@ pub struct Policy {
     /// `reserve_priority`.
     pub(crate) reserve_ppm: u32,
     pub(crate) reserve_priority: u8,
+    /// `max_wait` and `max_queue` both above zero.
+    pub(crate) can_wait: bool,
+    /// A call's priority matters: for the reserve, or for its place in the
+    /// queue.
+    pub(crate) uses_priority: bool,
     pub(crate) listeners: Listeners<RateLimitEvent>,
 }
 
@@ -100,9 +105,26 @@ impl Policy {
         }
     }
 
-    #[inline]
-    pub(crate) fn can_wait(&self) -> bool {
-        !self.max_wait.is_zero() && self.max_queue > 0
+    /// `Policy` with its derived flags set.
+    pub(crate) fn new(
+        name: Arc<str>,
+        max_wait: Duration,
+        max_queue: usize,
+        reserve_ppm: u32,
+        reserve_priority: u8,
+        listeners: Listeners<RateLimitEvent>,
+    ) -> Self {
+        let can_wait = !max_wait.is_zero() && max_queue > 0;
+        Self {
+            name,
+            max_wait,
+            max_queue,
+            reserve_ppm,
+            reserve_priority,
+            can_wait,
+            uses_priority: can_wait || reserve_ppm != 0,
+            listeners,
+        }
     }
 
     pub(crate) fn emit_rejected(

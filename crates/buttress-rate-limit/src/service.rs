@@ -141,11 +141,12 @@ where
         let cost = self.weigh.cost.cost(&req);
         let policy = &shared.policy;
         let mut priority = 0;
-        if policy.reserve_ppm != 0 || policy.can_wait() {
+        if policy.uses_priority {
             priority = self.weigh.priority.priority(&req);
         }
         let now = shared.time.now();
-        let denied = if shared.queue.len() == 0 {
+        // Nobody can wait without a queue: no need to look at it.
+        let denied = if !policy.can_wait || shared.queue.len() == 0 {
             let p = shared.params.load();
             let keep = policy.keep(priority, &p);
             match shared.acquire(&p, now, cost, keep) {
@@ -229,7 +230,7 @@ impl<S, C, P, H> RateLimit<S, C, P, H> {
 pub(crate) fn wait_or_reason(policy: &Policy, wait: Option<u64>) -> Option<RejectReason> {
     match wait {
         None => Some(RejectReason::OverCapacity),
-        Some(_) if !policy.can_wait() => Some(RejectReason::Exhausted),
+        Some(_) if !policy.can_wait => Some(RejectReason::Exhausted),
         Some(w) if w > nanos(policy.max_wait) => Some(RejectReason::Exhausted),
         Some(_) => None,
     }

@@ -506,14 +506,14 @@ impl<X, C> RedisRateLimitBuilder<X, C> {
         let prefix = self
             .prefix
             .unwrap_or_else(|| format!("buttress:rl:{}:", self.name));
-        let policy = Policy {
-            name: self.name.clone(),
-            max_wait: Duration::ZERO,
-            max_queue: 0,
-            reserve_ppm: 0,
-            reserve_priority: u8::MAX,
-            listeners: self.listeners,
-        };
+        let policy = Policy::new(
+            self.name.clone(),
+            Duration::ZERO,
+            0,
+            0,
+            u8::MAX,
+            self.listeners,
+        );
         let time = TimeSource::new(None);
         let fallback = if self.keyed {
             Fallback::Keyed(BoundedMap::new(self.max_keys, self.idle_timeout))

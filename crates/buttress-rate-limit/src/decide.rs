@@ -41,5 +41,6 @@ pub trait Decide: Send + Sync + 'static {
     fn decide(&self, key: &Self::Key, now: u64, cost: u64, priority: u8) -> Decision;
     /// The quota of `key` at `now`, for headers and rejections.
     fn quota(&self, key: &Self::Key, now: u64) -> Quota;
-    fn counted(&self, permitted: bool);
+    /// Counts a rejection delivered to its caller.
+    fn count_rejected(&self);
 }

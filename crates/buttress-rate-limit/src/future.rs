@@ -28,7 +28,7 @@ pub(crate) fn reject<D: Decide>(
     reason: RejectReason,
     retry_after: Option<u64>,
 ) -> BoxError {
-    d.counted(false);
+    d.count_rejected();
     d.policy()
         .emit_rejected(cost, reason, retry_after, Backend::Local);
     let retry_after = retry_after.map(Duration::from_nanos);
@@ -192,7 +192,6 @@ where
             });
             let wake_at = match turn {
                 Turn::Acquired => {
-                    d.counted(true);
                     d.policy().emit_permitted(
                         self.cost,
                         Duration::from_nanos(now.saturating_sub(self.joined)),

@@ -56,7 +56,6 @@ pub struct KeyedShared<K> {
     missing: MissingKeys,
     /// A limit on every request together, checked with the key's.
     global: Option<Arc<Limiter>>,
-    permitted: AtomicU64,
     rejected: AtomicU64,
     keys_full: AtomicU64,
 }
@@ -92,9 +91,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedShared<K> {
                     let v = g.acquire(gp, now, cost, *gkeep);
                     // The global limit's own counts (its snapshot and
                     // registry entry) see every call it decided.
-                    if v == Verdict::Allow {
-                        g.count_permitted();
-                    } else {
+                    if v != Verdict::Allow {
                         g.count_rejected();
                     }
                     v
@@ -209,12 +206,8 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Decide for KeyedShared<K> {
         quota(&self.policy.name, &p, self.levels(key, &p, now))
     }
 
-    fn counted(&self, permitted: bool) {
-        if permitted {
-            self.permitted.fetch_add(1, Relaxed);
-        } else {
-            self.rejected.fetch_add(1, Relaxed);
-        }
+    fn count_rejected(&self) {
+        self.rejected.fetch_add(1, Relaxed);
     }
 }
 
@@ -481,7 +474,6 @@ impl<X, C, P, H> KeyedRateLimitBuilder<X, C, P, H> {
                 queue: Arc::new(Queue::new()),
                 missing: MissingKeys::new(self.on_missing_key, std::any::type_name::<X>()),
                 global,
-                permitted: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
                 keys_full: AtomicU64::new(0),
             }),
@@ -569,7 +561,6 @@ where
         let denied = if !policy.can_wait || shared.queue.len() == 0 {
             match shared.acquire(&slot, now, cost, priority) {
                 Decision::Allow => {
-                    shared.counted(true);
                     policy.emit_permitted(cost, Duration::ZERO, Backend::Local);
                     let quota = H::keep(|| shared.quota(&slot, now));
                     return ResponseFuture::called(self.inner.call(req), quota);
@@ -647,8 +638,6 @@ pub struct KeyedRateLimitSnapshot {
     pub max_keys: usize,
     /// Calls waiting, over every key.
     pub waiting: usize,
-    /// Calls admitted, over every key.
-    pub permitted: u64,
     /// Calls rejected, over every key (those without a key excepted).
     pub rejected: u64,
     /// Calls with a new key rejected because no key could be evicted
@@ -719,7 +708,6 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedRateLimitHandle<K> {
             available: levels.remaining,
             reset: Duration::from_nanos(levels.reset),
             waiting: s.queue.len_of(slot),
-            permitted: s.permitted.load(Relaxed),
             rejected: s.rejected.load(Relaxed),
             backend: Backend::Local,
         }
@@ -749,7 +737,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedRateLimitHandle<K> {
     /// ```
     pub fn snapshot(&self) -> KeyedRateLimitSnapshot {
         let p = self.shared.params.load_full();
-        let (permitted, rejected) = self.totals();
+        let rejected = self.rejected();
         KeyedRateLimitSnapshot {
             algorithm: p.algorithm,
             rate_per_key: p.rate,
@@ -757,7 +745,6 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedRateLimitHandle<K> {
             keys: self.keys(),
             max_keys: self.max_keys(),
             waiting: self.waiting(),
-            permitted,
             rejected,
             rejected_keys_full: self.keys_full_rejections(),
             missing_key: self.missing_key(),
@@ -765,12 +752,12 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedRateLimitHandle<K> {
         }
     }
 
-    /// Calls admitted and rejected, over every key.
-    pub fn totals(&self) -> (u64, u64) {
-        (
-            self.shared.permitted.load(Relaxed),
-            self.shared.rejected.load(Relaxed),
-        )
+    /// Calls rejected, over every key (those without a key excepted).
+    /// Admitted calls are not counted (see
+    /// [`RateLimitSnapshot`]): a listener of `Permitted` events counts
+    /// them when wanted.
+    pub fn rejected(&self) -> u64 {
+        self.shared.rejected.load(Relaxed)
     }
 
     /// Calls waiting, over every key.
@@ -815,7 +802,6 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Component for KeyedRateLimitH
             "keys": s.keys,
             "max_keys": s.max_keys,
             "waiting": s.waiting,
-            "permitted": s.permitted,
             "rejected": s.rejected,
             "rejected_keys_full": s.rejected_keys_full,
             "missing_key": s.missing_key,
@@ -826,7 +812,6 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Component for KeyedRateLimitH
     }
 
     fn reset(&self) {
-        self.shared.permitted.store(0, Relaxed);
         self.shared.rejected.store(0, Relaxed);
     }
 

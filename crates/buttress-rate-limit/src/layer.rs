@@ -406,6 +406,12 @@ impl<C, P, H> RateLimitBuilder<C, P, H> {
 }
 
 /// A limiter's state, as [`RateLimitHandle::snapshot`] reads it.
+///
+/// Rejections are counted; admitted calls are not, since that would cost
+/// every call a second atomic read-modify-write (as in Resilience4j, whose
+/// rate limiter reports available permits and waiting threads). A listener
+/// of [`Permitted`](crate::RateLimitEvent::Permitted) events counts them
+/// when wanted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
@@ -423,8 +429,6 @@ pub struct RateLimitSnapshot {
     pub reset: Duration,
     /// Calls waiting for permits.
     pub waiting: usize,
-    /// Calls admitted since creation (or the last reset).
-    pub permitted: u64,
     /// Calls rejected since creation (or the last reset).
     pub rejected: u64,
     /// Which store decides.
@@ -458,7 +462,7 @@ impl RateLimitHandle {
         let s = &self.shared;
         let p = s.params.load_full();
         let levels = s.levels(&p, s.time.now());
-        let (permitted, rejected) = s.counts();
+        let rejected = s.rejected();
         RateLimitSnapshot {
             algorithm: s.algorithm(),
             rate: p.rate,
@@ -466,7 +470,6 @@ impl RateLimitHandle {
             available: levels.remaining,
             reset: Duration::from_nanos(levels.reset),
             waiting: s.queue.len(),
-            permitted,
             rejected,
             backend: Backend::Local,
         }
@@ -512,7 +515,6 @@ impl Component for RateLimitHandle {
             "available": s.available,
             "reset_ms": s.reset.as_millis() as u64,
             "waiting": s.waiting,
-            "permitted": s.permitted,
             "rejected": s.rejected,
             "backend": s.backend.as_str(),
         })

@@ -52,12 +52,8 @@ impl Decide for Limiter {
     }
 
     #[inline]
-    fn counted(&self, permitted: bool) {
-        if permitted {
-            self.count_permitted();
-        } else {
-            self.count_rejected();
-        }
+    fn count_rejected(&self) {
+        Limiter::count_rejected(self);
     }
 }
 
@@ -151,7 +147,6 @@ where
             let keep = policy.keep(priority, &p);
             match shared.acquire(&p, now, cost, keep) {
                 Verdict::Allow => {
-                    shared.count_permitted();
                     policy.emit_permitted(cost, std::time::Duration::ZERO, Backend::Local);
                     let quota = H::keep(|| quota(&policy.name, &p, shared.levels(&p, now)));
                     return ResponseFuture::called(self.inner.call(req), quota);

@@ -5,6 +5,8 @@
 //! with pushback and the quota as metadata).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
@@ -13,7 +15,7 @@ use buttress_core::grpc::ErrorToStatusLayer;
 use buttress_core::key::{ClientIp, ForwardedHeader};
 use buttress_core::response::ErrorToResponseLayer;
 use buttress_integration_tests::{client, HttpClient};
-use buttress_rate_limit::{KeyedRateLimitLayer, Rate, RateLimitLayer};
+use buttress_rate_limit::{KeyedRateLimitLayer, Rate, RateLimitEvent, RateLimitLayer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
@@ -318,8 +320,17 @@ async fn malformed_forwarding_headers_never_panic() {
 
 #[tokio::test]
 async fn a_rate_limited_grpc_call_is_resource_exhausted_with_pushback_and_quota_metadata() {
+    // The limiter counts rejections; admitted calls are counted from its
+    // events.
+    let permitted = Arc::new(AtomicU64::new(0));
+    let counter = permitted.clone();
     let limit = RateLimitLayer::builder(Rate::per_minute(2))
         .name("grpc")
+        .on_event(move |e: &RateLimitEvent| {
+            if let RateLimitEvent::Permitted { .. } = e {
+                counter.fetch_add(1, Relaxed);
+            }
+        })
         .build()
         .expect("config");
     let handle = limit.handle();
@@ -375,7 +386,9 @@ async fn a_rate_limited_grpc_call_is_resource_exhausted_with_pushback_and_quota_
         Some(r#""grpc";q=2;w=60"#)
     );
     assert_eq!(meta("ratelimit").as_deref(), Some(r#""grpc";r=0;t=30"#));
-    let s = handle.snapshot();
-    assert_eq!((s.permitted, s.rejected), (2, 1));
+    assert_eq!(
+        (permitted.load(Relaxed), handle.snapshot().rejected),
+        (2, 1)
+    );
     server.abort();
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use buttress_core::error::BoxError;
 use buttress_core::key::FnKey;
 use buttress_core::RateLimited;
-use buttress_rate_limit::{Algorithm, KeyedRateLimitLayer, Rate, RateLimitLayer};
+use buttress_rate_limit::{Algorithm, KeyedRateLimitLayer, Rate, RateLimitEvent, RateLimitLayer};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 const TASKS: usize = 8;
@@ -81,6 +81,17 @@ fn total(counts: &[AtomicU64]) -> u64 {
     counts.iter().map(|c| c.load(Relaxed)).sum()
 }
 
+/// A listener counting admitted calls into `permitted`: the limiter does
+/// not count them, its `Permitted` events do.
+fn count_permitted(permitted: &Arc<AtomicU64>) -> impl Fn(&RateLimitEvent) + Send + Sync + 'static {
+    let permitted = permitted.clone();
+    move |e: &RateLimitEvent| {
+        if let RateLimitEvent::Permitted { .. } = e {
+            permitted.fetch_add(1, Relaxed);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_global_limiter_admits_exactly_its_burst() {
     for algorithm in [
@@ -99,7 +110,11 @@ async fn a_global_limiter_admits_exactly_its_burst() {
             Algorithm::Gcra | Algorithm::TokenBucket => builder.burst(50),
             _ => RateLimitLayer::builder(Rate::per_hour(50)).algorithm(algorithm),
         };
-        let layer = builder.build().unwrap();
+        let permitted = Arc::new(AtomicU64::new(0));
+        let layer = builder
+            .on_event(count_permitted(&permitted))
+            .build()
+            .unwrap();
         let handle = layer.handle();
         let counts = counters();
         let svc = ServiceBuilder::new()
@@ -108,8 +123,9 @@ async fn a_global_limiter_admits_exactly_its_burst() {
         let rejected = hammer(svc).await;
         assert_eq!(total(&counts), 50, "{algorithm}");
         assert_eq!(rejected, (TASKS * CALLS_PER_TASK) as u64 - 50);
+        assert_eq!(permitted.load(Relaxed), 50, "{algorithm}");
         let s = handle.snapshot();
-        assert_eq!((s.permitted, s.rejected, s.available), (50, rejected, 0));
+        assert_eq!((s.rejected, s.available), (rejected, 0));
     }
 }
 
@@ -120,9 +136,11 @@ fn by_key() -> FnKey<fn(&u32) -> Option<u32>, u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyed_limiter_admits_exactly_the_burst_of_each_key() {
     for algorithm in [Algorithm::Gcra, Algorithm::TokenBucket].repeat(ROUNDS) {
+        let permitted = Arc::new(AtomicU64::new(0));
         let layer = KeyedRateLimitLayer::builder(by_key(), Rate::per_hour(100))
             .algorithm(algorithm)
             .burst(20)
+            .on_event(count_permitted(&permitted))
             .build::<u32>()
             .unwrap();
         let handle = layer.handle();
@@ -130,12 +148,15 @@ async fn a_keyed_limiter_admits_exactly_the_burst_of_each_key() {
         let svc = ServiceBuilder::new()
             .layer(layer)
             .service(inner(counts.clone()));
-        hammer(svc).await;
+        let rejected = hammer(svc).await;
         for k in 0..KEYS {
             assert_eq!(counts[k as usize].load(Relaxed), 20, "{algorithm} key {k}");
             assert_eq!(handle.key(&k).available, 0);
         }
-        assert_eq!(handle.totals().0, 20 * u64::from(KEYS));
+        let admitted = 20 * u64::from(KEYS);
+        assert_eq!(permitted.load(Relaxed), admitted, "{algorithm}");
+        assert_eq!(rejected, (TASKS * CALLS_PER_TASK) as u64 - admitted);
+        assert_eq!(handle.rejected(), rejected, "{algorithm}");
     }
 }
 
@@ -149,6 +170,7 @@ async fn a_global_limit_beside_the_keys_never_passes_its_burst_nor_charges_refus
     .repeat(ROUNDS)
     {
         // Five keys of 20 could take 100; the global limit lets 50 pass.
+        let permitted = Arc::new(AtomicU64::new(0));
         let layer = match algorithm {
             Algorithm::SlidingLog => KeyedRateLimitLayer::builder(by_key(), Rate::per_hour(20))
                 .global(Rate::per_hour(50), None),
@@ -157,6 +179,7 @@ async fn a_global_limit_beside_the_keys_never_passes_its_burst_nor_charges_refus
                 .global(Rate::per_hour(100), Some(50)),
         }
         .algorithm(algorithm)
+        .on_event(count_permitted(&permitted))
         .build::<u32>()
         .unwrap();
         let handle = layer.handle();
@@ -164,7 +187,7 @@ async fn a_global_limit_beside_the_keys_never_passes_its_burst_nor_charges_refus
         let svc = ServiceBuilder::new()
             .layer(layer)
             .service(inner(counts.clone()));
-        hammer(svc).await;
+        let rejected = hammer(svc).await;
         assert_eq!(total(&counts), 50, "{algorithm}");
         // Each key was charged exactly what it was admitted.
         for k in 0..KEYS {
@@ -176,7 +199,10 @@ async fn a_global_limit_beside_the_keys_never_passes_its_burst_nor_charges_refus
                 "{algorithm} key {k}: charged for a refused call"
             );
         }
-        assert_eq!(handle.global().unwrap().snapshot().available, 0);
-        assert_eq!(handle.totals().0, 50);
+        let global = handle.global().unwrap().snapshot();
+        assert_eq!(global.available, 0);
+        assert_eq!(permitted.load(Relaxed), 50, "{algorithm}");
+        assert_eq!(rejected, (TASKS * CALLS_PER_TASK) as u64 - 50);
+        assert_eq!(handle.rejected(), rejected, "{algorithm}");
     }
 }

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +40,25 @@ impl Reasons {
 
     fn take(&self) -> Vec<RejectReason> {
         std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+/// Counts admitted calls: the limiter does not, its `Permitted` events do.
+#[derive(Clone, Default)]
+struct Permits(Arc<AtomicU64>);
+
+impl Permits {
+    fn listener(&self) -> impl Fn(&RateLimitEvent) + Send + Sync + 'static {
+        let permitted = self.0.clone();
+        move |e: &RateLimitEvent| {
+            if let RateLimitEvent::Permitted { .. } = e {
+                permitted.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Relaxed)
     }
 }
 
@@ -274,17 +294,21 @@ async fn a_global_refusal_leaves_the_key_untouched() {
 #[tokio::test(start_paused = true)]
 async fn the_keyed_registry_entry_is_exact() {
     let registry = Registry::new();
+    let permits = Permits::default();
     let layer = KeyedRateLimitLayer::builder(key(), Rate::per_minute(2))
         .name("per-client")
         .max_keys(10)
         .registry(&registry)
+        .on_event(permits.listener())
         .build::<u32>()
         .unwrap();
     let mut svc = service(layer);
+    let mut admitted = 0;
     for k in [1, 1, 1, 2] {
-        let _ = call(&mut svc, Some(k), 1).await;
+        admitted += u64::from(call(&mut svc, Some(k), 1).await.is_ok());
     }
-    let _ = call(&mut svc, None, 1).await;
+    assert!(call(&mut svc, None, 1).await.is_err());
+    assert_eq!((admitted, permits.get()), (3, 3));
     assert_eq!(
         registry.snapshot(),
         serde_json::json!({
@@ -297,7 +321,6 @@ async fn the_keyed_registry_entry_is_exact() {
                     "keys": 2,
                     "max_keys": 10,
                     "waiting": 0,
-                    "permitted": 3,
                     "rejected": 1,
                     "rejected_keys_full": 0,
                     "missing_key": 1,
@@ -310,10 +333,8 @@ async fn the_keyed_registry_entry_is_exact() {
     );
     let handle: KeyedRateLimitHandle<u32> = registry.get("per-client").unwrap();
     let s = handle.snapshot();
-    assert_eq!(
-        (s.keys, s.permitted, s.rejected, s.missing_key),
-        (2, 3, 1, 1)
-    );
+    assert_eq!((s.keys, s.rejected, s.missing_key), (2, 1, 1));
+    assert_eq!(handle.rejected(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -341,19 +362,23 @@ async fn keys_wait_in_their_own_queue() {
 
 #[tokio::test(start_paused = true)]
 async fn the_global_limit_counts_its_calls() {
+    let permits = Permits::default();
     let layer = KeyedRateLimitLayer::builder(key(), Rate::per_minute(2))
         .global(Rate::per_minute(3), None)
+        .on_event(permits.listener())
         .build::<u32>()
         .unwrap();
     let handle = layer.handle();
     let mut svc = service(layer);
+    let mut admitted = Vec::new();
     for k in [1, 1, 2, 2, 3] {
-        let _ = call(&mut svc, Some(k), 1).await;
+        admitted.push(call(&mut svc, Some(k), 1).await.is_ok());
     }
+    // The second call of key 2 and the one of key 3 find the global limit
+    // spent.
+    assert_eq!(admitted, [true, true, true, false, false]);
+    assert_eq!(permits.get(), 3);
     let global = handle.global().unwrap().snapshot();
-    assert_eq!(handle.totals(), (3, 2));
-    assert_eq!(
-        (global.available, global.permitted, global.rejected),
-        (0, 3, 2)
-    );
+    assert_eq!(handle.rejected(), 2);
+    assert_eq!((global.available, global.rejected), (0, 2));
 }

@@ -26,7 +26,9 @@ use buttress_core::response::{error_response, ErrorToResponseLayer};
 use buttress_core::{
     BoxError, BulkheadFull, BulkheadFullReason, CircuitOpen, ConfigError, HttpClassifier, Registry,
 };
-use buttress_rate_limit::{KeyedRateLimitHandle, KeyedRateLimitLayer, Rate, Unit, WithHeaders};
+use buttress_rate_limit::{
+    KeyedRateLimitHandle, KeyedRateLimitLayer, Rate, RateLimitEvent, Unit, WithHeaders,
+};
 use buttress_retry::{
     Backoff, HttpReplay, HttpRetry, NotRetried, ReplayBody, Retry, RetryBudget, RetryEvent,
     RetryHandle, RetryLayer,
@@ -167,6 +169,26 @@ fn tag_rejection(result: Result<Response<Body>, BoxError>) -> Result<Response<Bo
     res.headers_mut()
         .insert(REJECTED_BY, HeaderValue::from_static(rejection.as_header()));
     Ok(res)
+}
+
+/// Requests the rate limit admitted, counted from its events: the limiter
+/// counts its rejections but not the calls it lets through (that would be
+/// a second atomic operation on every call), so whoever wants that number
+/// counts its `Permitted` events.
+#[derive(Debug, Default)]
+pub(crate) struct Admissions(AtomicU64);
+
+impl Admissions {
+    fn on_event(&self, event: &RateLimitEvent) {
+        if let RateLimitEvent::Permitted { .. } = event {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests admitted so far.
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// Bulkhead rejections by reason, counted from the bulkhead's events.
@@ -394,6 +416,8 @@ impl Retries {
 pub(crate) struct Observer {
     /// Counters of the per-client rate limit.
     pub(crate) rate_limit: KeyedRateLimitHandle<Vec<u8>>,
+    /// Requests the per-client rate limit admitted.
+    pub(crate) admissions: Arc<Admissions>,
     /// Occupancy and counters of the bulkhead.
     pub(crate) bulkhead: BulkheadHandle,
     /// State of the circuit breaker.
@@ -473,13 +497,18 @@ type PerClientLimit = KeyedRateLimitLayer<Header, Vec<u8>, Unit, Unit, WithHeade
 /// client's `RateLimit-Policy` and `RateLimit` headers; a request over the
 /// limit fails with `RateLimited`, which the error-to-response layer
 /// answers 429 with `Retry-After`. A request without the header is
-/// rejected (500): every client of the demo sends it.
-pub(crate) fn rate_limit_layer(registry: &Registry) -> Result<PerClientLimit, ConfigError> {
+/// rejected (500): every client of the demo sends it. The requests it
+/// admits are counted in `admissions`, from its events.
+pub(crate) fn rate_limit_layer(
+    registry: &Registry,
+    admissions: Arc<Admissions>,
+) -> Result<PerClientLimit, ConfigError> {
     KeyedRateLimitLayer::builder(Header::new(CLIENT), Rate::per_second(RATE_PER_CLIENT))
         .name("per-client")
         .burst(RATE_BURST)
         .max_keys(10_000)
         .registry(registry)
+        .on_event(move |e: &RateLimitEvent| admissions.on_event(e))
         .response_headers()
         .build()
 }
@@ -490,7 +519,8 @@ pub(crate) fn rate_limit_layer(registry: &Registry) -> Result<PerClientLimit, Co
 pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<Gateway, DemoError> {
     // Right below error-to-response, above the bulkhead: a client over its
     // limit is answered 429 before it takes a bulkhead slot.
-    let rate_limit = rate_limit_layer(registry)?;
+    let admissions = Arc::new(Admissions::default());
+    let rate_limit = rate_limit_layer(registry, admissions.clone())?;
     let rejections = Arc::new(Rejections::default());
     let counter = rejections.clone();
     let bulkhead = BulkheadLayer::builder()
@@ -528,6 +558,7 @@ pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<G
     let retry = retry_layer(registry, retries.clone())?;
     let observer = Observer {
         rate_limit: rate_limit.handle(),
+        admissions,
         bulkhead: bulkhead.handle(),
         breaker: breaker.handle(),
         timeout: timeout.handle(),

@@ -208,7 +208,8 @@ pub struct Summary {
     /// Requests the per-client rate limit rejected (from its handle); each
     /// was answered 429.
     pub rate_limited: u64,
-    /// Requests the per-client rate limit let through (from its handle).
+    /// Requests the per-client rate limit let through (counted from its
+    /// `Permitted` events: the limiter does not count them).
     pub rate_limit_admitted: u64,
     /// Each client's requests as the rate limit judged them (from the
     /// clients' answers): the steady clients in order, then `"burst"`.
@@ -629,7 +630,8 @@ impl Report {
                 }
             })
             .collect();
-        let (rate_limit_admitted, rate_limited) = self.observer.rate_limit.totals();
+        let rate_limited = self.observer.rate_limit.rejected();
+        let rate_limit_admitted = self.observer.admissions.get();
         Summary {
             elapsed,
             concurrency: self.concurrency,

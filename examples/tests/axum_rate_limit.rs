@@ -5,6 +5,8 @@
 #[path = "../axum_rate_limit.rs"]
 mod axum_rate_limit;
 
+use std::sync::Arc;
+
 use buttress::Registry;
 use tower::ServiceExt;
 
@@ -28,7 +30,8 @@ async fn without_connect_info_a_request_has_no_client_ip_and_is_refused() {
     // Served without `into_make_service_with_connect_info`, no request
     // carries a peer address: the limiter refuses it (500) rather than
     // putting every client in one shared bucket.
-    let app = axum_rate_limit::app(axum_rate_limit::per_client(&Registry::new()).unwrap());
+    let limit = axum_rate_limit::per_client(&Registry::new(), Arc::default()).unwrap();
+    let app = axum_rate_limit::app(limit);
     let req = http::Request::get("/")
         .body(axum::body::Body::empty())
         .unwrap();

@@ -8,6 +8,7 @@
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// A component that can be registered: a bulkhead, a breaker, ...
@@ -82,9 +83,28 @@ impl std::error::Error for DuplicateName {}
 /// assert_eq!(registry.snapshot()["pool"]["state"]["idle"], 3);
 /// assert!(registry.get::<Pool>("pool").is_some());
 /// ```
+///
+/// # Metrics
+///
+/// [`with_metrics`](Registry::with_metrics) switches the `metrics` bridge
+/// on for every instance built with `.registry(&registry)`, as if each
+/// builder had been given `.metrics()`. It takes effect in the pattern
+/// crates built with their `metrics` feature (the facade's `metrics`
+/// feature turns them all on), and only for builders that run after it.
+///
+/// ```
+/// use buttress_core::Registry;
+///
+/// let registry = Registry::new().with_metrics();
+/// assert!(registry.metrics_enabled());
+/// assert!(registry.clone().metrics_enabled());
+/// assert!(!Registry::new().metrics_enabled());
+/// ```
 #[derive(Clone, Default)]
 pub struct Registry {
     inner: Arc<RwLock<BTreeMap<String, Arc<dyn Component>>>>,
+    /// Shared by every clone, like the map.
+    metrics: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for Registry {
@@ -97,6 +117,24 @@ impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Switches the `metrics` bridge on for every instance registered from
+    /// now on (by a builder given `.registry(&registry)`), whether or not
+    /// its builder was given `.metrics()`; builder style. Every clone of
+    /// the registry, earlier ones included, sees the switch. It needs the
+    /// `metrics` feature of the pattern crates; without it, builders
+    /// ignore it.
+    pub fn with_metrics(self) -> Self {
+        self.metrics.store(true, Ordering::Relaxed);
+        self
+    }
+
+    /// `true` when [`with_metrics`](Registry::with_metrics) was called on
+    /// this registry or a clone of it: the pattern builders then attach
+    /// their `metrics` bridge.
+    pub fn metrics_enabled(&self) -> bool {
+        self.metrics.load(Ordering::Relaxed)
     }
 
     /// Registers a component under its name.

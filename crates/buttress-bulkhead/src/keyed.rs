@@ -197,6 +197,8 @@ impl<X> KeyedBulkheadLayer<X, ()> {
             on_missing_key: MissingKey::Reject,
             registry: None,
             listeners: Listeners::new(),
+            #[cfg(feature = "metrics")]
+            metrics: false,
         }
     }
 }
@@ -235,6 +237,8 @@ pub struct KeyedBulkheadBuilder<X> {
     on_missing_key: MissingKey,
     registry: Option<Registry>,
     listeners: Listeners<BulkheadEvent>,
+    #[cfg(feature = "metrics")]
+    metrics: bool,
 }
 
 impl<X> fmt::Debug for KeyedBulkheadBuilder<X> {
@@ -314,6 +318,42 @@ impl<X> KeyedBulkheadBuilder<X> {
         self
     }
 
+    /// Publishes the keyed bulkhead's events as metrics through the [`metrics`]
+    /// facade (feature `metrics`): `buttress_bulkhead_calls_total{kind}` and
+    /// `buttress_bulkhead_call_duration_seconds` over every key (never
+    /// labelled by key; no permit or queue gauges, since each key has its
+    /// own), labelled
+    /// `name` = the instance name. A
+    /// [`Registry::with_metrics`](buttress_core::Registry::with_metrics)
+    /// registry given to [`registry`](Self::registry) does the same for
+    /// every instance.
+    ///
+    /// The metric handles are resolved once, by `build()`, against the
+    /// recorder installed at that time: install the recorder (an exporter)
+    /// before building the layer. The README's "Metrics" section lists
+    /// every name.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
+        self
+    }
+
+    /// The listeners, with the metrics bridge when it is on.
+    fn all_listeners(&self) -> Listeners<BulkheadEvent> {
+        #[allow(unused_mut)]
+        let mut listeners = self.listeners.clone();
+        #[cfg(feature = "metrics")]
+        crate::metrics::attach(
+            &self.name,
+            self.metrics,
+            self.registry.as_ref(),
+            &mut listeners,
+            false,
+        );
+        listeners
+    }
+
     /// Validates and builds the layer. The key type `K` is the extractor's
     /// key for the request type the layer is used with.
     pub fn build<K>(self) -> Result<KeyedBulkheadLayer<X, K>, ConfigError>
@@ -325,13 +365,14 @@ impl<X> KeyedBulkheadBuilder<X> {
         if self.max_keys == 0 {
             return Err(ConfigError::new(KIND, "max_keys", "must be at least 1"));
         }
+        let listeners = self.all_listeners();
         let unkeyed = Arc::new(
             Shared::new(
                 self.name.clone(),
                 self.max_concurrent,
                 self.max_queue,
                 self.max_wait,
-                self.listeners.clone(),
+                listeners.clone(),
             )
             .with_retry_after(self.retry_after),
         );
@@ -343,7 +384,7 @@ impl<X> KeyedBulkheadBuilder<X> {
                 max_queue: self.max_queue,
                 max_wait: self.max_wait,
                 retry_after: self.retry_after,
-                listeners: self.listeners,
+                listeners,
                 map: BoundedMap::new(self.max_keys, self.idle_timeout),
                 unkeyed,
                 missing: MissingKeys::new(self.on_missing_key, std::any::type_name::<X>()),

@@ -110,6 +110,8 @@ pub struct BulkheadBuilder {
     retry_after: Option<Duration>,
     registry: Option<Registry>,
     listeners: Listeners<BulkheadEvent>,
+    #[cfg(feature = "metrics")]
+    metrics: bool,
 }
 
 /// The retry hint a rejection carries unless configured otherwise.
@@ -125,6 +127,8 @@ impl Default for BulkheadBuilder {
             retry_after: Some(DEFAULT_RETRY_AFTER),
             registry: None,
             listeners: Listeners::new(),
+            #[cfg(feature = "metrics")]
+            metrics: false,
         }
     }
 }
@@ -213,17 +217,48 @@ impl BulkheadBuilder {
         self
     }
 
+    /// Publishes the bulkhead's events as metrics through the [`metrics`]
+    /// facade (feature `metrics`): `buttress_bulkhead_calls_total{kind}`,
+    /// `buttress_bulkhead_call_duration_seconds`,
+    /// `buttress_bulkhead_available_permits` and
+    /// `buttress_bulkhead_queue_depth`, labelled
+    /// `name` = the instance name. A
+    /// [`Registry::with_metrics`](buttress_core::Registry::with_metrics)
+    /// registry given to [`registry`](Self::registry) does the same for
+    /// every instance.
+    ///
+    /// The metric handles are resolved once, by `build()`, against the
+    /// recorder installed at that time: install the recorder (an exporter)
+    /// before building the layer. The README's "Metrics" section lists
+    /// every name.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
+        self
+    }
+
     /// Validates and builds the layer.
     pub fn build(self) -> Result<BulkheadLayer, ConfigError> {
         validate(&self.name, self.max_concurrent, self.max_queue)?;
         validate_wait(self.max_queue, self.max_wait)?;
+        #[allow(unused_mut)]
+        let mut listeners = self.listeners;
+        #[cfg(feature = "metrics")]
+        let bridge = crate::metrics::attach(
+            &self.name,
+            self.metrics,
+            self.registry.as_ref(),
+            &mut listeners,
+            true,
+        );
         let layer = BulkheadLayer::from_shared(
             Shared::new(
                 self.name,
                 self.max_concurrent,
                 self.max_queue,
                 self.max_wait,
-                self.listeners,
+                listeners,
             )
             .with_retry_after(self.retry_after),
         );
@@ -231,6 +266,10 @@ impl BulkheadBuilder {
             registry
                 .register(layer.handle())
                 .map_err(|e| ConfigError::new(KIND, "name", e.to_string()))?;
+        }
+        #[cfg(feature = "metrics")]
+        if let Some(bridge) = bridge {
+            bridge.watch(&layer.shared);
         }
         Ok(layer)
     }

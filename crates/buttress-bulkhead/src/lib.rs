@@ -67,6 +67,11 @@
 //! - **Validation.** Every constructor and run-time setter validates as
 //!   the builder does and returns a `ConfigError` rather than panicking
 //!   or accepting a limit of 0.
+//! - **Metrics.** With the `metrics` feature, [`BulkheadBuilder::metrics`]
+//!   (or a [`Registry::with_metrics`](buttress_core::Registry::with_metrics)
+//!   registry) publishes the events through the `metrics` facade, to any
+//!   recorder (Prometheus, StatsD, ...); install the recorder before
+//!   building the layer. The README's "Metrics" section lists the names.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -76,6 +81,8 @@ mod events;
 pub mod future;
 mod keyed;
 mod layer;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod service;
 mod state;
 

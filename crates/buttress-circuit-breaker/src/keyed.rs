@@ -167,6 +167,8 @@ impl<X> KeyedCircuitBreakerLayer<X, ()> {
             classifier: ErrorsAsFailures,
             registry: None,
             listeners: Listeners::new(),
+            #[cfg(feature = "metrics")]
+            metrics: false,
         }
     }
 }
@@ -203,6 +205,8 @@ pub struct KeyedCircuitBreakerBuilder<X, C = ErrorsAsFailures> {
     classifier: C,
     registry: Option<Registry>,
     listeners: Listeners<CircuitBreakerEvent>,
+    #[cfg(feature = "metrics")]
+    metrics: bool,
 }
 
 impl<X, C> fmt::Debug for KeyedCircuitBreakerBuilder<X, C> {
@@ -260,6 +264,8 @@ impl<X, C> KeyedCircuitBreakerBuilder<X, C> {
             classifier,
             registry: self.registry,
             listeners: self.listeners,
+            #[cfg(feature = "metrics")]
+            metrics: self.metrics,
         }
     }
 
@@ -275,6 +281,42 @@ impl<X, C> KeyedCircuitBreakerBuilder<X, C> {
         self
     }
 
+    /// Publishes the keyed breaker's events as metrics through the [`metrics`]
+    /// facade (feature `metrics`): `buttress_circuit_breaker_transitions_total{from,to}`
+    /// and `buttress_circuit_breaker_calls_total{kind}` over every key
+    /// (never labelled by key; no state or rate gauges, since each key has
+    /// its own), labelled
+    /// `name` = the instance name. A
+    /// [`Registry::with_metrics`](buttress_core::Registry::with_metrics)
+    /// registry given to [`registry`](Self::registry) does the same for
+    /// every instance.
+    ///
+    /// The metric handles are resolved once, by `build()`, against the
+    /// recorder installed at that time: install the recorder (an exporter)
+    /// before building the layer. The README's "Metrics" section lists
+    /// every name.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
+        self
+    }
+
+    /// The listeners, with the metrics bridge when it is on.
+    fn all_listeners(&self) -> Listeners<CircuitBreakerEvent> {
+        #[allow(unused_mut)]
+        let mut listeners = self.listeners.clone();
+        #[cfg(feature = "metrics")]
+        crate::metrics::attach(
+            &self.config.name,
+            self.metrics,
+            self.registry.as_ref(),
+            &mut listeners,
+            None,
+        );
+        listeners
+    }
+
     /// Validates and builds the layer. `K` is the extractor's key type for
     /// the request type the layer is used with.
     pub fn build<K>(self) -> Result<KeyedCircuitBreakerLayer<X, K, C>, ConfigError>
@@ -285,14 +327,15 @@ impl<X, C> KeyedCircuitBreakerBuilder<X, C> {
         if self.max_keys == 0 {
             return Err(ConfigError::new(KIND, "max_keys", "must be at least 1"));
         }
+        let listeners = self.all_listeners();
         let name: Arc<str> = Arc::from(self.config.name.as_str());
         let layer = KeyedCircuitBreakerLayer {
             extractor: Arc::new(self.extractor),
             keyed: Arc::new(Keyed {
-                unkeyed: Shared::new(name.clone(), settings.clone(), self.listeners.clone()),
+                unkeyed: Shared::new(name.clone(), settings.clone(), listeners.clone()),
                 name,
                 settings,
-                listeners: self.listeners,
+                listeners,
                 map: BoundedMap::new(self.max_keys, self.idle_timeout),
                 missing: MissingKeys::new(self.on_missing_key, std::any::type_name::<X>()),
             }),

@@ -102,6 +102,8 @@ pub struct CircuitBreakerBuilder<C = ErrorsAsFailures> {
     classifier: C,
     registry: Option<Registry>,
     listeners: Listeners<CircuitBreakerEvent>,
+    #[cfg(feature = "metrics")]
+    metrics: bool,
 }
 
 impl<C> fmt::Debug for CircuitBreakerBuilder<C> {
@@ -120,6 +122,8 @@ impl CircuitBreakerBuilder {
             classifier: ErrorsAsFailures,
             registry: None,
             listeners: Listeners::new(),
+            #[cfg(feature = "metrics")]
+            metrics: false,
         }
     }
 }
@@ -209,6 +213,8 @@ impl<C> CircuitBreakerBuilder<C> {
             classifier,
             registry: self.registry,
             listeners: self.listeners,
+            #[cfg(feature = "metrics")]
+            metrics: self.metrics,
         }
     }
 
@@ -232,6 +238,8 @@ impl<C> CircuitBreakerBuilder<C> {
             classifier: IgnoreIf::new(self.classifier, pred),
             registry: self.registry,
             listeners: self.listeners,
+            #[cfg(feature = "metrics")]
+            metrics: self.metrics,
         }
     }
 
@@ -247,15 +255,43 @@ impl<C> CircuitBreakerBuilder<C> {
         self
     }
 
+    /// Publishes the breaker's events as metrics through the [`metrics`]
+    /// facade (feature `metrics`): `buttress_circuit_breaker_state{state}`,
+    /// `buttress_circuit_breaker_transitions_total{from,to}`,
+    /// `buttress_circuit_breaker_calls_total{kind}`,
+    /// `buttress_circuit_breaker_failure_rate` and
+    /// `buttress_circuit_breaker_slow_call_rate`, labelled
+    /// `name` = the instance name. A
+    /// [`Registry::with_metrics`](buttress_core::Registry::with_metrics)
+    /// registry given to [`registry`](Self::registry) does the same for
+    /// every instance.
+    ///
+    /// The metric handles are resolved once, by `build()`, against the
+    /// recorder installed at that time: install the recorder (an exporter)
+    /// before building the layer. The README's "Metrics" section lists
+    /// every name.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
+        self
+    }
+
     /// Validates and builds the layer.
     pub fn build(self) -> Result<CircuitBreakerLayer<C>, ConfigError> {
         let settings = self.config.validate()?;
+        #[allow(unused_mut)]
+        let mut listeners = self.listeners;
+        #[cfg(feature = "metrics")]
+        crate::metrics::attach(
+            &self.config.name,
+            self.metrics,
+            self.registry.as_ref(),
+            &mut listeners,
+            Some(State::Closed),
+        );
         let layer = CircuitBreakerLayer {
-            shared: Shared::new(
-                Arc::from(self.config.name.as_str()),
-                settings,
-                self.listeners,
-            ),
+            shared: Shared::new(Arc::from(self.config.name.as_str()), settings, listeners),
             classifier: self.classifier,
             backpressure: self.config.backpressure,
         };

@@ -1,0 +1,325 @@
+//! The circuit breaker's events as metrics (feature `metrics`), read back
+//! from a local `DebuggingRecorder`.
+#![allow(missing_docs)]
+
+use std::time::Duration;
+
+use buttress_circuit_breaker::{CircuitBreakerLayer, KeyedCircuitBreakerLayer, State};
+use buttress_core::key::FnKey;
+use buttress_core::Registry;
+use metrics_util::debugging::DebuggingRecorder;
+use tower::{ServiceBuilder, ServiceExt};
+
+use std::collections::BTreeMap;
+
+use metrics_util::debugging::{DebugValue, Snapshotter};
+use metrics_util::MetricKind;
+
+/// A series' value: the kind and what the recorder holds.
+#[derive(Debug, Clone, PartialEq)]
+enum V {
+    Counter(u64),
+    Gauge(f64),
+    Histogram(Vec<f64>),
+}
+
+/// Every series as `"name{label=value,...}"` (labels sorted) to its value.
+/// Taking it drains the recorder (counters and gauges to 0), so take one
+/// per scenario.
+fn series(snapshotter: &Snapshotter) -> BTreeMap<String, V> {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _unit, _desc, value)| {
+            let mut labels: Vec<String> = key
+                .key()
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            labels.sort();
+            let value = match (key.kind(), value) {
+                (MetricKind::Counter, DebugValue::Counter(n)) => V::Counter(n),
+                (MetricKind::Gauge, DebugValue::Gauge(g)) => V::Gauge(g.into_inner()),
+                (MetricKind::Histogram, DebugValue::Histogram(h)) => {
+                    V::Histogram(h.into_iter().map(|v| v.into_inner()).collect())
+                }
+                (kind, value) => panic!("{kind:?} with {value:?}"),
+            };
+            (
+                format!("{}{{{}}}", key.key().name(), labels.join(",")),
+                value,
+            )
+        })
+        .collect()
+}
+
+/// The series whose name starts with `prefix`, zero counters left out.
+fn nonzero(all: &BTreeMap<String, V>, prefix: &str) -> BTreeMap<String, V> {
+    all.iter()
+        .filter(|(k, v)| k.starts_with(prefix) && **v != V::Counter(0))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// `[(key, value)]` as a map, for comparisons.
+fn expect<const N: usize>(pairs: [(&str, V); N]) -> BTreeMap<String, V> {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+const STATES: [&str; 6] = [
+    "closed",
+    "disabled",
+    "forced_open",
+    "half_open",
+    "metrics_only",
+    "open",
+];
+
+fn state_gauges(name: &str, current: &str) -> Vec<(String, V)> {
+    STATES
+        .iter()
+        .map(|s| {
+            (
+                format!("buttress_circuit_breaker_state{{name={name},state={s}}}"),
+                V::Gauge(if *s == current { 1.0 } else { 0.0 }),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_opens_and_closes_exact_series() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let layer = CircuitBreakerLayer::builder()
+        .name("inv")
+        .window_size(4)
+        .minimum_calls(4)
+        .failure_rate_threshold(50.0)
+        .slow_call_duration(Duration::from_secs(1))
+        .wait_in_open(Duration::from_secs(10))
+        .permitted_calls_in_half_open(1)
+        .metrics()
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|(ok, ms): (bool, u64)| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            if ok {
+                Ok(())
+            } else {
+                Err("down")
+            }
+        });
+
+    // At build: closed, rates unknown.
+    let all = series(&snapshotter);
+    let mut want: BTreeMap<String, V> = state_gauges("inv", "closed").into_iter().collect();
+    want.insert(
+        "buttress_circuit_breaker_failure_rate{name=inv}".into(),
+        V::Gauge(-1.0),
+    );
+    want.insert(
+        "buttress_circuit_breaker_slow_call_rate{name=inv}".into(),
+        V::Gauge(-1.0),
+    );
+    assert_eq!(nonzero(&all, "buttress_circuit_breaker_"), want);
+
+    // Two failures in four calls, one of each slow: 50 % opens it.
+    for call in [(true, 0), (false, 2000), (true, 2000), (false, 0)] {
+        let _ = svc.clone().oneshot(call).await;
+    }
+    assert_eq!(handle.state(), State::Open);
+    assert!(svc.clone().oneshot((true, 0)).await.is_err());
+
+    let all = series(&snapshotter);
+    let mut want: BTreeMap<String, V> = state_gauges("inv", "open").into_iter().collect();
+    want.extend(expect([
+        (
+            "buttress_circuit_breaker_calls_total{kind=failed,name=inv}",
+            V::Counter(2),
+        ),
+        (
+            "buttress_circuit_breaker_calls_total{kind=not_permitted,name=inv}",
+            V::Counter(1),
+        ),
+        (
+            "buttress_circuit_breaker_calls_total{kind=slow_failed,name=inv}",
+            V::Counter(1),
+        ),
+        (
+            "buttress_circuit_breaker_calls_total{kind=slow_successful,name=inv}",
+            V::Counter(1),
+        ),
+        (
+            "buttress_circuit_breaker_calls_total{kind=successful,name=inv}",
+            V::Counter(2),
+        ),
+        (
+            "buttress_circuit_breaker_failure_rate{name=inv}",
+            V::Gauge(50.0),
+        ),
+        (
+            "buttress_circuit_breaker_slow_call_rate{name=inv}",
+            V::Gauge(50.0),
+        ),
+        (
+            "buttress_circuit_breaker_transitions_total{from=closed,name=inv,to=open}",
+            V::Counter(1),
+        ),
+    ]));
+    assert_eq!(nonzero(&all, "buttress_circuit_breaker_"), want);
+
+    // After the wait, one good probe closes it (the snapshot above
+    // drained the counters: these are the calls since).
+    tokio::time::advance(Duration::from_secs(10)).await;
+    svc.clone().oneshot((true, 0)).await.unwrap();
+    assert_eq!(handle.state(), State::Closed);
+
+    let all = series(&snapshotter);
+    let mut want: BTreeMap<String, V> = state_gauges("inv", "closed").into_iter().collect();
+    want.extend(expect([
+        (
+            "buttress_circuit_breaker_calls_total{kind=successful,name=inv}",
+            V::Counter(1),
+        ),
+        (
+            "buttress_circuit_breaker_failure_rate{name=inv}",
+            V::Gauge(-1.0),
+        ),
+        (
+            "buttress_circuit_breaker_slow_call_rate{name=inv}",
+            V::Gauge(-1.0),
+        ),
+        (
+            "buttress_circuit_breaker_transitions_total{from=half_open,name=inv,to=closed}",
+            V::Counter(1),
+        ),
+        (
+            "buttress_circuit_breaker_transitions_total{from=open,name=inv,to=half_open}",
+            V::Counter(1),
+        ),
+    ]));
+    assert_eq!(nonzero(&all, "buttress_circuit_breaker_"), want);
+    // One counter per pair of states and per kind, resolved at build.
+    let transitions = all
+        .keys()
+        .filter(|k| k.contains("transitions_total"))
+        .count();
+    assert_eq!(transitions, 36);
+    let kinds = all.keys().filter(|k| k.contains("calls_total")).count();
+    assert_eq!(kinds, 6);
+}
+
+#[tokio::test]
+async fn forced_states_move_the_state_gauge() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let handle = CircuitBreakerLayer::builder()
+        .name("ops")
+        .metrics()
+        .build()
+        .unwrap()
+        .handle();
+    handle.force_open();
+    handle.disable();
+    let all = series(&snapshotter);
+    let mut want: BTreeMap<String, V> = state_gauges("ops", "disabled").into_iter().collect();
+    want.extend(expect([
+        (
+            "buttress_circuit_breaker_failure_rate{name=ops}",
+            V::Gauge(-1.0),
+        ),
+        (
+            "buttress_circuit_breaker_slow_call_rate{name=ops}",
+            V::Gauge(-1.0),
+        ),
+        (
+            "buttress_circuit_breaker_transitions_total{from=closed,name=ops,to=forced_open}",
+            V::Counter(1),
+        ),
+        (
+            "buttress_circuit_breaker_transitions_total{from=forced_open,name=ops,to=disabled}",
+            V::Counter(1),
+        ),
+    ]));
+    assert_eq!(nonzero(&all, "buttress_circuit_breaker_"), want);
+}
+
+#[tokio::test]
+async fn a_keyed_breaker_is_labelled_by_its_name_only() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let layer = KeyedCircuitBreakerLayer::builder(FnKey::new(|r: &u32| Some(*r)))
+        .name("hosts")
+        .metrics()
+        .build::<u32>()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|r: u32| async move {
+            if r.is_multiple_of(2) {
+                Ok(())
+            } else {
+                Err("down")
+            }
+        });
+    for key in [1, 2, 3] {
+        let _ = svc.clone().oneshot(key).await;
+    }
+    let all = series(&snapshotter);
+    assert_eq!(
+        nonzero(&all, "buttress_circuit_breaker_"),
+        expect([
+            (
+                "buttress_circuit_breaker_calls_total{kind=failed,name=hosts}",
+                V::Counter(2)
+            ),
+            (
+                "buttress_circuit_breaker_calls_total{kind=successful,name=hosts}",
+                V::Counter(1)
+            ),
+        ])
+    );
+    assert!(all
+        .keys()
+        .all(|k| !k.contains("_state{") && !k.contains("_rate{")));
+}
+
+#[tokio::test]
+async fn a_registry_with_metrics_switches_every_member_on() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let registry = Registry::new().with_metrics();
+    let _on = CircuitBreakerLayer::builder()
+        .name("on")
+        .registry(&registry)
+        .build()
+        .unwrap();
+    let _off = CircuitBreakerLayer::builder()
+        .name("off")
+        .registry(&Registry::new())
+        .build()
+        .unwrap();
+    registry
+        .get::<buttress_circuit_breaker::CircuitBreakerHandle>("on")
+        .unwrap()
+        .force_open();
+    let all = series(&snapshotter);
+    assert_eq!(
+        all["buttress_circuit_breaker_state{name=on,state=forced_open}"],
+        V::Gauge(1.0)
+    );
+    assert!(all.keys().all(|k| !k.contains("name=off")), "{all:?}");
+}

@@ -296,7 +296,6 @@ impl<X, C> KeyedCircuitBreakerBuilder<X, C> {
     /// before building the layer. The README's "Metrics" section lists
     /// every name.
     #[cfg(feature = "metrics")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn metrics(mut self) -> Self {
         self.metrics = true;
         self

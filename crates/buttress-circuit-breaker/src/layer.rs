@@ -271,7 +271,6 @@ impl<C> CircuitBreakerBuilder<C> {
     /// before building the layer. The README's "Metrics" section lists
     /// every name.
     #[cfg(feature = "metrics")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn metrics(mut self) -> Self {
         self.metrics = true;
         self

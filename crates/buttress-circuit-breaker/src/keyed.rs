@@ -82,7 +82,11 @@ impl<K: Hash + Eq + Clone + fmt::Debug> Keyed<K> {
             },
         );
         found.unwrap_or_else(|| {
-            tracing::debug!(name = %self.name, "every key is in use; the shared breaker applies");
+            tracing::debug!(
+                buttress.pattern = crate::state::PATTERN,
+                buttress.name = &*self.name,
+                "every key is in use; the shared breaker applies"
+            );
             self.unkeyed.clone()
         })
     }

@@ -494,6 +494,13 @@ impl Shared {
                         self.unlock(inner);
                     } else if inner.probes.taken < self.settings.half_open_calls {
                         inner.probes.taken += 1;
+                        tracing::debug!(
+                            buttress.pattern = PATTERN,
+                            buttress.name = &*self.name,
+                            circuit.state = State::HalfOpen.as_str(),
+                            circuit.probe = inner.probes.taken,
+                            "half-open probe admitted"
+                        );
                         return Admission::Permit {
                             gen: gen_of(word),
                             probe: true,
@@ -531,6 +538,14 @@ impl Shared {
     /// breaker refused, not of decisions.
     pub(crate) fn count_not_permitted(&self) {
         self.not_permitted.fetch_add(1, Relaxed);
+        // Per call, so `debug`: an open breaker rejects every call, and its
+        // opening was logged once already, at `warn`.
+        tracing::debug!(
+            buttress.pattern = PATTERN,
+            buttress.name = &*self.name,
+            circuit.state = self.state().as_str(),
+            "call rejected: circuit open"
+        );
         self.listeners.emit(|| CircuitBreakerEvent::NotPermitted {
             name: self.name.clone(),
         });
@@ -666,6 +681,7 @@ impl Shared {
             }
             inner.exceeded = true;
         }
+        trace_exceeded(&self.name, state_of(word), failure_rate, slow_call_rate);
         self.queue(inner, || CircuitBreakerEvent::ThresholdExceeded {
             name: self.name.clone(),
             failure_rate,
@@ -689,6 +705,12 @@ impl Shared {
         if reaches(failed, n, self.settings.failure_rate_threshold)
             || reaches(slow, n, self.settings.slow_call_rate_threshold)
         {
+            trace_exceeded(
+                &self.name,
+                State::HalfOpen,
+                percent(failed, n),
+                percent(slow, n),
+            );
             self.queue(inner, || CircuitBreakerEvent::ThresholdExceeded {
                 name: self.name.clone(),
                 failure_rate: percent(failed, n),
@@ -716,6 +738,7 @@ impl Shared {
         let gen = gen_of(from) + 1;
         self.enter(inner, state_of(from), to, gen);
         self.word.store((gen << 8) | to.code(), Release);
+        trace_transition(&self.name, state_of(from), to);
         self.queue(inner, || CircuitBreakerEvent::StateTransition {
             name: self.name.clone(),
             from: state_of(from),
@@ -771,7 +794,8 @@ impl Shared {
     fn start_timer(&self, at: Instant, gen: u64) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::debug!(
-                name = %self.name,
+                buttress.pattern = PATTERN,
+                buttress.name = &*self.name,
                 "no tokio runtime: the breaker changes state on the next call instead"
             );
             return;
@@ -896,6 +920,60 @@ impl Shared {
             not_permitted_calls: self.not_permitted.load(Relaxed),
             retry_after,
         }
+    }
+}
+
+/// The `buttress.pattern` field of this crate's `tracing` events.
+pub(crate) const PATTERN: &str = "circuit_breaker";
+
+/// The `tracing` event of a state change: `warn` when the breaker opens
+/// (calls fail fast from now on), `info` for every other change. Emitted
+/// under the breaker's lock, so events come in the order of the
+/// transitions; a disabled level costs one branch, and transitions are
+/// rare.
+#[cold]
+fn trace_transition(name: &str, from: State, to: State) {
+    macro_rules! transition {
+        ($level:ident, $message:literal) => {
+            tracing::$level!(
+                buttress.pattern = PATTERN,
+                buttress.name = name,
+                circuit.state = to.as_str(),
+                circuit.from = from.as_str(),
+                circuit.to = to.as_str(),
+                $message
+            )
+        };
+    }
+    match to {
+        State::Open => transition!(warn, "circuit breaker opened"),
+        State::Closed => transition!(info, "circuit breaker closed"),
+        _ => transition!(info, "circuit breaker changed state"),
+    }
+}
+
+/// The `tracing` event of a threshold reached in `state`: `info` in the
+/// metrics-only state, where it stands for the opening that does not
+/// happen (once per crossing), `debug` otherwise, where the opening's
+/// `warn` follows.
+#[cold]
+fn trace_exceeded(name: &str, state: State, failure_rate: f64, slow_call_rate: f64) {
+    macro_rules! exceeded {
+        ($level:ident) => {
+            tracing::$level!(
+                buttress.pattern = PATTERN,
+                buttress.name = name,
+                circuit.state = state.as_str(),
+                circuit.failure_rate = failure_rate,
+                circuit.slow_call_rate = slow_call_rate,
+                "circuit breaker threshold exceeded"
+            )
+        };
+    }
+    if state == State::MetricsOnly {
+        exceeded!(info);
+    } else {
+        exceeded!(debug);
     }
 }
 

@@ -474,7 +474,12 @@ where
                 name: shared.name.clone(),
                 reason: BulkheadFullReason::QueueFull,
             });
-            tracing::debug!(name = %self.shared.name, "every key is in use; request rejected");
+            tracing::debug!(
+                buttress.pattern = crate::state::PATTERN,
+                buttress.name = &*self.shared.name,
+                bulkhead.reason = "keys_full",
+                "every key is in use; request rejected"
+            );
             return KeyedResponseFuture {
                 state: KeyedState::Rejected {
                     error: Some(

@@ -72,6 +72,30 @@
 //!   registry) publishes the events through the `metrics` facade, to any
 //!   recorder (Prometheus, StatsD, ...); install the recorder before
 //!   building the layer. The README's "Metrics" section lists the names.
+//!
+//! # Tracing
+//!
+//! The bulkhead reports through [`tracing`], with
+//! `buttress.pattern = "bulkhead"` and `buttress.name` on every event:
+//!
+//! | event (message) | level | fields |
+//! |---|---|---|
+//! | `call rejected: bulkhead full` | `debug`, one per rejected call | `bulkhead.queued` (calls waiting then), `bulkhead.reason` (`queue_full`, `wait_timed_out`) |
+//! | `every key is in use; request rejected` (keyed) | `debug` | `bulkhead.reason` (`keys_full`) |
+//! | `call queued` | `trace` | `bulkhead.queued` |
+//!
+//! A rejection is deliberately not a `warn`: a full bulkhead rejects every
+//! call beyond its limit, so a `warn` per call would flood the log (and
+//! cost the most) exactly when the service is busiest. Alert on the
+//! rejection count of the registry snapshot or the metrics instead. A call
+//! that gets a permit at once emits nothing.
+//!
+//! Events have the target of this crate (`buttress_bulkhead`), so a filter such as
+//! `RUST_LOG=info,buttress_bulkhead=debug` shows its per-call decisions. With no
+//! subscriber installed (or the level filtered out) an event costs one
+//! relaxed atomic load and a branch, and its fields are never computed; the
+//! happy path, which emits nothing, stays as fast (the `layers` bench).
+
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

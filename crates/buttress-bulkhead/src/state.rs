@@ -245,6 +245,7 @@ impl Shared {
     /// Counts a rejection that reached its caller, and reports it.
     pub(crate) fn count_rejected(&self, reason: BulkheadFullReason) {
         self.rejected.fetch_add(1, Relaxed);
+        trace_rejected(&self.name, reason, self.waiters.load(Relaxed));
         self.listeners.emit(|| BulkheadEvent::Rejected {
             name: self.name.clone(),
             reason,
@@ -451,6 +452,12 @@ impl Acquire {
                                 .and_then(|d| since.checked_add(d))
                                 .map(|at| Box::pin(tokio::time::sleep_until(at)));
                             let shared = &self.shared;
+                            tracing::trace!(
+                                buttress.pattern = PATTERN,
+                                buttress.name = &*shared.name,
+                                bulkhead.queued = shared.waiters.load(Relaxed),
+                                "call queued"
+                            );
                             shared.listeners.emit(|| BulkheadEvent::Queued {
                                 name: shared.name.clone(),
                                 queued: shared.waiters.load(Relaxed),
@@ -524,6 +531,32 @@ impl Drop for Acquire {
             }
         }
     }
+}
+
+/// The `buttress.pattern` field of this crate's `tracing` events.
+pub(crate) const PATTERN: &str = "bulkhead";
+
+/// A reason's name in snake case (as its serde form), for `tracing`.
+pub(crate) fn reason_str(reason: BulkheadFullReason) -> &'static str {
+    match reason {
+        BulkheadFullReason::QueueFull => "queue_full",
+        BulkheadFullReason::WaitTimedOut => "wait_timed_out",
+    }
+}
+
+/// The `tracing` event of a rejection: `debug`, one per rejected call. Not
+/// `warn`: a full bulkhead rejects every call beyond its limit, and a
+/// `warn` per call would flood the log exactly when the service is
+/// busiest. `bulkhead.queued` is the number of calls waiting then.
+#[cold]
+pub(crate) fn trace_rejected(name: &str, reason: BulkheadFullReason, queued: usize) {
+    tracing::debug!(
+        buttress.pattern = PATTERN,
+        buttress.name = name,
+        bulkhead.queued = queued,
+        bulkhead.reason = reason_str(reason),
+        "call rejected: bulkhead full"
+    );
 }
 
 /// A rejection's error, with `retry_after` when there is one.

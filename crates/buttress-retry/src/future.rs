@@ -10,6 +10,7 @@ use buttress_core::error::{BoxError, RetryExhausted};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
+use tracing::Span;
 
 use crate::backoff::draw;
 use crate::events::{Cause, NotRetried, RetryEvent};
@@ -78,6 +79,49 @@ struct Retrying<Q, T> {
     /// The retry taken from the budget for the next attempt, given back if
     /// that attempt is never made.
     allowed: Option<Allowed>,
+    /// The span of the attempt in flight (see the crate docs,
+    /// [Tracing](crate#tracing)): disabled unless a subscriber wants it.
+    span: Span,
+}
+
+/// The `buttress.pattern` field of this crate's `tracing` events.
+const PATTERN: &str = "retry";
+
+/// The layer's name, for `tracing` fields.
+fn name_of(link: &Link) -> &str {
+    match link {
+        Link::Quiet(name) => name,
+        Link::Observed(shared) => &shared.name,
+    }
+}
+
+/// Whole milliseconds, for `tracing` fields.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A cause's name in snake case (as its serde form), for `tracing` fields.
+fn cause_str(cause: Cause) -> &'static str {
+    match cause {
+        Cause::Response => "response",
+        Cause::Error => "error",
+        Cause::ConnectError => "connect_error",
+        Cause::Rejected => "rejected",
+    }
+}
+
+/// A reason's name in snake case (as its serde form), for `tracing` fields.
+fn reason_str(reason: NotRetried) -> &'static str {
+    match reason {
+        NotRetried::NonIdempotent => "non_idempotent",
+        NotRetried::BodyTooLarge => "body_too_large",
+        NotRetried::BodyInUse => "body_in_use",
+        NotRetried::Deadline => "deadline",
+        NotRetried::MaxElapsed => "max_elapsed",
+        NotRetried::HintTooLong => "hint_too_long",
+        NotRetried::Refused => "refused",
+        NotRetried::NotReady => "not_ready",
+    }
 }
 
 /// What to do after an attempt.
@@ -140,11 +184,28 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { fut } => {
-                    let result = ready!(fut.poll(cx)).map_err(Into::into);
+                    // A retry's attempt runs in its own span; the first one
+                    // in the caller's.
+                    let result = match &this.ctx.retry {
+                        None => ready!(fut.poll(cx)),
+                        Some(retry) => {
+                            let _entered = retry.span.enter();
+                            ready!(fut.poll(cx))
+                        }
+                    };
+                    let result = result.map_err(Into::into);
                     // The finished attempt may own the request body (a
                     // connection task, a hand-written future): drop it
                     // before the body is replayed.
                     this.state.set(State::Readying);
+                    // What is decided about the attempt is logged in its
+                    // span, which ends with the decision.
+                    let attempt = this
+                        .ctx
+                        .retry
+                        .as_mut()
+                        .map(|retry| std::mem::replace(&mut retry.span, Span::none()));
+                    let _entered = attempt.as_ref().map(Span::enter);
                     match decide(this.ctx, result) {
                         Step::Return(result) => {
                             this.state.set(State::Done);
@@ -157,6 +218,7 @@ where
                             // ever yielding its worker thread (until
                             // `max_elapsed`, which a paused clock never
                             // reaches).
+                            this.ctx.start_attempt(delay);
                             cx.waker().wake_by_ref();
                             return Poll::Pending;
                         }
@@ -167,9 +229,18 @@ where
                 }
                 StateProj::Waiting { sleep } => {
                     ready!(sleep.as_mut().poll(cx));
+                    let delay = this
+                        .ctx
+                        .retry
+                        .as_ref()
+                        .map_or(Duration::ZERO, |r| r.previous_delay);
+                    this.ctx.start_attempt(delay);
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {
+                    // The attempt's span covers getting ready and the call.
+                    let span = this.ctx.retry.as_ref().map(|r| r.span.clone());
+                    let _entered = span.as_ref().map(Span::enter);
                     if this.ctx.retry.as_ref().is_some_and(|r| r.next.is_none()) {
                         if let Err(result) = this.ctx.make_next() {
                             this.state.set(State::Done);
@@ -253,6 +324,15 @@ where
     let attempts = ctx.attempts;
     let retries = attempts - 1;
     if attempts >= ctx.settings.max_attempts {
+        if attempts > 1 {
+            tracing::warn!(
+                buttress.pattern = PATTERN,
+                buttress.name = name_of(&ctx.link),
+                retry.attempt = attempts,
+                retry.cause = cause_str(cause),
+                "retries exhausted"
+            );
+        }
         ctx.link
             .emit(|name| RetryEvent::Exhausted { name, attempts });
         return ctx.give_up(result, None);
@@ -297,6 +377,13 @@ where
     // The budget is charged before the body is replayed: a refused retry
     // must not take the body from the attempt in flight for nothing.
     let Some(allowed) = ctx.link.withdraw() else {
+        tracing::debug!(
+            buttress.pattern = PATTERN,
+            buttress.name = name_of(&ctx.link),
+            retry.attempt = attempts,
+            retry.reason = "budget_exhausted",
+            "not retried: the retry budget is spent"
+        );
         ctx.link
             .emit(|name| RetryEvent::BudgetExhausted { name, attempts });
         return ctx.give_up(result, None);
@@ -308,6 +395,7 @@ where
             cause,
             previous_delay: Duration::ZERO,
             allowed: None,
+            span: Span::none(),
         })
     });
     retry.cause = cause;
@@ -324,6 +412,14 @@ where
         }
     }
     ctx.link.retried();
+    tracing::debug!(
+        buttress.pattern = PATTERN,
+        buttress.name = name_of(&ctx.link),
+        retry.attempt = attempts + 1,
+        retry.delay_ms = millis(delay),
+        retry.cause = cause_str(cause),
+        "retry scheduled"
+    );
     ctx.link.emit(|name| RetryEvent::Scheduled {
         name,
         attempt: attempts + 1,
@@ -360,6 +456,12 @@ impl<S, Q, X, P, T> Ctx<S, Q, X, P, T> {
         let retries = self.attempts - 1;
         self.link.finish(result.is_ok(), retries > 0);
         if retries > 0 && result.is_ok() {
+            tracing::debug!(
+                buttress.pattern = PATTERN,
+                buttress.name = name_of(&self.link),
+                retry.attempt = self.attempts,
+                "succeeded after retries"
+            );
             self.link
                 .emit(|name| RetryEvent::Succeeded { name, retries });
         }
@@ -385,6 +487,13 @@ impl<S, Q, X, P, T> Ctx<S, Q, X, P, T> {
     fn give_up(&mut self, result: Result<T, BoxError>, reason: Option<NotRetried>) -> Step<T> {
         let attempts = self.attempts;
         if let Some(reason) = reason {
+            tracing::debug!(
+                buttress.pattern = PATTERN,
+                buttress.name = name_of(&self.link),
+                retry.attempt = attempts,
+                retry.reason = reason_str(reason),
+                "not retried: {reason}"
+            );
             self.link.emit(|name| RetryEvent::NotRetried {
                 name,
                 attempts,
@@ -441,6 +550,14 @@ impl<S, Q, X, P, T> Ctx<S, Q, X, P, T> {
     /// ends with that error, wrapped like an exhausted retry's.
     fn not_ready(&mut self, error: BoxError) -> BoxError {
         let attempts = self.attempts;
+        tracing::debug!(
+            buttress.pattern = PATTERN,
+            buttress.name = name_of(&self.link),
+            retry.attempt = attempts + 1,
+            retry.reason = reason_str(NotRetried::NotReady),
+            "not retried: {}",
+            NotRetried::NotReady
+        );
         self.link.emit(|name| RetryEvent::NotRetried {
             name,
             attempts,
@@ -448,5 +565,25 @@ impl<S, Q, X, P, T> Ctx<S, Q, X, P, T> {
         });
         self.link.finish(false, true);
         RetryExhausted::new(self.link.name(), attempts, error).into()
+    }
+}
+
+impl<S, Q, X, P, T> Ctx<S, Q, X, P, T> {
+    /// Opens the span of the attempt about to start after `delay`: a child
+    /// of the span current while this future is polled (the request's),
+    /// and only if a subscriber wants it; a disabled span costs nothing.
+    #[cold]
+    fn start_attempt(&mut self, delay: Duration) {
+        let attempt = self.attempts + 1;
+        let Some(retry) = &mut self.retry else {
+            return;
+        };
+        retry.span = tracing::info_span!(
+            "buttress.retry.attempt",
+            buttress.pattern = PATTERN,
+            buttress.name = name_of(&self.link),
+            retry.attempt = attempt,
+            retry.delay_ms = millis(delay),
+        );
     }
 }

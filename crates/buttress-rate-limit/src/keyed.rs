@@ -595,6 +595,12 @@ where
                 Some(hint),
             ));
         };
+        tracing::trace!(
+            buttress.pattern = "rate_limit",
+            buttress.name = &*policy.name,
+            rate_limit.priority = priority,
+            "call waits for its permits"
+        );
         policy.listeners.emit(|| RateLimitEvent::Queued {
             name: policy.name.clone(),
             queued: shared.queue.len(),

@@ -71,6 +71,30 @@
 //! - **Operations.** [`RateLimitHandle`] gives a snapshot and changes the
 //!   rate at run time; builders register it in a
 //!   [`Registry`](buttress_core::Registry) and take event listeners.
+//!
+//! # Tracing
+//!
+//! The rate limiter reports through [`tracing`], with
+//! `buttress.pattern = "rate_limit"` and `buttress.name` on every event:
+//!
+//! | event (message) | level | fields |
+//! |---|---|---|
+//! | `call rejected: rate limited` | `debug`, one per rejected call | `rate_limit.reason` (`exhausted`, `queue_full`, `wait_timed_out`, `over_capacity`, `keys_full`, `backend_unavailable`), `rate_limit.cost`, `rate_limit.retry_after_ms` (when known) |
+//! | `call waits for its permits` | `trace` | `rate_limit.priority` |
+//!
+//! A rejection is deliberately not a `warn`: a limit that is reached
+//! rejects every call beyond it, often from one client, and a `warn` per
+//! call would flood the log under exactly the load the limit exists for.
+//! Count rejections in the registry snapshot or the metrics instead. An
+//! admitted call emits nothing. (The Redis backend's outage and recovery
+//! are logged once each, at `warn` and `info`.)
+//!
+//! Events have the target of this crate (`buttress_rate_limit`), so a filter such as
+//! `RUST_LOG=info,buttress_rate_limit=debug` shows its per-call decisions. With no
+//! subscriber installed (or the level filtered out) an event costs one
+//! relaxed atomic load and a branch, and its fields are never computed; the
+//! happy path, which emits nothing, stays as fast (the `layers` bench).
+
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -134,6 +134,16 @@ impl Policy {
         retry_after: Option<u64>,
         backend: Backend,
     ) {
+        // `debug`, one per rejected call: a limit that is reached rejects
+        // every call beyond it, and a `warn` each would flood the log.
+        tracing::debug!(
+            buttress.pattern = "rate_limit",
+            buttress.name = &*self.name,
+            rate_limit.reason = reason.as_str(),
+            rate_limit.cost = cost,
+            rate_limit.retry_after_ms = retry_after.map(|n| n / 1_000_000),
+            "call rejected: rate limited"
+        );
         self.listeners.emit(|| RateLimitEvent::Rejected {
             name: self.name.clone(),
             cost,

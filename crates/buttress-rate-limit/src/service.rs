@@ -194,6 +194,12 @@ impl<S, C, P, H> RateLimit<S, C, P, H> {
                 Some(hint),
             ));
         };
+        tracing::trace!(
+            buttress.pattern = "rate_limit",
+            buttress.name = &*policy.name,
+            rate_limit.priority = priority,
+            "call waits for its permits"
+        );
         policy.listeners.emit(|| RateLimitEvent::Queued {
             name: policy.name.clone(),
             queued: shared.queue.len(),

@@ -66,6 +66,34 @@ pin_project! {
     }
 }
 
+/// The `buttress.pattern` field of this crate's `tracing` events.
+pub(crate) const PATTERN: &str = "timeout";
+
+fn link_name(link: &Link) -> &str {
+    match link {
+        Link::Quiet(name) => name,
+        Link::Observed(shared) => &shared.name,
+    }
+}
+
+/// The `tracing` event of a timeout that fired: `debug`, as every
+/// per-call decision (a slow dependency times out every call; the caller
+/// sees the `Elapsed` error). `timeout.elapsed_ms` is the timeout that
+/// elapsed: the timer fires once that long has passed.
+#[cold]
+pub(crate) fn trace_elapsed(name: &str, timeout: Duration, phase: Phase) {
+    tracing::debug!(
+        buttress.pattern = PATTERN,
+        buttress.name = name,
+        timeout.elapsed_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        timeout.phase = match phase {
+            Phase::Call => "call",
+            Phase::Ready => "ready",
+        },
+        "call timed out"
+    );
+}
+
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(inner: F, arm: Arm, link: Link) -> Self {
         Self {
@@ -129,6 +157,7 @@ where
                     if timer.poll(cx).is_ready() {
                         sleep.set(None);
                         let timeout = arm.timeout();
+                        trace_elapsed(link_name(link), timeout, Phase::Call);
                         let name = match link {
                             Link::Quiet(name) => Arc::from(*name),
                             Link::Observed(shared) => {

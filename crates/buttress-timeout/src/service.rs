@@ -134,6 +134,7 @@ where
                     self.ready.elapsed = true;
                     let timeout = self.configured();
                     let shared = &self.shared;
+                    crate::future::trace_elapsed(&shared.name, timeout, Phase::Ready);
                     shared.record_timeout(|| TimeoutEvent::TimedOut {
                         name: shared.name.clone(),
                         timeout,

@@ -149,6 +149,8 @@ impl TimeoutLayer {
             include_ready: false,
             registry: None,
             listeners: Listeners::new(),
+            #[cfg(feature = "metrics")]
+            metrics: false,
         }
     }
 
@@ -223,6 +225,8 @@ pub struct TimeoutBuilder {
     include_ready: bool,
     registry: Option<Registry>,
     listeners: Listeners<TimeoutEvent>,
+    #[cfg(feature = "metrics")]
+    metrics: bool,
 }
 
 impl fmt::Debug for TimeoutBuilder {
@@ -278,14 +282,41 @@ impl TimeoutBuilder {
         self
     }
 
+    /// Publishes the timeout layer's events as metrics through the [`metrics`]
+    /// facade (feature `metrics`): `buttress_timeout_calls_total{kind="timed_out"}`, labelled
+    /// `name` = the instance name. A
+    /// [`Registry::with_metrics`](buttress_core::Registry::with_metrics)
+    /// registry given to [`registry`](Self::registry) does the same for
+    /// every instance.
+    ///
+    /// The metric handles are resolved once, by `build()`, against the
+    /// recorder installed at that time: install the recorder (an exporter)
+    /// before building the layer. The README's "Metrics" section lists
+    /// every name.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
+        self
+    }
+
     /// Validates and builds the layer.
     pub fn build(self) -> Result<TimeoutLayer, ConfigError> {
         if self.name.is_empty() {
             return Err(ConfigError::new(KIND, "name", "must not be empty"));
         }
         validate_timeout(self.timeout)?;
+        #[allow(unused_mut)]
+        let mut listeners = self.listeners;
+        #[cfg(feature = "metrics")]
+        crate::metrics::attach(
+            &self.name,
+            self.metrics,
+            self.registry.as_ref(),
+            &mut listeners,
+        );
         let layer =
-            TimeoutLayer::from_parts(self.name, self.timeout, self.include_ready, self.listeners);
+            TimeoutLayer::from_parts(self.name, self.timeout, self.include_ready, listeners);
         if let Some(registry) = &self.registry {
             registry
                 .register(layer.handle())

@@ -17,7 +17,11 @@
 //! - optionally, the wait for readiness counts too
 //!   ([`TimeoutBuilder::include_ready`]; tower leaves it out);
 //! - a name, events, a registry handle and a limit that can be changed at
-//!   run time.
+//!   run time; with the `metrics` feature, [`TimeoutBuilder::metrics`] (or
+//!   a [`Registry::with_metrics`](buttress_core::Registry::with_metrics)
+//!   registry) counts the time-outs through the `metrics` facade, to any
+//!   recorder; install the recorder before building the layer (the
+//!   README's "Metrics" section lists the names).
 //!
 //! The error is a `BoxError` (tower's convention): check it with
 //! `err.is::<Elapsed>()` or
@@ -106,6 +110,8 @@ pub mod error;
 mod events;
 pub mod future;
 mod layer;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod policy;
 mod service;
 

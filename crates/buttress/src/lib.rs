@@ -41,7 +41,7 @@
 //! | `bulkhead` | yes | [`bulkhead`], [`ServiceBuilderExt::bulkhead`], [`ServiceBuilderExt::bulkhead_with`] |
 //! | `circuit-breaker` | yes | [`circuit_breaker`], [`ServiceBuilderExt::circuit_breaker`] |
 //! | `retry` | yes | [`retry`], [`ServiceBuilderExt::retry_with`] |
-//! | `rate-limit` | yes | [`rate_limit`], [`ServiceBuilderExt::rate_limit_with`], [`ServiceBuilderExt::rate_limit`], [`ServiceBuilderExt::keyed_rate_limit`] |
+//! | `rate-limit` | yes | [`rate_limit`], [`ServiceBuilderExt::rate_limit_with`], [`ServiceBuilderExt::rate_limit_to`], [`ServiceBuilderExt::keyed_rate_limit`] |
 //! | `rate-limit-redis` | no | `rate_limit::redis`: the limiter's state in Redis, shared by every replica |
 //! | `serde` | yes | `Serialize`/`Deserialize` on the configuration structs, durations as `"30s"` |
 //! | `tonic` | no | rejections to `tonic::Status` (`core::grpc`), a classifier for `tonic::Status` results |

@@ -112,4 +112,20 @@ pub enum RetryEvent {
         /// Why.
         reason: NotRetried,
     },
+    /// A call ended and its caller got the result: once per call that
+    /// completes (a call dropped before is not reported), after the
+    /// `Exhausted`, `BudgetExhausted` or `NotRetried` event that ended it
+    /// and before its `Succeeded`. The four counts of
+    /// [`RetrySnapshot`](crate::RetrySnapshot), as events.
+    Finished {
+        /// The layer's name.
+        name: Arc<str>,
+        /// Counted as a success, as in [`RetrySnapshot`](crate::RetrySnapshot):
+        /// an `Ok` given back as it is (accepted by the policy, or a
+        /// response that could not be sent again); `false` for a failure
+        /// given back, a retryable response after the last retry included.
+        succeeded: bool,
+        /// Whether there was at least one retry.
+        retried: bool,
+    },
 }

@@ -159,6 +159,11 @@ impl Link {
                 (false, true) => &c.failed_with_retry,
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            shared.listeners.emit(|| RetryEvent::Finished {
+                name: shared.name.clone(),
+                succeeded: ok,
+                retried,
+            });
         }
     }
 
@@ -286,6 +291,8 @@ impl RetryLayer {
             random: None,
             registry: None,
             listeners: Listeners::new(),
+            #[cfg(feature = "metrics")]
+            metrics: false,
         }
     }
 
@@ -381,6 +388,8 @@ pub struct RetryBuilder<P = RetryErrors, R = CloneRequest> {
     random: Option<Arc<dyn RandomSource>>,
     registry: Option<Registry>,
     listeners: Listeners<RetryEvent>,
+    #[cfg(feature = "metrics")]
+    metrics: bool,
 }
 
 impl<P, R> fmt::Debug for RetryBuilder<P, R> {
@@ -515,6 +524,8 @@ impl<P, R> RetryBuilder<P, R> {
             random: self.random,
             registry: self.registry,
             listeners: self.listeners,
+            #[cfg(feature = "metrics")]
+            metrics: self.metrics,
         }
     }
 
@@ -535,7 +546,28 @@ impl<P, R> RetryBuilder<P, R> {
             random: self.random,
             registry: self.registry,
             listeners: self.listeners,
+            #[cfg(feature = "metrics")]
+            metrics: self.metrics,
         }
+    }
+
+    /// Publishes the retry layer's events as metrics through the [`metrics`]
+    /// facade (feature `metrics`): `buttress_retry_calls_total{kind}` and
+    /// `buttress_retry_attempts_total`, labelled
+    /// `name` = the instance name. A
+    /// [`Registry::with_metrics`](buttress_core::Registry::with_metrics)
+    /// registry given to [`registry`](Self::registry) does the same for
+    /// every instance.
+    ///
+    /// The metric handles are resolved once, by `build()`, against the
+    /// recorder installed at that time: install the recorder (an exporter)
+    /// before building the layer. The README's "Metrics" section lists
+    /// every name.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
+        self
     }
 
     /// Validates and builds the layer.
@@ -600,13 +632,22 @@ impl<P, R> RetryBuilder<P, R> {
             Cow::Borrowed(s) => Some(s),
             Cow::Owned(_) => None,
         };
-        let observed = !self.listeners.is_empty() || self.budget.is_some() || self.random.is_some();
+        #[allow(unused_mut)]
+        let mut listeners = self.listeners;
+        #[cfg(feature = "metrics")]
+        crate::metrics::attach(
+            &self.name,
+            self.metrics,
+            self.registry.as_ref(),
+            &mut listeners,
+        );
+        let observed = !listeners.is_empty() || self.budget.is_some() || self.random.is_some();
         let layer = RetryLayer {
             shared: Arc::new(Shared {
                 name: Arc::from(self.name.as_ref()),
                 static_name,
                 observed: AtomicBool::new(observed),
-                listeners: self.listeners,
+                listeners,
                 budget: self.budget,
                 random: self.random,
                 counters: Counters::default(),

@@ -34,6 +34,11 @@
 //!   service clones cost is theirs (a `u64` request and the presets'
 //!   policies cost nothing; a boxed service allocates). [`HttpReplay`]
 //!   allocates per request: the kept headers and the body buffer's state.
+//! - **Metrics**: with the `metrics` feature, [`RetryBuilder::metrics`] (or
+//!   a [`Registry::with_metrics`](buttress_core::Registry::with_metrics)
+//!   registry) publishes the calls by kind and the attempts through the
+//!   `metrics` facade, to any recorder; install the recorder before
+//!   building the layer (the README's "Metrics" section lists the names).
 //!
 //! On exhaustion the caller gets the last response as it is (an HTTP 503,
 //! say), or the last error wrapped in
@@ -142,6 +147,8 @@ pub mod error;
 mod events;
 pub mod future;
 mod layer;
+#[cfg(feature = "metrics")]
+mod metrics;
 pub mod policy;
 mod request;
 mod rng;

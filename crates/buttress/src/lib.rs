@@ -9,9 +9,10 @@
 //! | circuit breaker: rate windows, slow calls, RAII half-open probes | [`circuit_breaker`] | `circuit-breaker` (default) |
 //! | retry: backoff with jitter, budgets, Retry-After, HTTP body replay | [`retry`] | `retry` (default) |
 //! | rate limiting: GCRA, token bucket, windows, per key, priorities, `RateLimit` headers | [`rate_limit`] | `rate-limit` (default) |
+//! | request metrics: requests by outcome, duration, in flight; HTTP and gRPC presets | `metrics` | `metrics` |
 //! | classification, events, registry, keys, errors to responses | [`core`] | always |
 //!
-//! Fallback, cache, saga, metrics and health are planned and not built
+//! Fallback, cache, saga and health are planned and not built
 //! yet.
 //!
 //! # Install
@@ -43,6 +44,7 @@
 //! | `retry` | yes | [`retry`], [`ServiceBuilderExt::retry_with`] |
 //! | `rate-limit` | yes | [`rate_limit`], [`ServiceBuilderExt::rate_limit_with`], [`ServiceBuilderExt::rate_limit_to`], [`ServiceBuilderExt::keyed_rate_limit`] |
 //! | `rate-limit-redis` | no | `rate_limit::redis`: the limiter's state in Redis, shared by every replica |
+//! | `metrics` | no | `metrics`: `MetricsLayer`, request metrics through the `metrics` facade |
 //! | `serde` | yes | `Serialize`/`Deserialize` on the configuration structs, durations as `"30s"` |
 //! | `tonic` | no | rejections to `tonic::Status` (`core::grpc`), a classifier for `tonic::Status` results |
 //! | `axum` | no | axum's `ConnectInfo` as the peer address in the client-IP key extractors |
@@ -193,6 +195,10 @@ pub use buttress_retry as retry;
 #[cfg(feature = "rate-limit")]
 #[doc(inline)]
 pub use buttress_rate_limit as rate_limit;
+
+#[cfg(feature = "metrics")]
+#[doc(inline)]
+pub use buttress_metrics as metrics;
 
 mod builder;
 pub use builder::ServiceBuilderExt;

@@ -179,13 +179,17 @@ if ! $quick; then
         "-p buttress-retry --no-default-features" \
         "-p buttress-rate-limit --no-default-features" \
         "-p buttress-rate-limit --no-default-features --features redis" \
+        "-p buttress-metrics --no-default-features" \
+        "-p buttress-metrics --no-default-features --features axum" \
+        "-p buttress-metrics --no-default-features --features tonic" \
         "-p buttress --no-default-features" \
         "-p buttress --no-default-features --features timeout" \
         "-p buttress --no-default-features --features bulkhead" \
         "-p buttress --no-default-features --features circuit-breaker" \
         "-p buttress --no-default-features --features retry" \
         "-p buttress --no-default-features --features rate-limit" \
-        "-p buttress --no-default-features --features rate-limit-redis"; do
+        "-p buttress --no-default-features --features rate-limit-redis" \
+        "-p buttress --no-default-features --features metrics"; do
         echo "    cargo check $combo"
         # shellcheck disable=SC2086 # the combination is a list of words
         cargo check --quiet $combo

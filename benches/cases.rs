@@ -752,5 +752,91 @@ pub(crate) fn cases() -> Vec<Case> {
         stack,
     ));
 
+    // Metrics, with no recorder installed (the no-op recorder): the cost
+    // of the layer itself. Generic (outcome only) and HTTP server (a
+    // request and a response with an empty body, which ends the call at
+    // once).
+    cases.push(Case::new(
+        "metrics",
+        "ready",
+        Impl::Buttress,
+        buttress_metrics::MetricsLayer::new().layer(ReadySvc),
+    ));
+    cases.push(Case::new(
+        "metrics",
+        "http_ready",
+        Impl::Buttress,
+        HttpAdapter(buttress_metrics::MetricsLayer::http_server().layer(HttpReadySvc)),
+    ));
+    cases.push(Case::new(
+        "metrics",
+        "http_ready",
+        Impl::Bare,
+        HttpAdapter(HttpReadySvc),
+    ));
+
     cases
+}
+
+/// A bare HTTP service: an empty `200 OK` at once, allocating nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct HttpReadySvc;
+
+impl Service<http::Request<()>> for HttpReadySvc {
+    type Response = http::Response<String>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<http::Response<String>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<()>) -> Self::Future {
+        std::future::ready(Ok(http::Response::new(String::new())))
+    }
+}
+
+/// Drives an HTTP service as a `Service<u64>`: a `GET /` request with no
+/// headers (no allocation), the response's status as the result; the
+/// response (and its body) is dropped inside the call.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpAdapter<S>(S);
+
+impl<S, B> Service<u64> for HttpAdapter<S>
+where
+    S: Service<http::Request<()>, Response = http::Response<B>>,
+    S::Future: Unpin,
+{
+    type Response = u64;
+    type Error = S::Error;
+    type Future = HttpStatus<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, _: u64) -> Self::Future {
+        HttpStatus(self.0.call(http::Request::new(())))
+    }
+}
+
+/// The future of [`HttpAdapter`].
+pub(crate) struct HttpStatus<F>(F);
+
+impl<F, B, E> Future for HttpStatus<F>
+where
+    F: Future + Unpin,
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<u64, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Structural pinning by hand is unsafe; the futures used here are
+        // `Unpin`.
+        let this = self.get_mut();
+        match Pin::new(&mut this.0).poll(cx) {
+            Poll::Ready(res) => Poll::Ready(res.map(|r| u64::from(r.status().as_u16()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }

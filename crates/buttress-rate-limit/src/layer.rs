@@ -130,6 +130,8 @@ pub(crate) struct Common {
     pub(crate) resolution: Option<Duration>,
     pub(crate) registry: Option<Registry>,
     pub(crate) listeners: Listeners<RateLimitEvent>,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: bool,
 }
 
 /// The longest `max_wait` accepted.
@@ -148,6 +150,8 @@ impl Common {
             resolution: None,
             registry: None,
             listeners: Listeners::new(),
+            #[cfg(feature = "metrics")]
+            metrics: false,
         }
     }
 
@@ -214,9 +218,24 @@ impl Common {
                 self.max_queue,
                 reserve_ppm,
                 reserve_priority,
-                self.listeners.clone(),
+                self.all_listeners(),
             ),
         ))
+    }
+
+    /// The listeners, with the metrics bridge when it is on.
+    fn all_listeners(&self) -> Listeners<RateLimitEvent> {
+        #[allow(unused_mut)]
+        let mut listeners = self.listeners.clone();
+        #[cfg(feature = "metrics")]
+        crate::metrics::attach(
+            &self.name,
+            self.metrics,
+            self.registry.as_ref(),
+            &mut listeners,
+            &[crate::Backend::Local],
+        );
+        listeners
     }
 
     pub(crate) fn register(&self, component: impl Component) -> Result<(), ConfigError> {
@@ -328,6 +347,26 @@ macro_rules! common_setters {
             listener: impl buttress_core::Listener<crate::RateLimitEvent>,
         ) -> Self {
             self.common.listeners = self.common.listeners.with(listener);
+            self
+        }
+
+        /// Publishes the limiter's decisions as metrics through the
+        /// [`metrics`] facade (feature `metrics`):
+        /// `buttress_rate_limit_decisions_total{decision,reason,backend}` and
+        /// `buttress_rate_limit_wait_seconds`, labelled `name` = the
+        /// instance name (a keyed limiter: never by key). A
+        /// [`Registry::with_metrics`](buttress_core::Registry::with_metrics)
+        /// registry given to [`registry`](Self::registry) does the same for
+        /// every instance.
+        ///
+        /// The metric handles are resolved once, by `build()`, against the
+        /// recorder installed at that time: install the recorder (an
+        /// exporter) before building the layer. The README's "Metrics"
+        /// section lists every name.
+        #[cfg(feature = "metrics")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+        pub fn metrics(mut self) -> Self {
+            self.common.metrics = true;
             self
         }
     };

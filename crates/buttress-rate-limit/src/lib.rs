@@ -71,6 +71,12 @@
 //! - **Operations.** [`RateLimitHandle`] gives a snapshot and changes the
 //!   rate at run time; builders register it in a
 //!   [`Registry`](buttress_core::Registry) and take event listeners.
+//! - **Metrics.** With the `metrics` feature,
+//!   [`RateLimitBuilder::metrics`] (and the keyed and Redis builders', or a
+//!   [`Registry::with_metrics`](buttress_core::Registry::with_metrics)
+//!   registry) publishes the decisions through the `metrics` facade, to
+//!   any recorder; install the recorder before building the layer (the
+//!   README's "Metrics" section lists the names).
 //!
 //! # Tracing
 //!
@@ -107,6 +113,8 @@ mod headers;
 mod keyed;
 mod layer;
 mod limiter;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod params;
 mod queue;
 mod rate;

@@ -196,6 +196,8 @@ pub struct RedisRateLimitBuilder<X = Global, C = Unit> {
     retry_backoff: Duration,
     registry: Option<Registry>,
     listeners: Listeners<RateLimitEvent>,
+    #[cfg(feature = "metrics")]
+    metrics: bool,
     local_precheck: bool,
     max_keys: usize,
     idle_timeout: Duration,
@@ -275,6 +277,8 @@ impl<X, C> RedisRateLimitBuilder<X, C> {
             retry_backoff: self.retry_backoff,
             registry: self.registry,
             listeners: self.listeners,
+            #[cfg(feature = "metrics")]
+            metrics: self.metrics,
             local_precheck: self.local_precheck,
             max_keys: self.max_keys,
             idle_timeout: self.idle_timeout,
@@ -400,6 +404,24 @@ impl<X, C> RedisRateLimitBuilder<X, C> {
         self
     }
 
+    /// Publishes the limiter's decisions as metrics through the
+    /// [`metrics`] facade (feature `metrics`):
+    /// `buttress_rate_limit_decisions_total{decision,reason,backend}` (every
+    /// backend: `redis`, `local_fallback`, `outage_policy`, `local`) and
+    /// `buttress_rate_limit_wait_seconds`, labelled `name` = the instance
+    /// name (never by key). A
+    /// [`Registry::with_metrics`](buttress_core::Registry::with_metrics)
+    /// registry given to [`registry`](Self::registry) does the same.
+    ///
+    /// The metric handles are resolved once, by `build()`, against the
+    /// recorder installed at that time: install the recorder first.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
+        self
+    }
+
     /// Whether to reject calls for a key Redis said is exhausted, until
     /// the instant it gave, without a round trip (default `true`).
     ///
@@ -457,6 +479,8 @@ impl<X, C> RedisRateLimitBuilder<X, C> {
             retry_backoff: self.retry_backoff,
             registry: self.registry,
             listeners: self.listeners,
+            #[cfg(feature = "metrics")]
+            metrics: self.metrics,
             local_precheck: self.local_precheck,
             max_keys: self.max_keys,
             idle_timeout: self.idle_timeout,
@@ -506,14 +530,22 @@ impl<X, C> RedisRateLimitBuilder<X, C> {
         let prefix = self
             .prefix
             .unwrap_or_else(|| format!("buttress:rl:{}:", self.name));
-        let policy = Policy::new(
-            self.name.clone(),
-            Duration::ZERO,
-            0,
-            0,
-            u8::MAX,
-            self.listeners,
+        #[allow(unused_mut)]
+        let mut listeners = self.listeners;
+        #[cfg(feature = "metrics")]
+        crate::metrics::attach(
+            &self.name,
+            self.metrics,
+            self.registry.as_ref(),
+            &mut listeners,
+            &[
+                crate::Backend::Redis,
+                crate::Backend::LocalFallback,
+                crate::Backend::OutagePolicy,
+                crate::Backend::Local,
+            ],
         );
+        let policy = Policy::new(self.name.clone(), Duration::ZERO, 0, 0, u8::MAX, listeners);
         let time = TimeSource::new(None);
         let fallback = if self.keyed {
             Fallback::Keyed(BoundedMap::new(self.max_keys, self.idle_timeout))
@@ -663,6 +695,8 @@ impl RedisRateLimitLayer {
             retry_backoff: Duration::from_secs(1),
             registry: None,
             listeners: Listeners::new(),
+            #[cfg(feature = "metrics")]
+            metrics: false,
             local_precheck: true,
             max_keys: 10_000,
             idle_timeout: Duration::from_secs(60),

@@ -9,3 +9,14 @@
 //! - `cargo run -p buttress-examples --example axum_rate_limit`: an axum
 //!   server with a rate limit per client IP and a global one, the quota
 //!   headers on every answer and 429s with `Retry-After`.
+//! - `cargo run -p buttress-examples --example tracing_with_tower_http`: an
+//!   axum server with tower-http's `TraceLayer` and `tracing-subscriber`'s
+//!   fmt output; the log shows a retry's attempts (spans inside the
+//!   request's), the exhausted retry, the breaker opening and closing.
+//! - `cargo run -p buttress-examples --example otel_traceparent`: W3C
+//!   `traceparent` propagation through `tracing-opentelemetry` for a
+//!   hyper-util client stack with buttress layers; every attempt of a
+//!   retried call carries the caller's trace id.
+//! - `cargo run -p buttress-examples --example alert_hook`: a listener on
+//!   a circuit breaker that alerts once per opening and once per closing,
+//!   at most once a minute per breaker, so that flapping cannot flood.

@@ -26,11 +26,11 @@ pin_project! {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn new(inner: F, classifier: C, guard: Guard) -> Self {
+    pub(crate) fn new(inner: F, classifier: C, guard: Option<Guard>) -> Self {
         Self {
             inner,
             classifier,
-            guard: Some(guard),
+            guard,
         }
     }
 }
@@ -73,11 +73,8 @@ pin_project! {
 }
 
 impl<F> HttpResponseFuture<F> {
-    pub(crate) fn new(inner: F, guard: Guard) -> Self {
-        Self {
-            inner,
-            guard: Some(guard),
-        }
+    pub(crate) fn new(inner: F, guard: Option<Guard>) -> Self {
+        Self { inner, guard }
     }
 }
 
@@ -101,7 +98,8 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         let Some(mut guard) = this.guard.take() else {
-            // Polled again after completion: pass the result through.
+            // Not measured (no recorder when the call started), or polled
+            // again after completion: pass the result through.
             return Poll::Ready(result.map(|res| res.map(ResponseBody::unmeasured)));
         };
         match result {

@@ -82,7 +82,10 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let guard = self.shared.start(SeriesKey::new(NO_ROUTE, 0));
+        let guard = self
+            .shared
+            .recording()
+            .then(|| self.shared.start(SeriesKey::new(NO_ROUTE, 0)));
         ResponseFuture::new(self.inner.call(req), self.protocol.0.clone(), guard)
     }
 }
@@ -103,6 +106,9 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        if !self.shared.recording() {
+            return HttpResponseFuture::new(self.inner.call(req), None);
+        }
         let key = match self.shared.kind {
             Kind::GrpcServer | Kind::GrpcClient => {
                 SeriesKey::new(self.shared.route_id(req.uri().path()), 0)
@@ -114,7 +120,7 @@ where
             _ => SeriesKey::new(NO_ROUTE, labels::method_code(req.method())),
         };
         let guard = self.shared.start(key);
-        HttpResponseFuture::new(self.inner.call(req), guard)
+        HttpResponseFuture::new(self.inner.call(req), Some(guard))
     }
 }
 

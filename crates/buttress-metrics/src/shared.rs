@@ -227,6 +227,18 @@ impl Shared {
         }
     }
 
+    /// Whether a call is measured: with the layer's own recorder, or with a
+    /// current recorder (thread-local, else global) that is not `metrics`'
+    /// no-op one. That one has no state and `metrics` exposes nothing else
+    /// to tell it by, so a recorder of zero size is taken for it (every
+    /// real recorder keeps its series somewhere). With none installed, a
+    /// call costs this check (a thread-local read and an atomic load): no
+    /// clock read, no reference count, no lock.
+    #[inline]
+    pub(crate) fn recording(&self) -> bool {
+        self.recorder.is_some() || metrics::with_recorder(|r| std::mem::size_of_val(r) != 0)
+    }
+
     /// The route id of an HTTP route or a gRPC path, interned on first
     /// sight; `_OTHER` once `max_routes` are known.
     pub(crate) fn route_id(&self, route: &str) -> u32 {

@@ -616,3 +616,32 @@ async fn grpc_code_comes_from_the_trailers_at_the_end_of_the_body() {
         0.0
     );
 }
+
+/// With no recorder installed a call is not measured at all (no clock read,
+/// no gauge), and the same layer measures once a recorder is there: the
+/// check is made per call.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn no_recorder_no_measure_then_a_recorder_measures() {
+    let layer = MetricsLayer::new();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|()| async { Ok::<_, Infallible>("ok") });
+    assert_eq!(svc.ready().await.unwrap().call(()).await.unwrap(), "ok");
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    assert_eq!(svc.ready().await.unwrap().call(()).await.unwrap(), "ok");
+    let requests: Vec<_> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "buttress.requests")
+        .map(|(.., value)| value)
+        .collect();
+    assert_eq!(
+        requests,
+        [DebugValue::Counter(1)],
+        "only the call made with the recorder"
+    );
+}

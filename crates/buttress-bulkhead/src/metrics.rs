@@ -28,13 +28,8 @@ const DURATION: &str = "buttress_bulkhead_call_duration_seconds";
 const AVAILABLE: &str = "buttress_bulkhead_available_permits";
 const QUEUE: &str = "buttress_bulkhead_queue_depth";
 
-/// Whether a builder attaches the bridge: `.metrics()`, or a registry with
-/// metrics on.
-pub(crate) fn wanted(on: bool, registry: Option<&Registry>) -> bool {
-    on || registry.is_some_and(Registry::metrics_enabled)
-}
-
-/// Adds a bridge to `listeners` when [`wanted`]; returns it, so that an
+/// Adds a bridge to `listeners` when asked for and a recorder is installed
+/// ([`should_attach`](buttress_core::bridge::should_attach)); returns it, so that an
 /// unkeyed bulkhead can hand it its state for the gauges.
 pub(crate) fn attach(
     name: &str,
@@ -43,7 +38,7 @@ pub(crate) fn attach(
     listeners: &mut Listeners<BulkheadEvent>,
     gauges: bool,
 ) -> Option<Arc<MetricsBridge>> {
-    if !wanted(on, registry) {
+    if !buttress_core::bridge::should_attach(name, on, registry) {
         return None;
     }
     let bridge = Arc::new(MetricsBridge::new(name, gauges));

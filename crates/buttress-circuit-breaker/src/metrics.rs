@@ -62,7 +62,7 @@ pub(crate) fn attach(
     listeners: &mut Listeners<CircuitBreakerEvent>,
     initial: Option<State>,
 ) {
-    if on || registry.is_some_and(Registry::metrics_enabled) {
+    if buttress_core::bridge::should_attach(name, on, registry) {
         listeners.push(std::sync::Arc::new(MetricsBridge::new(name, initial)));
     }
 }

@@ -73,7 +73,7 @@ pub(crate) fn attach(
     listeners: &mut Listeners<RateLimitEvent>,
     backends: &[Backend],
 ) {
-    if on || registry.is_some_and(Registry::metrics_enabled) {
+    if buttress_core::bridge::should_attach(name, on, registry) {
         listeners.push(Arc::new(MetricsBridge::new(name, backends)));
     }
 }

@@ -44,7 +44,7 @@ pub(crate) fn attach(
     registry: Option<&Registry>,
     listeners: &mut Listeners<RetryEvent>,
 ) {
-    if on || registry.is_some_and(Registry::metrics_enabled) {
+    if buttress_core::bridge::should_attach(name, on, registry) {
         listeners.push(Arc::new(MetricsBridge::new(name)));
     }
 }

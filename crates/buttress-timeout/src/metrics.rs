@@ -32,7 +32,7 @@ pub(crate) fn attach(
     registry: Option<&Registry>,
     listeners: &mut Listeners<TimeoutEvent>,
 ) {
-    if on || registry.is_some_and(Registry::metrics_enabled) {
+    if buttress_core::bridge::should_attach(name, on, registry) {
         metrics::describe_counter!(CALLS, "Calls a timeout layer ended, by kind.");
         listeners.push(Arc::new(MetricsBridge {
             timed_out: metrics::counter!(CALLS, "name" => name.to_owned(), "kind" => "timed_out"),

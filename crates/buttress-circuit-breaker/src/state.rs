@@ -210,7 +210,9 @@ struct Inner {
     exceeded: bool,
     /// Transition and threshold events, in the order of the transitions,
     /// delivered once the lock is released (see [`Shared::deliver`]).
-    events: VecDeque<CircuitBreakerEvent>,
+    /// Events and log records of the critical sections, delivered in
+    /// order once the lock is released.
+    events: VecDeque<Queued>,
     /// A timer for an automatic transition, started once the lock is
     /// released: its deadline and the generation it applies to.
     timer: Option<(Instant, u64)>,
@@ -389,7 +391,11 @@ impl Shared {
             loop {
                 let next = self.lock().events.pop_front();
                 match next {
-                    Some(event) => self.listeners.emit(|| event),
+                    Some(Queued::Event(event)) => self.listeners.emit(|| event),
+                    Some(Queued::Transition(from, to)) => trace_transition(&self.name, from, to),
+                    Some(Queued::Exceeded(state, failure_rate, slow_call_rate)) => {
+                        trace_exceeded(&self.name, state, failure_rate, slow_call_rate)
+                    }
                     None => break,
                 }
             }
@@ -681,7 +687,10 @@ impl Shared {
             }
             inner.exceeded = true;
         }
-        trace_exceeded(&self.name, state_of(word), failure_rate, slow_call_rate);
+        self.log(
+            inner,
+            Queued::Exceeded(state_of(word), failure_rate, slow_call_rate),
+        );
         self.queue(inner, || CircuitBreakerEvent::ThresholdExceeded {
             name: self.name.clone(),
             failure_rate,
@@ -705,11 +714,9 @@ impl Shared {
         if reaches(failed, n, self.settings.failure_rate_threshold)
             || reaches(slow, n, self.settings.slow_call_rate_threshold)
         {
-            trace_exceeded(
-                &self.name,
-                State::HalfOpen,
-                percent(failed, n),
-                percent(slow, n),
+            self.log(
+                inner,
+                Queued::Exceeded(State::HalfOpen, percent(failed, n), percent(slow, n)),
             );
             self.queue(inner, || CircuitBreakerEvent::ThresholdExceeded {
                 name: self.name.clone(),
@@ -726,9 +733,20 @@ impl Shared {
     #[inline]
     fn queue(&self, inner: &mut Inner, make: impl FnOnce() -> CircuitBreakerEvent) {
         if !self.listeners.is_empty() {
-            inner.events.push_back(make());
+            inner.events.push_back(Queued::Event(make()));
             inner.post = true;
         }
+    }
+
+    /// Queues a `tracing` record (a state change, a threshold reached) for
+    /// the same ordered delivery: a subscriber is user code (it may write
+    /// to a file or a socket) and never runs under the breaker's lock.
+    /// Both are rare, so they are queued whether or not a subscriber is
+    /// interested.
+    #[cold]
+    fn log(&self, inner: &mut Inner, record: Queued) {
+        inner.events.push_back(record);
+        inner.post = true;
     }
 
     /// Moves from the state word `from`, which must be the current one
@@ -738,7 +756,7 @@ impl Shared {
         let gen = gen_of(from) + 1;
         self.enter(inner, state_of(from), to, gen);
         self.word.store((gen << 8) | to.code(), Release);
-        trace_transition(&self.name, state_of(from), to);
+        self.log(inner, Queued::Transition(state_of(from), to));
         self.queue(inner, || CircuitBreakerEvent::StateTransition {
             name: self.name.clone(),
             from: state_of(from),
@@ -926,11 +944,23 @@ impl Shared {
 /// The `buttress.pattern` field of this crate's `tracing` events.
 pub(crate) const PATTERN: &str = "circuit_breaker";
 
+/// What a critical section leaves for delivery after the lock.
+#[derive(Debug)]
+enum Queued {
+    /// An event for the listeners.
+    Event(CircuitBreakerEvent),
+    /// A state change to log.
+    Transition(State, State),
+    /// A threshold reached in a state, with the failure and slow-call
+    /// rates, to log.
+    Exceeded(State, f64, f64),
+}
+
 /// The `tracing` event of a state change: `warn` when the breaker opens
-/// (calls fail fast from now on), `info` for every other change. Emitted
-/// under the breaker's lock, so events come in the order of the
-/// transitions; a disabled level costs one branch, and transitions are
-/// rare.
+/// (calls fail fast from now on), `info` for every other change. Queued
+/// under the breaker's lock and emitted after it, by the thread that
+/// delivers the listeners' events, so records come in the order of the
+/// transitions and no subscriber runs under the lock.
 #[cold]
 fn trace_transition(name: &str, from: State, to: State) {
     macro_rules! transition {

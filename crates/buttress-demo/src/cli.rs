@@ -14,7 +14,9 @@ circuit breaker and a timeout, which retries the upstream's 503s within a
 budget; drives closed-loop load at it (and bursts from one client, over its
 rate limit) and prints, each second, what every pattern did. Then it sends the same
 load, with the upstream degraded again, through a gateway without buttress
-for a few seconds, and compares.
+for a few seconds, and compares. While it runs, it serves the layers'
+metrics at http://127.0.0.1:<port>/metrics (Prometheus text format; the
+URL is printed at the start), and the report reads its counters from there.
 
 USAGE:
     buttress-demo [--duration <secs>] [--concurrency <n>] [--compare <secs>]

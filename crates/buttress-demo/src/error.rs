@@ -12,7 +12,7 @@ use buttress_core::ConfigError;
 pub enum DemoError {
     /// A server could not bind its port on 127.0.0.1.
     Bind {
-        /// `"upstream"` or `"gateway"`.
+        /// `"upstream"`, `"gateway"` or `"metrics endpoint"`.
         role: &'static str,
         /// What the OS said.
         source: io::Error,
@@ -39,6 +39,9 @@ pub enum DemoError {
         /// `"upstream"` or `"gateway"`.
         role: &'static str,
     },
+    /// The Prometheus recorder could not be installed (another `metrics`
+    /// recorder was), or `/metrics` did not serve what the report reads.
+    Metrics(String),
 }
 
 impl fmt::Display for DemoError {
@@ -55,6 +58,7 @@ impl fmt::Display for DemoError {
             DemoError::Shutdown { role } => {
                 write!(f, "the {role} did not shut down in time")
             }
+            DemoError::Metrics(message) => write!(f, "metrics: {message}"),
         }
     }
 }
@@ -64,7 +68,9 @@ impl std::error::Error for DemoError {
         match self {
             DemoError::Bind { source, .. } | DemoError::Serve { source, .. } => Some(source),
             DemoError::Config(e) => Some(e),
-            DemoError::Unreachable { .. } | DemoError::Shutdown { .. } => None,
+            DemoError::Unreachable { .. } | DemoError::Shutdown { .. } | DemoError::Metrics(_) => {
+                None
+            }
         }
     }
 }

@@ -16,9 +16,7 @@ use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use axum::routing::get;
 use axum::Router;
 use buttress_bulkhead::{BulkheadEvent, BulkheadHandle, BulkheadLayer};
-use buttress_circuit_breaker::{
-    CircuitBreakerEvent, CircuitBreakerHandle, CircuitBreakerLayer, State,
-};
+use buttress_circuit_breaker::CircuitBreakerLayer;
 use buttress_core::deadline::Deadline;
 use buttress_core::error::chain;
 use buttress_core::key::Header;
@@ -26,20 +24,20 @@ use buttress_core::response::{error_response, ErrorToResponseLayer};
 use buttress_core::{
     BoxError, BulkheadFull, BulkheadFullReason, CircuitOpen, ConfigError, HttpClassifier, Registry,
 };
-use buttress_rate_limit::{
-    KeyedRateLimitHandle, KeyedRateLimitLayer, Rate, RateLimitEvent, Unit, WithHeaders,
-};
+use buttress_metrics::{HttpServer, MetricsLayer};
+use buttress_rate_limit::{KeyedRateLimitLayer, Rate, Unit, WithHeaders};
 use buttress_retry::{
     Backoff, HttpReplay, HttpRetry, NotRetried, ReplayBody, Retry, RetryBudget, RetryEvent,
     RetryHandle, RetryLayer,
 };
-use buttress_timeout::{TimeoutHandle, TimeoutLayer};
+use buttress_timeout::TimeoutLayer;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 
+use crate::prometheus;
 use crate::server::Server;
 use crate::DemoError;
 
@@ -171,26 +169,6 @@ fn tag_rejection(result: Result<Response<Body>, BoxError>) -> Result<Response<Bo
     Ok(res)
 }
 
-/// Requests the rate limit admitted, counted from its events: the limiter
-/// counts its rejections but not the calls it lets through (that would be
-/// a second atomic operation on every call), so whoever wants that number
-/// counts its `Permitted` events.
-#[derive(Debug, Default)]
-pub(crate) struct Admissions(AtomicU64);
-
-impl Admissions {
-    fn on_event(&self, event: &RateLimitEvent) {
-        if let RateLimitEvent::Permitted { .. } = event {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Requests admitted so far.
-    pub(crate) fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// Bulkhead rejections by reason, counted from the bulkhead's events.
 #[derive(Debug, Default)]
 pub(crate) struct Rejections {
@@ -219,79 +197,6 @@ impl Rejections {
             self.queue_full.load(Ordering::Relaxed),
             self.wait_timed_out.load(Ordering::Relaxed),
         )
-    }
-}
-
-/// What the circuit breaker did, counted from its events.
-#[derive(Debug, Default)]
-pub(crate) struct Breaks {
-    not_permitted: AtomicU64,
-    opened: AtomicU64,
-    reopened: AtomicU64,
-    closed: AtomicU64,
-}
-
-/// A reading of [`Breaks`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct BreakCounts {
-    /// Calls rejected because the breaker was open (or half-open with every
-    /// probe slot taken).
-    pub(crate) not_permitted: u64,
-    /// Transitions to open, from closed or from half-open.
-    pub(crate) opened: u64,
-    /// Among them, from half-open: the probes failed.
-    pub(crate) reopened: u64,
-    /// Transitions to closed: the probes passed.
-    pub(crate) closed: u64,
-}
-
-impl BreakCounts {
-    /// What happened since `before`.
-    pub(crate) fn since(self, before: BreakCounts) -> BreakCounts {
-        BreakCounts {
-            not_permitted: self.not_permitted - before.not_permitted,
-            opened: self.opened - before.opened,
-            reopened: self.reopened - before.reopened,
-            closed: self.closed - before.closed,
-        }
-    }
-
-    /// Adds `other`.
-    pub(crate) fn merge(&mut self, other: BreakCounts) {
-        self.not_permitted += other.not_permitted;
-        self.opened += other.opened;
-        self.reopened += other.reopened;
-        self.closed += other.closed;
-    }
-}
-
-impl Breaks {
-    fn on_event(&self, event: &CircuitBreakerEvent) {
-        let counter = match event {
-            CircuitBreakerEvent::NotPermitted { .. } => &self.not_permitted,
-            CircuitBreakerEvent::StateTransition { from, to, .. } => match to {
-                State::Open => {
-                    if *from == State::HalfOpen {
-                        self.reopened.fetch_add(1, Ordering::Relaxed);
-                    }
-                    &self.opened
-                }
-                State::Closed => &self.closed,
-                _ => return,
-            },
-            _ => return,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The counts so far.
-    pub(crate) fn get(&self) -> BreakCounts {
-        BreakCounts {
-            not_permitted: self.not_permitted.load(Ordering::Relaxed),
-            opened: self.opened.load(Ordering::Relaxed),
-            reopened: self.reopened.load(Ordering::Relaxed),
-            closed: self.closed.load(Ordering::Relaxed),
-        }
     }
 }
 
@@ -411,26 +316,19 @@ impl Retries {
     }
 }
 
-/// What the report reads from the gateway's layers.
+/// What the report reads from the gateway's layers besides `/metrics`
+/// (which has the rate limit's decisions, the bulkhead's rejections, the
+/// breaker's state, transitions and rejections, the timeouts and the
+/// retries by outcome): what no metric has.
 #[derive(Debug, Clone)]
 pub(crate) struct Observer {
-    /// Counters of the per-client rate limit.
-    pub(crate) rate_limit: KeyedRateLimitHandle<Vec<u8>>,
-    /// Requests the per-client rate limit admitted.
-    pub(crate) admissions: Arc<Admissions>,
-    /// Occupancy and counters of the bulkhead.
+    /// Occupancy of the bulkhead (its gauges change on events only).
     pub(crate) bulkhead: BulkheadHandle,
-    /// State of the circuit breaker.
-    pub(crate) breaker: CircuitBreakerHandle,
-    /// Counters of the timeout.
-    pub(crate) timeout: TimeoutHandle,
-    /// Bulkhead rejections by reason.
+    /// Bulkhead rejections by reason (the metric has no reason).
     pub(crate) rejections: Arc<Rejections>,
-    /// Circuit breaker rejections and transitions.
-    pub(crate) breaks: Arc<Breaks>,
     /// Counters and budget of the retry layer.
     pub(crate) retry: RetryHandle,
-    /// Retries by outcome.
+    /// Retries by outcome: budget spent, deadline, calls retried.
     pub(crate) retries: Arc<Retries>,
 }
 
@@ -477,7 +375,7 @@ pub(crate) fn retry_layer(
         .ttl(RETRY_BUDGET_TTL)
         .build()?;
     RetryLayer::for_http()
-        .name("upstream-retry")
+        .name(prometheus::RETRY)
         .max_attempts(RETRY_ATTEMPTS)
         .backoff(Backoff::exponential(RETRY_BACKOFF))
         .max_delay(RETRY_MAX_DELAY)
@@ -497,49 +395,45 @@ type PerClientLimit = KeyedRateLimitLayer<Header, Vec<u8>, Unit, Unit, WithHeade
 /// client's `RateLimit-Policy` and `RateLimit` headers; a request over the
 /// limit fails with `RateLimited`, which the error-to-response layer
 /// answers 429 with `Retry-After`. A request without the header is
-/// rejected (500): every client of the demo sends it. The requests it
-/// admits are counted in `admissions`, from its events.
-pub(crate) fn rate_limit_layer(
-    registry: &Registry,
-    admissions: Arc<Admissions>,
-) -> Result<PerClientLimit, ConfigError> {
+/// rejected (500): every client of the demo sends it. Its decisions are
+/// counted in `/metrics` (`buttress_rate_limit_decisions_total`).
+pub(crate) fn rate_limit_layer(registry: &Registry) -> Result<PerClientLimit, ConfigError> {
     KeyedRateLimitLayer::builder(Header::new(CLIENT), Rate::per_second(RATE_PER_CLIENT))
-        .name("per-client")
+        .name(prometheus::RATE_LIMIT)
         .burst(RATE_BURST)
         .max_keys(10_000)
         .registry(registry)
-        .on_event(move |e: &RateLimitEvent| admissions.on_event(e))
         .response_headers()
         .build()
 }
 
 /// Starts the gateway on 127.0.0.1, forwarding to `upstream`; the rate
 /// limit, the bulkhead, the breaker, the timeout and the retry layer are
-/// registered in `registry`.
+/// registered in `registry`, and publish their metrics if it was made
+/// `with_metrics()` (and a recorder is installed: they resolve their
+/// handles now). A [`MetricsLayer`] named `gateway` records every request
+/// (`http_server_*`, by route).
 pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<Gateway, DemoError> {
     // Right below error-to-response, above the bulkhead: a client over its
     // limit is answered 429 before it takes a bulkhead slot.
-    let admissions = Arc::new(Admissions::default());
-    let rate_limit = rate_limit_layer(registry, admissions.clone())?;
+    let rate_limit = rate_limit_layer(registry)?;
     let rejections = Arc::new(Rejections::default());
     let counter = rejections.clone();
     let bulkhead = BulkheadLayer::builder()
-        .name("gateway")
+        .name(prometheus::BULKHEAD)
         .max_concurrent(MAX_CONCURRENT)
         .max_queue(MAX_QUEUE)
         .max_wait(MAX_WAIT)
         .registry(registry)
         .on_event(move |e: &BulkheadEvent| counter.on_event(e))
         .build()?;
-    let breaks = Arc::new(Breaks::default());
-    let counter = breaks.clone();
     // Inside the bulkhead, so that its rejections are never taken for
     // upstream failures; outside the timeout, so that a cut call is one.
     // 5xx answers and every error (timeouts included) are failures. The
     // retries happen inside the handler: the breaker judges each call's
     // final answer, so a 503 that a retry turned into a 200 is a success.
     let breaker = CircuitBreakerLayer::builder()
-        .name("upstream")
+        .name(prometheus::BREAKER)
         .window_size(BREAKER_WINDOW)
         .minimum_calls(BREAKER_WINDOW)
         .failure_rate_threshold(BREAKER_THRESHOLD)
@@ -547,23 +441,17 @@ pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<G
         .permitted_calls_in_half_open(BREAKER_PROBES)
         .classifier(HttpClassifier::new())
         .registry(registry)
-        .on_event(move |e: &CircuitBreakerEvent| counter.on_event(e))
         .build()?;
     let timeout = TimeoutLayer::builder(UPSTREAM_TIMEOUT)
-        .name("upstream-timeout")
+        .name(prometheus::TIMEOUT)
         .registry(registry)
         .build()?
         .for_http();
     let retries = Arc::new(Retries::default());
     let retry = retry_layer(registry, retries.clone())?;
     let observer = Observer {
-        rate_limit: rate_limit.handle(),
-        admissions,
         bulkhead: bulkhead.handle(),
-        breaker: breaker.handle(),
-        timeout: timeout.handle(),
         rejections,
-        breaks,
         retry: retry.handle(),
         retries,
     };
@@ -591,10 +479,19 @@ pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<G
         .layer(timeout)
         .service_fn(forward);
 
-    let app = Router::new().route_service("/", protected).route(
-        "/healthz",
-        get(move || health(health_client.clone(), health_uri.clone())),
-    );
+    // `Router::layer` wraps each route after routing, so the layer sees
+    // the matched route (`http.route`). Outermost: it counts every answer,
+    // the 429s and 503s of the layers inside included.
+    let metrics = MetricsLayer::builder_for(HttpServer)
+        .name(prometheus::HTTP)
+        .build()?;
+    let app = Router::new()
+        .route_service("/", protected)
+        .route(
+            "/healthz",
+            get(move || health(health_client.clone(), health_uri.clone())),
+        )
+        .layer(metrics);
     let server = Server::start("gateway", app).await?;
     Ok(Gateway { server, observer })
 }
@@ -683,14 +580,6 @@ async fn health(client: HealthClient, uri: Uri) -> StatusCode {
 mod tests {
     use super::*;
 
-    fn transition(from: State, to: State) -> CircuitBreakerEvent {
-        CircuitBreakerEvent::StateTransition {
-            name: "upstream".into(),
-            from,
-            to,
-        }
-    }
-
     #[test]
     fn rejections_are_tagged_with_the_layer_that_made_them() {
         let full: BoxError =
@@ -708,37 +597,6 @@ mod tests {
         ] {
             assert_eq!(Rejection::from_header(r.as_header().as_bytes()), Some(r));
         }
-    }
-
-    #[test]
-    fn breaker_events_are_counted_by_kind() {
-        let breaks = Breaks::default();
-        for event in [
-            transition(State::Closed, State::Open),
-            CircuitBreakerEvent::NotPermitted {
-                name: "upstream".into(),
-            },
-            transition(State::Open, State::HalfOpen),
-            transition(State::HalfOpen, State::Open),
-            transition(State::Open, State::HalfOpen),
-            transition(State::HalfOpen, State::Closed),
-            CircuitBreakerEvent::Failure {
-                name: "upstream".into(),
-            },
-        ] {
-            breaks.on_event(&event);
-        }
-        let counts = breaks.get();
-        assert_eq!(
-            counts,
-            BreakCounts {
-                not_permitted: 1,
-                opened: 2,
-                reopened: 1,
-                closed: 1,
-            }
-        );
-        assert_eq!(counts.since(counts), BreakCounts::default());
     }
 
     #[test]

@@ -15,6 +15,18 @@
 //!   more that sends bursts of requests at once, over its rate limit, and
 //!   gets 429s (the steady clients stay under theirs).
 //!
+//! Before it builds any layer, it installs the Prometheus recorder of
+//! `metrics-exporter-prometheus` as the global `metrics` recorder and
+//! serves its exposition at `GET /metrics` on a listener of its own on
+//! 127.0.0.1 ([`MetricsEndpoint`]; the URL is printed at the start). The
+//! gateway's layers are built from a `Registry::with_metrics()` registry,
+//! so each publishes its `buttress_*` series, and a
+//! `MetricsLayer` (HTTP server preset, named `gateway`) records every
+//! request as `http_server_*`. The report reads the layers' counters (rate
+//! limit decisions, bulkhead rejections, breaker state, transitions and
+//! rejections, timeouts, retries) from that exposition, parsed
+//! ([`Exposition`]), so what it prints is what Prometheus scrapes.
+//!
 //! It prints one row per second (unless [`DemoConfig::print_table`] is
 //! off) and stops after [`DemoConfig::duration`]. Then, for
 //! [`DemoConfig::compare`] (a few seconds), it puts the upstream back in its
@@ -40,9 +52,11 @@
 
 mod cli;
 mod error;
+mod exposition;
 mod gateway;
 mod load;
 mod phase;
+mod prometheus;
 mod report;
 mod rng;
 mod server;
@@ -63,6 +77,8 @@ const UPSTREAM_SAMPLE: Duration = Duration::from_millis(10);
 
 pub use cli::{parse_args, Command, USAGE};
 pub use error::DemoError;
+pub use exposition::{Exposition, ParseError, Sample};
+pub use prometheus::{MetricsCounts, MetricsEndpoint};
 pub use report::{ClientSummary, Counts, PhaseSummary, Summary, Unprotected};
 
 /// What to run.
@@ -91,15 +107,39 @@ impl Default for DemoConfig {
     }
 }
 
-/// Runs the whole demo and returns what happened.
+/// Runs the whole demo and returns what happened, with a `/metrics`
+/// endpoint of its own for the length of the run ([`run_with`] and
+/// [`MetricsEndpoint::start`]).
 ///
 /// Fails when a server cannot bind, when the gateway or the upstream cannot
-/// be reached before the load starts, or when the resilience layers reject
-/// their configuration. Everything it starts is stopped before it returns.
+/// be reached before the load starts, when the resilience layers reject
+/// their configuration, or when the Prometheus recorder cannot be
+/// installed (another `metrics` recorder was). Everything it starts is
+/// stopped before it returns.
 pub async fn run(config: DemoConfig) -> Result<Summary, DemoError> {
+    // First of all: the layers resolve their metric handles against the
+    // recorder installed when they are built.
+    let metrics = MetricsEndpoint::start().await?;
+    let summary = run_with(config, &metrics).await;
+    let metrics_down = metrics.shutdown().await;
+    let summary = summary?;
+    metrics_down?;
+    Ok(summary)
+}
+
+/// Runs the whole demo as [`run`] does, with `metrics` as its `/metrics`
+/// endpoint, which the caller started (and so the recorder installed)
+/// before, and which still serves the run's series after it.
+///
+/// The recorder is global: a process that runs the demo twice sees the
+/// counters of both runs in `/metrics`. The report counts from the values
+/// it found when the gateway was built, zero in a process that runs the
+/// demo once.
+pub async fn run_with(config: DemoConfig, metrics: &MetricsEndpoint) -> Result<Summary, DemoError> {
     let secs = config.duration.as_secs().max(1);
     let concurrency = config.concurrency.max(1);
-    let registry = Registry::new();
+    // Every layer registered in it publishes its metrics.
+    let registry = Registry::new().with_metrics();
 
     // The upstream's phases follow this clock; it is started again right
     // before the load so that the first phase gets its full share.
@@ -115,12 +155,20 @@ pub async fn run(config: DemoConfig) -> Result<Summary, DemoError> {
         }
     };
 
-    let report = report::Report::new(
+    let report = match report::Report::new(
         secs,
         gateway.observer(),
+        metrics,
         upstream_load.clone(),
         config.print_table,
-    );
+    ) {
+        Ok(report) => report,
+        Err(e) => {
+            let _ = gateway.shutdown().await;
+            let _ = upstream.shutdown().await;
+            return Err(e);
+        }
+    };
     let outcome = drive(concurrency, &timeline, &gateway, report).await;
     // Servers stop in any case: the gateway first, so that no request is
     // forwarded to an upstream that is going away.
@@ -162,7 +210,7 @@ async fn drive(
     let deadline = start + Duration::from_secs(timeline.secs());
     let load = load::start(gateway.addr(), concurrency, deadline, samples_tx);
 
-    let totals = report.live(start, timeline, samples_rx, load).await;
+    let totals = report.live(start, timeline, samples_rx, load).await?;
     Ok((report, totals))
 }
 

@@ -6,18 +6,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use buttress_retry::BudgetSnapshot;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{sleep_until, Instant};
 
 use crate::gateway::{
-    BreakCounts, Observer, Rejection, RetryCounts, BREAKER_OPEN, BREAKER_PROBES, BREAKER_THRESHOLD,
+    Observer, Rejection, RetryCounts, BREAKER_OPEN, BREAKER_PROBES, BREAKER_THRESHOLD,
     BREAKER_WINDOW, MAX_CONCURRENT, MAX_QUEUE, MAX_WAIT, RATE_BURST, RATE_PER_CLIENT,
     RETRY_ATTEMPTS, RETRY_BACKOFF, RETRY_BUDGET_FLOOR, RETRY_BUDGET_PERCENT, RETRY_MAX_DELAY,
     UPSTREAM_TIMEOUT,
 };
 use crate::load::{Load, Outcome, Sample, Who, BURST_EVERY, BURST_SIZE, CLIENT_TIMEOUT};
 use crate::phase::{Phase, Timeline};
+use crate::prometheus::{self, MetricsCounts, MetricsEndpoint};
 use crate::upstream::{UpstreamLoad, FAST_MS, SLOW_MS};
+use crate::DemoError;
 
 /// How often the bulkhead's occupancy is sampled for its peak.
 const OCCUPANCY_SAMPLE: Duration = Duration::from_millis(10);
@@ -155,14 +158,14 @@ pub struct PhaseSummary {
     pub p99: Duration,
     /// Calls rejected by the open circuit in it (`counts.shed_circuit_open`).
     pub circuit_rejected: u64,
-    /// Times the breaker opened in it (from the breaker's events).
+    /// Times the breaker opened in it (from `/metrics`).
     pub circuit_opened: u64,
-    /// Times the breaker closed again in it (from the breaker's events).
+    /// Times the breaker closed again in it (from `/metrics`).
     pub circuit_closed: u64,
-    /// Retries the gateway made in it (from the retry layer's events).
+    /// Retries the gateway made in it (from `/metrics`: the sum of the
+    /// table's `retry` column over the phase).
     pub retries: u64,
-    /// Calls answered after one retry or more in it (from the retry
-    /// layer's events).
+    /// Calls answered after one retry or more in it (from `/metrics`).
     pub retry_succeeded: u64,
     /// Retries refused in it because the budget was spent (from the retry
     /// layer's events).
@@ -205,11 +208,10 @@ pub struct Summary {
     pub concurrency: usize,
     /// Requests by how they ended.
     pub counts: Counts,
-    /// Requests the per-client rate limit rejected (from its handle); each
+    /// Requests the per-client rate limit rejected (from `/metrics`); each
     /// was answered 429.
     pub rate_limited: u64,
-    /// Requests the per-client rate limit let through (counted from its
-    /// `Permitted` events: the limiter does not count them).
+    /// Requests the per-client rate limit let through (from `/metrics`).
     pub rate_limit_admitted: u64,
     /// Each client's requests as the rate limit judged them (from the
     /// clients' answers): the steady clients in order, then `"burst"`.
@@ -226,32 +228,32 @@ pub struct Summary {
     /// header). With the bulkhead's rejections, this makes up every 503.
     pub circuit_rejected: u64,
     /// Times the circuit breaker opened: tripped from closed, or reopened
-    /// from half-open because its probes failed (from its events).
+    /// from half-open because its probes failed (from `/metrics`).
     pub circuit_opened: u64,
     /// Among [`circuit_opened`](Self::circuit_opened), the reopenings from
-    /// half-open.
+    /// half-open (from `/metrics`).
     pub circuit_reopened: u64,
     /// Times the circuit breaker closed again after its probes passed (from
-    /// its events).
+    /// `/metrics`).
     pub circuit_closed: u64,
-    /// The breaker's state at the end of the load: `"closed"`, `"open"` or
-    /// `"half_open"`.
+    /// The breaker's state at the end of the load, from its state gauge in
+    /// `/metrics`: `"closed"`, `"open"` or `"half_open"`.
     pub circuit_state: &'static str,
-    /// Upstream calls the gateway's timeout cut (from its handle).
+    /// Upstream calls the gateway's timeout cut (from `/metrics`).
     pub upstream_calls_timed_out: u64,
     /// Calls the gateway forwarded through its retry layer: first
     /// attempts (from the retry budget's deposits).
     pub forwarded: u64,
     /// Retries the gateway made, each one more call to the upstream (from
-    /// the retry layer's events).
+    /// `/metrics`: attempts less completed calls).
     pub retries: u64,
     /// Calls retried at least once (from the retry layer's events).
     pub retried_calls: u64,
     /// Calls whose answer after one retry or more was no longer a 503: a
-    /// 200, now and then a 500 (from the retry layer's events).
+    /// 200, now and then a 500 (from `/metrics`).
     pub retry_succeeded: u64,
     /// Calls shed (503) at every one of their attempts, answered 502 (from
-    /// the retry layer's events).
+    /// `/metrics`).
     pub retry_exhausted: u64,
     /// Retries refused because the budget was spent; the call was answered
     /// 502 (from the retry layer's events).
@@ -282,6 +284,13 @@ pub struct Summary {
     pub unprotected: Option<Unprotected>,
     /// The registry snapshot at the end of the load.
     pub registry: serde_json::Value,
+    /// Where `/metrics` was served.
+    pub metrics_url: String,
+    /// The layers' counters in `/metrics` at the end of the load (less
+    /// what they were when the gateway was built: nothing, unless the
+    /// process ran the demo before, as the recorder is global). The fields
+    /// above marked "from `/metrics`" are these.
+    pub metrics: MetricsCounts,
 }
 
 /// What the live loop hands to [`Report::summary`].
@@ -291,6 +300,10 @@ pub(crate) struct Totals {
     counts: Counts,
     latencies: Vec<Duration>,
     phases: Vec<PhaseTotals>,
+    /// `/metrics` at the end of the load, less the baseline.
+    metrics: MetricsCounts,
+    /// The breaker's state gauge at the end of the load.
+    circuit_state: &'static str,
 }
 
 /// One phase, as the live loop sums it up.
@@ -300,7 +313,11 @@ struct PhaseTotals {
     seconds: u64,
     counts: Counts,
     latencies: Vec<Duration>,
-    breaks: BreakCounts,
+    /// The phase's share of the `/metrics` counters.
+    metrics: MetricsCounts,
+    /// The sum of the `retry` column over the phase.
+    retries_made: u64,
+    /// Counted from the retry layer's events (budget spent).
     retries: RetryCounts,
     upstream_calls: u64,
     upstream_peak: usize,
@@ -311,6 +328,11 @@ struct PhaseTotals {
 pub(crate) struct Report {
     secs: u64,
     observer: Observer,
+    /// Renders what `/metrics` serves.
+    metrics: PrometheusHandle,
+    metrics_url: String,
+    /// The `/metrics` counters when the report was made, before the load.
+    baseline: MetricsCounts,
     upstream: Arc<UpstreamLoad>,
     print: bool,
     concurrency: usize,
@@ -324,15 +346,23 @@ pub(crate) struct Report {
 
 impl Report {
     /// A report for a run of `secs` seconds; prints only if `print`.
+    /// Reads `/metrics` once for its baseline: fails if the gateway's
+    /// series are not there.
     pub(crate) fn new(
         secs: u64,
         observer: Observer,
+        metrics: &MetricsEndpoint,
         upstream: Arc<UpstreamLoad>,
         print: bool,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, DemoError> {
+        let handle = metrics.handle();
+        let baseline = MetricsCounts::read(&prometheus::scrape(&handle)?)?;
+        Ok(Self {
             secs,
             observer,
+            metrics: handle,
+            metrics_url: metrics.url(),
+            baseline,
             upstream,
             print,
             concurrency: 0,
@@ -340,7 +370,7 @@ impl Report {
             peak_active: 0,
             peak_queued: 0,
             upstream_peak: 0,
-        }
+        })
     }
 
     /// The setup, the legend and the table header.
@@ -386,6 +416,11 @@ impl Report {
             rates(Phase::Degraded),
             rates(Phase::Recovered)
         );
+        println!(
+            "  metrics   {} (Prometheus text format): the layers' buttress_* series and the\n            \
+             gateway's http_server_* (MetricsLayer `gateway`, by route)",
+            self.metrics_url
+        );
         println!("  gateway   http://{gateway}, outermost first:");
         println!("            error-to-response   rejections become 429 / 503 (+ Retry-After) / 504, empty body");
         println!(
@@ -416,11 +451,13 @@ impl Report {
         );
         println!();
         println!(
-            "  columns   429 over the client's rate limit; 500 upstream failure passed on; 502 still shed\n            \
-             (503) after the retries; 503 rejected by the bulkhead (full: queue full, wait: waited\n            \
-             {} in the queue) or the open circuit (open); 504 cut by the timeout; retry: retries\n            \
-             made; saved: calls answered after a retry; spent: retries refused, budget spent;\n            \
-             active/queued: bulkhead now; circuit: breaker state now",
+            "  columns   the answers the clients got: 429 over the client's rate limit; 500 upstream\n            \
+             failure passed on; 502 still shed (503) after the retries; 503 rejected by the\n            \
+             bulkhead (full: queue full, wait: waited {} in the queue) or the open circuit\n            \
+             (open); 504 cut by the timeout\n            \
+             from /metrics, as Prometheus scrapes it: retry: retries made; saved: calls answered\n            \
+             after a retry; circuit: breaker state at the end of the second\n            \
+             from the layers: spent: retries refused, budget spent; active/queued: bulkhead now",
             ms(MAX_WAIT)
         );
         println!();
@@ -458,17 +495,24 @@ impl Report {
         timeline: &Timeline,
         mut samples: UnboundedReceiver<Sample>,
         load: Load,
-    ) -> Totals {
+    ) -> Result<Totals, DemoError> {
         let mut load = Some(load);
         let mut upstream_before = self.upstream.calls();
-        let mut breaks_before = BreakCounts::default();
+        let mut metrics_before = MetricsCounts::default();
         let mut retries_before = RetryCounts::default();
         let mut totals = Totals {
             elapsed: Duration::ZERO,
             counts: Counts::default(),
             latencies: Vec::new(),
             phases: Vec::new(),
+            metrics: MetricsCounts::default(),
+            circuit_state: "closed",
         };
+        // Retries are attempts less completed calls, two counters that a
+        // scrape may catch between the two increments of one call: a row
+        // shows what the total reached less what the rows above showed, so
+        // that the rows always add up to the total.
+        let mut retries_shown = 0;
         for second in 1..=self.secs {
             self.watch_until(start + Duration::from_secs(second)).await;
             let occupancy = self.observer.bulkhead.snapshot();
@@ -495,13 +539,19 @@ impl Report {
             let upstream_calls = upstream_now - upstream_before;
             upstream_before = upstream_now;
             let upstream_peak = std::mem::take(&mut self.upstream_peak);
-            let breaks_now = self.observer.breaks.get();
-            let breaks = breaks_now.since(breaks_before);
-            breaks_before = breaks_now;
+            // What Prometheus would scrape now.
+            let exposition = prometheus::scrape(&self.metrics)?;
+            let metrics_now = MetricsCounts::read(&exposition)?.since(&self.baseline);
+            let metrics = metrics_now.since(&metrics_before);
+            metrics_before = metrics_now;
+            let retries_made = metrics_now.retries().saturating_sub(retries_shown);
+            retries_shown += retries_made;
+            let circuit = prometheus::circuit_state(&exposition)?;
+            totals.metrics = metrics_now;
+            totals.circuit_state = circuit;
             let retries_now = self.observer.retries.get();
             let retries = retries_now.since(retries_before);
             retries_before = retries_now;
-            let circuit = self.observer.breaker.state();
             let phase = timeline.phase_at(Duration::from_secs(second - 1));
             if self.print {
                 println!(
@@ -516,14 +566,14 @@ impl Report {
                     counts.shed_wait_timed_out,
                     counts.shed_circuit_open,
                     counts.timeouts,
-                    retries.retries,
-                    retries.succeeded,
+                    retries_made,
+                    metrics.retry_succeeded,
                     retries.budget_spent,
                     occupancy.active,
                     occupancy.queued,
                     ms(percentile(&latencies, 50)),
                     ms(percentile(&latencies, 99)),
-                    circuit.as_str(),
+                    circuit,
                 );
                 if counts.other > 0 {
                     println!("      ({} other: another status, a connection error or the client's {} timeout)", counts.other, ms(CLIENT_TIMEOUT));
@@ -536,7 +586,8 @@ impl Report {
                     p.seconds += 1;
                     p.counts.merge(&counts);
                     p.latencies.extend(latencies);
-                    p.breaks.merge(breaks);
+                    p.metrics.merge(&metrics);
+                    p.retries_made += retries_made;
                     p.retries.merge(retries);
                     p.upstream_calls += upstream_calls;
                     p.upstream_peak = p.upstream_peak.max(upstream_peak);
@@ -546,7 +597,8 @@ impl Report {
                     seconds: 1,
                     counts,
                     latencies,
-                    breaks,
+                    metrics,
+                    retries_made,
                     retries,
                     upstream_calls,
                     upstream_peak,
@@ -554,7 +606,7 @@ impl Report {
             }
         }
         totals.elapsed = start.elapsed();
-        totals
+        Ok(totals)
     }
 
     /// Sleeps until `until`, sampling the bulkhead's occupancy for its peak.
@@ -584,6 +636,8 @@ impl Report {
             counts,
             mut latencies,
             phases,
+            metrics,
+            circuit_state,
         } = totals;
         latencies.sort_unstable();
         // The 503s as the clients saw them. The layers' events count more:
@@ -596,7 +650,6 @@ impl Report {
         );
         let (shed_queue_full, shed_wait_timed_out) =
             (counts.shed_queue_full, counts.shed_wait_timed_out);
-        let breaks = self.observer.breaks.get();
         let retries = self.observer.retries.get();
         let budget = self
             .observer
@@ -620,38 +673,36 @@ impl Report {
                     p50: percentile(&p.latencies, 50),
                     p99: percentile(&p.latencies, 99),
                     circuit_rejected: p.counts.shed_circuit_open,
-                    circuit_opened: p.breaks.opened,
-                    circuit_closed: p.breaks.closed,
-                    retries: p.retries.retries,
-                    retry_succeeded: p.retries.succeeded,
+                    circuit_opened: p.metrics.circuit_opened,
+                    circuit_closed: p.metrics.circuit_closed,
+                    retries: p.retries_made,
+                    retry_succeeded: p.metrics.retry_succeeded,
                     retry_budget_spent: p.retries.budget_spent,
                     upstream_calls: p.upstream_calls,
                     upstream_peak: p.upstream_peak,
                 }
             })
             .collect();
-        let rate_limited = self.observer.rate_limit.rejected();
-        let rate_limit_admitted = self.observer.admissions.get();
         Summary {
             elapsed,
             concurrency: self.concurrency,
             counts,
-            rate_limited,
-            rate_limit_admitted,
+            rate_limited: metrics.rate_limit_rejected,
+            rate_limit_admitted: metrics.rate_limit_permitted,
             clients: self.clients.clone(),
             shed_queue_full,
             shed_wait_timed_out,
             circuit_rejected: counts.shed_circuit_open,
-            circuit_opened: breaks.opened,
-            circuit_reopened: breaks.reopened,
-            circuit_closed: breaks.closed,
-            circuit_state: self.observer.breaker.state().as_str(),
-            upstream_calls_timed_out: self.observer.timeout.snapshot().timed_out,
+            circuit_opened: metrics.circuit_opened,
+            circuit_reopened: metrics.circuit_reopened,
+            circuit_closed: metrics.circuit_closed,
+            circuit_state,
+            upstream_calls_timed_out: metrics.timed_out,
             forwarded: budget.deposits,
-            retries: retries.retries,
+            retries: metrics.retries(),
             retried_calls: retries.retried_calls,
-            retry_succeeded: retries.succeeded,
-            retry_exhausted: retries.exhausted,
+            retry_succeeded: metrics.retry_succeeded,
+            retry_exhausted: metrics.retry_exhausted,
             retry_budget_spent: retries.budget_spent,
             retry_deadline: retries.deadline,
             retry_timed_out: retries.timed_out_after_retry(),
@@ -664,6 +715,8 @@ impl Report {
             phases,
             unprotected,
             registry,
+            metrics_url: self.metrics_url.clone(),
+            metrics,
         }
     }
 }
@@ -840,6 +893,7 @@ impl fmt::Display for Summary {
             c.upstream_errors, c.bad_gateway
         )?;
         self.fmt_comparison(f)?;
+        self.fmt_metrics(f)?;
         writeln!(f)?;
         writeln!(f, "registry snapshot")?;
         let json = serde_json::to_string_pretty(&self.registry).map_err(|_| fmt::Error)?;
@@ -928,6 +982,113 @@ impl Summary {
             ms(bare.max)
         );
         writeln!(f, "  {}", wrap(&text, 89, "\n  "))
+    }
+
+    /// The `/metrics` counters the report printed, by series, as a scrape
+    /// reads them.
+    fn fmt_metrics(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.metrics;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "from /metrics ({}), as Prometheus scrapes it at the end of the load:\n  \
+             the counters behind the table's retry, saved and circuit columns and the 429s,\n  \
+             retries, timeouts and breaker numbers above (fewer labels: the sum of the series)",
+            self.metrics_url
+        )?;
+        let rl = prometheus::RATE_LIMIT;
+        let cb = prometheus::BREAKER;
+        let rt = prometheus::RETRY;
+        let rows: [(String, u64, &str); 13] = [
+            (
+                format!("buttress_rate_limit_decisions_total{{name=\"{rl}\",decision=\"permitted\"}}"),
+                m.rate_limit_permitted,
+                "admitted",
+            ),
+            (
+                format!("buttress_rate_limit_decisions_total{{name=\"{rl}\",decision=\"rejected\"}}"),
+                m.rate_limit_rejected,
+                "429",
+            ),
+            (
+                format!(
+                    "buttress_bulkhead_calls_total{{name=\"{}\",kind=\"rejected\"}}",
+                    prometheus::BULKHEAD
+                ),
+                m.bulkhead_rejected,
+                "refusals: the 503s, and requests then answered 429",
+            ),
+            (
+                format!("buttress_circuit_breaker_calls_total{{name=\"{cb}\",kind=\"not_permitted\"}}"),
+                m.circuit_not_permitted,
+                "refusals: the 503s, and requests then answered 429",
+            ),
+            (
+                format!("buttress_circuit_breaker_transitions_total{{name=\"{cb}\",to=\"open\"}}"),
+                m.circuit_opened,
+                "opened",
+            ),
+            (
+                format!("buttress_circuit_breaker_transitions_total{{name=\"{cb}\",from=\"half_open\",to=\"open\"}}"),
+                m.circuit_reopened,
+                "reopened",
+            ),
+            (
+                format!("buttress_circuit_breaker_transitions_total{{name=\"{cb}\",to=\"closed\"}}"),
+                m.circuit_closed,
+                "closed",
+            ),
+            (
+                format!(
+                    "buttress_timeout_calls_total{{name=\"{}\",kind=\"timed_out\"}}",
+                    prometheus::TIMEOUT
+                ),
+                m.timed_out,
+                "504",
+            ),
+            (
+                format!("buttress_retry_attempts_total{{name=\"{rt}\"}}"),
+                m.retry_attempts,
+                "calls + retries",
+            ),
+            (
+                format!("buttress_retry_calls_total{{name=\"{rt}\"}}"),
+                m.retry_calls,
+                "completed calls",
+            ),
+            (
+                format!("buttress_retry_calls_total{{name=\"{rt}\",kind=\"successful_with_retry\"}}"),
+                m.retry_succeeded,
+                "saved",
+            ),
+            (
+                format!("buttress_retry_calls_total{{name=\"{rt}\",kind=\"exhausted\"}}"),
+                m.retry_exhausted,
+                "503 at every attempt",
+            ),
+            (
+                format!(
+                    "http_server_requests{{name=\"{}\",http_route=\"/\"}}",
+                    prometheus::HTTP
+                ),
+                m.http_requests,
+                "requests",
+            ),
+        ];
+        let width = rows
+            .iter()
+            .map(|(series, ..)| series.len())
+            .max()
+            .unwrap_or(0);
+        for (series, value, meaning) in rows {
+            writeln!(f, "  {series:<width$} {value:>7}  {meaning}")?;
+        }
+        writeln!(
+            f,
+            "  retries = attempts - completed calls = {}; breaker state gauge at 1: {}",
+            m.retries(),
+            self.circuit_state
+        )
     }
 
     /// Who the 429s went to, for the totals.

@@ -1,9 +1,41 @@
 //! Runs the whole demo briefly on 127.0.0.1 and checks that its numbers
-//! are consistent.
+//! are consistent, and that `/metrics`, scraped over HTTP during and after
+//! the run, has the documented series with the values the report printed.
+//!
+//! One test: the Prometheus recorder is global to the process.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use buttress_demo::{run, DemoConfig};
+use axum::body::Bytes;
+use buttress_demo::{run_with, DemoConfig, Exposition, MetricsCounts, MetricsEndpoint};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// `GET http://{addr}/metrics` over HTTP, as Prometheus scrapes it: the
+/// content type and the body.
+async fn scrape(addr: SocketAddr) -> (String, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let uri = format!("http://{addr}/metrics").parse().unwrap();
+    let res = client.get(uri).await.expect("/metrics answers");
+    assert_eq!(res.status(), http::StatusCode::OK);
+    let content_type = res.headers()[http::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (content_type, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// The value of the one sample of `name` with `labels`, as a count.
+fn count(e: &Exposition, name: &str, labels: &[(&str, &str)]) -> u64 {
+    let v = e
+        .sum(name, labels)
+        .unwrap_or_else(|| panic!("no {name}{labels:?}"));
+    assert!(v >= 0.0 && v.fract() == 0.0, "{name}{labels:?} = {v}");
+    v as u64
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_short_run_sends_requests_and_its_counts_add_up() {
@@ -13,10 +45,29 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
         print_table: false,
         compare: Duration::from_secs(1),
     };
-    let summary = tokio::time::timeout(Duration::from_secs(30), run(config))
+    // The recorder is installed, and `/metrics` served, before the demo
+    // builds its layers; the endpoint outlives the run.
+    let endpoint = MetricsEndpoint::start().await.expect("/metrics starts");
+    let addr = endpoint.addr();
+    assert_eq!(endpoint.url(), format!("http://{addr}/metrics"));
+    assert!(addr.ip().is_loopback());
+    // A scrape in the middle of the load.
+    let during = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        scrape(addr).await
+    });
+    let summary = tokio::time::timeout(Duration::from_secs(30), run_with(config, &endpoint))
         .await
         .expect("the demo stops by itself")
         .expect("the demo runs");
+    let (content_type, during) = during.await.unwrap();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let during = Exposition::parse(&during).expect("/metrics is a valid exposition");
+    let during = MetricsCounts::read(&during).expect("the layers' series are there");
+    assert!(during.http_requests > 0, "{during:?}");
 
     let c = summary.counts;
     assert!(c.total > 0, "no request was made");
@@ -188,4 +239,193 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
     assert!(report.contains("  retry      "), "{report}");
     assert!(report.contains("  rate limit "), "{report}");
     assert!(report.contains("Retry-After: 1"), "{report}");
+
+    // `/metrics` after the run, over HTTP: the documented series, as the
+    // exporter spells them (`.` becomes `_`, no suffix added).
+    let (_, text) = scrape(addr).await;
+    let e = Exposition::parse(&text).expect("/metrics is a valid exposition");
+    for (name, kind) in [
+        ("buttress_circuit_breaker_state", "gauge"),
+        ("buttress_circuit_breaker_transitions_total", "counter"),
+        ("buttress_circuit_breaker_calls_total", "counter"),
+        ("buttress_bulkhead_calls_total", "counter"),
+        ("buttress_bulkhead_available_permits", "gauge"),
+        ("buttress_rate_limit_decisions_total", "counter"),
+        ("buttress_retry_calls_total", "counter"),
+        ("buttress_retry_attempts_total", "counter"),
+        ("buttress_timeout_calls_total", "counter"),
+        ("http_server_requests", "counter"),
+        ("http_server_active_requests", "gauge"),
+    ] {
+        assert_eq!(e.kind(name), Some(kind), "{name} in\n{text}");
+        assert!(e.select(name, &[]).next().is_some(), "{name} in\n{text}");
+    }
+    assert!(
+        e.select("http_server_request_duration_count", &[])
+            .next()
+            .is_some(),
+        "{text}"
+    );
+    assert_eq!(
+        count(
+            &e,
+            "http_server_requests",
+            &[("name", "gateway"), ("http_route", "/healthz")]
+        ),
+        1,
+        "the health check before the load"
+    );
+
+    // What the report printed is what was scraped. Nothing goes through
+    // the protected gateway after the load, so the counters have not moved
+    // since the report's last reading.
+    let scraped = MetricsCounts::read(&e).unwrap();
+    let m = summary.metrics;
+    assert_eq!(scraped, m, "{text}");
+    let rate_limited = count(
+        &e,
+        "buttress_rate_limit_decisions_total",
+        &[("name", "per-client"), ("decision", "rejected")],
+    );
+    assert_eq!(summary.rate_limited, rate_limited);
+    assert_eq!(c.rate_limited, rate_limited);
+    assert_eq!(
+        summary.rate_limit_admitted,
+        count(
+            &e,
+            "buttress_rate_limit_decisions_total",
+            &[
+                ("name", "per-client"),
+                ("decision", "permitted"),
+                ("reason", "none")
+            ],
+        )
+    );
+    assert_eq!(
+        summary.circuit_opened,
+        count(
+            &e,
+            "buttress_circuit_breaker_transitions_total",
+            &[("name", "upstream"), ("to", "open")],
+        )
+    );
+    assert_eq!(
+        summary.circuit_closed,
+        count(
+            &e,
+            "buttress_circuit_breaker_transitions_total",
+            &[("name", "upstream"), ("to", "closed")],
+        )
+    );
+    let not_permitted = count(
+        &e,
+        "buttress_circuit_breaker_calls_total",
+        &[("name", "upstream"), ("kind", "not_permitted")],
+    );
+    assert_eq!(
+        summary.registry["upstream"]["state"]["not_permitted_calls"],
+        not_permitted
+    );
+    let attempts = count(
+        &e,
+        "buttress_retry_attempts_total",
+        &[("name", "upstream-retry")],
+    );
+    let calls = count(
+        &e,
+        "buttress_retry_calls_total",
+        &[("name", "upstream-retry")],
+    );
+    assert_eq!(summary.retries, attempts - calls);
+    assert_eq!(
+        summary.retry_succeeded,
+        count(
+            &e,
+            "buttress_retry_calls_total",
+            &[
+                ("name", "upstream-retry"),
+                ("kind", "successful_with_retry")
+            ],
+        )
+    );
+    let timed_out = count(
+        &e,
+        "buttress_timeout_calls_total",
+        &[("name", "upstream-timeout"), ("kind", "timed_out")],
+    );
+    assert_eq!(summary.upstream_calls_timed_out, timed_out);
+    assert_eq!(
+        summary.registry["upstream-timeout"]["state"]["timed_out"],
+        timed_out
+    );
+    let bulkhead_rejected = count(
+        &e,
+        "buttress_bulkhead_calls_total",
+        &[("name", "gateway"), ("kind", "rejected")],
+    );
+    assert_eq!(
+        summary.registry["gateway"]["state"]["rejected"],
+        bulkhead_rejected
+    );
+    // The bulkhead decides in `poll_ready`, as the breaker does: it also
+    // refused requests that the rate limit above it then answered 429.
+    assert!(
+        (summary.shed_bulkhead()..=summary.shed_bulkhead() + c.rate_limited)
+            .contains(&bulkhead_rejected),
+        "{bulkhead_rejected} {summary:?}"
+    );
+    // Exactly one state of the breaker's gauge is at 1: the one printed.
+    let on: Vec<_> = e
+        .select("buttress_circuit_breaker_state", &[("name", "upstream")])
+        .filter(|s| s.value == 1.0)
+        .collect();
+    assert_eq!(on.len(), 1, "{on:?}");
+    assert_eq!(on[0].label("state"), Some(summary.circuit_state));
+    // Every answered request went through the gateway's MetricsLayer on `/`.
+    let http = count(
+        &e,
+        "http_server_requests",
+        &[("name", "gateway"), ("http_route", "/")],
+    );
+    assert!(
+        (c.total - c.other..=c.total).contains(&http),
+        "{http} {c:?}"
+    );
+    assert!(during.http_requests <= http);
+    // The report prints each series with the scraped value.
+    for (series, value) in [
+        (
+            "buttress_rate_limit_decisions_total{name=\"per-client\",decision=\"rejected\"}",
+            rate_limited,
+        ),
+        (
+            "buttress_circuit_breaker_calls_total{name=\"upstream\",kind=\"not_permitted\"}",
+            not_permitted,
+        ),
+        (
+            "buttress_bulkhead_calls_total{name=\"gateway\",kind=\"rejected\"}",
+            bulkhead_rejected,
+        ),
+        (
+            "buttress_retry_attempts_total{name=\"upstream-retry\"}",
+            attempts,
+        ),
+    ] {
+        let line = report
+            .lines()
+            .find(|l| l.trim_start().starts_with(series))
+            .unwrap_or_else(|| panic!("{series} in\n{report}"));
+        let printed: u64 = line.trim_start()[series.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(printed, value, "{line}");
+    }
+    assert!(
+        report.contains(&format!("from /metrics ({})", endpoint.url())),
+        "{report}"
+    );
+    endpoint.shutdown().await.unwrap();
 }

@@ -127,5 +127,8 @@ pub enum RetryEvent {
         succeeded: bool,
         /// Whether there was at least one retry.
         retried: bool,
+        /// Whether the call ended because its attempts ran out (after an
+        /// [`Exhausted`](RetryEvent::Exhausted) event).
+        exhausted: bool,
     },
 }

@@ -335,7 +335,7 @@ where
         }
         ctx.link
             .emit(|name| RetryEvent::Exhausted { name, attempts });
-        return ctx.give_up(result, None);
+        return ctx.end_failed(result, None, true);
     }
     let keep = match &mut ctx.keep {
         Ok(keep) => keep,
@@ -454,7 +454,7 @@ impl<S, Q, X, P, T> Ctx<S, Q, X, P, T> {
     #[inline]
     fn accept(&mut self, result: Result<T, BoxError>) -> Step<T> {
         let retries = self.attempts - 1;
-        self.link.finish(result.is_ok(), retries > 0);
+        self.link.finish(result.is_ok(), retries > 0, false);
         if retries > 0 && result.is_ok() {
             tracing::debug!(
                 buttress.pattern = PATTERN,
@@ -485,6 +485,17 @@ impl<S, Q, X, P, T> Ctx<S, Q, X, P, T> {
     /// [`RetryExhausted`] when there were retries.
     #[cold]
     fn give_up(&mut self, result: Result<T, BoxError>, reason: Option<NotRetried>) -> Step<T> {
+        self.end_failed(result, reason, false)
+    }
+
+    /// [`give_up`](Self::give_up), saying whether the attempts ran out.
+    #[cold]
+    fn end_failed(
+        &mut self,
+        result: Result<T, BoxError>,
+        reason: Option<NotRetried>,
+        exhausted: bool,
+    ) -> Step<T> {
         let attempts = self.attempts;
         if let Some(reason) = reason {
             tracing::debug!(
@@ -500,7 +511,7 @@ impl<S, Q, X, P, T> Ctx<S, Q, X, P, T> {
                 reason,
             });
         }
-        self.link.finish(false, attempts > 1);
+        self.link.finish(false, attempts > 1, exhausted);
         Step::Return(match result {
             Ok(res) => Ok(res),
             Err(e) if attempts > 1 => {
@@ -563,7 +574,7 @@ impl<S, Q, X, P, T> Ctx<S, Q, X, P, T> {
             attempts,
             reason: NotRetried::NotReady,
         });
-        self.link.finish(false, true);
+        self.link.finish(false, true, false);
         RetryExhausted::new(self.link.name(), attempts, error).into()
     }
 }

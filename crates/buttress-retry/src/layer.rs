@@ -149,7 +149,7 @@ impl Link {
     /// Counts a call that ended in success (`ok`) or failure, after
     /// retries (`retried`) or not.
     #[inline]
-    pub(crate) fn finish(&self, ok: bool, retried: bool) {
+    pub(crate) fn finish(&self, ok: bool, retried: bool, exhausted: bool) {
         if let Link::Observed(shared) = self {
             let c = &shared.counters;
             let counter = match (ok, retried) {
@@ -163,6 +163,7 @@ impl Link {
                 name: shared.name.clone(),
                 succeeded: ok,
                 retried,
+                exhausted,
             });
         }
     }

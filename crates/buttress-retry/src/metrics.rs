@@ -18,7 +18,6 @@
 //!
 //! [`RetryBuilder::metrics`]: crate::RetryBuilder::metrics
 
-use std::cell::Cell;
 use std::sync::Arc;
 
 use buttress_core::{Listener, Listeners, Registry};
@@ -28,13 +27,6 @@ use crate::events::RetryEvent;
 
 const CALLS: &str = "buttress_retry_calls_total";
 const ATTEMPTS: &str = "buttress_retry_attempts_total";
-
-thread_local! {
-    /// Set by an `Exhausted` event, taken by the `Finished` event of the
-    /// same call: the layer reports both on the same thread, one right
-    /// after the other, with nothing between them.
-    static EXHAUSTED: Cell<bool> = const { Cell::new(false) };
-}
 
 /// Adds a bridge to `listeners` when `.metrics()` was called or the
 /// registry has metrics on.
@@ -83,22 +75,24 @@ impl Listener<RetryEvent> for MetricsBridge {
     fn on_event(&self, event: &RetryEvent) {
         match event {
             RetryEvent::Scheduled { .. } => self.attempts.increment(1),
-            RetryEvent::Exhausted { .. } => EXHAUSTED.with(|e| e.set(true)),
             RetryEvent::Finished {
-                succeeded, retried, ..
+                succeeded,
+                retried,
+                exhausted,
+                ..
             } => {
                 self.attempts.increment(1);
-                let exhausted = EXHAUSTED.with(|e| e.replace(false));
                 let counter = match (succeeded, retried) {
                     (true, false) => &self.successful_without_retry,
                     (true, true) => &self.successful_with_retry,
-                    (false, _) if exhausted => &self.exhausted,
+                    (false, _) if *exhausted => &self.exhausted,
                     (false, false) => &self.failed_without_retry,
                     (false, true) => &self.failed_with_retry,
                 };
                 counter.increment(1);
             }
             RetryEvent::Succeeded { .. }
+            | RetryEvent::Exhausted { .. }
             | RetryEvent::BudgetExhausted { .. }
             | RetryEvent::NotRetried { .. } => {}
         }

@@ -1189,7 +1189,8 @@ async fn a_body_too_large_to_replay_is_not_put_to_the_policy_or_the_budget() {
         [RetryEvent::Finished {
             name: "retry".into(),
             succeeded: true,
-            retried: false
+            retried: false,
+            exhausted: false,
         }]
     );
     let b = budget.snapshot();

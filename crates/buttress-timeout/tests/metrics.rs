@@ -10,62 +10,7 @@ use buttress_timeout::TimeoutLayer;
 use metrics_util::debugging::DebuggingRecorder;
 use tower::{ServiceBuilder, ServiceExt};
 
-use std::collections::BTreeMap;
-
-use metrics_util::debugging::{DebugValue, Snapshotter};
-use metrics_util::MetricKind;
-
-/// A series' value: the kind and what the recorder holds.
-#[derive(Debug, Clone, PartialEq)]
-enum V {
-    Counter(u64),
-    Gauge(f64),
-    Histogram(Vec<f64>),
-}
-
-/// Every series as `"name{label=value,...}"` (labels sorted) to its value.
-/// Taking it drains the recorder (counters and gauges to 0), so take one
-/// per scenario.
-fn series(snapshotter: &Snapshotter) -> BTreeMap<String, V> {
-    snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(key, _unit, _desc, value)| {
-            let mut labels: Vec<String> = key
-                .key()
-                .labels()
-                .map(|l| format!("{}={}", l.key(), l.value()))
-                .collect();
-            labels.sort();
-            let value = match (key.kind(), value) {
-                (MetricKind::Counter, DebugValue::Counter(n)) => V::Counter(n),
-                (MetricKind::Gauge, DebugValue::Gauge(g)) => V::Gauge(g.into_inner()),
-                (MetricKind::Histogram, DebugValue::Histogram(h)) => {
-                    V::Histogram(h.into_iter().map(|v| v.into_inner()).collect())
-                }
-                (kind, value) => panic!("{kind:?} with {value:?}"),
-            };
-            (
-                format!("{}{{{}}}", key.key().name(), labels.join(",")),
-                value,
-            )
-        })
-        .collect()
-}
-
-/// The series whose name starts with `prefix`, zero counters left out.
-fn nonzero(all: &BTreeMap<String, V>, prefix: &str) -> BTreeMap<String, V> {
-    all.iter()
-        .filter(|(k, v)| k.starts_with(prefix) && **v != V::Counter(0))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
-/// `[(key, value)]` as a map, for comparisons.
-fn expect<const N: usize>(pairs: [(&str, V); N]) -> BTreeMap<String, V> {
-    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
-}
+use buttress_test_support::series::{expect, nonzero, series, V};
 
 async fn call(layer: TimeoutLayer, ms: u64) -> bool {
     ServiceBuilder::new()

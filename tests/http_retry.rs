@@ -176,6 +176,16 @@ fn recorder() -> (Events, impl Fn(&RetryEvent) + Send + Sync + 'static) {
     })
 }
 
+/// The event that ends every call a retry layer completes.
+fn finished(name: &str, succeeded: bool, retried: bool, exhausted: bool) -> RetryEvent {
+    RetryEvent::Finished {
+        name: name.into(),
+        succeeded,
+        retried,
+        exhausted,
+    }
+}
+
 fn events_now(events: &Events) -> Vec<RetryEvent> {
     events.lock().unwrap().clone()
 }
@@ -265,6 +275,7 @@ async fn retry_after_of_a_503_is_waited_before_the_second_attempt() {
                 cause: Cause::Response,
                 hint: Some(Duration::from_secs(1)),
             },
+            finished("retry-after", true, true, false),
             RetryEvent::Succeeded {
                 name: "retry-after".into(),
                 retries: 1,
@@ -310,6 +321,7 @@ async fn streamed_post_with_idempotency_key_is_replayed_byte_for_byte() {
                 cause: Cause::Response,
                 hint: None,
             },
+            finished("upload", true, true, false),
             RetryEvent::Succeeded {
                 name: "upload".into(),
                 retries: 1,
@@ -344,8 +356,12 @@ async fn streamed_post_beyond_the_body_limit_is_sent_once() {
         "the single attempt got the whole body"
     );
     // A request that cannot be sent again is not put to the policy: its
-    // response is returned as it is, with no retry event.
-    assert_eq!(events_now(&events), []);
+    // response is returned as it is, with no retry event, only the end of
+    // the call.
+    assert_eq!(
+        events_now(&events),
+        [finished("upload", true, false, false)]
+    );
     server.shutdown().await;
 }
 
@@ -369,8 +385,11 @@ async fn non_idempotent_post_answered_503_is_not_retried() {
     assert_eq!(seen[0].idempotency_key, None);
     assert_eq!(seen[0].body, Bytes::from_static(b"{\"item\":1}"));
     // Not replayable, so not put to the policy: the 503 is returned as it
-    // is, with no retry event.
-    assert_eq!(events_now(&events), []);
+    // is, with no retry event, only the end of the call.
+    assert_eq!(
+        events_now(&events),
+        [finished("orders", true, false, false)]
+    );
     server.shutdown().await;
 }
 
@@ -437,6 +456,7 @@ async fn non_idempotent_post_is_retried_after_a_connect_error() {
                 name: "orders".into(),
                 attempts: 3,
             },
+            finished("orders", false, true, true),
         ]
     );
 }
@@ -500,6 +520,7 @@ async fn exhaustion_returns_the_last_503_response() {
                 name: "always-503".into(),
                 attempts: 3,
             },
+            finished("always-503", false, true, true),
         ]
     );
     let snap = handle.snapshot();
@@ -560,7 +581,13 @@ async fn budget_shared_by_two_layers_allows_one_retry_in_all() {
         1,
         "{events:?}"
     );
-    assert_eq!(events.len(), 3, "{events:?}");
+    // And the end of each of the two calls.
+    assert_eq!(
+        count(|e| matches!(e, RetryEvent::Finished { .. })),
+        2,
+        "{events:?}"
+    );
+    assert_eq!(events.len(), 5, "{events:?}");
     assert_eq!(ha.snapshot().retries + hb.snapshot().retries, 1);
     let b = budget.snapshot();
     assert_eq!((b.deposits, b.withdrawals, b.refusals), (2, 1, 1), "{b:?}");

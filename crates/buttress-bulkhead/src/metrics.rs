@@ -15,7 +15,7 @@
 //!
 //! [`BulkheadBuilder::metrics`]: crate::BulkheadBuilder::metrics
 
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use buttress_core::{Listener, Listeners, Registry};
 use metrics::{Counter, Gauge, Histogram, Unit};
@@ -59,6 +59,12 @@ pub(crate) struct MetricsBridge {
     /// The bulkhead, read for the gauges after each event; weak, since the
     /// bulkhead holds the bridge among its listeners.
     source: OnceLock<Weak<Shared>>,
+    /// Serialises the gauges' refreshes: each reads the bulkhead's state
+    /// and sets both gauges under it, so the last refresh to run sets the
+    /// latest state. Without it, a thread that read the state before
+    /// another thread's release could set its older value last, and the
+    /// gauges would stay wrong while the bulkhead is idle.
+    refreshing: Mutex<()>,
 }
 
 impl MetricsBridge {
@@ -88,6 +94,7 @@ impl MetricsBridge {
             duration: metrics::histogram!(DURATION, "name" => name.to_owned()),
             gauges,
             source: OnceLock::new(),
+            refreshing: Mutex::new(()),
         }
     }
 
@@ -101,6 +108,7 @@ impl MetricsBridge {
     fn refresh(&self) {
         if let Some((available, queue)) = &self.gauges {
             if let Some(shared) = self.source.get().and_then(Weak::upgrade) {
+                let _one_at_a_time = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
                 let s = shared.snapshot();
                 available.set(s.available as f64);
                 queue.set(s.queued as f64);

@@ -195,3 +195,71 @@ async fn a_registry_with_metrics_switches_every_member_on() {
     );
     assert!(all.keys().all(|k| !k.contains("name=off")), "{all:?}");
 }
+
+/// Calls on two worker threads, tasks moving between them: once every
+/// call is over, the gauges say what an idle bulkhead is (all permits
+/// free, nobody queued), whichever thread refreshed them last, and the
+/// counters add up exactly.
+#[test]
+fn the_gauges_end_exact_after_concurrent_calls() {
+    const TASKS: u64 = 8;
+    const CALLS: u64 = 400;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // Handles are resolved at build, against this recorder; they are then
+    // used from the runtime's worker threads.
+    let layer = metrics::with_local_recorder(&recorder, || {
+        BulkheadLayer::builder()
+            .name("mt")
+            .max_concurrent(3)
+            .max_queue(64)
+            .max_wait(Duration::from_secs(10))
+            .metrics()
+            .build()
+            .unwrap()
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..TASKS {
+            let svc = ServiceBuilder::new()
+                .layer(layer.clone())
+                .service_fn(|()| async {
+                    tokio::task::yield_now().await;
+                    Ok::<_, Infallible>(())
+                });
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..CALLS {
+                    svc.clone().oneshot(()).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let all = series(&snapshotter);
+    assert_eq!(
+        all["buttress_bulkhead_available_permits{name=mt}"],
+        V::Gauge(3.0)
+    );
+    assert_eq!(all["buttress_bulkhead_queue_depth{name=mt}"], V::Gauge(0.0));
+    let n = TASKS * CALLS;
+    assert_eq!(
+        nonzero(&all, "buttress_bulkhead_calls_total"),
+        expect([
+            (
+                "buttress_bulkhead_calls_total{kind=finished,name=mt}",
+                V::Counter(n)
+            ),
+            (
+                "buttress_bulkhead_calls_total{kind=permitted,name=mt}",
+                V::Counter(n)
+            ),
+        ])
+    );
+}

@@ -15,8 +15,9 @@ use tower_service::Service;
 
 use crate::algorithm::Verdict;
 pub(crate) use crate::decide::{Decide, Decision};
-use crate::events::{Backend, RejectReason};
+use crate::events::{Backend, RateLimitEvent, RejectReason};
 use crate::headers::Headers;
+use crate::limiter::Policy;
 use crate::queue::{Enrolled, Turn};
 
 /// The rejection of a call and its accounting.
@@ -58,6 +59,89 @@ pub(crate) fn queue_full_hint<D: Decide>(d: &D, key: &D::Key, now: u64) -> u64 {
     u64::try_from(reset.as_nanos())
         .unwrap_or(u64::MAX)
         .max(1_000_000)
+}
+
+/// A call that was denied, or that arrives while others wait: rejected at
+/// once, or queued, keeping the ready inner service (a clone stays behind,
+/// tower's `mem::replace` idiom) and its request until its turn.
+#[cold]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn wait_or_reject<S, Req, D, H>(
+    shared: &Arc<D>,
+    inner: &mut S,
+    req: Req,
+    key: D::Key,
+    now: u64,
+    cost: u64,
+    priority: u8,
+    wait: Option<u64>,
+) -> ResponseFuture<S, Req, D, H>
+where
+    S: Service<Req> + Clone,
+    D: Decide,
+    H: Headers<S::Response>,
+{
+    let d = &**shared;
+    let policy = d.policy();
+    if let Some(reason) = wait_or_reason(policy, wait) {
+        return ResponseFuture::rejected(reject(d, &key, now, cost, reason, wait));
+    }
+    let Some(place) = d.queue().join(&key, priority, policy.max_queue) else {
+        let hint = queue_full_hint(d, &key, now);
+        return ResponseFuture::rejected(reject(
+            d,
+            &key,
+            now,
+            cost,
+            RejectReason::QueueFull,
+            Some(hint),
+        ));
+    };
+    tracing::trace!(
+        buttress.pattern = "rate_limit",
+        buttress.name = &*policy.name,
+        rate_limit.priority = priority,
+        "call waits for its permits"
+    );
+    policy.listeners.emit(|| RateLimitEvent::Queued {
+        name: policy.name.clone(),
+        queued: d.queue().len(),
+        priority,
+    });
+    let ready = inner.clone();
+    let service = std::mem::replace(inner, ready);
+    ResponseFuture::waiting(Wait {
+        shared: shared.clone(),
+        service: Some(service),
+        request: Some(req),
+        enrolled: Enrolled {
+            queue: d.queue().clone(),
+            key,
+            place,
+            active: true,
+        },
+        cost,
+        priority,
+        joined: now,
+        deadline: now.saturating_add(nanos(policy.max_wait)),
+        sleep: None,
+    })
+}
+
+/// `None` when a call denied with `wait` may wait for its permits, else
+/// why it is rejected at once.
+pub(crate) fn wait_or_reason(policy: &Policy, wait: Option<u64>) -> Option<RejectReason> {
+    match wait {
+        None => Some(RejectReason::OverCapacity),
+        Some(_) if !policy.can_wait => Some(RejectReason::Exhausted),
+        Some(w) if w > nanos(policy.max_wait) => Some(RejectReason::Exhausted),
+        Some(_) => None,
+    }
+}
+
+pub(crate) fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 pin_project! {

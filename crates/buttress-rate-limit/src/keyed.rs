@@ -16,15 +16,15 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::algorithm::{Algorithm, Levels, Params, State, Verdict};
-use crate::events::{Backend, RateLimitEvent, RejectReason};
-use crate::future::{queue_full_hint, reject, Decide, Decision, ResponseFuture, Wait};
+use crate::events::{Backend, RejectReason};
+use crate::future::{reject, wait_or_reject, Decide, Decision, ResponseFuture};
 use crate::headers::{Headers, NoHeaders, WithHeaders};
 use crate::layer::{common_setters, Common, RateLimitSnapshot};
 use crate::limiter::{quota, Limiter, Policy, TimeSource};
 use crate::params::ParamCell;
-use crate::queue::{Enrolled, Queue};
+use crate::queue::Queue;
 use crate::rate::Rate;
-use crate::service::{nanos, wait_or_reason, Weigh};
+use crate::service::Weigh;
 use crate::weigh::{Cost, CostFn, Priority, PriorityFn, Unit};
 use crate::KIND;
 
@@ -581,49 +581,16 @@ where
         } else {
             Some(0)
         };
-        if let Some(reason) = wait_or_reason(policy, denied) {
-            return ResponseFuture::rejected(reject(shared, &slot, now, cost, reason, denied));
-        }
-        let Some(place) = shared.queue.join(&slot, priority, policy.max_queue) else {
-            let hint = queue_full_hint(shared, &slot, now);
-            return ResponseFuture::rejected(reject(
-                shared,
-                &slot,
-                now,
-                cost,
-                RejectReason::QueueFull,
-                Some(hint),
-            ));
-        };
-        tracing::trace!(
-            buttress.pattern = "rate_limit",
-            buttress.name = &*policy.name,
-            rate_limit.priority = priority,
-            "call waits for its permits"
-        );
-        policy.listeners.emit(|| RateLimitEvent::Queued {
-            name: policy.name.clone(),
-            queued: shared.queue.len(),
-            priority,
-        });
-        let ready = self.inner.clone();
-        let service = std::mem::replace(&mut self.inner, ready);
-        ResponseFuture::waiting(Wait {
-            shared: self.shared.clone(),
-            service: Some(service),
-            request: Some(req),
-            enrolled: Enrolled {
-                queue: shared.queue.clone(),
-                key: slot,
-                place,
-                active: true,
-            },
+        wait_or_reject(
+            &self.shared,
+            &mut self.inner,
+            req,
+            slot,
+            now,
             cost,
             priority,
-            joined: now,
-            deadline: now.saturating_add(nanos(policy.max_wait)),
-            sleep: None,
-        })
+            denied,
+        )
     }
 }
 

@@ -10,11 +10,11 @@ use buttress_core::Quota;
 use tower_service::Service;
 
 use crate::algorithm::Verdict;
-use crate::events::{Backend, RateLimitEvent, RejectReason};
-use crate::future::{queue_full_hint, reject, Decide, Decision, ResponseFuture, Wait};
+use crate::events::Backend;
+use crate::future::{wait_or_reject, Decide, Decision, ResponseFuture};
 use crate::headers::Headers;
 use crate::limiter::{quota, Limiter, Policy, TimeSource};
-use crate::queue::{Enrolled, Queue};
+use crate::queue::Queue;
 use crate::weigh::{Cost, Priority};
 
 /// The cost and priority extractors of a limiter.
@@ -157,86 +157,15 @@ where
             // Someone waits: take a place behind them.
             Some(0)
         };
-        self.wait_or_reject(req, now, cost, priority, denied)
-    }
-}
-
-impl<S, C, P, H> RateLimit<S, C, P, H> {
-    #[cold]
-    #[inline(never)]
-    fn wait_or_reject<Req>(
-        &mut self,
-        req: Req,
-        now: u64,
-        cost: u64,
-        priority: u8,
-        wait: Option<u64>,
-    ) -> ResponseFuture<S, Req, Limiter, H>
-    where
-        S: Service<Req> + Clone,
-        P: Priority<Req>,
-        H: Headers<S::Response>,
-    {
-        let shared = &self.shared;
-        let reason = wait_or_reason(&shared.policy, wait);
-        if let Some(reason) = reason {
-            return ResponseFuture::rejected(reject(&**shared, &(), now, cost, reason, wait));
-        }
-        let policy = &shared.policy;
-        let Some(place) = shared.queue.join(&(), priority, policy.max_queue) else {
-            let hint = queue_full_hint(&**shared, &(), now);
-            return ResponseFuture::rejected(reject(
-                &**shared,
-                &(),
-                now,
-                cost,
-                RejectReason::QueueFull,
-                Some(hint),
-            ));
-        };
-        tracing::trace!(
-            buttress.pattern = "rate_limit",
-            buttress.name = &*policy.name,
-            rate_limit.priority = priority,
-            "call waits for its permits"
-        );
-        policy.listeners.emit(|| RateLimitEvent::Queued {
-            name: policy.name.clone(),
-            queued: shared.queue.len(),
-            priority,
-        });
-        let ready = self.inner.clone();
-        let service = std::mem::replace(&mut self.inner, ready);
-        ResponseFuture::waiting(Wait {
-            shared: shared.clone(),
-            service: Some(service),
-            request: Some(req),
-            enrolled: Enrolled {
-                queue: shared.queue.clone(),
-                key: (),
-                place,
-                active: true,
-            },
+        wait_or_reject(
+            &self.shared,
+            &mut self.inner,
+            req,
+            (),
+            now,
             cost,
             priority,
-            joined: now,
-            deadline: now.saturating_add(nanos(policy.max_wait)),
-            sleep: None,
-        })
+            denied,
+        )
     }
-}
-
-/// `None` when a call denied with `wait` may wait for its permits, else
-/// why it is rejected at once.
-pub(crate) fn wait_or_reason(policy: &Policy, wait: Option<u64>) -> Option<RejectReason> {
-    match wait {
-        None => Some(RejectReason::OverCapacity),
-        Some(_) if !policy.can_wait => Some(RejectReason::Exhausted),
-        Some(w) if w > nanos(policy.max_wait) => Some(RejectReason::Exhausted),
-        Some(_) => None,
-    }
-}
-
-pub(crate) fn nanos(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -89,6 +89,7 @@ use tower_service::Service;
 
 use crate::algorithm::{Algorithm, Levels, Params, Verdict};
 use crate::events::{Backend, RateLimitEvent, RejectReason};
+use crate::future::nanos;
 use crate::limiter::{quota, Limiter, Policy, TimeSource};
 use crate::params::ParamCell;
 use crate::rate::Rate;
@@ -1138,10 +1139,6 @@ fn backend_of(code: u8) -> Option<Backend> {
         4 => Some(Backend::Local),
         _ => None,
     }
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A Redis error, or no answer in time.

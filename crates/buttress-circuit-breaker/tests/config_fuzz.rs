@@ -4,73 +4,21 @@
 
 use std::alloc::System;
 
-use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
-use std::time::Duration;
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 
 use buttress_circuit_breaker::{CircuitBreakerConfig, KeyedCircuitBreakerLayer, MissingKey};
 use buttress_core::key::FnKey;
+use buttress_test_support::fuzz::{self, counts, durations, finishes, floats};
 use proptest::prelude::*;
 use tower::{service_fn, Layer, ServiceExt};
-
-fn durations() -> impl Strategy<Value = Duration> {
-    prop_oneof![
-        Just(Duration::ZERO),
-        Just(Duration::MAX),
-        (0u64..10_000).prop_map(Duration::from_millis),
-        any::<u64>().prop_map(Duration::from_nanos),
-        (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
-    ]
-}
-
-fn floats() -> impl Strategy<Value = f64> {
-    prop_oneof![
-        Just(f64::NAN),
-        Just(f64::INFINITY),
-        Just(f64::NEG_INFINITY),
-        Just(0.0),
-        Just(-1.0),
-        Just(f64::MAX),
-        -10.0f64..200.0,
-        any::<f64>(),
-    ]
-}
-
-fn counts() -> impl Strategy<Value = u32> {
-    prop_oneof![Just(0), Just(u32::MAX), 0u32..20, any::<u32>()]
-}
 
 /// Counts the test binary's allocations, so that `bounded` can check them.
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// Runs a build that must not allocate by the size asked for (a window or
-/// a queue of `u32::MAX` would take gigabytes): at most 64 MiB allocated
-/// while it runs, a loose bound since other tests of this binary may
-/// allocate at the same time. Counted, not timed: exact on any machine.
+/// [`fuzz::bounded`] with this binary's counting allocator.
 fn bounded<T>(f: impl FnOnce() -> T) -> T {
-    let region = Region::new(GLOBAL);
-    let out = f();
-    let allocated = region.change().bytes_allocated;
-    assert!(
-        allocated < 64 << 20,
-        "the build allocated {allocated} bytes"
-    );
-    out
-}
-
-/// Runs `f` on a paused current-thread runtime; it must finish within an
-/// hour of paused time.
-fn finishes<F: std::future::Future>(f: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(3600), f)
-            .await
-            .expect("the call hung")
-    })
+    fuzz::bounded(GLOBAL, f)
 }
 
 prop_compose! {

@@ -238,3 +238,75 @@ pub mod series {
         pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     }
 }
+
+/// Strategies and checks shared by the crates' config fuzz tests: a
+/// builder fed random values returns an error or a working layer, never a
+/// panic, a hang or a huge allocation.
+pub mod fuzz {
+    use std::alloc::System;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use stats_alloc::{Region, StatsAlloc};
+
+    /// Durations, the edges (zero, `Duration::MAX`) included.
+    pub fn durations() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            (0u64..10_000).prop_map(Duration::from_millis),
+            any::<u64>().prop_map(Duration::from_nanos),
+            (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+        ]
+    }
+
+    /// Floats, NaN and the infinities included.
+    pub fn floats() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+            Just(0.0),
+            Just(-1.0),
+            Just(f64::MAX),
+            -10.0f64..200.0,
+            any::<f64>(),
+        ]
+    }
+
+    /// Counts, 0 and `u32::MAX` included.
+    pub fn counts() -> impl Strategy<Value = u32> {
+        prop_oneof![Just(0), Just(u32::MAX), 0u32..20, any::<u32>()]
+    }
+
+    /// Runs a build, counted by `counter` (the test binary's global
+    /// allocator, a `stats_alloc::StatsAlloc`), that must not allocate by the size asked for (a window or
+    /// a queue of `u32::MAX` would take gigabytes): at most 64 MiB allocated
+    /// while it runs, a loose bound since other tests of this binary may
+    /// allocate at the same time. Counted, not timed: exact on any machine.
+    pub fn bounded<T>(counter: &'static StatsAlloc<System>, f: impl FnOnce() -> T) -> T {
+        let region = Region::new(counter);
+        let out = f();
+        let allocated = region.change().bytes_allocated;
+        assert!(
+            allocated < 64 << 20,
+            "the build allocated {allocated} bytes"
+        );
+        out
+    }
+
+    /// Runs `f` on a paused current-thread runtime; it must finish within an
+    /// hour of paused time.
+    pub fn finishes<F: std::future::Future>(f: F) -> F::Output {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(3600), f)
+                .await
+                .expect("the call hung")
+        })
+    }
+}

@@ -6,9 +6,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,123 +19,14 @@ use tower::{Service, ServiceExt};
 // ---------------------------------------------------------------------------
 // A redis-server of the test's own.
 
-struct Server {
-    port: u16,
-    child: Option<Child>,
-}
+use buttress_test_support::redis_server::Server;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("no free loopback port")
-        .port()
-}
-
-fn ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut buf = [0u8; 7];
-    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-}
-
-fn spawn(port: u16) -> Option<Child> {
-    let mut child = match Command::new("redis-server")
-        .args(["--port", &port.to_string()])
-        .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "redis-server is not on PATH: the test command `bash scripts/test.sh` installs it \
-             (or: apt-get install redis-server)"
-        ),
-        Err(e) => panic!("could not start redis-server: {e}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if ping(port) {
-            return Some(child);
-        }
-        if let Ok(Some(_)) = child.try_wait() {
-            return None; // the port was taken meanwhile
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-impl Server {
-    fn start() -> Self {
-        for _ in 0..5 {
-            let port = free_port();
-            if let Some(child) = spawn(port) {
-                return Self {
-                    port,
-                    child: Some(child),
-                };
-            }
-        }
-        panic!("redis-server did not answer PING on any of 5 free ports");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts a new server on the same port.
-    fn restart(&mut self) {
-        self.kill();
-        for _ in 0..50 {
-            if let Some(child) = spawn(self.port) {
-                self.child = Some(child);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("redis-server did not restart on port {}", self.port);
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        let ok = Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill {sig} {pid} failed");
-    }
-
-    async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(c) = &self.child {
-            // A stopped server dies of SIGKILL too.
-            let _ = Command::new("kill")
-                .args(["-CONT", &c.id().to_string()])
-                .status();
-        }
-        self.kill();
-    }
+async fn conn(server: &Server) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
 }
 
 // ---------------------------------------------------------------------------
@@ -204,7 +92,7 @@ fn recorder() -> (Events, impl Fn(&RateLimitEvent) + Send + Sync + 'static) {
 async fn evalsha_calls(server: &Server) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
-        .query_async(&mut server.conn().await)
+        .query_async(&mut conn(&server).await)
         .await
         .unwrap();
     info.lines()
@@ -484,7 +372,7 @@ async fn script_flush_mid_run_reloads_the_script() {
     }
     let () = redis::cmd("SCRIPT")
         .arg("FLUSH")
-        .query_async(&mut server.conn().await)
+        .query_async(&mut conn(&server).await)
         .await
         .unwrap();
     for _ in 0..5 {
@@ -507,7 +395,7 @@ async fn the_key_expires_when_full_again() {
         .build()
         .unwrap();
     let mut svc = tower::Layer::layer(&layer, ok_service());
-    let mut conn = server.conn().await;
+    let mut conn = conn(&server).await;
     call(&mut svc, keyed_req("alice")).await.unwrap();
     let pttl: i64 = redis::cmd("PTTL")
         .arg("buttress:rl:ttl:k:alice")
@@ -593,7 +481,7 @@ async fn keyed_limits_are_independent_and_a_missing_key_is_rejected() {
     call(&mut svc, keyed_req("a")).await.unwrap();
     let exists: bool = redis::cmd("EXISTS")
         .arg("buttress:rl:keyed-shared:unkeyed")
-        .query_async(&mut server.conn().await)
+        .query_async(&mut conn(&server).await)
         .await
         .unwrap();
     assert!(exists);

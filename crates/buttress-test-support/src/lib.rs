@@ -310,3 +310,137 @@ pub mod fuzz {
         })
     }
 }
+
+/// A real `redis-server` for tests, on a free loopback port: started,
+/// killed (a crash), stopped (`SIGSTOP`) and restarted on the same port.
+///
+/// ```no_run
+/// let server = buttress_test_support::redis_server::Server::start();
+/// let url = server.url(); // redis://127.0.0.1:<port>/
+/// # drop(url);
+/// ```
+pub mod redis_server {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A redis-server on a free loopback port, killed on drop.
+    #[derive(Debug)]
+    pub struct Server {
+        /// The port it listens on.
+        pub port: u16,
+        child: Option<Child>,
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("no free loopback port")
+            .port()
+    }
+
+    fn ping(port: u16) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    fn spawn(port: u16) -> Option<Child> {
+        let mut child = match Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "redis-server is not on PATH: the test command `bash scripts/test.sh` installs it \
+                 (or: apt-get install redis-server)"
+            ),
+            Err(e) => panic!("could not start redis-server: {e}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if ping(port) {
+                return Some(child);
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                return None; // the port was taken meanwhile
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    impl Server {
+        /// Starts a server (no persistence) on a free port; panics with an
+        /// install hint when `redis-server` is not on `PATH`.
+        pub fn start() -> Self {
+            for _ in 0..5 {
+                let port = free_port();
+                if let Some(child) = spawn(port) {
+                    return Self {
+                        port,
+                        child: Some(child),
+                    };
+                }
+            }
+            panic!("redis-server did not answer PING on any of 5 free ports");
+        }
+
+        /// `redis://127.0.0.1:<port>/`.
+        pub fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}/", self.port)
+        }
+
+        /// Kills the server (SIGKILL): a crash, not a shutdown.
+        pub fn kill(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+
+        /// Starts a new, empty server on the same port.
+        pub fn restart(&mut self) {
+            self.kill();
+            for _ in 0..50 {
+                if let Some(child) = spawn(self.port) {
+                    self.child = Some(child);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!("redis-server did not restart on port {}", self.port);
+        }
+
+        /// Sends a signal (`-STOP`, `-CONT`, ...) to the server process.
+        pub fn signal(&self, sig: &str) {
+            let pid = self.child.as_ref().expect("running").id().to_string();
+            let ok = Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill {sig} {pid} failed");
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            if let Some(c) = &self.child {
+                // A stopped server dies of SIGKILL too.
+                let _ = Command::new("kill")
+                    .args(["-CONT", &c.id().to_string()])
+                    .status();
+            }
+            self.kill();
+        }
+    }
+}

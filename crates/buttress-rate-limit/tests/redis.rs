@@ -92,7 +92,7 @@ fn recorder() -> (Events, impl Fn(&RateLimitEvent) + Send + Sync + 'static) {
 async fn evalsha_calls(server: &Server) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
-        .query_async(&mut conn(&server).await)
+        .query_async(&mut conn(server).await)
         .await
         .unwrap();
     info.lines()

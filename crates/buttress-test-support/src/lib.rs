@@ -2,6 +2,8 @@
 //! a dev-dependency only.
 #![forbid(unsafe_code)]
 
+pub mod postgres;
+
 /// A `tracing_subscriber` layer that keeps every event and span, with the
 /// span each event was emitted in and each span's parent, for tests that
 /// check the fields and levels a layer logs.

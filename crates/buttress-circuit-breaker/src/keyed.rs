@@ -74,7 +74,7 @@ impl<K: Hash + Eq + Clone + fmt::Debug> Keyed<K> {
             Instant::now(),
             |key| {
                 let name = Arc::from(format!("{}[{key:?}]", self.name));
-                Shared::new(name, self.settings.clone(), self.listeners.clone())
+                Shared::new(name, self.settings.clone(), self.listeners.clone(), None)
             },
             |shared| {
                 // Calls in flight and handles hold a clone.
@@ -310,7 +310,7 @@ impl<X, C> KeyedCircuitBreakerBuilder<X, C> {
         #[allow(unused_mut)]
         let mut listeners = self.listeners.clone();
         #[cfg(feature = "metrics")]
-        crate::metrics::attach(
+        let _no_rates = crate::metrics::attach(
             &self.config.name,
             self.metrics,
             self.registry.as_ref(),
@@ -335,7 +335,7 @@ impl<X, C> KeyedCircuitBreakerBuilder<X, C> {
         let layer = KeyedCircuitBreakerLayer {
             extractor: Arc::new(self.extractor),
             keyed: Arc::new(Keyed {
-                unkeyed: Shared::new(name.clone(), settings.clone(), listeners.clone()),
+                unkeyed: Shared::new(name.clone(), settings.clone(), listeners.clone(), None),
                 name,
                 settings,
                 listeners,

@@ -282,15 +282,22 @@ impl<C> CircuitBreakerBuilder<C> {
         #[allow(unused_mut)]
         let mut listeners = self.listeners;
         #[cfg(feature = "metrics")]
-        crate::metrics::attach(
+        let rates = crate::metrics::attach(
             &self.config.name,
             self.metrics,
             self.registry.as_ref(),
             &mut listeners,
             Some(State::Closed),
         );
+        #[cfg(not(feature = "metrics"))]
+        let rates = None;
         let layer = CircuitBreakerLayer {
-            shared: Shared::new(Arc::from(self.config.name.as_str()), settings, listeners),
+            shared: Shared::new(
+                Arc::from(self.config.name.as_str()),
+                settings,
+                listeners,
+                rates,
+            ),
             classifier: self.classifier,
             backpressure: self.config.backpressure,
         };

@@ -10,11 +10,15 @@
 //! | `buttress_circuit_breaker_failure_rate` | gauge | `name` (unkeyed only) |
 //! | `buttress_circuit_breaker_slow_call_rate` | gauge | `name` (unkeyed only) |
 //!
-//! The rate gauges are the rates of the last threshold verdict (the
-//! `ThresholdExceeded` event): kept while the breaker is open, -1 from
-//! build time, after a reset and after a transition to any other state
-//! (the window starts over). They are not a live rate: reading one per
-//! call would take the window's lock on every call.
+//! The rate gauges are live: the rates of the window (in percent) as of
+//! the last recorded call, set under the breaker's lock, so the last value
+//! written is the current one; -1 while fewer calls than the minimum are
+//! recorded and after a transition to any state but open (the window starts
+//! over), as Resilience4j reports them. An open breaker keeps the rates that
+//! opened it; in half-open, the rates of the probes once they all
+//! completed. A breaker counting consecutive failures has no rate: -1. A
+//! time window's rates are those of its last call: seconds that expire
+//! without calls do not change the gauge until the next call.
 //!
 //! Every handle is resolved once, when the layer is built, against the
 //! recorder installed then: install the recorder first.
@@ -25,7 +29,7 @@ use buttress_core::{Listener, Listeners, Registry};
 use metrics::{Counter, Gauge};
 
 use crate::events::CircuitBreakerEvent;
-use crate::state::State;
+use crate::state::{RateSink, State};
 
 const STATE: &str = "buttress_circuit_breaker_state";
 const TRANSITIONS: &str = "buttress_circuit_breaker_transitions_total";
@@ -55,23 +59,41 @@ thread_local! {
 /// registry has metrics on. `initial` is the breaker's state for the
 /// state gauge; `None` (a keyed breaker) leaves out the state and rate
 /// gauges, which one series per instance cannot show for many keys.
+/// Returns, for an unkeyed breaker, the sink that keeps its live rate
+/// gauges.
 pub(crate) fn attach(
     name: &str,
     on: bool,
     registry: Option<&Registry>,
     listeners: &mut Listeners<CircuitBreakerEvent>,
     initial: Option<State>,
-) {
-    if buttress_core::bridge::should_attach(name, on, registry) {
-        listeners.push(std::sync::Arc::new(MetricsBridge::new(name, initial)));
+) -> Option<RateSink> {
+    if !buttress_core::bridge::should_attach(name, on, registry) {
+        return None;
     }
+    listeners.push(std::sync::Arc::new(MetricsBridge::new(name, initial)));
+    initial?;
+    metrics::describe_gauge!(
+        FAILURE_RATE,
+        "A circuit breaker's failure rate over its window, in percent; -1 when unknown."
+    );
+    metrics::describe_gauge!(
+        SLOW_CALL_RATE,
+        "A circuit breaker's slow-call rate over its window, in percent; -1 when unknown."
+    );
+    let failure_rate = metrics::gauge!(FAILURE_RATE, "name" => name.to_owned());
+    let slow_call_rate = metrics::gauge!(SLOW_CALL_RATE, "name" => name.to_owned());
+    failure_rate.set(-1.0);
+    slow_call_rate.set(-1.0);
+    Some(Box::new(move |failure, slow| {
+        failure_rate.set(failure);
+        slow_call_rate.set(slow);
+    }))
 }
 
 struct Gauges {
     /// One series per state, by `State as usize`.
     state: [Gauge; 6],
-    failure_rate: Gauge,
-    slow_call_rate: Gauge,
 }
 
 /// Turns one breaker's events into metrics through handles resolved at
@@ -110,21 +132,11 @@ impl MetricsBridge {
                 STATE,
                 "1 for a circuit breaker's current state, 0 for the others."
             );
-            metrics::describe_gauge!(
-                FAILURE_RATE,
-                "A circuit breaker's failure rate at its last verdict, in percent; -1 when unknown."
-            );
-            metrics::describe_gauge!(
-                SLOW_CALL_RATE,
-                "A circuit breaker's slow-call rate at its last verdict, in percent; -1 when unknown."
-            );
             let gauges = Gauges {
-                state: STATES.map(|s| metrics::gauge!(STATE, "name" => label(), "state" => s.as_str())),
-                failure_rate: metrics::gauge!(FAILURE_RATE, "name" => label()),
-                slow_call_rate: metrics::gauge!(SLOW_CALL_RATE, "name" => label()),
+                state: STATES
+                    .map(|s| metrics::gauge!(STATE, "name" => label(), "state" => s.as_str())),
             };
             gauges.set_state(initial);
-            gauges.unknown_rates();
             gauges
         });
         Self {
@@ -141,11 +153,6 @@ impl MetricsBridge {
 }
 
 impl Gauges {
-    fn unknown_rates(&self) {
-        self.failure_rate.set(-1.0);
-        self.slow_call_rate.set(-1.0);
-    }
-
     fn set_state(&self, current: State) {
         for (gauge, state) in self.state.iter().zip(STATES) {
             gauge.set(if state == current { 1.0 } else { 0.0 });
@@ -177,29 +184,10 @@ impl Listener<CircuitBreakerEvent> for MetricsBridge {
                 self.transitions[*from as usize * STATES.len() + *to as usize].increment(1);
                 if let Some(g) = &self.gauges {
                     g.set_state(*to);
-                    // Opening keeps the verdict's rates; any other state
-                    // starts a new window (or probe round): no rate until
-                    // the next verdict.
-                    if !matches!(to, State::Open | State::ForcedOpen) {
-                        g.unknown_rates();
-                    }
                 }
             }
-            CircuitBreakerEvent::ThresholdExceeded {
-                failure_rate,
-                slow_call_rate,
-                ..
-            } => {
-                if let Some(g) = &self.gauges {
-                    g.failure_rate.set(*failure_rate);
-                    g.slow_call_rate.set(*slow_call_rate);
-                }
-            }
-            CircuitBreakerEvent::Reset { .. } => {
-                if let Some(g) = &self.gauges {
-                    g.unknown_rates();
-                }
-            }
+            // The rate gauges are kept by the breaker itself (`attach`).
+            CircuitBreakerEvent::ThresholdExceeded { .. } | CircuitBreakerEvent::Reset { .. } => {}
         }
     }
 }

@@ -251,8 +251,17 @@ pub(crate) struct Shared {
     /// The seconds of a time window (none for a count window): every call
     /// and every snapshot reads this one source.
     coarse: Option<CoarseClock>,
+    /// Told the window's rates after every change, under the lock (the
+    /// metrics bridge's live rate gauges).
+    rates: Option<RateSink>,
     this: Weak<Shared>,
 }
+
+/// Receives a breaker's failure and slow-call rates, in percent, or -1
+/// and -1 when they are unknown (fewer calls than the minimum, or a new
+/// window). Called under the breaker's lock after every recorded call and
+/// every transition, so the last value it was given is the current one.
+pub(crate) type RateSink = Box<dyn Fn(f64, f64) + Send + Sync>;
 
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -303,6 +312,7 @@ impl Shared {
         name: Arc<str>,
         settings: Settings,
         listeners: Listeners<CircuitBreakerEvent>,
+        rates: Option<RateSink>,
     ) -> Arc<Self> {
         let base = Instant::now();
         let coarse = settings
@@ -343,6 +353,7 @@ impl Shared {
             base,
             not_permitted: StdAtomicU64::new(0),
             coarse,
+            rates,
             this: this.clone(),
         })
     }
@@ -655,6 +666,13 @@ impl Shared {
                 (w.rates(second), false)
             }
         };
+        if let Some(sink) = &self.rates {
+            if rates.calls >= self.minimum_calls() {
+                sink(rates.failure_rate(), rates.slow_rate());
+            } else {
+                sink(-1.0, -1.0);
+            }
+        }
         let trips = if full {
             // The usual case: integers, the same verdict as the rates.
             rates.failed >= self.full_trip.0 || rates.slow >= self.full_trip.1
@@ -711,6 +729,9 @@ impl Shared {
             return;
         }
         let (failed, slow, n) = (u64::from(p.failed), u64::from(p.slow), u64::from(n));
+        if let Some(sink) = &self.rates {
+            sink(percent(failed, n), percent(slow, n));
+        }
         if reaches(failed, n, self.settings.failure_rate_threshold)
             || reaches(slow, n, self.settings.slow_call_rate_threshold)
         {
@@ -766,6 +787,13 @@ impl Shared {
 
     /// Prepares the data of `to` before the new state is published.
     fn enter(&self, inner: &mut Inner, from: State, to: State, gen: u64) {
+        if let Some(sink) = &self.rates {
+            // Opening keeps the verdict's rates; any other state starts a
+            // new window (or round of probes).
+            if !matches!(to, State::Open | State::ForcedOpen) {
+                sink(-1.0, -1.0);
+            }
+        }
         match to {
             State::Closed | State::MetricsOnly | State::Disabled => {
                 inner.window.reset();
@@ -1101,7 +1129,7 @@ mod loom_models {
             max_wait_in_half_open: None,
             seed: 1,
         };
-        let shared = Shared::new("model".into(), settings, Listeners::new());
+        let shared = Shared::new("model".into(), settings, Listeners::new(), None);
         shared.force_to(State::HalfOpen);
         shared
     }

@@ -270,3 +270,121 @@ async fn a_registry_with_metrics_switches_every_member_on() {
     );
     assert!(all.keys().all(|k| !k.contains("name=off")), "{all:?}");
 }
+
+fn rates(all: &BTreeMap<String, V>, name: &str) -> (V, V) {
+    (
+        all[&format!("buttress_circuit_breaker_failure_rate{{name={name}}}")].clone(),
+        all[&format!("buttress_circuit_breaker_slow_call_rate{{name={name}}}")].clone(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rate_gauges_follow_every_recorded_call() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let layer = CircuitBreakerLayer::builder()
+        .name("live")
+        .window_size(10)
+        .minimum_calls(4)
+        .failure_rate_threshold(60.0)
+        .slow_call_duration(Duration::from_secs(1))
+        .metrics()
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|(ok, ms): (bool, u64)| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            if ok {
+                Ok(())
+            } else {
+                Err("down")
+            }
+        });
+
+    // Below the minimum: unknown, whatever was recorded.
+    for call in [(false, 0), (true, 2000), (true, 0)] {
+        let _ = svc.clone().oneshot(call).await;
+        assert_eq!(
+            rates(&series(&snapshotter), "live"),
+            (V::Gauge(-1.0), V::Gauge(-1.0))
+        );
+    }
+    // From the minimum on, the window's rates after each call, successes
+    // included (a success lowers the failure rate).
+    let expected = [
+        ((false, 0), 50.0, 25.0),
+        ((true, 0), 40.0, 20.0),
+        ((true, 1500), 100.0 / 3.0, 100.0 / 3.0),
+    ];
+    for (call, failure, slow) in expected {
+        let _ = svc.clone().oneshot(call).await;
+        let (f, s) = rates(&series(&snapshotter), "live");
+        let snapshot = handle.snapshot();
+        assert_eq!(f, V::Gauge(failure));
+        assert_eq!(s, V::Gauge(slow));
+        assert_eq!(snapshot.failure_rate, Some(failure));
+        assert_eq!(snapshot.slow_call_rate, Some(slow));
+    }
+    // A reset starts a new window: unknown again.
+    handle.reset();
+    assert_eq!(
+        rates(&series(&snapshotter), "live"),
+        (V::Gauge(-1.0), V::Gauge(-1.0))
+    );
+}
+
+/// Calls recorded from many tasks on a multi-thread runtime: once they
+/// have all completed, the gauges hold the window's rates exactly (each is
+/// written under the breaker's lock, so the last write is the last call's).
+#[test]
+fn the_rate_gauges_are_exact_after_concurrent_calls() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let layer = CircuitBreakerLayer::builder()
+        .name("many")
+        .window_size(1000)
+        .minimum_calls(10)
+        .failure_rate_threshold(100.0)
+        .metrics()
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|i: u64| async move {
+            tokio::task::yield_now().await;
+            if i % 3 == 0 {
+                Err("down")
+            } else {
+                Ok(())
+            }
+        });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..8u64)
+            .map(|t| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    for i in 0..300u64 {
+                        let _ = svc.clone().oneshot(t * 300 + i).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let snapshot = handle.snapshot();
+    assert_eq!(snapshot.buffered_calls, 1000);
+    let (f, _) = rates(&series(&snapshotter), "many");
+    assert_eq!(f, V::Gauge(snapshot.failure_rate.unwrap()));
+}

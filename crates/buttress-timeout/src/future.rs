@@ -94,6 +94,15 @@ pub(crate) fn trace_elapsed(name: &str, timeout: Duration, phase: Phase) {
     );
 }
 
+/// `timeout` from now, saturated (as `tokio::time::sleep` does) to about
+/// thirty years for a timeout too long to represent.
+#[inline]
+fn deadline_in(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+}
+
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(inner: F, arm: Arm, link: Link) -> Self {
         Self {
@@ -145,13 +154,12 @@ where
                     return Poll::Ready(res.map_err(Into::into));
                 }
                 if sleep.is_none() {
-                    match *arm {
-                        // `sleep` reads the clock once and saturates a
-                        // deadline too far away to represent.
-                        Arm::Lazy(d) => sleep.set(Some(tokio::time::sleep(d))),
-                        Arm::At(at, _) => sleep.set(Some(sleep_until(at))),
+                    let at = match *arm {
+                        Arm::Lazy(d) => deadline_in(d),
+                        Arm::At(at, _) => at,
                         Arm::Never => return Poll::Pending,
-                    }
+                    };
+                    sleep.set(Some(sleep_until(at)));
                 }
                 if let Some(timer) = sleep.as_mut().as_pin_mut() {
                     if timer.poll(cx).is_ready() {

@@ -200,6 +200,10 @@ pub use buttress_rate_limit as rate_limit;
 #[doc(inline)]
 pub use buttress_metrics as metrics;
 
+#[cfg(feature = "policy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
+pub mod policy;
+
 mod builder;
 pub use builder::ServiceBuilderExt;
 

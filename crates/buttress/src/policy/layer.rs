@@ -1,0 +1,669 @@
+//! The layer a [`Policy`](super::Policy) builds.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use buttress_bulkhead::{Bulkhead, BulkheadLayer};
+use buttress_circuit_breaker::{CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerLayer};
+use buttress_core::{BoxError, ErrorsAsFailures, GrpcClassifier, HttpClassifier, Registry};
+use buttress_rate_limit::RateLimitLayer;
+use buttress_retry::{
+    CloneRequest, GrpcRetry, HttpReplay, HttpRetry, ReplayRequest, Retry, RetryBuilder,
+    RetryErrors, RetryLayer,
+};
+use buttress_timeout::{Timeout, TimeoutLayer};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::Policy;
+use buttress_core::ConfigError;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Generic {}
+    impl Sealed for super::Http {}
+    impl Sealed for super::Grpc {}
+}
+
+/// How a policy classifies outcomes and replays requests: [`Generic`]
+/// (every error is a failure and is retried, requests are cloned),
+/// [`Http`] or [`Grpc`]. Sealed: pick one of the three.
+pub trait Flavor: sealed::Sealed + Send + Sync + 'static {
+    /// The circuit breaker's classifier.
+    type Classifier: Clone + Send + Sync + 'static;
+    /// The retry's policy.
+    type RetryPolicy: Clone + Send + Sync + 'static;
+    /// How the retry keeps the request for the next attempt.
+    type Replay: Clone + Send + Sync + 'static;
+
+    /// The classifier.
+    fn classifier() -> Self::Classifier;
+
+    /// The retry builder the policy's retry config is applied to.
+    fn retry() -> RetryBuilder<Self::RetryPolicy, Self::Replay>;
+
+    /// The retry's replay strategy, also used by an empty retry slot to
+    /// hand requests on in the same form.
+    fn replay() -> Self::Replay;
+
+    /// Which flavor this is, as data.
+    fn kind() -> FlavorKind;
+}
+
+/// A [`Flavor`] as data: how a policy file names it (`flavor = "http"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum FlavorKind {
+    /// [`Generic`].
+    #[default]
+    Generic,
+    /// [`Http`].
+    Http,
+    /// [`Grpc`].
+    Grpc,
+}
+
+impl fmt::Display for FlavorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FlavorKind::Generic => "generic",
+            FlavorKind::Http => "http",
+            FlavorKind::Grpc => "grpc",
+        })
+    }
+}
+
+/// Any request and response: every error is a failure and is retried;
+/// requests are cloned for a retry (`Req: Clone`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Generic;
+
+/// HTTP clients: 5xx and 429 responses are failures; 502, 503, 504 and
+/// 429 are retried, idempotent methods only, with `Retry-After`
+/// honoured; bodies up to 64 KiB are kept for a retry
+/// ([`RetryLayer::for_http`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Http;
+
+/// gRPC clients over HTTP: the gRPC status decides
+/// ([`GrpcClassifier`], [`RetryLayer::for_grpc`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Grpc;
+
+impl Flavor for Generic {
+    type Classifier = ErrorsAsFailures;
+    type RetryPolicy = RetryErrors;
+    type Replay = CloneRequest;
+
+    fn classifier() -> ErrorsAsFailures {
+        ErrorsAsFailures
+    }
+
+    fn retry() -> RetryBuilder<RetryErrors, CloneRequest> {
+        RetryLayer::builder()
+    }
+
+    fn replay() -> CloneRequest {
+        CloneRequest
+    }
+
+    fn kind() -> FlavorKind {
+        FlavorKind::Generic
+    }
+}
+
+impl Flavor for Http {
+    type Classifier = HttpClassifier;
+    type RetryPolicy = HttpRetry;
+    type Replay = HttpReplay;
+
+    fn classifier() -> HttpClassifier {
+        HttpClassifier::new()
+    }
+
+    fn retry() -> RetryBuilder<HttpRetry, HttpReplay> {
+        RetryLayer::for_http()
+    }
+
+    fn replay() -> HttpReplay {
+        HttpReplay::new()
+    }
+
+    fn kind() -> FlavorKind {
+        FlavorKind::Http
+    }
+}
+
+impl Flavor for Grpc {
+    type Classifier = GrpcClassifier;
+    type RetryPolicy = GrpcRetry;
+    type Replay = HttpReplay;
+
+    fn classifier() -> GrpcClassifier {
+        GrpcClassifier::new()
+    }
+
+    fn retry() -> RetryBuilder<GrpcRetry, HttpReplay> {
+        RetryLayer::for_grpc()
+    }
+
+    fn replay() -> HttpReplay {
+        HttpReplay::new().responses_any_method(true)
+    }
+
+    fn kind() -> FlavorKind {
+        FlavorKind::Grpc
+    }
+}
+
+/// The layer of a built [`Policy`]: the instances it names, built once and
+/// shared by every service it wraps (and every clone of those).
+///
+/// Made by [`Policy::build`] (or `build_http`, `build_grpc`,
+/// `build_named`); a [`Layer`] whose services fail with a
+/// [`BoxError`]: the inner service's error, or a buttress rejection that
+/// [`kind_of`](buttress_core::error::kind_of) names.
+pub struct PolicyLayer<F: Flavor = Generic> {
+    pub(crate) name: Arc<str>,
+    pub(crate) timeout: Option<TimeoutLayer>,
+    pub(crate) retry: Option<RetryLayer<F::RetryPolicy, F::Replay>>,
+    pub(crate) replay: F::Replay,
+    pub(crate) circuit_breaker: Option<CircuitBreakerLayer<F::Classifier>>,
+    pub(crate) rate_limit: Option<RateLimitLayer>,
+    pub(crate) bulkhead: Option<BulkheadLayer>,
+    pub(crate) attempt_timeout: Option<TimeoutLayer>,
+}
+
+impl<F: Flavor> Clone for PolicyLayer<F> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            timeout: self.timeout.clone(),
+            retry: self.retry.clone(),
+            replay: self.replay.clone(),
+            circuit_breaker: self.circuit_breaker.clone(),
+            rate_limit: self.rate_limit.clone(),
+            bulkhead: self.bulkhead.clone(),
+            attempt_timeout: self.attempt_timeout.clone(),
+        }
+    }
+}
+
+impl<F: Flavor> fmt::Debug for PolicyLayer<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let on = |present: bool, slot: &'static str| present.then_some(slot);
+        let slots: Vec<&str> = [
+            on(self.timeout.is_some(), "timeout"),
+            on(self.retry.is_some(), "retry"),
+            on(self.circuit_breaker.is_some(), "circuit_breaker"),
+            on(self.rate_limit.is_some(), "rate_limit"),
+            on(self.bulkhead.is_some(), "bulkhead"),
+            on(self.attempt_timeout.is_some(), "attempt_timeout"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        f.debug_struct("PolicyLayer")
+            .field("name", &self.name)
+            .field("layers", &slots)
+            .finish()
+    }
+}
+
+impl<F: Flavor> PolicyLayer<F> {
+    /// The policy's name (`"policy"` unless built with
+    /// [`Policy::build_named`]); its instances are named
+    /// `"<name>.<slot>"`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The total timeout's layer, for its handle.
+    pub fn timeout(&self) -> Option<&TimeoutLayer> {
+        self.timeout.as_ref()
+    }
+
+    /// The retry's layer, for its handle.
+    pub fn retry(&self) -> Option<&RetryLayer<F::RetryPolicy, F::Replay>> {
+        self.retry.as_ref()
+    }
+
+    /// The circuit breaker's layer, for its handle.
+    pub fn circuit_breaker(&self) -> Option<&CircuitBreakerLayer<F::Classifier>> {
+        self.circuit_breaker.as_ref()
+    }
+
+    /// The rate limiter's layer, for its handle.
+    pub fn rate_limit(&self) -> Option<&RateLimitLayer> {
+        self.rate_limit.as_ref()
+    }
+
+    /// The bulkhead's layer, for its handle.
+    pub fn bulkhead(&self) -> Option<&BulkheadLayer> {
+        self.bulkhead.as_ref()
+    }
+
+    /// The per-attempt timeout's layer, for its handle.
+    pub fn attempt_timeout(&self) -> Option<&TimeoutLayer> {
+        self.attempt_timeout.as_ref()
+    }
+
+    /// The names of the instances the policy built.
+    pub fn instance_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if let Some(l) = &self.timeout {
+            names.push(l.handle().name().to_owned());
+        }
+        if let Some(l) = &self.retry {
+            names.push(l.handle().name().to_owned());
+        }
+        if let Some(l) = &self.circuit_breaker {
+            names.push(l.handle().name().to_owned());
+        }
+        if let Some(l) = &self.rate_limit {
+            names.push(l.handle().name().to_owned());
+        }
+        if let Some(l) = &self.bulkhead {
+            names.push(l.handle().name().to_owned());
+        }
+        if let Some(l) = &self.attempt_timeout {
+            names.push(l.handle().name().to_owned());
+        }
+        names
+    }
+}
+
+/// `"<policy>.<slot>"` for a config that kept its default name, else the
+/// config's own name.
+fn instance_name(config_name: &str, default_name: &str, policy: &str, slot: &str) -> String {
+    if config_name == default_name {
+        format!("{policy}.{slot}")
+    } else {
+        config_name.to_owned()
+    }
+}
+
+/// A validation error of one slot, with the slot in its field:
+/// `retry.max_attempts`.
+pub(crate) fn in_slot(slot: &'static str, e: ConfigError) -> SlotError {
+    SlotError { slot, error: e }
+}
+
+/// A [`ConfigError`] of one slot of a policy.
+#[derive(Debug, Clone)]
+pub(crate) struct SlotError {
+    pub(crate) slot: &'static str,
+    pub(crate) error: ConfigError,
+}
+
+impl Policy {
+    /// Builds the policy for any request and response ([`Generic`]):
+    /// every error is a failure and is retried; a retry needs `Req:
+    /// Clone`. The instances are named `"policy.<slot>"`.
+    pub fn build(&self) -> Result<PolicyLayer<Generic>, ConfigError> {
+        self.build_with::<Generic>("policy", None)
+    }
+
+    /// Builds the policy for HTTP clients ([`Http`]).
+    pub fn build_http(&self) -> Result<PolicyLayer<Http>, ConfigError> {
+        self.build_with::<Http>("policy", None)
+    }
+
+    /// Builds the policy for gRPC clients ([`Grpc`]).
+    pub fn build_grpc(&self) -> Result<PolicyLayer<Grpc>, ConfigError> {
+        self.build_with::<Grpc>("policy", None)
+    }
+
+    /// Builds the policy with its instances named `"<name>.<slot>"`
+    /// (`"orders.circuit_breaker"`; a slot whose config has a name of its
+    /// own keeps it) and, with a registry, registered in it.
+    ///
+    /// ```
+    /// use buttress::policy::{Generic, Policy};
+    /// use buttress::circuit_breaker::CircuitBreakerHandle;
+    ///
+    /// let registry = buttress::Registry::new();
+    /// let layer = Policy::database()
+    ///     .build_named::<Generic>("orders", Some(&registry))
+    ///     .unwrap();
+    /// assert_eq!(layer.name(), "orders");
+    /// let breaker: CircuitBreakerHandle = registry.get("orders.circuit_breaker").unwrap();
+    /// assert_eq!(breaker.name(), "orders.circuit_breaker");
+    /// ```
+    pub fn build_named<F: Flavor>(
+        &self,
+        name: &str,
+        registry: Option<&Registry>,
+    ) -> Result<PolicyLayer<F>, ConfigError> {
+        self.build_with::<F>(name, registry)
+    }
+
+    pub(crate) fn build_with<F: Flavor>(
+        &self,
+        name: &str,
+        registry: Option<&Registry>,
+    ) -> Result<PolicyLayer<F>, ConfigError> {
+        self.build_slots::<F>(name, registry)
+            .map_err(|e| prefixed(e.slot, e.error))
+    }
+
+    pub(crate) fn build_slots<F: Flavor>(
+        &self,
+        name: &str,
+        registry: Option<&Registry>,
+    ) -> Result<PolicyLayer<F>, SlotError> {
+        let timeout_default = buttress_timeout::TimeoutConfig::default().name;
+        let timeout_layer = |slot: &'static str, c: &buttress_timeout::TimeoutConfig| {
+            let mut b = c
+                .builder()
+                .name(instance_name(&c.name, &timeout_default, name, slot));
+            if let Some(r) = registry {
+                b = b.registry(r);
+            }
+            b.build().map_err(|e| in_slot(slot, e))
+        };
+        let timeout = self
+            .timeout
+            .as_ref()
+            .map(|c| timeout_layer("timeout", c))
+            .transpose()?;
+        let attempt_timeout = self
+            .attempt_timeout
+            .as_ref()
+            .map(|c| timeout_layer("attempt_timeout", c))
+            .transpose()?;
+        let retry = self
+            .retry
+            .as_ref()
+            .map(|c| {
+                let default = buttress_retry::RetryConfig::default().name;
+                let mut b = c
+                    .apply(F::retry())
+                    .map_err(|e| in_slot("retry", e))?
+                    .name(instance_name(&c.name, &default, name, "retry"));
+                if let Some(r) = registry {
+                    b = b.registry(r);
+                }
+                b.build().map_err(|e| in_slot("retry", e))
+            })
+            .transpose()?;
+        let circuit_breaker = self
+            .circuit_breaker
+            .as_ref()
+            .map(|c| {
+                let default = buttress_circuit_breaker::CircuitBreakerConfig::default().name;
+                let mut b: CircuitBreakerBuilder = c.builder();
+                b = b.name(instance_name(&c.name, &default, name, "circuit_breaker"));
+                if let Some(r) = registry {
+                    b = b.registry(r);
+                }
+                b.classifier(F::classifier())
+                    .build()
+                    .map_err(|e| in_slot("circuit_breaker", e))
+            })
+            .transpose()?;
+        let rate_limit = self
+            .rate_limit
+            .as_ref()
+            .map(|c| {
+                let default = buttress_rate_limit::RateLimitConfig::new(
+                    buttress_rate_limit::Rate::per_second(1),
+                )
+                .name;
+                let mut b = c
+                    .builder()
+                    .name(instance_name(&c.name, &default, name, "rate_limit"));
+                if let Some(r) = registry {
+                    b = b.registry(r);
+                }
+                b.build().map_err(|e| in_slot("rate_limit", e))
+            })
+            .transpose()?;
+        let bulkhead = self
+            .bulkhead
+            .as_ref()
+            .map(|c| {
+                let default = buttress_bulkhead::BulkheadConfig::default().name;
+                let mut b = c
+                    .builder()
+                    .name(instance_name(&c.name, &default, name, "bulkhead"));
+                if let Some(r) = registry {
+                    b = b.registry(r);
+                }
+                b.build().map_err(|e| in_slot("bulkhead", e))
+            })
+            .transpose()?;
+        Ok(PolicyLayer {
+            name: Arc::from(name),
+            timeout,
+            retry,
+            replay: F::replay(),
+            circuit_breaker,
+            rate_limit,
+            bulkhead,
+            attempt_timeout,
+        })
+    }
+}
+
+/// `ConfigError` of `slot` with the slot before its field: the error of
+/// `retry.max_attempts`.
+fn prefixed(slot: &'static str, e: ConfigError) -> ConfigError {
+    ConfigError::new(e.component(), slot_field(slot, e.field()), e.reason())
+}
+
+/// `"<slot>.<field>"` as a `&'static str`: the few combinations that occur
+/// are leaked once each and reused.
+pub(crate) fn slot_field(slot: &'static str, field: &'static str) -> &'static str {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<HashMap<(&'static str, &'static str), &'static str>>> =
+        OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    names
+        .entry((slot, field))
+        .or_insert_with(|| Box::leak(format!("{slot}.{field}").into_boxed_str()))
+}
+
+/// The service of the bulkhead slot and below.
+type Attempt<S> = Maybe<Timeout<S>, S>;
+type Bulk<S> = Maybe<Bulkhead<Attempt<S>>, Attempt<S>>;
+type Rate<S> = Maybe<<RateLimitLayer as Layer<Bulk<S>>>::Service, Bulk<S>>;
+type Breaker<S, F> = Maybe<CircuitBreaker<Rate<S>, <F as Flavor>::Classifier>, Rate<S>>;
+type Retrying<S, F> = Maybe<
+    Retry<Breaker<S, F>, <F as Flavor>::RetryPolicy, <F as Flavor>::Replay>,
+    Passthrough<Breaker<S, F>, <F as Flavor>::Replay>,
+>;
+
+/// The service a [`PolicyLayer`] makes: the slots' services nested in
+/// the policy's order, each present or not.
+pub type PolicyService<S, F = Generic> = Maybe<Timeout<Retrying<S, F>>, Retrying<S, F>>;
+
+fn maybe<L: Layer<S>, S>(layer: Option<&L>, inner: S) -> Maybe<L::Service, S> {
+    match layer {
+        Some(l) => Maybe::On {
+            service: l.layer(inner),
+        },
+        None => Maybe::Off { service: inner },
+    }
+}
+
+impl<S, F: Flavor> Layer<S> for PolicyLayer<F> {
+    type Service = PolicyService<S, F>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let s = maybe(self.attempt_timeout.as_ref(), inner);
+        let s = maybe(self.bulkhead.as_ref(), s);
+        let s = maybe(self.rate_limit.as_ref(), s);
+        let s = maybe(self.circuit_breaker.as_ref(), s);
+        let s = match &self.retry {
+            Some(l) => Maybe::On {
+                service: l.layer(s),
+            },
+            None => Maybe::Off {
+                service: Passthrough {
+                    inner: s,
+                    replay: self.replay.clone(),
+                },
+            },
+        };
+        maybe(self.timeout.as_ref(), s)
+    }
+}
+
+/// A slot of a policy: the slot's service (`On`) or the service below it
+/// (`Off`). Both answer with the same response; errors become
+/// [`BoxError`]s.
+#[derive(Clone, Debug)]
+pub enum Maybe<A, B> {
+    /// The slot is filled.
+    On {
+        /// The slot's service.
+        service: A,
+    },
+    /// The slot is empty.
+    Off {
+        /// The service below.
+        service: B,
+    },
+}
+
+impl<A, B, Req> Service<Req> for Maybe<A, B>
+where
+    A: Service<Req>,
+    A::Error: Into<BoxError>,
+    B: Service<Req, Response = A::Response>,
+    B::Error: Into<BoxError>,
+{
+    type Response = A::Response;
+    type Error = BoxError;
+    type Future = MaybeFuture<A::Future, B::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Maybe::On { service } => service.poll_ready(cx).map_err(Into::into),
+            Maybe::Off { service } => service.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self {
+            Maybe::On { service } => MaybeFuture {
+                kind: Kind::On {
+                    future: service.call(req),
+                },
+            },
+            Maybe::Off { service } => MaybeFuture {
+                kind: Kind::Off {
+                    future: service.call(req),
+                },
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Maybe`].
+    pub struct MaybeFuture<A, B> {
+        #[pin]
+        kind: Kind<A, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<A, B> {
+        On { #[pin] future: A },
+        Off { #[pin] future: B },
+    }
+}
+
+impl<A, B> fmt::Debug for MaybeFuture<A, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MaybeFuture").finish_non_exhaustive()
+    }
+}
+
+impl<A, B, T, EA, EB> Future for MaybeFuture<A, B>
+where
+    A: Future<Output = Result<T, EA>>,
+    B: Future<Output = Result<T, EB>>,
+    EA: Into<BoxError>,
+    EB: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::On { future } => future.poll(cx).map_err(Into::into),
+            KindProj::Off { future } => future.poll(cx).map_err(Into::into),
+        }
+    }
+}
+
+/// The empty retry slot: hands the request to the service below in the
+/// form the retry's replay strategy gives the layers below it, without
+/// keeping anything for a retry (for [`Generic`], the request itself, not
+/// cloned; for [`Http`] and [`Grpc`], the body wrapped as
+/// [`ReplayBody`](buttress_retry::ReplayBody), which is one small
+/// allocation).
+#[derive(Clone, Debug)]
+pub struct Passthrough<S, R> {
+    inner: S,
+    replay: R,
+}
+
+/// What the empty retry slot does with a request: the first attempt's
+/// request of the replay strategy `R`.
+pub trait FirstOnly<Req>: ReplayRequest<Req> {
+    /// The request as the layers below the retry receive it.
+    fn only(&self, req: Req) -> Self::Request;
+}
+
+impl<Req: Clone> FirstOnly<Req> for CloneRequest {
+    #[inline]
+    fn only(&self, req: Req) -> Req {
+        req
+    }
+}
+
+impl<B> FirstOnly<http::Request<B>> for HttpReplay
+where
+    HttpReplay: ReplayRequest<http::Request<B>>,
+{
+    #[inline]
+    fn only(&self, req: http::Request<B>) -> Self::Request {
+        self.first(req).0
+    }
+}
+
+impl<S, R, Req> Service<Req> for Passthrough<S, R>
+where
+    R: FirstOnly<Req>,
+    S: Service<R::Request>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> S::Future {
+        self.inner.call(self.replay.only(req))
+    }
+}

@@ -204,6 +204,10 @@ pub use buttress_metrics as metrics;
 #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
 pub mod policy;
 
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
+pub use buttress_macros::resilient;
+
 mod builder;
 pub use builder::ServiceBuilderExt;
 

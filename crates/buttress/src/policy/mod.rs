@@ -77,6 +77,19 @@ mod server;
 #[cfg(feature = "config")]
 mod set;
 
+/// What `#[resilient]`'s expansion calls; not a public API.
+#[cfg(feature = "macros")]
+#[doc(hidden)]
+pub mod __private {
+    use buttress_core::BoxError;
+
+    /// The policy's error, as the function's error type.
+    #[inline]
+    pub fn finish<T, E: From<BoxError>>(result: Result<T, BoxError>) -> Result<T, E> {
+        result.map_err(E::from)
+    }
+}
+
 pub use layer::{
     FirstOnly, Flavor, FlavorKind, Generic, Grpc, Http, Maybe, MaybeFuture, Passthrough,
     PolicyLayer, PolicyService,
@@ -84,7 +97,10 @@ pub use layer::{
 pub use server::{PerClient, ServerPolicy, ServerPolicyLayer, ServerPolicyService};
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
-pub use set::{PolicyError, PolicyErrorKind, PolicySet, PolicySpec, ReloadReport};
+pub use set::{global, PolicyError, PolicyErrorKind, PolicySet, PolicySpec, ReloadReport};
+#[cfg(feature = "config-watch")]
+#[cfg_attr(docsrs, doc(cfg(feature = "config-watch")))]
+pub use set::PolicyWatcher;
 
 /// Which patterns a call goes through, and their settings: a value.
 ///

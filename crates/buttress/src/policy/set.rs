@@ -1062,3 +1062,145 @@ impl Built {
         }
     }
 }
+
+/// Reloads a [`PolicySet`] when its file changes; stops when dropped. Made
+/// by [`PolicySet::watch`].
+#[cfg(feature = "config-watch")]
+#[cfg_attr(docsrs, doc(cfg(feature = "config-watch")))]
+pub struct PolicyWatcher {
+    _watcher: notify::RecommendedWatcher,
+}
+
+#[cfg(feature = "config-watch")]
+impl fmt::Debug for PolicyWatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyWatcher").finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "config-watch")]
+impl PolicySet {
+    /// Watches the policy file at `path` (its directory, so that editors
+    /// that replace the file are seen too) and [`reload`](PolicySet::reload)s
+    /// the set each time it changes, handing each outcome to `on_reload`
+    /// (a file that does not parse, or a change that cannot apply live,
+    /// leaves the policies as they were: log it there). Reloads run on the
+    /// watcher's own thread; no runtime is needed.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), buttress::policy::PolicyError> {
+    /// use buttress::policy::PolicySet;
+    ///
+    /// let registry = buttress::Registry::new();
+    /// let policies = PolicySet::from_path("policies.toml", &registry)?;
+    /// let _watcher = policies.watch("policies.toml", |outcome| match outcome {
+    ///     Ok(report) => eprintln!("policies reloaded: {report:?}"),
+    ///     Err(e) => eprintln!("policies not reloaded: {e}"),
+    /// })?;
+    /// // ... serve; the policies follow the file until `_watcher` is dropped.
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn watch(
+        &self,
+        path: impl AsRef<Path>,
+        mut on_reload: impl FnMut(Result<ReloadReport, PolicyError>) + Send + 'static,
+    ) -> Result<PolicyWatcher, PolicyError> {
+        use notify::{EventKind, RecursiveMode, Watcher};
+
+        let path = path.as_ref().to_path_buf();
+        let io = |e: notify::Error| {
+            PolicyError::new(
+                PolicyErrorKind::Io,
+                "",
+                format!("cannot watch {}: {e}", path.display()),
+            )
+        };
+        let file_name = path.file_name().map(|n| n.to_owned()).ok_or_else(|| {
+            PolicyError::new(
+                PolicyErrorKind::Io,
+                "",
+                format!("{} names no file", path.display()),
+            )
+        })?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let set = self.clone();
+        let file = path.clone();
+        let mut last: Option<String> = std::fs::read_to_string(&path).ok();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if !matches!(
+                event.kind,
+                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any
+            ) {
+                return;
+            }
+            if !event
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(file_name.as_os_str()))
+            {
+                return;
+            }
+            // One write is often several events: reload only when the text
+            // changed since the last reload.
+            let Ok(text) = std::fs::read_to_string(&file) else {
+                return;
+            };
+            if last.as_deref() == Some(text.as_str()) {
+                return;
+            }
+            let outcome = set.reload_path(&file);
+            if outcome.is_ok() {
+                last = Some(text);
+            }
+            on_reload(outcome);
+        })
+        .map_err(io)?;
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(io)?;
+        Ok(PolicyWatcher { _watcher: watcher })
+    }
+}
+
+static GLOBAL: std::sync::OnceLock<PolicySet> = std::sync::OnceLock::new();
+
+/// The process-wide policy set, which `#[resilient(policy = "...")]`
+/// uses: the one installed with [`PolicySet::install_global`] or, if none
+/// was installed before the first use, one with the five client presets
+/// under their names (`api`, `ai`, `database`, `external`, `critical`),
+/// registered in a registry of its own ([`PolicySet::registry`]).
+pub fn global() -> &'static PolicySet {
+    GLOBAL.get_or_init(|| {
+        let spec = PolicySpec::default()
+            .policy("api", Policy::api())
+            .policy("ai", Policy::ai())
+            .policy("database", Policy::database())
+            .policy("external", Policy::external())
+            .policy("critical", Policy::critical());
+        PolicySet::new(spec, &Registry::new()).expect("the presets build")
+    })
+}
+
+impl PolicySet {
+    /// Makes this set the process-wide one ([`global`]), for
+    /// `#[resilient]` functions. Only once, and before the first use:
+    /// otherwise the set comes back as the error. Reload it (it is a
+    /// shared handle) to change its policies later.
+    ///
+    /// ```
+    /// use buttress::policy::{Policy, PolicySet, PolicySpec};
+    ///
+    /// let spec = PolicySpec::default().policy("db", Policy::database());
+    /// let set = PolicySet::new(spec, &buttress::Registry::new()).unwrap();
+    /// set.install_global().unwrap();
+    /// assert!(buttress::policy::global().policy("db").is_some());
+    /// ```
+    pub fn install_global(self) -> Result<(), PolicySet> {
+        GLOBAL.set(self)
+    }
+}

@@ -76,10 +76,10 @@ const MIGRATION_LOCK: i64 = 0x6275_7474_7265_7373;
 /// `buttress_saga_schema`; returns the schema version. Idempotent;
 /// [`PostgresLog::connect`] calls it.
 pub async fn migrate(client: &mut Client) -> Result<i64, LogError> {
-    let tx = client.transaction().await.map_err(LogError::db)?;
+    let tx = client.transaction().await.map_err(pg)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
-        .map_err(LogError::db)?;
+        .map_err(pg)?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS buttress_saga_schema (
             version BIGINT PRIMARY KEY,
@@ -87,14 +87,14 @@ pub async fn migrate(client: &mut Client) -> Result<i64, LogError> {
         )",
     )
     .await
-    .map_err(LogError::db)?;
+    .map_err(pg)?;
     let current: i64 = tx
         .query_one(
             "SELECT coalesce(max(version), 0)::BIGINT FROM buttress_saga_schema",
             &[],
         )
         .await
-        .map_err(LogError::db)?
+        .map_err(pg)?
         .get(0);
     if current > SCHEMA_VERSION {
         return Err(LogError::SchemaTooNew {
@@ -103,15 +103,15 @@ pub async fn migrate(client: &mut Client) -> Result<i64, LogError> {
         });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        tx.batch_execute(sql).await.map_err(LogError::db)?;
+        tx.batch_execute(sql).await.map_err(pg)?;
         tx.execute(
             "INSERT INTO buttress_saga_schema (version) VALUES ($1)",
             &[&(i as i64 + 1)],
         )
         .await
-        .map_err(LogError::db)?;
+        .map_err(pg)?;
     }
-    tx.commit().await.map_err(LogError::db)?;
+    tx.commit().await.map_err(pg)?;
     Ok(SCHEMA_VERSION)
 }
 
@@ -123,13 +123,13 @@ pub async fn enqueue(tx: &Transaction<'_>, message: &Message) -> Result<(), LogE
         &[&message.id, &message.key, &message.payload],
     )
     .await
-    .map_err(LogError::db)?;
+    .map_err(pg)?;
     tx.execute(
         "INSERT INTO buttress_outbox_key (key) VALUES ($1) ON CONFLICT (key) DO NOTHING",
         &[&message.key],
     )
     .await
-    .map_err(LogError::db)?;
+    .map_err(pg)?;
     Ok(())
 }
 
@@ -155,9 +155,7 @@ impl PostgresLog {
     pub async fn connect(url: &str, connections: usize) -> Result<Self, LogError> {
         let mut clients = Vec::new();
         for _ in 0..connections.max(1) {
-            let (client, connection) = tokio_postgres::connect(url, NoTls)
-                .await
-                .map_err(LogError::db)?;
+            let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(pg)?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::warn!(error = %e, "saga log connection to PostgreSQL ended");
@@ -186,7 +184,7 @@ impl PostgresLog {
                 &[],
             )
             .await
-            .map_err(LogError::db)?;
+            .map_err(pg)?;
         Ok(row.get(0))
     }
 }
@@ -198,7 +196,16 @@ async fn lease_error(tx: &Transaction<'_>, id: &str) -> LogError {
     {
         Ok(Some(_)) => LogError::LeaseLost { saga: id.into() },
         Ok(None) => LogError::NotFound { saga: id.into() },
-        Err(e) => LogError::db(e),
+        Err(e) => pg(e),
+    }
+}
+
+/// The error with the server's message (tokio-postgres's `Display` says
+/// only "db error").
+fn pg(e: tokio_postgres::Error) -> LogError {
+    match e.as_db_error() {
+        Some(db) => LogError::db(format!("{}: {}", db.code().code(), db.message())),
+        None => LogError::db(e),
     }
 }
 
@@ -222,12 +229,12 @@ impl SagaLog for PostgresLog {
                 .execute(
                     "INSERT INTO buttress_saga (id, name, version, phase, input, owner, lease_ms, lease_until)
                      VALUES ($1, $2, $3, 'forward', $4, $5, $6,
-                             clock_timestamp() + $6 * interval '1 millisecond')
+                             clock_timestamp() + $6::BIGINT * interval '1 millisecond')
                      ON CONFLICT (id) DO NOTHING",
                     &[&saga.id, &saga.name, &i64::from(saga.version), &input, &owner, &lease],
                 )
                 .await
-                .map_err(LogError::db)?;
+                .map_err(pg)?;
             if inserted == 0 {
                 return Err(LogError::Duplicate {
                     saga: saga.id.clone(),
@@ -251,7 +258,7 @@ impl SagaLog for PostgresLog {
             let phase = phase_of(entry);
             let release = phase.is_some_and(|p| !p.is_unfinished());
             let mut client = self.client().lock().await;
-            let tx = client.transaction().await.map_err(LogError::db)?;
+            let tx = client.transaction().await.map_err(pg)?;
             let changed = tx
                 .execute(
                     "UPDATE buttress_saga SET
@@ -263,7 +270,7 @@ impl SagaLog for PostgresLog {
                     &[&phase.map(Phase::as_str), &release, &id, &owner],
                 )
                 .await
-                .map_err(LogError::db)?;
+                .map_err(pg)?;
             if changed == 0 {
                 return Err(lease_error(&tx, id).await);
             }
@@ -272,11 +279,11 @@ impl SagaLog for PostgresLog {
                 &[&id, &(seq as i64), &body],
             )
             .await
-            .map_err(LogError::db)?;
+            .map_err(pg)?;
             for m in messages {
                 enqueue(&tx, m).await?;
             }
-            tx.commit().await.map_err(LogError::db)
+            tx.commit().await.map_err(pg)
         })
     }
 
@@ -289,14 +296,14 @@ impl SagaLog for PostgresLog {
                 .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
                 .start()
                 .await
-                .map_err(LogError::db)?;
+                .map_err(pg)?;
             let row = tx
                 .query_opt(
                     "SELECT name, version, phase, input FROM buttress_saga WHERE id = $1",
                     &[&id],
                 )
                 .await
-                .map_err(LogError::db)?;
+                .map_err(pg)?;
             let Some(row) = row else {
                 return Err(LogError::NotFound { saga: id.into() });
             };
@@ -309,7 +316,7 @@ impl SagaLog for PostgresLog {
                     &[&id],
                 )
                 .await
-                .map_err(LogError::db)?;
+                .map_err(pg)?;
             for (expected, row) in rows.iter().enumerate() {
                 let seq: i64 = row.get(0);
                 if seq != expected as i64 {
@@ -322,7 +329,7 @@ impl SagaLog for PostgresLog {
                 let body: String = row.get(1);
                 saga.entries.push(decode_entry(id, seq as u64, &body)?);
             }
-            tx.commit().await.map_err(LogError::db)?;
+            tx.commit().await.map_err(pg)?;
             Ok(saga)
         })
     }
@@ -341,7 +348,7 @@ impl SagaLog for PostgresLog {
             let rows = client
                 .query(
                     "UPDATE buttress_saga SET owner = $1, lease_ms = $2,
-                        lease_until = clock_timestamp() + $2 * interval '1 millisecond'
+                        lease_until = clock_timestamp() + $2::BIGINT * interval '1 millisecond'
                      WHERE id IN (
                         SELECT id FROM buttress_saga
                         WHERE name = $3 AND phase IN ('forward', 'compensating')
@@ -352,7 +359,7 @@ impl SagaLog for PostgresLog {
                     &[&owner, &lease, &name, &limit],
                 )
                 .await
-                .map_err(LogError::db)?;
+                .map_err(pg)?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
         })
     }
@@ -366,22 +373,22 @@ impl SagaLog for PostgresLog {
         Box::pin(async move {
             let lease = millis(lease);
             let mut client = self.client().lock().await;
-            let tx = client.transaction().await.map_err(LogError::db)?;
+            let tx = client.transaction().await.map_err(pg)?;
             let changed = tx
                 .execute(
                     "UPDATE buttress_saga SET owner = $1, lease_ms = $2,
-                        lease_until = clock_timestamp() + $2 * interval '1 millisecond'
+                        lease_until = clock_timestamp() + $2::BIGINT * interval '1 millisecond'
                      WHERE id = $3 AND (phase = 'needs_attention'
                         OR (phase IN ('forward', 'compensating')
                             AND (owner IS NULL OR lease_until <= clock_timestamp())))",
                     &[&owner, &lease, &id],
                 )
                 .await
-                .map_err(LogError::db)?;
+                .map_err(pg)?;
             if changed == 0 {
                 return Err(lease_error(&tx, id).await);
             }
-            tx.commit().await.map_err(LogError::db)
+            tx.commit().await.map_err(pg)
         })
     }
 
@@ -395,7 +402,7 @@ impl SagaLog for PostgresLog {
                     &[&id, &owner],
                 )
                 .await
-                .map_err(LogError::db)?;
+                .map_err(pg)?;
             Ok(())
         })
     }
@@ -413,7 +420,7 @@ impl SagaLog for PostgresLog {
                     &[&name, &phase.as_str()],
                 )
                 .await
-                .map_err(LogError::db)?;
+                .map_err(pg)?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
         })
     }
@@ -433,7 +440,7 @@ impl OutboxStore for PostgresLog {
             let rows = client
                 .query(
                     "UPDATE buttress_outbox_key SET owner = $1,
-                        lease_until = clock_timestamp() + $2 * interval '1 millisecond'
+                        lease_until = clock_timestamp() + $2::BIGINT * interval '1 millisecond'
                      WHERE key IN (
                         SELECT k.key FROM buttress_outbox_key k
                         WHERE (k.owner IS NULL OR k.lease_until <= clock_timestamp())
@@ -445,7 +452,7 @@ impl OutboxStore for PostgresLog {
                     &[&relay, &lease, &limit],
                 )
                 .await
-                .map_err(LogError::db)?;
+                .map_err(pg)?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
         })
     }
@@ -465,7 +472,7 @@ impl OutboxStore for PostgresLog {
                     &[&key, &limit],
                 )
                 .await
-                .map_err(LogError::db)?;
+                .map_err(pg)?;
             Ok(rows
                 .iter()
                 .map(|r| StoredMessage {
@@ -496,7 +503,7 @@ impl OutboxStore for PostgresLog {
                     &[&seq, &key, &relay],
                 )
                 .await
-                .map_err(LogError::db)?;
+                .map_err(pg)?;
             if changed == 0 {
                 return Err(LogError::LeaseLost { saga: key.into() });
             }
@@ -518,7 +525,7 @@ impl OutboxStore for PostgresLog {
                     &[&key, &relay],
                 )
                 .await
-                .map_err(LogError::db)?;
+                .map_err(pg)?;
             Ok(())
         })
     }

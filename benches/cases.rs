@@ -776,8 +776,36 @@ pub(crate) fn cases() -> Vec<Case> {
     ));
 
     fallback_cases(&mut cases);
+    chaos_cases(&mut cases);
 
     cases
+}
+
+/// Chaos, switched off (as it ships): the cost a fault-injection layer
+/// left in a stack adds to every call. buttress's layer has an error rate
+/// set, so only the switch keeps it quiet; tower-resilience's has its
+/// rates at 0 (it has no switch).
+fn chaos_cases(cases: &mut Vec<Case>) {
+    let ours = buttress_chaos::ChaosLayer::builder()
+        .error_rate(0.5)
+        .build()
+        .expect("a valid chaos layer");
+    let rez = tower_resilience::chaos::ChaosLayer::builder()
+        .name("chaos")
+        .build();
+    cases.push(Case::new("chaos", "ready", Impl::Bare, ReadySvc));
+    cases.push(Case::new(
+        "chaos",
+        "ready",
+        Impl::Buttress,
+        ours.layer(ReadySvc),
+    ));
+    cases.push(Case::new(
+        "chaos",
+        "ready",
+        Impl::TowerResilience,
+        rez.layer(ReadySvc),
+    ));
 }
 
 /// Fallback, never triggered (the primary succeeds): a value fallback

@@ -775,7 +775,93 @@ pub(crate) fn cases() -> Vec<Case> {
         HttpAdapter(HttpReadySvc),
     ));
 
+    fallback_cases(&mut cases);
+    chaos_cases(&mut cases);
+
     cases
+}
+
+/// Chaos, switched off (as it ships): the cost a fault-injection layer
+/// left in a stack adds to every call. buttress's layer has an error rate
+/// set, so only the switch keeps it quiet; tower-resilience's has its
+/// rates at 0 (it has no switch).
+fn chaos_cases(cases: &mut Vec<Case>) {
+    let ours = buttress_chaos::ChaosLayer::builder()
+        .error_rate(0.5)
+        .build()
+        .expect("a valid chaos layer");
+    let rez = tower_resilience::chaos::ChaosLayer::builder()
+        .name("chaos")
+        .build();
+    cases.push(Case::new("chaos", "ready", Impl::Bare, ReadySvc));
+    cases.push(Case::new(
+        "chaos",
+        "ready",
+        Impl::Buttress,
+        ours.layer(ReadySvc),
+    ));
+    cases.push(Case::new(
+        "chaos",
+        "ready",
+        Impl::TowerResilience,
+        rez.layer(ReadySvc),
+    ));
+}
+
+/// Fallback, never triggered (the primary succeeds): a value fallback
+/// beside tower-resilience's, a service fallback (which keeps a clone of
+/// the request), and the HTTP server preset (503 on failure, classified by
+/// status) beside the bare HTTP service.
+fn fallback_cases(cases: &mut Vec<Case>) {
+    cases.push(Case::new("fallback", "ready", Impl::Bare, ReadySvc));
+    let ours = buttress_fallback::FallbackLayer::value(0u64)
+        .build()
+        .expect("a valid fallback");
+    cases.push(Case::new(
+        "fallback",
+        "ready",
+        Impl::Buttress,
+        ours.layer(ReadySvc),
+    ));
+    let rez = tower_resilience::fallback::FallbackLayer::<u64, u64, Infallible>::value(0);
+    cases.push(Case::new(
+        "fallback",
+        "ready",
+        Impl::TowerResilience,
+        rez.layer(ReadySvc),
+    ));
+    let ours = buttress_fallback::FallbackLayer::service(ReadySvc)
+        .build()
+        .expect("a valid fallback");
+    cases.push(Case::new(
+        "fallback",
+        "service_ready",
+        Impl::Buttress,
+        ours.layer(ReadySvc),
+    ));
+    let rez =
+        tower_resilience::fallback::FallbackLayer::<u64, u64, Infallible>::tower_service(ReadySvc);
+    cases.push(Case::new(
+        "fallback",
+        "service_ready",
+        Impl::TowerResilience,
+        rez.layer(ReadySvc),
+    ));
+    cases.push(Case::new(
+        "fallback",
+        "http_ready",
+        Impl::Bare,
+        HttpAdapter(HttpReadySvc),
+    ));
+    let ours = buttress_fallback::FallbackLayer::http_unavailable::<String>()
+        .build()
+        .expect("a valid fallback");
+    cases.push(Case::new(
+        "fallback",
+        "http_ready",
+        Impl::Buttress,
+        HttpAdapter(ours.layer(HttpReadySvc)),
+    ));
 }
 
 /// A bare HTTP service: an empty `200 OK` at once, allocating nothing.

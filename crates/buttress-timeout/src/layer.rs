@@ -1,13 +1,14 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use buttress_core::registry::Component;
 use buttress_core::{ConfigError, Listener, Listeners, Registry};
 use tower_layer::Layer;
 
+use crate::config::TimeoutConfig;
 use crate::events::TimeoutEvent;
 use crate::policy::{FixedTimeout, HttpDeadlines};
 use crate::service::Timeout;
@@ -25,7 +26,10 @@ pub(crate) struct Shared {
     /// the call path touches no shared reference count.
     observed: AtomicBool,
     timeout_nanos: AtomicU64,
-    pub(crate) include_ready: bool,
+    include_ready: AtomicBool,
+    /// Serialises run-time changes, so that two `reconfigure` calls at once
+    /// never leave a mix of both.
+    reconfig: Mutex<()>,
     pub(crate) listeners: Listeners<TimeoutEvent>,
     timed_out: AtomicU64,
 }
@@ -40,6 +44,13 @@ impl Shared {
     #[inline]
     pub(crate) fn timeout_nanos(&self) -> u64 {
         self.timeout_nanos.load(Ordering::Relaxed)
+    }
+
+    /// Whether the wait for readiness counts against the limit: one
+    /// relaxed load.
+    #[inline]
+    pub(crate) fn include_ready(&self) -> bool {
+        self.include_ready.load(Ordering::Relaxed)
     }
 
     /// What a response future needs to report a timeout.
@@ -110,7 +121,7 @@ impl<P: fmt::Debug> fmt::Debug for TimeoutLayer<P> {
         f.debug_struct("TimeoutLayer")
             .field("name", &self.shared.name)
             .field("timeout", &self.shared.timeout())
-            .field("include_ready", &self.shared.include_ready)
+            .field("include_ready", &self.shared.include_ready())
             .field("policy", &self.policy)
             .finish()
     }
@@ -170,7 +181,8 @@ impl TimeoutLayer {
                 static_name,
                 observed: AtomicBool::new(!listeners.is_empty()),
                 timeout_nanos: AtomicU64::new(to_nanos(timeout)),
-                include_ready,
+                include_ready: AtomicBool::new(include_ready),
+                reconfig: Mutex::new(()),
                 listeners,
                 timed_out: AtomicU64::new(0),
             }),
@@ -374,7 +386,7 @@ impl TimeoutHandle {
     pub fn snapshot(&self) -> TimeoutSnapshot {
         TimeoutSnapshot {
             timeout: self.shared.timeout(),
-            include_ready: self.shared.include_ready,
+            include_ready: self.shared.include_ready(),
             timed_out: self.shared.timed_out.load(Ordering::Relaxed),
         }
     }
@@ -393,11 +405,107 @@ impl TimeoutHandle {
     /// ```
     pub fn set_timeout(&self, timeout: Duration) -> Result<(), ConfigError> {
         validate_timeout(timeout)?;
+        let _writer = self.lock_writer();
         self.shared
             .timeout_nanos
             .store(to_nanos(timeout), Ordering::Relaxed);
         Ok(())
     }
+
+    /// The current settings, as a [`TimeoutConfig`]: what
+    /// [`reconfigure`](Self::reconfigure) compares a new config with, and
+    /// what a dashboard shows.
+    ///
+    /// ```
+    /// use buttress_timeout::TimeoutConfig;
+    /// use std::time::Duration;
+    ///
+    /// let config = TimeoutConfig { timeout: Duration::from_secs(2), ..TimeoutConfig::default() };
+    /// let handle = config.build().unwrap().handle();
+    /// assert_eq!(handle.config(), config);
+    /// ```
+    pub fn config(&self) -> TimeoutConfig {
+        let _writer = self.lock_writer();
+        TimeoutConfig {
+            name: self.shared.name.to_string(),
+            timeout: self.shared.timeout(),
+            include_ready: self.shared.include_ready(),
+        }
+    }
+
+    /// Applies `config` to this live layer, for the calls made from now on.
+    ///
+    /// The whole config is validated first, as
+    /// [`TimeoutConfig::build`] validates it (the same errors). The name
+    /// cannot change on a live instance: a different `name` is refused
+    /// with a [`ConfigError`] for the field `name` (rebuild the layer
+    /// instead). On any error nothing changes.
+    ///
+    /// What is live:
+    /// - `timeout`: calls made from now on get the new limit. A call
+    ///   already made keeps the deadline it started with (its timer is
+    ///   armed once, from the limit read when it was made).
+    /// - `include_ready`: a wait for readiness that starts from now on
+    ///   follows the new value; a wait already counting keeps its
+    ///   deadline, and the call that follows it gets what is left of it.
+    ///
+    /// ```
+    /// use buttress_timeout::TimeoutConfig;
+    /// use std::time::Duration;
+    ///
+    /// let handle = TimeoutConfig::default().build().unwrap().handle();
+    /// let mut new = handle.config();
+    /// new.timeout = Duration::from_millis(250);
+    /// new.include_ready = true;
+    /// handle.reconfigure(&new).unwrap();
+    /// assert_eq!(handle.config(), new);
+    ///
+    /// // Invalid or not live: refused, nothing changes.
+    /// let zero = buttress_timeout::TimeoutConfig { timeout: Duration::ZERO, ..new.clone() };
+    /// assert_eq!(handle.reconfigure(&zero).unwrap_err().field(), "timeout");
+    /// let renamed = buttress_timeout::TimeoutConfig { name: "other".into(), ..new.clone() };
+    /// assert_eq!(handle.reconfigure(&renamed).unwrap_err().field(), "name");
+    /// assert_eq!(handle.config(), new);
+    /// ```
+    pub fn reconfigure(&self, config: &TimeoutConfig) -> Result<(), ConfigError> {
+        validate_config(config)?;
+        let _writer = self.lock_writer();
+        if *config.name != *self.shared.name {
+            return Err(not_live("name"));
+        }
+        self.shared
+            .timeout_nanos
+            .store(to_nanos(config.timeout), Ordering::Relaxed);
+        self.shared
+            .include_ready
+            .store(config.include_ready, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded data is `()`: a poisoned lock is still sound to use.
+        self.shared
+            .reconfig
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The checks of [`TimeoutBuilder::build`] on a config.
+fn validate_config(config: &TimeoutConfig) -> Result<(), ConfigError> {
+    if config.name.is_empty() {
+        return Err(ConfigError::new(KIND, "name", "must not be empty"));
+    }
+    validate_timeout(config.timeout)
+}
+
+/// The error of a change that cannot apply to a live layer.
+fn not_live(field: &'static str) -> ConfigError {
+    ConfigError::new(
+        KIND,
+        field,
+        "cannot change on a live instance: build a new layer instead",
+    )
 }
 
 impl Component for TimeoutHandle {

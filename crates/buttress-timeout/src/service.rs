@@ -113,7 +113,9 @@ where
             self.ready.armed = false;
             return Poll::Ready(res.map_err(Into::into));
         }
-        if !self.shared.include_ready {
+        // A wait that is counting keeps its deadline whatever a
+        // `reconfigure` does to `include_ready` meanwhile.
+        if !self.ready.armed && !self.shared.include_ready() {
             return Poll::Pending;
         }
         if !self.ready.armed {

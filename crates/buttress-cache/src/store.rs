@@ -1,0 +1,202 @@
+//! The in-memory store: moka for the bounds, a small front table for hits.
+//!
+//! moka's `get` records every read for its eviction policy and runs its
+//! housekeeping inline, which costs more than a whole hit may cost here.
+//! So moka is the store of record (every entry, its size and entry bounds,
+//! eviction, invalidation), and a fixed table of [`FRONT_SLOTS`] slots
+//! remembers the entries that were hit lately: a hit found there is one
+//! uncontended lock, one key comparison and one clock read.
+//!
+//! - Every entry in the front is also one that moka held when it was put
+//!   there; an entry moka evicted may still be served from the front while
+//!   it is fresh (it is still correct data): the front holds at most
+//!   [`FRONT_SLOTS`] entries beyond moka's bound.
+//! - An insert or invalidation clears the slots concerned and bumps an
+//!   epoch; a slot is filled only if the epoch did not move between the
+//!   moka lookup and the fill, so the front never brings back an entry
+//!   that was replaced or invalidated.
+//! - Every [`TOUCH_EVERY`]th front hit of a slot also reads moka, so that
+//!   moka's eviction policy still sees which keys are hot.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+use std::sync::Arc;
+
+use spin::Mutex;
+use tokio::time::Instant;
+
+use crate::key::{slot_hash, CacheKey};
+
+/// Slots in the front table (a power of two).
+pub(crate) const FRONT_SLOTS: usize = 64;
+/// One front hit in this many also reads moka.
+const TOUCH_EVERY: u32 = 16;
+
+/// One stored value and its times, on tokio's clock.
+#[derive(Debug)]
+pub(crate) struct Entry<V> {
+    pub(crate) value: V,
+    pub(crate) stored_at: Instant,
+    pub(crate) fresh_until: Instant,
+    pub(crate) stale_until: Instant,
+    pub(crate) weight: u32,
+}
+
+impl<V> Entry<V> {
+    pub(crate) fn is_fresh(&self, now: Instant) -> bool {
+        now < self.fresh_until
+    }
+
+    pub(crate) fn is_usable_stale(&self, now: Instant) -> bool {
+        now < self.stale_until
+    }
+}
+
+/// What a lookup found.
+pub(crate) enum Lookup<V> {
+    /// A fresh entry: its value and age.
+    Fresh(V, Instant),
+    /// An entry past its ttl, still within `max_stale`.
+    Stale(Arc<Entry<V>>),
+    /// Nothing usable.
+    Missing,
+}
+
+struct Slot<K, V> {
+    key: K,
+    entry: Arc<Entry<V>>,
+    hits: AtomicU32,
+}
+
+pub(crate) struct Memory<K, V> {
+    pub(crate) moka: moka::sync::Cache<K, Arc<Entry<V>>>,
+    front: Box<[Mutex<Option<Slot<K, V>>>]>,
+    epoch: AtomicU64,
+}
+
+impl<K: CacheKey, V: Clone + Send + Sync + 'static> Memory<K, V> {
+    pub(crate) fn new(moka: moka::sync::Cache<K, Arc<Entry<V>>>) -> Self {
+        Memory {
+            moka,
+            front: (0..FRONT_SLOTS).map(|_| Mutex::new(None)).collect(),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    fn slot(&self, key: &K) -> &Mutex<Option<Slot<K, V>>> {
+        &self.front[(slot_hash(key) as usize) & (FRONT_SLOTS - 1)]
+    }
+
+    /// The hit path: the front first, moka after.
+    #[inline]
+    pub(crate) fn lookup(&self, key: &K, now: Instant) -> Lookup<V> {
+        let slot = self.slot(key);
+        {
+            let guard = slot.lock();
+            if let Some(s) = &*guard {
+                if s.key == *key && s.entry.is_fresh(now) {
+                    let value = s.entry.value.clone();
+                    let stored_at = s.entry.stored_at;
+                    let touch = s.hits.fetch_add(1, Relaxed) % TOUCH_EVERY == TOUCH_EVERY - 1;
+                    drop(guard);
+                    if touch {
+                        let _ = self.moka.get(key);
+                    }
+                    return Lookup::Fresh(value, stored_at);
+                }
+            }
+        }
+        self.lookup_slow(key, slot, now)
+    }
+
+    #[cold]
+    fn lookup_slow(&self, key: &K, slot: &Mutex<Option<Slot<K, V>>>, now: Instant) -> Lookup<V> {
+        let epoch = self.epoch.load(SeqCst);
+        let Some(entry) = self.moka.get(key) else {
+            return Lookup::Missing;
+        };
+        if entry.is_fresh(now) {
+            let mut guard = slot.lock();
+            if self.epoch.load(SeqCst) == epoch {
+                *guard = Some(Slot {
+                    key: key.clone(),
+                    entry: entry.clone(),
+                    hits: AtomicU32::new(0),
+                });
+            }
+            drop(guard);
+            return Lookup::Fresh(entry.value.clone(), entry.stored_at);
+        }
+        if entry.is_usable_stale(now) {
+            return Lookup::Stale(entry);
+        }
+        // Past max_stale: dead, free its room now rather than at eviction.
+        self.remove_if_same(key, &entry);
+        Lookup::Missing
+    }
+
+    /// The entry for `key` whatever its age (for stale-if-error).
+    pub(crate) fn peek(&self, key: &K) -> Option<Arc<Entry<V>>> {
+        self.moka.get(key)
+    }
+
+    pub(crate) fn insert(&self, key: K, entry: Arc<Entry<V>>) {
+        let slot = self.slot(&key);
+        self.moka.insert(key.clone(), entry);
+        self.epoch.fetch_add(1, SeqCst);
+        let mut guard = slot.lock();
+        if guard.as_ref().is_some_and(|s| s.key == key) {
+            *guard = None;
+        }
+    }
+
+    pub(crate) fn remove_if_same(&self, key: &K, entry: &Arc<Entry<V>>) {
+        use moka::ops::compute::Op;
+        let _ = self
+            .moka
+            .entry_by_ref(key)
+            .and_compute_with(|current| match current {
+                Some(e) if Arc::ptr_eq(e.value(), entry) => Op::Remove,
+                _ => Op::Nop,
+            });
+    }
+
+    pub(crate) fn invalidate(&self, key: &K) {
+        self.moka.invalidate(key);
+        self.epoch.fetch_add(1, SeqCst);
+        let mut guard = self.slot(key).lock();
+        if guard.as_ref().is_some_and(|s| s.key == *key) {
+            *guard = None;
+        }
+    }
+
+    pub(crate) fn invalidate_if(&self, pred: impl Fn(&K) -> bool + Send + Sync + 'static) {
+        let pred = Arc::new(pred);
+        let p = pred.clone();
+        // Only fails when the cache was built without invalidation
+        // closures, which `Memory` always enables.
+        let _ = self.moka.invalidate_entries_if(move |k, _| p(k));
+        self.epoch.fetch_add(1, SeqCst);
+        for slot in self.front.iter() {
+            let mut guard = slot.lock();
+            if guard.as_ref().is_some_and(|s| pred(&s.key)) {
+                *guard = None;
+            }
+        }
+    }
+
+    pub(crate) fn invalidate_all(&self) {
+        self.moka.invalidate_all();
+        self.epoch.fetch_add(1, SeqCst);
+        for slot in self.front.iter() {
+            *slot.lock() = None;
+        }
+    }
+
+    /// Entries and weight, after moka's pending work (exact when no call
+    /// is in flight).
+    pub(crate) fn sizes(&self) -> (u64, u64) {
+        self.moka.run_pending_tasks();
+        (self.moka.entry_count(), self.moka.weighted_size())
+    }
+}

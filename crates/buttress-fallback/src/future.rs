@@ -1,0 +1,165 @@
+//! The response future.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use buttress_core::BoxError;
+use http::StatusCode;
+use pin_project_lite::pin_project;
+
+use crate::error::{FallbackFailed, UnhealthyResponse};
+use crate::layer::Inner;
+use crate::marker::{FallbackReason, FallbackUsed, Mark};
+use crate::source::{FallbackSource, Failure};
+use crate::trigger::Trigger;
+
+pin_project! {
+    /// Response future of [`Fallback`](crate::Fallback): the primary's
+    /// call, then, if the trigger fires, the fallback's.
+    ///
+    /// Dropping it cancels whichever is in flight; a dropped call is
+    /// counted nowhere.
+    pub struct ResponseFuture<F, Req, Src, T, M>
+    where
+        Src: FallbackSource<Req>,
+    {
+        #[pin]
+        state: State<F, Src::Future>,
+        kept: Option<Src::Kept>,
+        original: Option<Original>,
+        policy: Arc<Inner<Src, T, M>>,
+        _req: PhantomData<fn(Req)>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, Fb> {
+        Primary {
+            #[pin]
+            fut: F,
+        },
+        Fallback {
+            #[pin]
+            fut: Fb,
+        },
+    }
+}
+
+/// What triggered the fallback, kept as the source of a
+/// [`FallbackFailed`].
+enum Original {
+    Error(BoxError, FallbackReason),
+    Response(Option<StatusCode>),
+}
+
+impl Original {
+    fn reason(&self) -> FallbackReason {
+        match self {
+            Original::Error(_, reason) => *reason,
+            Original::Response(_) => FallbackReason::Response,
+        }
+    }
+
+    fn into_error(self) -> BoxError {
+        match self {
+            Original::Error(e, _) => e,
+            Original::Response(status) => UnhealthyResponse::new(status).into(),
+        }
+    }
+}
+
+impl<F, Req, Src, T, M> ResponseFuture<F, Req, Src, T, M>
+where
+    Src: FallbackSource<Req>,
+{
+    #[inline]
+    pub(crate) fn new(fut: F, kept: Src::Kept, policy: Arc<Inner<Src, T, M>>) -> Self {
+        Self {
+            state: State::Primary { fut },
+            kept: Some(kept),
+            original: None,
+            policy,
+            _req: PhantomData,
+        }
+    }
+}
+
+impl<F, Req, Src, T, M> fmt::Debug for ResponseFuture<F, Req, Src, T, M>
+where
+    Src: FallbackSource<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("name", &self.policy.shared.name)
+            .field("fallback_running", &self.original.is_some())
+            .finish()
+    }
+}
+
+impl<F, E, Req, Src, T, M> Future for ResponseFuture<F, Req, Src, T, M>
+where
+    F: Future<Output = Result<Src::Response, E>>,
+    E: Into<BoxError>,
+    Src: FallbackSource<Req>,
+    T: Trigger<Src::Response>,
+    M: Mark<Src::Response>,
+{
+    type Output = Result<Src::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Primary { fut } => {
+                    let result = ready!(fut.poll(cx)).map_err(Into::into);
+                    let policy = &**this.policy;
+                    if !policy.trigger.triggers(&result) {
+                        policy.shared.primary();
+                        return Poll::Ready(result);
+                    }
+                    let failure = match result {
+                        Ok(res) => Failure::Response(res),
+                        Err(e) => Failure::Error(e),
+                    };
+                    let reason = FallbackReason::of(&failure);
+                    let kept = this.kept.take().expect("polled after completion");
+                    let fallback = policy.source.fallback(kept, &failure);
+                    *this.original = Some(match failure {
+                        Failure::Error(e) => Original::Error(e, reason),
+                        Failure::Response(res) => Original::Response(policy.marker.status(&res)),
+                    });
+                    this.state.set(State::Fallback { fut: fallback });
+                }
+                StateProj::Fallback { fut } => {
+                    let result = ready!(fut.poll(cx));
+                    let policy = &**this.policy;
+                    let original = this.original.take().expect("polled after completion");
+                    let reason = original.reason();
+                    return Poll::Ready(match result {
+                        Ok(mut res) => {
+                            let used = FallbackUsed::new(policy.shared.name.clone(), reason);
+                            policy.marker.mark(&mut res, &used);
+                            policy.shared.used(reason);
+                            Ok(res)
+                        }
+                        Err(e) => {
+                            policy.shared.failed(reason, &*e);
+                            Err(FallbackFailed::new(
+                                policy.shared.name.clone(),
+                                reason,
+                                e,
+                                original.into_error(),
+                            )
+                            .into())
+                        }
+                    });
+                }
+            }
+        }
+    }
+}

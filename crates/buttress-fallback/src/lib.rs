@@ -159,7 +159,7 @@ pub use layer::{FallbackBuilder, FallbackHandle, FallbackLayer, FallbackSnapshot
 pub use marker::{FallbackReason, FallbackUsed, HttpMarker, Mark, NoMark, FALLBACK_HEADER};
 pub use service::Fallback;
 pub use source::{
-    FallbackSource, Failure, FromError, FromRequest, Head, Oneshot, ToService, Unavailable, Value,
+    Failure, FallbackSource, FromError, FromRequest, Head, Oneshot, ToService, Unavailable, Value,
     WithoutBody, APPLICATION_JSON,
 };
 pub use trigger::{AnyError, Classified, Kinds, Predicate, Rules, Trigger};

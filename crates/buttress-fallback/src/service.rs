@@ -71,9 +71,9 @@ impl<S, Req, Src, T, M> Service<Req> for Fallback<S, Src, T, M>
 where
     S: Service<Req, Response = Src::Response>,
     S::Error: Into<BoxError>,
-    Src: FallbackSource<Req>,
-    T: Trigger<Src::Response>,
-    M: Mark<Src::Response>,
+    Src: FallbackSource<Req> + Clone,
+    T: Trigger<Src::Response> + Clone,
+    M: Mark<Src::Response> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -87,6 +87,6 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let kept = self.policy.source.keep(&req);
-        ResponseFuture::new(self.inner.call(req), kept, self.policy.clone())
+        ResponseFuture::new(self.inner.call(req), kept, self.policy.link())
     }
 }

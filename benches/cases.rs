@@ -823,6 +823,19 @@ fn fallback_cases(cases: &mut Vec<Case>) {
         Impl::Buttress,
         ours.layer(ReadySvc),
     ));
+    // The same with a name that is not `&'static`: the response future
+    // holds a reference count on the layer, what a value that is not a
+    // plain copy (a `String`, a response) costs too.
+    let ours = buttress_fallback::FallbackLayer::value(0u64)
+        .name(String::from("owned-name"))
+        .build()
+        .expect("a valid fallback");
+    cases.push(Case::new(
+        "fallback",
+        "ready_shared",
+        Impl::Buttress,
+        ours.layer(ReadySvc),
+    ));
     let rez = tower_resilience::fallback::FallbackLayer::<u64, u64, Infallible>::value(0);
     cases.push(Case::new(
         "fallback",

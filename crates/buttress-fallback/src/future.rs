@@ -27,9 +27,7 @@ pin_project! {
         Src: FallbackSource<Req>,
     {
         #[pin]
-        state: State<F, Src::Future>,
-        kept: Option<Src::Kept>,
-        original: Option<Original>,
+        state: State<F, Src::Future, Src::Kept>,
         link: Link<Src, T, M>,
         _req: PhantomData<fn(Req)>,
     }
@@ -37,14 +35,19 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, Fb> {
+    enum State<F, Fb, K> {
         Primary {
             #[pin]
             fut: F,
+            // What the source keeps of the request, taken when the
+            // fallback starts.
+            kept: Option<K>,
         },
         Fallback {
             #[pin]
             fut: Fb,
+            // What triggered the fallback, taken when it ends.
+            original: Option<Original>,
         },
     }
 }
@@ -79,9 +82,10 @@ where
     #[inline]
     pub(crate) fn new(fut: F, kept: Src::Kept, link: Link<Src, T, M>) -> Self {
         Self {
-            state: State::Primary { fut },
-            kept: Some(kept),
-            original: None,
+            state: State::Primary {
+                fut,
+                kept: Some(kept),
+            },
             link,
             _req: PhantomData,
         }
@@ -95,7 +99,10 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("name", &self.link.name())
-            .field("fallback_running", &self.original.is_some())
+            .field(
+                "fallback_running",
+                &matches!(self.state, State::Fallback { .. }),
+            )
             .finish()
     }
 }
@@ -114,7 +121,7 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Primary { fut } => {
+                StateProj::Primary { fut, kept } => {
                     let result = ready!(fut.poll(cx)).map_err(Into::into);
                     let link = &*this.link;
                     if !link.trigger().triggers(&result) {
@@ -126,18 +133,21 @@ where
                         Err(e) => Failure::Error(e),
                     };
                     let reason = FallbackReason::of(&failure);
-                    let kept = this.kept.take().expect("polled after completion");
+                    let kept = kept.take().expect("polled after completion");
                     let fallback = link.source().fallback(kept, &failure);
-                    *this.original = Some(match failure {
+                    let original = match failure {
                         Failure::Error(e) => Original::Error(e, reason),
                         Failure::Response(res) => Original::Response(link.marker().status(&res)),
+                    };
+                    this.state.set(State::Fallback {
+                        fut: fallback,
+                        original: Some(original),
                     });
-                    this.state.set(State::Fallback { fut: fallback });
                 }
-                StateProj::Fallback { fut } => {
+                StateProj::Fallback { fut, original } => {
                     let result = ready!(fut.poll(cx));
                     let link = &*this.link;
-                    let original = this.original.take().expect("polled after completion");
+                    let original = original.take().expect("polled after completion");
                     let reason = original.reason();
                     return Poll::Ready(match result {
                         Ok(mut res) => {

@@ -9,7 +9,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::events::FallbackEvent;
-use crate::marker::{FallbackReason, HttpMarker, NoMark};
+use crate::marker::{FallbackReason, HttpMarker, Mark, NoMark};
 use crate::service::Fallback;
 use crate::source::{Failure, FromError, FromRequest, ToService, Unavailable, Value, WithoutBody};
 use crate::trigger::{AnyError, Classified, Kinds, Predicate};
@@ -125,20 +125,26 @@ pub(crate) struct Inner<Src, T, M> {
 /// Whether a value of type `X` is a plain copy to clone: no drop glue (so
 /// it owns no heap memory) and at most 32 bytes. A unit struct, a
 /// non-capturing closure, a `u64`, a `&'static str`, the HTTP classifier.
-const fn is_plain<X>() -> bool {
+pub(crate) const fn is_plain<X>() -> bool {
     !std::mem::needs_drop::<X>() && std::mem::size_of::<X>() <= 32
 }
 
 impl<Src: Clone, T: Clone, M: Clone> Inner<Src, T, M> {
-    const PLAIN: bool = is_plain::<Src>() && is_plain::<T>() && is_plain::<M>();
-
     /// What a response future carries: copies of the source, trigger and
     /// marker when they are plain and nobody observes the layer (no
     /// reference count per call), else a reference to this state.
     #[inline]
-    pub(crate) fn link(self: &Arc<Self>) -> Link<Src, T, M> {
+    pub(crate) fn link<Res>(self: &Arc<Self>) -> Link<Src, T, M>
+    where
+        M: Mark<Res>,
+    {
         match self.static_name {
-            Some(name) if Self::PLAIN && !self.shared.observed.load(Ordering::Relaxed) => {
+            Some(name)
+                if is_plain::<Src>()
+                    && is_plain::<T>()
+                    && self.marker.clone_is_plain()
+                    && !self.shared.observed.load(Ordering::Relaxed) =>
+            {
                 Link::Quiet {
                     source: self.source.clone(),
                     trigger: self.trigger.clone(),

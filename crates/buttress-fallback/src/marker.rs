@@ -152,6 +152,19 @@ pub trait Mark<Res> {
         let _ = res;
         None
     }
+
+    /// Whether a clone of this marker is a plain copy: no allocation, no
+    /// reference count. An unobserved layer whose source, trigger and
+    /// marker are plain copies gives each response future its own copies
+    /// instead of a reference count on the layer. The default answers from
+    /// the type: no drop glue and at most 32 bytes.
+    #[inline]
+    fn clone_is_plain(&self) -> bool
+    where
+        Self: Sized,
+    {
+        crate::layer::is_plain::<Self>()
+    }
 }
 
 /// Leaves fallback responses as they are (the default).
@@ -232,5 +245,12 @@ impl<B> Mark<http::Response<B>> for HttpMarker {
 
     fn status(&self, res: &http::Response<B>) -> Option<StatusCode> {
         Some(res.status())
+    }
+
+    /// Without a header, a copy is plain; a header name may own shared
+    /// bytes, so a marker with one is reached through the layer instead.
+    #[inline]
+    fn clone_is_plain(&self) -> bool {
+        self.header.is_none()
     }
 }

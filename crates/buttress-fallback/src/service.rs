@@ -87,6 +87,10 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let kept = self.policy.source.keep(&req);
-        ResponseFuture::new(self.inner.call(req), kept, self.policy.link())
+        ResponseFuture::new(
+            self.inner.call(req),
+            kept,
+            self.policy.link::<Src::Response>(),
+        )
     }
 }

@@ -15,8 +15,13 @@
 //!   epoch; a slot is filled only if the epoch did not move between the
 //!   moka lookup and the fill, so the front never brings back an entry
 //!   that was replaced or invalidated.
-//! - Every [`TOUCH_EVERY`]th front hit of a slot also reads moka, so that
-//!   moka's eviction policy still sees which keys are hot.
+//! - A hit in the front does not read moka (whose reads may allocate in
+//!   its housekeeping): the slot counts its hits, and when another key
+//!   takes the slot, up to [`REPORTED_HITS`] of them are replayed as moka
+//!   reads, so that its eviction policy learns the key was hot. While an
+//!   entry sits in the front, moka may evict it as cold; it stays correct
+//!   to serve (fresh by its own times), and once it leaves the front a
+//!   later call fetches it again.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::sync::Arc;
@@ -28,8 +33,9 @@ use crate::key::{slot_hash, CacheKey};
 
 /// Slots in the front table (a power of two).
 pub(crate) const FRONT_SLOTS: usize = 64;
-/// One front hit in this many also reads moka.
-const TOUCH_EVERY: u32 = 16;
+/// At most this many of a slot's hits are reported to moka when the slot
+/// is taken by another key (moka's frequency sketch counts to 15).
+const REPORTED_HITS: u32 = 8;
 
 /// One stored value and its times, on tokio's clock.
 #[derive(Debug)]
@@ -97,11 +103,8 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Memory<K, V> {
                 if s.key == *key && s.entry.is_fresh(now) {
                     let value = s.entry.value.clone();
                     let stored_at = s.entry.stored_at;
-                    let touch = s.hits.fetch_add(1, Relaxed) % TOUCH_EVERY == TOUCH_EVERY - 1;
+                    s.hits.fetch_add(1, Relaxed);
                     drop(guard);
-                    if touch {
-                        let _ = self.moka.get(key);
-                    }
                     return Lookup::Fresh(value, stored_at);
                 }
             }
@@ -117,14 +120,20 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Memory<K, V> {
         };
         if entry.is_fresh(now) {
             let mut guard = slot.lock();
+            let mut displaced = None;
             if self.epoch.load(SeqCst) == epoch {
-                *guard = Some(Slot {
+                displaced = guard.replace(Slot {
                     key: key.clone(),
                     entry: entry.clone(),
                     hits: AtomicU32::new(0),
                 });
             }
             drop(guard);
+            if let Some(old) = displaced.filter(|old| old.key != *key) {
+                for _ in 0..old.hits.load(Relaxed).min(REPORTED_HITS) {
+                    let _ = self.moka.get(&old.key);
+                }
+            }
             return Lookup::Fresh(entry.value.clone(), entry.stored_at);
         }
         if entry.is_usable_stale(now) {

@@ -750,7 +750,7 @@ async fn run(inner: Arc<Inner>, slot: Arc<Slot>) {
     let started = Instant::now();
     let (result, attempts, skipped) = match blocked {
         Some((dep, why)) => {
-            tracing::debug!(check = %slot.name, dependency = %dep, "health check skipped: its dependency {why}");
+            tracing::debug!(buttress.name = %slot.name, dependency = %dep, "health check skipped: its dependency {why}");
             inner.listeners.emit(|| HealthEvent::Skipped {
                 check: slot.name.clone(),
                 dependency: dep.clone(),
@@ -781,7 +781,7 @@ async fn attempt(inner: &Inner, slot: &Slot) -> (CheckResult, u32) {
             Ok(Err(e)) if e.is_panic() => CheckResult::unhealthy("the check panicked"),
             Ok(Err(_)) => CheckResult::unhealthy("the check was cancelled"),
             Err(_) => {
-                tracing::debug!(check = %slot.name, attempt = n, timeout = ?s.timeout, "health check timed out");
+                tracing::debug!(buttress.name = %slot.name, attempt = n, timeout = ?s.timeout, "health check timed out");
                 inner.listeners.emit(|| HealthEvent::TimedOut {
                     check: slot.name.clone(),
                     attempt: n,
@@ -796,7 +796,7 @@ async fn attempt(inner: &Inner, slot: &Slot) -> (CheckResult, u32) {
         if result.status() != Status::Unhealthy || n > s.retries {
             return (result, n);
         }
-        tracing::debug!(check = %slot.name, attempt = n, "health check unhealthy, retrying");
+        tracing::debug!(buttress.name = %slot.name, attempt = n, "health check unhealthy, retrying");
         inner.listeners.emit(|| HealthEvent::Retrying {
             check: slot.name.clone(),
             attempt: n,
@@ -847,7 +847,7 @@ fn store(
         m.record(status, duration);
     }
     if previous != Some(status) {
-        tracing::info!(check = %slot.name, from = ?previous, to = %status, "health check status changed");
+        tracing::info!(buttress.name = %slot.name, from = previous.map_or("none", Status::as_str), to = status.as_str(), "health check status changed");
         inner.listeners.emit(|| HealthEvent::StatusChanged {
             check: slot.name.clone(),
             from: previous,

@@ -178,8 +178,7 @@ async fn a_hanging_check_is_answered_from_cache_at_once_and_cut_at_its_timeout()
 async fn the_first_probe_waits_for_the_first_run_bounded_by_the_timeout() {
     let registry = HealthRegistry::builder()
         .check(
-            Check::new("hangs", std::future::pending::<Status>)
-                .timeout(Duration::from_millis(300)),
+            Check::new("hangs", std::future::pending::<Status>).timeout(Duration::from_millis(300)),
         )
         .build()
         .unwrap();

@@ -14,6 +14,10 @@ use crate::trigger::Trigger;
 /// Answers from a fallback when the inner service fails; made by
 /// [`FallbackLayer`](crate::FallbackLayer).
 ///
+/// The source, the trigger and the marker must be `Clone` (closures are,
+/// when what they capture is): an unobserved layer whose parts are plain
+/// copies gives each response future its own (see the crate docs, "Cost").
+///
 /// Readiness is the inner service's: an error from its `poll_ready` is not
 /// a failed request and is returned as it is (buttress's own layers never
 /// return one for a transient state: they fail the call instead, which the

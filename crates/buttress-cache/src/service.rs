@@ -366,6 +366,11 @@ where
         None => shared.lookup(&key).await,
     };
     match found {
+        Lookup::FreshCounted(value, stored_at) => {
+            shared.hit_counted();
+            let age = Instant::now().saturating_duration_since(stored_at);
+            return Ok(policy.respond(value, CacheStatus::Hit { age }));
+        }
         Lookup::Fresh(value, stored_at) => {
             shared.hit();
             let age = Instant::now().saturating_duration_since(stored_at);

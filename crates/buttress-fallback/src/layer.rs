@@ -290,6 +290,10 @@ impl<Src, T, M> fmt::Debug for FallbackLayer<Src, T, M> {
 impl FallbackLayer<()> {
     /// A fixed response, cloned for each fallback. The request is not
     /// kept: any `Req` works, and the happy path clones nothing.
+    ///
+    /// An `http::Response` is `Clone` only when its body is (`String`,
+    /// `Bytes`, `Full<Bytes>`); for a body that is not (axum's `Body`),
+    /// build the response in [`from_error`](Self::from_error).
     pub fn value<V: Clone>(value: V) -> FallbackBuilder<Value<V>> {
         FallbackBuilder::new(Value(value))
     }
@@ -368,9 +372,13 @@ impl FallbackLayer<()> {
     /// extension ([`HttpMarker`](crate::HttpMarker); add a header with
     /// [`FallbackBuilder::marker_header`]).
     ///
-    /// It makes a server's stack `Infallible` at its outer edge, as
+    /// It answers for every failure of the stack below, as
     /// `ErrorToResponseLayer` does, but with a body that says why and a
-    /// marker on the response.
+    /// marker on the response. Its error type is still `BoxError` (the
+    /// 503 never fails, and with the HTTP classifier every error triggers
+    /// it, so none comes out); axum wants `Infallible`, so keep
+    /// `ErrorToResponseLayer` (or axum's `HandleErrorLayer`) above it. For
+    /// an axum body: `http_unavailable::<axum::body::Body>()`.
     ///
     /// [`FallbackUsed`]: crate::FallbackUsed
     ///

@@ -780,6 +780,40 @@ where
         }
     }
 
+    /// Runs `step` while renewing the saga's lease every third of it, so
+    /// a step longer than the lease does not let another process claim the
+    /// saga meanwhile.
+    async fn with_heartbeat<F: Future>(&self, id: &str, step: F) -> F::Output {
+        let period = self.lease / 3;
+        let beat = async {
+            loop {
+                tokio::time::sleep(period).await;
+                match self.log.renew(id, &self.owner, self.lease).await {
+                    Ok(()) => {}
+                    Err(LogError::LeaseLost { .. }) => break,
+                    Err(e) => {
+                        tracing::warn!(saga = %id, error = %e, "could not renew the saga's lease")
+                    }
+                }
+            }
+            tracing::error!(saga = %id, "lease lost while a step runs: another process owns the saga");
+        };
+        let mut step = std::pin::pin!(step);
+        let mut beat = std::pin::pin!(beat);
+        let mut beating = true;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = step.as_mut().poll(cx) {
+                return Poll::Ready(out);
+            }
+            if beating && beat.as_mut().poll(cx).is_ready() {
+                // The next write reports the lost lease.
+                beating = false;
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
     async fn append(
         &self,
         st: &mut SagaState,
@@ -875,10 +909,8 @@ where
                         .await
                         .map_err(|e| log_err(e, Some(step.name)))?;
                 }
-                match self
-                    .run_action(&id, step, &ctx, deadline, to_completion)
-                    .await
-                {
+                let run = self.run_action(&id, step, &ctx, deadline, to_completion);
+                match self.with_heartbeat(&id, run).await {
                     Ok(out) => {
                         let json = serde_json::to_value(&out.context).map_err(|e| SagaError {
                             saga_id: id.clone(),
@@ -966,7 +998,8 @@ where
                     .await
                     .map_err(|e| log_err(e, failed_step))?;
             }
-            let (result, attempts) = self.run_compensation(&id, step, &ctx).await;
+            let run = self.run_compensation(&id, step, &ctx);
+            let (result, attempts) = self.with_heartbeat(&id, run).await;
             let entry = match &result {
                 Ok(()) => Entry::Done {
                     step: i,

@@ -152,6 +152,14 @@ impl SagaLog for CrashingLog {
     ) -> BoxFuture<'a, Result<(), LogError>> {
         Box::pin(self.around(self.inner.append(id, owner, seq, entry, messages)))
     }
+    fn renew<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<(), LogError>> {
+        self.inner.renew(id, owner, lease)
+    }
     fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoredSaga, LogError>> {
         self.inner.load(id)
     }

@@ -346,6 +346,8 @@ pub struct SagaBuilder<C> {
     lease: Duration,
     registry: Option<Registry>,
     listeners: Listeners<SagaEvent>,
+    #[cfg(feature = "metrics")]
+    metrics: bool,
 }
 
 impl<C> fmt::Debug for SagaBuilder<C> {
@@ -451,8 +453,29 @@ where
         self
     }
 
+    /// Publishes the saga's events as metrics (see [`crate::metrics`]);
+    /// a [`Registry::with_metrics`] registry does it too.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
+        self
+    }
+
     /// Checks the definition and builds the saga.
-    pub fn build(self) -> Result<Saga<C>, ConfigError> {
+    #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
+    pub fn build(mut self) -> Result<Saga<C>, ConfigError> {
+        #[cfg(feature = "metrics")]
+        if buttress_core::bridge::should_attach(self.name, self.metrics, self.registry.as_ref()) {
+            let steps: Vec<_> = self
+                .steps
+                .iter()
+                .map(|(s, role)| (s.name, *role == Role::Compensable))
+                .collect();
+            self.listeners = self
+                .listeners
+                .with(crate::metrics::MetricsBridge::new(self.name, &steps));
+        }
         let log = self
             .log
             .ok_or_else(|| ConfigError::new("saga", "log", "is required"))?;
@@ -649,6 +672,8 @@ where
             lease: Duration::from_secs(60),
             registry: None,
             listeners: Listeners::new(),
+            #[cfg(feature = "metrics")]
+            metrics: false,
         }
     }
 

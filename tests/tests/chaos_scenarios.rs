@@ -1,4 +1,5 @@
-//! Fault scenarios end to end on 127.0.0.1: a server whose handlers sit
+//! Fault scenarios end to end on 127.0.0.1 (upstream errors, upstream
+//! hangs): a server whose handlers sit
 //! behind a chaos layer, called through the real client stack (a total
 //! timeout, retry, circuit breaker, a per-attempt timeout and a
 //! hyper-util client). Every assertion is on counts (admitted, rejected,
@@ -16,7 +17,7 @@ use axum::routing::get;
 use axum::Router;
 use buttress::circuit_breaker::{CircuitBreakerLayer, State};
 use buttress::core::error::find;
-use buttress::core::{BoxError, CircuitOpen, HttpClassifier};
+use buttress::core::{BoxError, CircuitOpen, Elapsed, HttpClassifier};
 use buttress::retry::{Backoff, Jitter, ReplayBody, RetryLayer};
 use buttress::timeout::TimeoutLayer;
 use buttress::ServiceBuilderExt;
@@ -189,5 +190,61 @@ async fn upstream_errors_open_the_breaker_within_its_window_and_it_recovers_afte
         ),
         (2, 5, 2, 6)
     );
+    server.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn upstream_hangs_end_every_request_by_its_timeout() {
+    const REQUESTS: u64 = 5;
+    let chaos = ChaosLayer::builder()
+        .name("hanging-upstream")
+        .hang_rate(1.0)
+        .enabled(true)
+        .build()
+        .unwrap();
+    let chaos_handle = chaos.handle();
+    let (server, hits) = upstream(chaos).await;
+
+    // Two attempts of at most 2 s each, 100 ms apart, within a total of
+    // 10 s: every request ends with its per-attempt timeout, retried once.
+    let retry = RetryLayer::for_http()
+        .name("hang-retry")
+        .max_attempts(2)
+        .backoff(Backoff::fixed(Duration::from_millis(100)))
+        .jitter(Jitter::None)
+        .max_delay(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let retry_handle = retry.handle();
+    let client: Client<_, ReplayBody<Full<Bytes>>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut stack = ServiceBuilder::new()
+        .call_timeout(Duration::from_secs(10))
+        .unwrap()
+        .retry_with(retry)
+        .layer(TimeoutLayer::new(Duration::from_secs(2)).unwrap())
+        .service(client);
+    let url = server.url("/");
+    for _ in 0..REQUESTS {
+        let req = http::Request::get(&url)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let err = stack.ready().await.unwrap().call(req).await.unwrap_err();
+        let elapsed = find::<Elapsed>(&*err).unwrap_or_else(|| panic!("not a timeout: {err}"));
+        assert_eq!(
+            elapsed.timeout(),
+            Duration::from_secs(2),
+            "the per-attempt timeout"
+        );
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    let c = chaos_handle.snapshot();
+    assert_eq!(
+        (c.calls, c.injected(FaultKind::Hang)),
+        (2 * REQUESTS, 2 * REQUESTS)
+    );
+    let r = retry_handle.snapshot();
+    assert_eq!((r.retries, r.failed_with_retry), (REQUESTS, REQUESTS));
+    assert_eq!(r.successful_without_retry + r.successful_with_retry, 0);
     server.shutdown().await;
 }

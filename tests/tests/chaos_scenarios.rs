@@ -1,11 +1,11 @@
 //! Fault scenarios end to end on 127.0.0.1 (upstream errors, upstream
-//! hangs): a server whose handlers sit
-//! behind a chaos layer, called through the real client stack (a total
-//! timeout, retry, circuit breaker, a per-attempt timeout and a
-//! hyper-util client). Every assertion is on counts (admitted, rejected,
-//! retried, faults injected, requests that reached the handler), never on
-//! wall-clock timings: the runtime's clock is paused, and the waits
-//! (backoff, the breaker's open wait) pass on it.
+//! hangs): a server whose handlers sit behind a chaos layer, called
+//! through the real client stack (a total timeout, retry, circuit breaker,
+//! a per-attempt timeout and a hyper-util client). Every assertion is on
+//! counts (admitted, rejected, retried, faults injected, requests that
+//! reached the handler), never on wall-clock timings: the runtime's clock
+//! is paused, and the waits (backoff, timeouts, the breaker's open wait)
+//! pass on it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -173,7 +173,8 @@ struct Live {
     /// threshold`, so that the usual verdict compares integers and agrees
     /// with the percentage to the last bit.
     full_trip: (u64, u64),
-    config: CircuitBreakerConfig,
+    /// As given, for `config()`; boxed, out of the lines that decide.
+    config: Box<CircuitBreakerConfig>,
 }
 
 impl Live {
@@ -192,7 +193,7 @@ impl Live {
                 first_reaching(size, settings.failure_rate_threshold),
                 first_reaching(size, settings.slow_call_rate_threshold),
             ),
-            config: settings.config.clone(),
+            config: Box::new(settings.config.clone()),
         }
     }
 }
@@ -970,7 +971,7 @@ impl Shared {
 
     /// The settings in force, as a config.
     pub(crate) fn config(&self) -> CircuitBreakerConfig {
-        self.lock().live.config.clone()
+        CircuitBreakerConfig::clone(&self.lock().live.config)
     }
 
     /// Applies validated `settings` to the live breaker, or refuses them

@@ -16,7 +16,10 @@ use crate::state::Shared;
 /// reaches the inner service; a delayed call reaches it at once (its
 /// future is created in `call`, as the Service contract wants) and is
 /// polled only after the delay, so a lazy inner future (an `async` block,
-/// a hyper request) starts its work late.
+/// a hyper request) starts its work late. `poll_ready` is the inner
+/// service's: capacity an inner layer reserved there for a call that then
+/// fails or hangs here stays with the service until its next call or
+/// its drop, as tower's contract allows.
 pub struct Chaos<S, Sel = All> {
     inner: S,
     shared: Arc<Shared>,

@@ -197,6 +197,8 @@ impl HealthRegistryBuilder {
 /// [liveness and readiness](Probe) reports.
 ///
 /// A cheap-to-clone handle: clones share the checks and their results.
+/// Probes spawn the check runs as tokio tasks: call them within a tokio
+/// runtime.
 ///
 /// # Caching: probes never wait for a slow check
 ///

@@ -755,3 +755,20 @@ fn the_registry_snapshot_shows_the_latency_as_a_config_file_would() {
     );
     assert_eq!(state["enabled"], false);
 }
+
+#[test]
+fn concurrent_setters_never_break_the_sum_of_the_rates() {
+    // Two threads race to set rates that are valid alone and invalid
+    // together: one of each pair wins, the sum stays at most 1.
+    for round in 0..200 {
+        let handle = ChaosLayer::builder().build().unwrap().handle();
+        let a = handle.clone();
+        let b = handle.clone();
+        let t1 = std::thread::spawn(move || a.set_error_rate(0.6).is_ok());
+        let t2 = std::thread::spawn(move || b.set_hang_rate(0.6).is_ok());
+        let (ok1, ok2) = (t1.join().unwrap(), t2.join().unwrap());
+        assert!(ok1 != ok2, "round {round}: exactly one setter wins");
+        let s = handle.snapshot();
+        assert!(s.error_rate + s.hang_rate <= 1.0, "round {round}: {s:?}");
+    }
+}

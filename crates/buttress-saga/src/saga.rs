@@ -341,6 +341,7 @@ pub struct SagaBuilder<C> {
     retry: RetryPolicy,
     compensation_retry: RetryPolicy,
     on_compensation_failure: OnCompensationFailure,
+    parallel_compensation: bool,
     on_crash: OnCrash,
     deadline: Option<Duration>,
     lease: Duration,
@@ -417,6 +418,14 @@ where
     /// Continue past a failed compensation (default) or stop at it.
     pub fn on_compensation_failure(mut self, what: OnCompensationFailure) -> Self {
         self.on_compensation_failure = what;
+        self
+    }
+
+    /// Runs the compensations all at once rather than last step first
+    /// (when the steps' undos do not depend on each other). Each is still
+    /// logged as started before it runs and done after.
+    pub fn parallel_compensation(mut self, parallel: bool) -> Self {
+        self.parallel_compensation = parallel;
         self
     }
 
@@ -557,6 +566,7 @@ where
             log,
             compensation_retry: self.compensation_retry,
             on_compensation_failure: self.on_compensation_failure,
+            parallel_compensation: self.parallel_compensation,
             on_crash: self.on_crash,
             deadline: self.deadline,
             lease: self.lease,
@@ -592,6 +602,7 @@ struct Inner<C> {
     log: Arc<dyn SagaLog>,
     compensation_retry: RetryPolicy,
     on_compensation_failure: OnCompensationFailure,
+    parallel_compensation: bool,
     on_crash: OnCrash,
     deadline: Option<Duration>,
     lease: Duration,
@@ -667,6 +678,7 @@ where
             retry: RetryPolicy::default(),
             compensation_retry: RetryPolicy::backoff(5, Duration::from_millis(100), 2.0),
             on_compensation_failure: OnCompensationFailure::default(),
+            parallel_compensation: false,
             on_crash: OnCrash::default(),
             deadline: None,
             lease: Duration::from_secs(60),
@@ -1005,55 +1017,68 @@ where
         }
         let mut compensations = Vec::new();
         let mut stopped = false;
-        for i in st.to_compensate(|s| self.compensable(s)) {
-            let step = &self.steps[i as usize];
+        let pending = st.to_compensate(|s| self.compensable(s));
+        // In parallel, one batch of all; else one step at a time.
+        let batches: Vec<&[u32]> = if self.parallel_compensation {
+            vec![&pending[..]]
+        } else {
+            pending.chunks(1).collect()
+        };
+        for batch in batches {
             if stopped {
-                compensations.push(Compensation {
-                    step: step.name,
+                compensations.extend(batch.iter().map(|i| Compensation {
+                    step: self.steps[*i as usize].name,
                     outcome: CompensationOutcome::NotRun,
-                });
+                }));
                 continue;
             }
-            if st.compensation_in_doubt != Some(i) {
-                let entry = Entry::Started {
-                    step: i,
-                    kind: Kind::Compensation,
+            for &i in batch {
+                if !st.compensation_in_doubt.contains(&i) {
+                    let entry = Entry::Started {
+                        step: i,
+                        kind: Kind::Compensation,
+                    };
+                    self.append(&mut st, entry, &[])
+                        .await
+                        .map_err(|e| log_err(e, failed_step))?;
+                }
+            }
+            let runs = batch
+                .iter()
+                .map(|&i| self.run_compensation(&id, &self.steps[i as usize], &ctx))
+                .collect();
+            let results = self.with_heartbeat(&id, join_all(runs)).await;
+            for (&i, (result, attempts)) in batch.iter().zip(results) {
+                let entry = match &result {
+                    Ok(()) => Entry::Done {
+                        step: i,
+                        kind: Kind::Compensation,
+                        context: None,
+                    },
+                    Err(e) => Entry::Failed {
+                        step: i,
+                        kind: Kind::Compensation,
+                        error: e.to_string(),
+                    },
                 };
                 self.append(&mut st, entry, &[])
                     .await
                     .map_err(|e| log_err(e, failed_step))?;
-            }
-            let run = self.run_compensation(&id, step, &ctx);
-            let (result, attempts) = self.with_heartbeat(&id, run).await;
-            let entry = match &result {
-                Ok(()) => Entry::Done {
-                    step: i,
-                    kind: Kind::Compensation,
-                    context: None,
-                },
-                Err(e) => Entry::Failed {
-                    step: i,
-                    kind: Kind::Compensation,
-                    error: e.to_string(),
-                },
-            };
-            self.append(&mut st, entry, &[])
-                .await
-                .map_err(|e| log_err(e, failed_step))?;
-            let outcome = match result {
-                Ok(()) => CompensationOutcome::Compensated { attempts },
-                Err(e) => {
-                    stopped = self.on_compensation_failure == OnCompensationFailure::Stop;
-                    CompensationOutcome::Failed {
-                        attempts,
-                        error: e.to_string(),
+                let outcome = match result {
+                    Ok(()) => CompensationOutcome::Compensated { attempts },
+                    Err(e) => {
+                        stopped = self.on_compensation_failure == OnCompensationFailure::Stop;
+                        CompensationOutcome::Failed {
+                            attempts,
+                            error: e.to_string(),
+                        }
                     }
-                }
-            };
-            compensations.push(Compensation {
-                step: step.name,
-                outcome,
-            });
+                };
+                compensations.push(Compensation {
+                    step: self.steps[i as usize].name,
+                    outcome,
+                });
+            }
         }
         let phase = if st.compensation_failed.is_empty() && !stopped {
             Phase::Compensated
@@ -1227,6 +1252,30 @@ where
             }
         }
     }
+}
+
+/// Polls every future to completion, together; outputs in input order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(o) => *output = Some(o),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 enum ActionError {

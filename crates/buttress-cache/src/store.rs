@@ -69,6 +69,9 @@ pub(crate) enum Lookup<V> {
     Missing,
 }
 
+/// One slot of the front table.
+type FrontSlot<K, V> = Mutex<Option<Slot<K, V>>>;
+
 struct Slot<K, V> {
     key: K,
     entry: Arc<Entry<V>>,
@@ -79,7 +82,7 @@ struct Slot<K, V> {
 
 pub(crate) struct Memory<K, V> {
     pub(crate) moka: moka::sync::Cache<K, Arc<Entry<V>>>,
-    front: Box<[Mutex<Option<Slot<K, V>>>]>,
+    front: Box<[FrontSlot<K, V>]>,
     epoch: AtomicU64,
     /// The hits of slots that were emptied or taken by another key.
     retired_hits: AtomicU64,
@@ -96,7 +99,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Memory<K, V> {
     }
 
     #[inline]
-    fn slot(&self, key: &K) -> &Mutex<Option<Slot<K, V>>> {
+    fn slot(&self, key: &K) -> &FrontSlot<K, V> {
         &self.front[(slot_hash(key) as usize) & (FRONT_SLOTS - 1)]
     }
 
@@ -151,7 +154,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Memory<K, V> {
     }
 
     #[cold]
-    fn lookup_slow(&self, key: &K, slot: &Mutex<Option<Slot<K, V>>>, now: Instant) -> Lookup<V> {
+    fn lookup_slow(&self, key: &K, slot: &FrontSlot<K, V>, now: Instant) -> Lookup<V> {
         let epoch = self.epoch.load(SeqCst);
         let Some(entry) = self.moka.get(key) else {
             return Lookup::Missing;

@@ -186,6 +186,7 @@ async fn an_error_nobody_waited_for_is_returned_as_it_is() {
 }
 
 /// A service whose answers are set by the test.
+#[allow(clippy::type_complexity)]
 fn scripted() -> (
     Arc<Mutex<Result<String, String>>>,
     Arc<AtomicUsize>,

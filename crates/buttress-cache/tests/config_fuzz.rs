@@ -4,7 +4,6 @@
 
 use std::alloc::System;
 use std::convert::Infallible;
-use std::time::Duration;
 
 use buttress_cache::{CacheConfig, CacheLayer, Credentials};
 use buttress_test_support::fuzz::{self, durations};
@@ -96,6 +95,7 @@ proptest! {
     }
 }
 
+#[cfg(feature = "serde")]
 #[test]
 fn the_config_reads_humantime_durations_and_round_trips() {
     let config: CacheConfig = serde_json::from_str(
@@ -103,7 +103,7 @@ fn the_config_reads_humantime_durations_and_round_trips() {
              "max_entries": 100, "credentials": "in_key" }"#,
     )
     .unwrap();
-    assert_eq!(config.ttl, Duration::from_secs(90));
+    assert_eq!(config.ttl, std::time::Duration::from_secs(90));
     assert_eq!(config.credentials, Credentials::InKey);
     let back: CacheConfig = serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
     assert_eq!(back, config);

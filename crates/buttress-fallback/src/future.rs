@@ -43,11 +43,11 @@ pin_project! {
             // fallback starts.
             kept: Option<K>,
         },
+        // Boxed, with what triggered it: allocated only when the fallback
+        // runs, so that a healthy call's future is the primary's and a
+        // few words, however large the fallback's future is.
         Fallback {
-            #[pin]
-            fut: Fb,
-            // What triggered the fallback, taken when it ends.
-            original: Option<Original>,
+            running: Option<(Pin<Box<Fb>>, Original)>,
         },
     }
 }
@@ -140,14 +140,14 @@ where
                         Failure::Response(res) => Original::Response(link.marker().status(&res)),
                     };
                     this.state.set(State::Fallback {
-                        fut: fallback,
-                        original: Some(original),
+                        running: Some((Box::pin(fallback), original)),
                     });
                 }
-                StateProj::Fallback { fut, original } => {
-                    let result = ready!(fut.poll(cx));
+                StateProj::Fallback { running } => {
+                    let (fut, _) = running.as_mut().expect("polled after completion");
+                    let result = ready!(fut.as_mut().poll(cx));
                     let link = &*this.link;
-                    let original = original.take().expect("polled after completion");
+                    let (_, original) = running.take().expect("polled after completion");
                     let reason = original.reason();
                     return Poll::Ready(match result {
                         Ok(mut res) => {

@@ -126,8 +126,9 @@
 //!   state per call (about 10 ns here), and, once observed, one relaxed
 //!   atomic add for the `primary` counter.
 //!
-//! The fallback path allocates what it needs (the boxed errors, the
-//! event, the marker's name).
+//! The fallback path allocates what it needs (its future, boxed so that a
+//! healthy call's future is the primary's and a few words; the boxed
+//! errors; the event; the marker's name).
 //!
 //! # Tracing
 //!

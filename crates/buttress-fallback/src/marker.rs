@@ -204,7 +204,9 @@ pub const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-fallback");
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct HttpMarker {
-    header: Option<HeaderName>,
+    // Behind an `Arc`: a marker without a header is one null word, which
+    // a quiet response future carries at no cost.
+    header: Option<Arc<HeaderName>>,
 }
 
 impl HttpMarker {
@@ -216,13 +218,13 @@ impl HttpMarker {
     /// The extension and the header `name`
     /// ([`FALLBACK_HEADER`], `x-fallback`, is the usual one).
     pub fn with_header(mut self, name: HeaderName) -> Self {
-        self.header = Some(name);
+        self.header = Some(Arc::new(name));
         self
     }
 
     /// The header it sets, if any.
     pub fn header(&self) -> Option<&HeaderName> {
-        self.header.as_ref()
+        self.header.as_deref()
     }
 }
 
@@ -238,7 +240,7 @@ impl<B> Mark<http::Response<B>> for HttpMarker {
             // character) leaves the name out rather than the header.
             let value = HeaderValue::try_from(text)
                 .unwrap_or_else(|_| HeaderValue::from_static(used.reason.as_str()));
-            res.headers_mut().insert(header.clone(), value);
+            res.headers_mut().insert(HeaderName::clone(header), value);
         }
         res.extensions_mut().insert(used.clone());
     }

@@ -460,3 +460,18 @@ async fn concurrent_http_misses_share_one_collected_response() {
     }
     assert_eq!(calls.load(SeqCst), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn under_error_to_response_an_error_without_a_stale_entry_is_a_response() {
+    use buttress_core::response::ErrorToResponseLayer;
+    let inner = service_fn(|_: Request<()>| async {
+        Err::<Response<Full<Bytes>>, buttress_core::BoxError>(Box::new(
+            buttress_core::CircuitOpen::new("upstream".into(), Some(Duration::from_secs(3))),
+        ))
+    });
+    let cache = CacheLayer::http().build().unwrap();
+    let svc = ErrorToResponseLayer::new().layer(cache.layer(inner));
+    let res = svc.oneshot(get("/x")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "3");
+}

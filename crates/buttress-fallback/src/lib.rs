@@ -126,6 +126,11 @@
 //!   state per call (about 10 ns here), and, once observed, one relaxed
 //!   atomic add for the `primary` counter.
 //!
+//! A value that owns memory (a `String`, a response) is not a plain copy;
+//! a non-capturing closure that builds it,
+//! `from_error(|_| Ok(String::from("n/a")))`, is, and allocates only when
+//! the fallback runs.
+//!
 //! The fallback path allocates what it needs (its future, boxed so that a
 //! healthy call's future is the primary's and a few words; the boxed
 //! errors; the event; the marker's name).

@@ -892,8 +892,10 @@ where
         if st.phase == Phase::Forward {
             // A pivot in doubt may have run: it is tried again, not undone.
             let pivot_in_doubt = self.pivot.is_some() && st.action_in_doubt == self.pivot;
+            // A step that failed for good before the crash is not tried
+            // again, whatever the policy.
             let go_back = recovered
-                && self.on_crash == OnCrash::Compensate
+                && (self.on_crash == OnCrash::Compensate || st.action_failed.is_some())
                 && !self.pivot_done(&st)
                 && !pivot_in_doubt;
             if go_back {

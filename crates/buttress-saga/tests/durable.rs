@@ -435,3 +435,57 @@ async fn a_step_longer_than_the_lease_keeps_its_saga_by_heartbeat() {
     run.await.unwrap().unwrap();
     assert_eq!(log.load("long").await.unwrap().phase, Phase::Completed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_failed_before_the_crash_is_compensated_even_when_resuming() {
+    let log = MemoryLog::new();
+    log.create(&new_saga("f", 1), "dead", Duration::ZERO)
+        .await
+        .unwrap();
+    let entries = [
+        Entry::Started {
+            step: 0,
+            kind: Kind::Action,
+        },
+        Entry::Done {
+            step: 0,
+            kind: Kind::Action,
+            context: Some(serde_json::json!([0])),
+        },
+        Entry::Started {
+            step: 1,
+            kind: Kind::Action,
+        },
+        Entry::Failed {
+            step: 1,
+            kind: Kind::Action,
+            error: "declined".into(),
+        },
+    ];
+    for (seq, e) in entries.iter().enumerate() {
+        log.append("f", "dead", seq as u64, e, &[]).await.unwrap();
+    }
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let mut b = Saga::builder("order", 1)
+        .log(log.clone())
+        .on_crash(OnCrash::Resume);
+    for name in ["a", "b"] {
+        let (c1, c2) = (calls.clone(), calls.clone());
+        b = b.step(
+            Step::new(
+                name,
+                service_fn(move |r: StepRequest<Vec<u32>>| {
+                    c1.lock().unwrap().push(r.idempotency_key.clone());
+                    async move { Ok::<_, String>(r.context) }
+                }),
+            )
+            .compensate(service_fn(move |r: StepRequest<Vec<u32>>| {
+                c2.lock().unwrap().push(r.idempotency_key.clone());
+                async move { Ok::<_, String>(()) }
+            })),
+        );
+    }
+    let report = b.build().unwrap().recover().await.unwrap();
+    assert_eq!(report.compensated, ["f"]);
+    assert_eq!(*calls.lock().unwrap(), ["f:a:compensation"]);
+}

@@ -777,6 +777,7 @@ pub(crate) fn cases() -> Vec<Case> {
 
     fallback_cases(&mut cases);
     chaos_cases(&mut cases);
+    cache_cases(&mut cases);
 
     cases
 }
@@ -820,6 +821,19 @@ fn fallback_cases(cases: &mut Vec<Case>) {
     cases.push(Case::new(
         "fallback",
         "ready",
+        Impl::Buttress,
+        ours.layer(ReadySvc),
+    ));
+    // The same with a name that is not `&'static`: the response future
+    // holds a reference count on the layer, what a value that is not a
+    // plain copy (a `String`, a response) costs too.
+    let ours = buttress_fallback::FallbackLayer::value(0u64)
+        .name(String::from("owned-name"))
+        .build()
+        .expect("a valid fallback");
+    cases.push(Case::new(
+        "fallback",
+        "ready_shared",
         Impl::Buttress,
         ours.layer(ReadySvc),
     ));
@@ -925,4 +939,35 @@ where
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+/// A cache hit in memory, the same key every call (the first call, a
+/// miss, is made by the warm-up), beside tower-resilience's cache and the
+/// bare service. The response is a `u64`: cloning it allocates nothing,
+/// so what is counted is the layer's own cost.
+fn cache_cases(cases: &mut Vec<Case>) {
+    cases.push(Case::new("cache", "ready", Impl::Bare, ReadySvc));
+    let ours = buttress_cache::CacheLayer::builder(|req: &u64| Some(*req))
+        .ttl(Duration::from_secs(3600))
+        .max_entries(10_000)
+        .build()
+        .expect("a valid cache");
+    cases.push(Case::new(
+        "cache",
+        "ready",
+        Impl::Buttress,
+        ours.layer(ReadySvc),
+    ));
+    let rez = tower_resilience::cache::CacheLayer::<u64, u64>::builder()
+        .max_size(10_000)
+        .ttl(Duration::from_secs(3600))
+        .key_extractor(|req: &u64| *req)
+        .build()
+        .expect("a valid tower-resilience cache");
+    cases.push(Case::new(
+        "cache",
+        "ready",
+        Impl::TowerResilience,
+        rez.layer(ReadySvc),
+    ));
 }

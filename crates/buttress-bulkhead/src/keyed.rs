@@ -5,7 +5,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,8 +18,9 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::config::BulkheadConfig;
 use crate::events::BulkheadEvent;
-use crate::layer::{validate, validate_wait, BulkheadHandle, KIND};
+use crate::layer::{not_live, validate, validate_config, validate_wait, BulkheadHandle, KIND};
 use crate::state::{rejection, Acquire, BulkheadSnapshot, Permit, Shared};
 
 const KEYED_KIND: &str = "keyed_bulkhead";
@@ -47,10 +48,12 @@ const KEYED_KIND: &str = "keyed_bulkhead";
 /// ```
 struct KeyedShared<K> {
     name: Arc<str>,
-    max_concurrent: usize,
-    max_queue: usize,
-    max_wait: Option<Duration>,
-    retry_after: Option<Duration>,
+    /// The limits a new key's bulkhead starts with; changed by
+    /// [`KeyedBulkheadHandle::reconfigure`] (read under the map's shard
+    /// lock when a key is added, so a change reaches every key).
+    template: Mutex<BulkheadConfig>,
+    /// Serialises run-time changes.
+    reconfig: Mutex<()>,
     listeners: Listeners<BulkheadEvent>,
     map: BoundedMap<K, Arc<Shared>>,
     /// Requests whose key the extractor could not find share this one,
@@ -66,17 +69,25 @@ struct KeyedShared<K> {
     retired_rejected: AtomicU64,
 }
 
+impl<K> KeyedShared<K> {
+    fn template(&self) -> MutexGuard<'_, BulkheadConfig> {
+        // Every write leaves a whole config: a poisoned lock is still sound.
+        self.template.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl<K: Hash + Eq + Clone> KeyedShared<K> {
     fn new_bulkhead(&self) -> Arc<Shared> {
+        let t = self.template();
         Arc::new(
             Shared::new(
                 self.name.clone(),
-                self.max_concurrent,
-                self.max_queue,
-                self.max_wait,
+                t.max_concurrent,
+                t.max_queue,
+                t.max_wait,
                 self.listeners.clone(),
             )
-            .with_retry_after(self.retry_after),
+            .with_retry_after(t.retry_after),
         )
     }
 
@@ -176,7 +187,7 @@ impl<X, K> fmt::Debug for KeyedBulkheadLayer<X, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedBulkheadLayer")
             .field("name", &self.shared.name)
-            .field("max_concurrent", &self.shared.max_concurrent)
+            .field("max_concurrent", &self.shared.template().max_concurrent)
             .field("max_keys", &self.shared.map.max_keys())
             .finish_non_exhaustive()
     }
@@ -379,11 +390,15 @@ impl<X> KeyedBulkheadBuilder<X> {
         let layer = KeyedBulkheadLayer {
             extractor: Arc::new(self.extractor),
             shared: Arc::new(KeyedShared {
-                name: self.name,
-                max_concurrent: self.max_concurrent,
-                max_queue: self.max_queue,
-                max_wait: self.max_wait,
-                retry_after: self.retry_after,
+                name: self.name.clone(),
+                template: Mutex::new(BulkheadConfig {
+                    name: self.name.to_string(),
+                    max_concurrent: self.max_concurrent,
+                    max_queue: self.max_queue,
+                    max_wait: self.max_wait,
+                    retry_after: self.retry_after,
+                }),
+                reconfig: Mutex::new(()),
                 listeners,
                 map: BoundedMap::new(self.max_keys, self.idle_timeout),
                 unkeyed,
@@ -486,7 +501,7 @@ where
                         rejection(
                             self.shared.name.clone(),
                             BulkheadFullReason::QueueFull,
-                            self.shared.retry_after,
+                            self.shared.template().retry_after,
                         )
                         .into(),
                     ),
@@ -635,6 +650,73 @@ impl<K: Hash + Eq> KeyedBulkheadHandle<K> {
         self.shared.map_full.load(Relaxed)
     }
 
+    /// The current per-key settings, as a [`BulkheadConfig`]: what every
+    /// key's bulkhead (and the unkeyed one) runs with.
+    ///
+    /// ```
+    /// use buttress_bulkhead::KeyedBulkheadLayer;
+    /// use buttress_core::key::Header;
+    ///
+    /// let layer = KeyedBulkheadLayer::builder(Header::new(http::HeaderName::from_static("x-tenant")))
+    ///     .max_concurrent(3)
+    ///     .build::<Vec<u8>>()
+    ///     .unwrap();
+    /// assert_eq!(layer.handle().config().max_concurrent, 3);
+    /// ```
+    pub fn config(&self) -> BulkheadConfig {
+        self.shared.template().clone()
+    }
+
+    /// Applies `config` to every key's bulkhead, the ones held now, the
+    /// unkeyed one and the ones added later, with the same rules as
+    /// [`BulkheadHandle::reconfigure`]: validated as
+    /// [`BulkheadConfig::build`] validates it, a different `name` refused
+    /// (field `name`), nothing changed on an error; calls holding a permit
+    /// and callers already queued finish under the values they started
+    /// with. The keyed settings that are not in a `BulkheadConfig`
+    /// (`max_keys`, `idle_timeout`, `on_missing_key`) stay as built.
+    ///
+    /// A key added while the change is under way gets the new limits:
+    /// either it is made from the new template, or it is in the map by the
+    /// time the change walks it.
+    ///
+    /// ```
+    /// use buttress_bulkhead::{BulkheadConfig, KeyedBulkheadLayer};
+    /// use buttress_core::key::Header;
+    ///
+    /// let layer = KeyedBulkheadLayer::builder(Header::new(http::HeaderName::from_static("x-tenant")))
+    ///     .max_concurrent(3)
+    ///     .build::<Vec<u8>>()
+    ///     .unwrap();
+    /// let handle = layer.handle();
+    /// let new = BulkheadConfig { max_concurrent: 10, ..handle.config() };
+    /// handle.reconfigure(&new).unwrap();
+    /// assert_eq!(handle.unkeyed().snapshot().max_concurrent, 10);
+    /// assert_eq!(handle.config(), new);
+    /// ```
+    pub fn reconfigure(&self, config: &BulkheadConfig) -> Result<(), ConfigError> {
+        validate_config(config)?;
+        let _writer = self
+            .shared
+            .reconfig
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *config.name != *self.shared.name {
+            return Err(not_live("name"));
+        }
+        // New keys first: a key made from here on starts with the new
+        // limits; one made before is in the map when the walk below
+        // reaches its shard (it is made and inserted under that shard's
+        // lock).
+        *self.shared.template() = config.clone();
+        let keys = self.shared.map.values();
+        for shared in std::iter::once(&self.shared.unkeyed).chain(keys.iter()) {
+            let _key_writer = shared.lock_writer();
+            shared.apply(config);
+        }
+        Ok(())
+    }
+
     /// Totals over the keys held now and the unkeyed bulkhead
     /// (`max_concurrent` is the per-key limit). `completed` and `rejected`
     /// also count evicted keys and requests rejected because the map was
@@ -674,7 +756,7 @@ impl<K: Hash + Eq + Send + Sync + 'static> Component for KeyedBulkheadHandle<K> 
         serde_json::json!({
             "keys": self.keys(),
             "max_keys": self.shared.map.max_keys(),
-            "max_concurrent_per_key": self.shared.max_concurrent,
+            "max_concurrent_per_key": self.shared.template().max_concurrent,
             "active": t.active,
             "queued": t.queued,
             "completed": t.completed,

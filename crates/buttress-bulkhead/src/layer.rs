@@ -6,6 +6,7 @@ use buttress_core::registry::Component;
 use buttress_core::{ConfigError, Listener, Listeners, Registry};
 use tower_layer::Layer;
 
+use crate::config::BulkheadConfig;
 use crate::events::BulkheadEvent;
 use crate::service::Bulkhead;
 use crate::state::{BulkheadSnapshot, Shared};
@@ -319,6 +320,21 @@ fn validate_max_queue(max: usize) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The checks of [`BulkheadBuilder::build`] on a config, in its order.
+pub(crate) fn validate_config(config: &BulkheadConfig) -> Result<(), ConfigError> {
+    validate(&config.name, config.max_concurrent, config.max_queue)?;
+    validate_wait(config.max_queue, config.max_wait)
+}
+
+/// The error of a change that cannot apply to a live bulkhead.
+pub(crate) fn not_live(field: &'static str) -> ConfigError {
+    ConfigError::new(
+        KIND,
+        field,
+        "cannot change on a live instance: build a new layer instead",
+    )
+}
+
 /// A non-zero `max_wait` without a queue would never apply: nobody waits.
 pub(crate) fn validate_wait(
     max_queue: usize,
@@ -377,6 +393,7 @@ impl BulkheadHandle {
     /// ```
     pub fn set_max_concurrent(&self, max: usize) -> Result<(), ConfigError> {
         validate_max_concurrent(max)?;
+        let _writer = self.shared.lock_writer();
         self.shared.set_max_concurrent(max);
         Ok(())
     }
@@ -388,6 +405,7 @@ impl BulkheadHandle {
     /// changes.
     pub fn set_max_queue(&self, max: usize) -> Result<(), ConfigError> {
         validate_max_queue(max)?;
+        let _writer = self.shared.lock_writer();
         validate_wait(max, self.shared.max_wait())?;
         self.shared.set_max_queue(max);
         Ok(())
@@ -398,8 +416,78 @@ impl BulkheadHandle {
     /// with [`set_max_queue`](Self::set_max_queue)); on an error nothing
     /// changes.
     pub fn set_max_wait(&self, max_wait: Option<Duration>) -> Result<(), ConfigError> {
+        let _writer = self.shared.lock_writer();
         validate_wait(self.shared.max_queue(), max_wait)?;
         self.shared.set_max_wait(max_wait);
+        Ok(())
+    }
+
+    /// The current settings, as a [`BulkheadConfig`]: what
+    /// [`reconfigure`](Self::reconfigure) compares a new config with, and
+    /// what a dashboard shows.
+    ///
+    /// ```
+    /// use buttress_bulkhead::BulkheadConfig;
+    ///
+    /// let config = BulkheadConfig { max_concurrent: 8, ..BulkheadConfig::default() };
+    /// let handle = config.build().unwrap().handle();
+    /// assert_eq!(handle.config(), config);
+    /// ```
+    pub fn config(&self) -> BulkheadConfig {
+        let _writer = self.shared.lock_writer();
+        self.shared.config()
+    }
+
+    /// Applies `config` to this live bulkhead.
+    ///
+    /// The whole config is validated first, as [`BulkheadConfig::build`]
+    /// validates it (the same errors). The name cannot change on a live
+    /// instance: a different `name` is refused with a [`ConfigError`] for
+    /// the field `name` (build a new layer instead). On any error nothing
+    /// changes.
+    ///
+    /// Every other field is live, applied under the bulkhead's writers'
+    /// lock (concurrent changes never mix):
+    /// - `max_concurrent`, as
+    ///   [`set_max_concurrent`](Self::set_max_concurrent): calls holding a
+    ///   permit keep it and finish; a lower limit admits new calls only
+    ///   once enough of them have finished, a higher one admits queued
+    ///   callers at once. A call is never admitted beyond the limit in
+    ///   force when it was admitted.
+    /// - `max_queue`: callers arriving from now on; callers already queued
+    ///   keep their place, even above a lower bound.
+    /// - `max_wait`: callers queued from now on; a caller already queued
+    ///   keeps the deadline it was queued with.
+    /// - `retry_after`: the hint of rejections from now on.
+    ///
+    /// ```
+    /// use buttress_bulkhead::BulkheadConfig;
+    /// use std::time::Duration;
+    ///
+    /// let handle = BulkheadConfig::default().build().unwrap().handle();
+    /// let new = BulkheadConfig {
+    ///     max_concurrent: 4,
+    ///     max_queue: 16,
+    ///     max_wait: Some(Duration::from_millis(50)),
+    ///     ..handle.config()
+    /// };
+    /// handle.reconfigure(&new).unwrap();
+    /// assert_eq!(handle.config(), new);
+    /// assert_eq!(handle.snapshot().max_concurrent, 4);
+    ///
+    /// let bad = BulkheadConfig { max_concurrent: 0, ..new.clone() };
+    /// assert_eq!(handle.reconfigure(&bad).unwrap_err().field(), "max_concurrent");
+    /// let renamed = BulkheadConfig { name: "other".into(), ..new.clone() };
+    /// assert_eq!(handle.reconfigure(&renamed).unwrap_err().field(), "name");
+    /// assert_eq!(handle.config(), new);
+    /// ```
+    pub fn reconfigure(&self, config: &BulkheadConfig) -> Result<(), ConfigError> {
+        validate_config(config)?;
+        let _writer = self.shared.lock_writer();
+        if *config.name != *self.shared.name {
+            return Err(not_live("name"));
+        }
+        self.shared.apply(config);
         Ok(())
     }
 

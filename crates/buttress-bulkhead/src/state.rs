@@ -63,8 +63,13 @@ pub(crate) struct Shared {
     pub(crate) listeners: Listeners<BulkheadEvent>,
     /// The origin of [`Permit`]'s timestamps.
     base: Instant,
-    /// The hint a rejection carries (`Retry-After`, gRPC pushback).
-    retry_after: Option<Duration>,
+    /// The hint a rejection carries (`Retry-After`, gRPC pushback), in
+    /// nanoseconds; [`NO_LIMIT`] for none.
+    retry_after_nanos: AtomicU64,
+    /// Serialises run-time changes (the setters and `reconfigure`), so that
+    /// two at once never leave a mix of both and a check of one limit
+    /// against another sees the value that stays.
+    reconfig: Mutex<()>,
 }
 
 impl fmt::Debug for Shared {
@@ -135,19 +140,34 @@ impl Shared {
             rejected: AtomicU64::new(0),
             listeners,
             base: Instant::now(),
-            retry_after: None,
+            retry_after_nanos: AtomicU64::new(NO_LIMIT),
+            reconfig: Mutex::new(()),
         }
     }
 
     /// The hint that rejections carry.
-    pub(crate) fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
-        self.retry_after = retry_after;
+    pub(crate) fn with_retry_after(self, retry_after: Option<Duration>) -> Self {
+        self.set_retry_after(retry_after);
         self
     }
 
     /// The error of a rejection for `reason`, with the retry hint.
     pub(crate) fn rejection(&self, reason: BulkheadFullReason) -> BulkheadFull {
-        rejection(self.name.clone(), reason, self.retry_after)
+        rejection(self.name.clone(), reason, self.retry_after())
+    }
+
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        nanos_to_wait(self.retry_after_nanos.load(Relaxed))
+    }
+
+    pub(crate) fn set_retry_after(&self, retry_after: Option<Duration>) {
+        self.retry_after_nanos
+            .store(wait_to_nanos(retry_after), Relaxed);
+    }
+
+    /// The writers' lock (see `reconfig`).
+    pub(crate) fn lock_writer(&self) -> MutexGuard<'_, ()> {
+        lock(&self.reconfig)
     }
 
     /// Takes a permit if one is free and nobody queues ahead.
@@ -253,10 +273,7 @@ impl Shared {
     }
 
     pub(crate) fn max_wait(&self) -> Option<Duration> {
-        match self.max_wait_nanos.load(Relaxed) {
-            NO_LIMIT => None,
-            n => Some(Duration::from_nanos(n)),
-        }
+        nanos_to_wait(self.max_wait_nanos.load(Relaxed))
     }
 
     pub(crate) fn set_max_concurrent(&self, max: usize) {
@@ -283,6 +300,29 @@ impl Shared {
 
     pub(crate) fn set_max_wait(&self, max_wait: Option<Duration>) {
         self.max_wait_nanos.store(wait_to_nanos(max_wait), Relaxed);
+    }
+
+    /// The settings as a config (the caller holds the writers' lock).
+    pub(crate) fn config(&self) -> crate::BulkheadConfig {
+        crate::BulkheadConfig {
+            name: self.name.to_string(),
+            max_concurrent: self.max_concurrent.load(SeqCst),
+            max_queue: self.max_queue(),
+            max_wait: self.max_wait(),
+            retry_after: self.retry_after(),
+        }
+    }
+
+    /// Applies a validated config's limits (the caller holds the writers'
+    /// lock). The queue bound and timeout change first, then the limit,
+    /// whose raise admits queued callers at once.
+    pub(crate) fn apply(&self, config: &crate::BulkheadConfig) {
+        self.set_max_queue(config.max_queue);
+        self.set_max_wait(config.max_wait);
+        self.set_retry_after(config.retry_after);
+        if config.max_concurrent != self.max_concurrent.load(SeqCst) {
+            self.set_max_concurrent(config.max_concurrent);
+        }
     }
 
     pub(crate) fn snapshot(&self) -> BulkheadSnapshot {
@@ -321,6 +361,13 @@ impl Shared {
     pub(crate) fn is_idle(&self) -> bool {
         self.waiters.load(SeqCst) == 0
             && available_of(self.state.load(SeqCst)) >= self.max_concurrent.load(SeqCst) as i64
+    }
+}
+
+fn nanos_to_wait(n: u64) -> Option<Duration> {
+    match n {
+        NO_LIMIT => None,
+        n => Some(Duration::from_nanos(n)),
     }
 }
 

@@ -269,6 +269,13 @@ impl<B> CacheBody<B> {
     }
 }
 
+/// An empty body: what error-to-response layers build their answers with.
+impl<B> Default for CacheBody<B> {
+    fn default() -> Self {
+        CacheBody::full(Bytes::new())
+    }
+}
+
 impl<B> Body for CacheBody<B>
 where
     B: Body,

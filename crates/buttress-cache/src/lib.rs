@@ -101,8 +101,9 @@
 //! runs its housekeeping inline: about 120 ns on the project's machines,
 //! more than a whole hit should cost. The cache keeps a fixed table of 64
 //! slots of lately hit entries in front of it; a hit found there costs one
-//! uncontended spin lock and one clock read. Every 16th hit of a slot
-//! still reads moka so that it knows the hot keys. An insert or an
+//! uncontended spin lock and one clock read, and allocates nothing. Its
+//! hits are told to moka when another key takes the slot, so that moka's
+//! eviction policy still learns which keys are hot. An insert or an
 //! invalidation clears the slots concerned (and a fill racing with one is
 //! dropped), so the table never answers with a replaced or invalidated
 //! entry; it may answer with a fresh entry that moka has just evicted,

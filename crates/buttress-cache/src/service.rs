@@ -296,6 +296,13 @@ impl<S, P: Policy> Cache<S, P> {
         let first = if self.shared.is_memory() {
             let now = Instant::now();
             match self.shared.lookup_memory(&key, now) {
+                Lookup::FreshCounted(value, stored_at) => {
+                    self.shared.hit_counted();
+                    let age = now.saturating_duration_since(stored_at);
+                    return ResponseFuture::ready(Ok(self
+                        .policy
+                        .respond(value, CacheStatus::Hit { age })));
+                }
                 Lookup::Fresh(value, stored_at) => {
                     self.shared.hit();
                     let age = now.saturating_duration_since(stored_at);
@@ -366,6 +373,11 @@ where
         None => shared.lookup(&key).await,
     };
     match found {
+        Lookup::FreshCounted(value, stored_at) => {
+            shared.hit_counted();
+            let age = Instant::now().saturating_duration_since(stored_at);
+            return Ok(policy.respond(value, CacheStatus::Hit { age }));
+        }
         Lookup::Fresh(value, stored_at) => {
             shared.hit();
             let age = Instant::now().saturating_duration_since(stored_at);

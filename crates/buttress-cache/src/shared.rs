@@ -439,6 +439,12 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Shared<K, V> {
 
     pub(crate) fn hit(&self) {
         self.counters.hits.fetch_add(1, Relaxed);
+        self.hit_counted();
+    }
+
+    /// A hit whose count is kept elsewhere (the front table's slots).
+    #[inline]
+    pub(crate) fn hit_counted(&self) {
         self.listeners.emit(|| CacheEvent::Hit {
             name: self.name.clone(),
         });
@@ -565,13 +571,13 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Shared<K, V> {
     }
 
     pub(crate) fn snapshot(&self) -> CacheSnapshot {
-        let (backend, entries, weight) = match &self.backend {
+        let (backend, entries, weight, front_hits) = match &self.backend {
             Backend::Memory(m) => {
                 let (e, w) = m.sizes();
-                ("memory", Some(e), Some(w))
+                ("memory", Some(e), Some(w), m.front_hits())
             }
             #[cfg(feature = "redis")]
-            Backend::Redis(_) => ("redis", None, None),
+            Backend::Redis(_) => ("redis", None, None, 0),
         };
         let c = &self.counters;
         CacheSnapshot {
@@ -579,7 +585,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Shared<K, V> {
             backend,
             entries,
             weight,
-            hits: c.hits.load(Relaxed),
+            hits: c.hits.load(Relaxed) + front_hits,
             misses: c.misses.load(Relaxed),
             stale: c.stale.load(Relaxed),
             coalesced: c.coalesced.load(Relaxed),
@@ -602,6 +608,10 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Shared<K, V> {
             &c.store_errors,
         ] {
             a.store(0, Relaxed);
+        }
+        #[allow(irrefutable_let_patterns)]
+        if let Backend::Memory(m) = &self.backend {
+            m.reset_front_hits();
         }
     }
 }

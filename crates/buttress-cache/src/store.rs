@@ -15,10 +15,15 @@
 //!   epoch; a slot is filled only if the epoch did not move between the
 //!   moka lookup and the fill, so the front never brings back an entry
 //!   that was replaced or invalidated.
-//! - Every [`TOUCH_EVERY`]th front hit of a slot also reads moka, so that
-//!   moka's eviction policy still sees which keys are hot.
+//! - A hit in the front does not read moka (whose reads may allocate in
+//!   its housekeeping): the slot counts its hits, and when another key
+//!   takes the slot, up to [`REPORTED_HITS`] of them are replayed as moka
+//!   reads, so that its eviction policy learns the key was hot. While an
+//!   entry sits in the front, moka may evict it as cold; it stays correct
+//!   to serve (fresh by its own times), and once it leaves the front a
+//!   later call fetches it again.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::sync::Arc;
 
 use spin::Mutex;
@@ -28,8 +33,9 @@ use crate::key::{slot_hash, CacheKey};
 
 /// Slots in the front table (a power of two).
 pub(crate) const FRONT_SLOTS: usize = 64;
-/// One front hit in this many also reads moka.
-const TOUCH_EVERY: u32 = 16;
+/// At most this many of a slot's hits are reported to moka when the slot
+/// is taken by another key (moka's frequency sketch counts to 15).
+const REPORTED_HITS: u64 = 8;
 
 /// One stored value and its times, on tokio's clock.
 #[derive(Debug)]
@@ -53,24 +59,33 @@ impl<V> Entry<V> {
 
 /// What a lookup found.
 pub(crate) enum Lookup<V> {
-    /// A fresh entry: its value and age.
+    /// A fresh entry: its value and when it was stored.
     Fresh(V, Instant),
+    /// The same, found in the front table, whose hit count has it already.
+    FreshCounted(V, Instant),
     /// An entry past its ttl, still within `max_stale`.
     Stale(Arc<Entry<V>>),
     /// Nothing usable.
     Missing,
 }
 
+/// One slot of the front table.
+type FrontSlot<K, V> = Mutex<Option<Slot<K, V>>>;
+
 struct Slot<K, V> {
     key: K,
     entry: Arc<Entry<V>>,
-    hits: AtomicU32,
+    /// Hits since the slot was filled, counted under its lock (no atomic
+    /// on the hit path); added to `Memory::retired_hits` when it leaves.
+    hits: u64,
 }
 
 pub(crate) struct Memory<K, V> {
     pub(crate) moka: moka::sync::Cache<K, Arc<Entry<V>>>,
-    front: Box<[Mutex<Option<Slot<K, V>>>]>,
+    front: Box<[FrontSlot<K, V>]>,
     epoch: AtomicU64,
+    /// The hits of slots that were emptied or taken by another key.
+    retired_hits: AtomicU64,
 }
 
 impl<K: CacheKey, V: Clone + Send + Sync + 'static> Memory<K, V> {
@@ -79,52 +94,88 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Memory<K, V> {
             moka,
             front: (0..FRONT_SLOTS).map(|_| Mutex::new(None)).collect(),
             epoch: AtomicU64::new(0),
+            retired_hits: AtomicU64::new(0),
         }
     }
 
     #[inline]
-    fn slot(&self, key: &K) -> &Mutex<Option<Slot<K, V>>> {
+    fn slot(&self, key: &K) -> &FrontSlot<K, V> {
         &self.front[(slot_hash(key) as usize) & (FRONT_SLOTS - 1)]
     }
 
-    /// The hit path: the front first, moka after.
+    /// The hit path: the front first, moka after. A hit in the front is
+    /// counted here (`Lookup::FreshCounted`).
     #[inline]
     pub(crate) fn lookup(&self, key: &K, now: Instant) -> Lookup<V> {
         let slot = self.slot(key);
         {
-            let guard = slot.lock();
-            if let Some(s) = &*guard {
+            let mut guard = slot.lock();
+            if let Some(s) = &mut *guard {
                 if s.key == *key && s.entry.is_fresh(now) {
+                    s.hits += 1;
                     let value = s.entry.value.clone();
                     let stored_at = s.entry.stored_at;
-                    let touch = s.hits.fetch_add(1, Relaxed) % TOUCH_EVERY == TOUCH_EVERY - 1;
                     drop(guard);
-                    if touch {
-                        let _ = self.moka.get(key);
-                    }
-                    return Lookup::Fresh(value, stored_at);
+                    return Lookup::FreshCounted(value, stored_at);
                 }
             }
         }
         self.lookup_slow(key, slot, now)
     }
 
+    /// Hits counted in the front table (exact: each slot is read under its
+    /// lock).
+    pub(crate) fn front_hits(&self) -> u64 {
+        let mut n = self.retired_hits.load(SeqCst);
+        for slot in self.front.iter() {
+            if let Some(s) = &*slot.lock() {
+                n += s.hits;
+            }
+        }
+        n
+    }
+
+    pub(crate) fn reset_front_hits(&self) {
+        for slot in self.front.iter() {
+            if let Some(s) = &mut *slot.lock() {
+                s.hits = 0;
+            }
+        }
+        self.retired_hits.store(0, SeqCst);
+    }
+
+    /// Empties a slot (under its lock), keeping its hit count.
+    fn retire(&self, slot: &mut Option<Slot<K, V>>) -> Option<Slot<K, V>> {
+        let old = slot.take();
+        if let Some(s) = &old {
+            self.retired_hits.fetch_add(s.hits, SeqCst);
+        }
+        old
+    }
+
     #[cold]
-    fn lookup_slow(&self, key: &K, slot: &Mutex<Option<Slot<K, V>>>, now: Instant) -> Lookup<V> {
+    fn lookup_slow(&self, key: &K, slot: &FrontSlot<K, V>, now: Instant) -> Lookup<V> {
         let epoch = self.epoch.load(SeqCst);
         let Some(entry) = self.moka.get(key) else {
             return Lookup::Missing;
         };
         if entry.is_fresh(now) {
             let mut guard = slot.lock();
+            let mut displaced = None;
             if self.epoch.load(SeqCst) == epoch {
+                displaced = self.retire(&mut guard);
                 *guard = Some(Slot {
                     key: key.clone(),
                     entry: entry.clone(),
-                    hits: AtomicU32::new(0),
+                    hits: 0,
                 });
             }
             drop(guard);
+            if let Some(old) = displaced.filter(|old| old.key != *key) {
+                for _ in 0..old.hits.min(REPORTED_HITS) {
+                    let _ = self.moka.get(&old.key);
+                }
+            }
             return Lookup::Fresh(entry.value.clone(), entry.stored_at);
         }
         if entry.is_usable_stale(now) {
@@ -146,7 +197,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Memory<K, V> {
         self.epoch.fetch_add(1, SeqCst);
         let mut guard = slot.lock();
         if guard.as_ref().is_some_and(|s| s.key == key) {
-            *guard = None;
+            self.retire(&mut guard);
         }
     }
 
@@ -166,7 +217,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Memory<K, V> {
         self.epoch.fetch_add(1, SeqCst);
         let mut guard = self.slot(key).lock();
         if guard.as_ref().is_some_and(|s| s.key == *key) {
-            *guard = None;
+            self.retire(&mut guard);
         }
     }
 
@@ -180,7 +231,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Memory<K, V> {
         for slot in self.front.iter() {
             let mut guard = slot.lock();
             if guard.as_ref().is_some_and(|s| pred(&s.key)) {
-                *guard = None;
+                self.retire(&mut guard);
             }
         }
     }
@@ -189,7 +240,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Memory<K, V> {
         self.moka.invalidate_all();
         self.epoch.fetch_add(1, SeqCst);
         for slot in self.front.iter() {
-            *slot.lock() = None;
+            self.retire(&mut slot.lock());
         }
     }
 

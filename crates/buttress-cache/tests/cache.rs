@@ -186,6 +186,7 @@ async fn an_error_nobody_waited_for_is_returned_as_it_is() {
 }
 
 /// A service whose answers are set by the test.
+#[allow(clippy::type_complexity)]
 fn scripted() -> (
     Arc<Mutex<Result<String, String>>>,
     Arc<AtomicUsize>,
@@ -560,4 +561,35 @@ fn bad_config_is_an_error_naming_the_field() {
         field(b().stale_while_revalidate(true).build()),
         "stale_while_revalidate"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_counts_are_exact_under_concurrent_hits() {
+    let (calls, inner) = counting();
+    let layer = CacheLayer::builder(|k: &u32| Some(*k)).build().unwrap();
+    let svc = layer.layer(inner);
+    for k in 0..8 {
+        svc.clone().oneshot(k).await.unwrap();
+    }
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                for i in 0..500u32 {
+                    svc.clone().oneshot((t + i) % 8).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // An invalidation retires the front table's slots: their hits stay
+    // counted.
+    layer.handle().invalidate_all().await.unwrap();
+    let s = layer.handle().snapshot();
+    assert_eq!((s.hits, s.misses, s.coalesced), (4_000, 8, 0));
+    assert_eq!(calls.load(SeqCst), 8);
+    layer.handle().reset_counters();
+    assert_eq!(layer.handle().snapshot().hits, 0);
 }

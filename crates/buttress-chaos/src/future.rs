@@ -30,8 +30,10 @@ pin_project! {
     enum State<F> {
         // No fault: the inner future.
         Inner { #[pin] fut: F },
-        // A delay, then the inner future.
-        Delayed { #[pin] sleep: Sleep, slept: bool, #[pin] fut: F },
+        // A delay, then the inner future. The timer is boxed (only
+        // delayed calls pay for it) so that the future of a call that
+        // passes through stays as small as the inner one plus a tag.
+        Delayed { sleep: Option<Pin<Box<Sleep>>>, #[pin] fut: F },
         // An injected error, after a delay or not.
         Fail { sleep: Option<Pin<Box<Sleep>>>, fault: InjectedFault },
         // Pending until dropped.
@@ -68,11 +70,12 @@ impl<F> ResponseFuture<F> {
         name: &Arc<str>,
         call: impl FnOnce() -> F,
     ) -> (Self, Option<BodyFault>) {
-        let sleep = decision.latency.map(tokio::time::sleep);
+        // Made only for the calls that wait: a hang has no use for it.
+        let sleep = || decision.latency.map(|d| Box::pin(tokio::time::sleep(d)));
         let (state, body) = match decision.outcome {
             Outcome::Error => (
                 State::Fail {
-                    sleep: sleep.map(Box::pin),
+                    sleep: sleep(),
                     fault: InjectedFault::new(name.clone(), FaultKind::Error),
                 },
                 None,
@@ -84,10 +87,9 @@ impl<F> ResponseFuture<F> {
                     _ => None,
                 };
                 let fut = call();
-                let state = match sleep {
+                let state = match sleep() {
                     Some(sleep) => State::Delayed {
-                        sleep,
-                        slept: false,
+                        sleep: Some(sleep),
                         fut,
                     },
                     None => State::Inner { fut },
@@ -110,10 +112,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Inner { fut } => fut.poll(cx).map_err(Into::into),
-            StateProj::Delayed { sleep, slept, fut } => {
-                if !*slept {
-                    ready!(sleep.poll(cx));
-                    *slept = true;
+            StateProj::Delayed { sleep, fut } => {
+                if let Some(delay) = sleep {
+                    ready!(delay.as_mut().poll(cx));
+                    *sleep = None;
                 }
                 fut.poll(cx).map_err(Into::into)
             }

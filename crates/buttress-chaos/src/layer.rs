@@ -470,9 +470,7 @@ impl ChaosHandle {
 
     /// Changes the latency rate and distribution.
     pub fn set_latency(&self, rate: f64, latency: Latency) -> Result<(), ConfigError> {
-        latency.validate()?;
-        self.shared.update_rates(|r| r.latency = rate)?;
-        self.shared.set_latency(latency)
+        self.shared.set_latency(rate, latency)
     }
 
     /// Changes the hang rate.
@@ -529,6 +527,22 @@ impl ChaosHandle {
     }
 }
 
+/// The latency as the config file writes it (`{"fixed": "50ms"}`), with
+/// `Duration`'s `Debug` text for the durations.
+fn latency_json(latency: &Latency) -> serde_json::Value {
+    let d = |d: &std::time::Duration| serde_json::Value::from(format!("{d:?}"));
+    match latency {
+        Latency::Fixed(x) => serde_json::json!({ "fixed": d(x) }),
+        Latency::Uniform { min, max } => {
+            serde_json::json!({ "uniform": { "min": d(min), "max": d(max) } })
+        }
+        Latency::Exponential { mean } => serde_json::json!({ "exponential": { "mean": d(mean) } }),
+        Latency::Normal { mean, std_dev } => {
+            serde_json::json!({ "normal": { "mean": d(mean), "std_dev": d(std_dev) } })
+        }
+    }
+}
+
 impl Component for ChaosHandle {
     fn name(&self) -> &str {
         &self.shared.name
@@ -550,7 +564,7 @@ impl Component for ChaosHandle {
             "calls": s.calls,
             "error_rate": s.error_rate,
             "latency_rate": s.latency_rate,
-            "latency": format!("{:?}", s.latency),
+            "latency": latency_json(&s.latency),
             "hang_rate": s.hang_rate,
             "abort_body_rate": s.abort_body_rate,
             "truncate_body_rate": s.truncate_body_rate,

@@ -28,17 +28,28 @@
 //!     .layer(chaos.clone())
 //!     .service_fn(|id: u32| async move { Ok::<_, std::convert::Infallible>(id) });
 //!
-//! let mut failed = 0;
+//! let mut failures = Vec::new();
 //! for id in 0..100 {
 //!     if let Err(e) = svc.ready().await.unwrap().call(id).await {
 //!         assert!(e.is::<InjectedFault>());
-//!         failed += 1;
+//!         failures.push(id);
 //!     }
 //! }
-//! let s = chaos.handle().snapshot();
-//! assert_eq!(s.injected(FaultKind::Error), failed);
-//! // Seeded: the same seed and the same calls give the same faults.
+//! assert_eq!(chaos.handle().snapshot().injected(FaultKind::Error), failures.len() as u64);
+//!
+//! // Seeded: started over, the same calls fail again.
+//! chaos.handle().reset();
+//! let mut again = Vec::new();
+//! for id in 0..100 {
+//!     if svc.ready().await.unwrap().call(id).await.is_err() {
+//!         again.push(id);
+//!     }
+//! }
+//! assert_eq!(again, failures);
+//!
+//! // Off: every call passes.
 //! chaos.handle().disable();
+//! assert_eq!(svc.ready().await.unwrap().call(7).await.unwrap(), 7);
 //! # }
 //! ```
 //!
@@ -84,15 +95,38 @@
 //! sequence over. Calls made while the layer is off, or not selected,
 //! draw nothing and do not shift the sequence.
 //!
+//! # Where it goes
+//!
+//! Innermost, next to the service it makes misbehave: in a client stack
+//! below the per-attempt timeout, the breaker and the retry, so that they
+//! see the faults as they would see a failing dependency (Polly's advice
+//! for its chaos strategies too: after the regular ones). In a server, in
+//! front of the handlers, to make a whole service misbehave for its
+//! callers.
+//!
 //! # Design
 //!
-//! Polly's chaos strategies (Simmy) inspired the shape: separate fault
-//! kinds each with an injection rate in [0, 1], a switch that can change
-//! at run time, and a seedable randomizer; the dependency is not called
-//! for an injected fault. Unlike tower-resilience's chaos layer, faults
-//! are decided in `call` without a lock or a boxed future, the inner
-//! service is never cloned, and a layer that is off costs one relaxed
-//! atomic load (the `layers` bench, `chaos/*` cases: 0 allocations).
+//! Polly's chaos strategies (Simmy, part of Polly since 8.3) set the
+//! shape: separate fault kinds (fault, latency, outcome, behaviour) each
+//! with an injection rate in [0, 1], a switch, and a replaceable random
+//! source. The differences, on purpose:
+//!
+//! - Off by default. Simmy's strategies are enabled, with a rate of 0.1 %,
+//!   as soon as they are added; here a layer left in a production stack
+//!   does nothing until someone switches it on.
+//! - Simmy decides per execution through optional generators
+//!   (`EnabledGenerator`, `InjectionRateGenerator`); here the switch and
+//!   the rates are plain values changed through the handle, and the
+//!   per-request choice is a [`Selector`](select::Selector), which costs
+//!   nothing while the layer is off.
+//! - Reproducible by construction: each instance has its own seed and
+//!   numbers its calls (see Seeding), where Simmy takes a `Randomizer` delegate.
+//!
+//! Unlike tower-resilience's chaos layer, faults are decided in `call`
+//! without a lock or a boxed future, the inner service is never cloned,
+//! and a layer that is off costs one relaxed atomic load and no
+//! allocation (the `layers` bench, `chaos/*` cases; tower-resilience's
+//! takes a mutex and boxes a future on every call, rates at 0 or not).
 //!
 //! # Errors
 //!

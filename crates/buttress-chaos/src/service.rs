@@ -16,7 +16,10 @@ use crate::state::Shared;
 /// reaches the inner service; a delayed call reaches it at once (its
 /// future is created in `call`, as the Service contract wants) and is
 /// polled only after the delay, so a lazy inner future (an `async` block,
-/// a hyper request) starts its work late.
+/// a hyper request) starts its work late. `poll_ready` is the inner
+/// service's: capacity an inner layer reserved there for a call that then
+/// fails or hangs here stays with the service until its next call or
+/// its drop, as tower's contract allows.
 pub struct Chaos<S, Sel = All> {
     inner: S,
     shared: Arc<Shared>,
@@ -101,7 +104,23 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        if !self.shared.armed() || !self.selector.selects(&req) {
+        if self.shared.armed() {
+            return self.call_armed(req);
+        }
+        ResponseFuture::pass(self.inner.call(req))
+    }
+}
+
+impl<S, Sel> Chaos<S, Sel> {
+    /// The call of a switched-on layer, out of line so that the call of
+    /// a layer that is off stays a load and a branch.
+    #[inline(never)]
+    fn call_armed<Req>(&mut self, req: Req) -> ResponseFuture<S::Future>
+    where
+        S: Service<Req>,
+        Sel: Selector<Req>,
+    {
+        if !self.selector.selects(&req) {
             return ResponseFuture::pass(self.inner.call(req));
         }
         let decision = self.shared.decide();
@@ -130,7 +149,22 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        if !self.shared.armed() || !self.selector.selects(&req) {
+        if self.shared.armed() {
+            return self.call_armed(req);
+        }
+        HttpResponseFuture::new(ResponseFuture::pass(self.inner.call(req)), None)
+    }
+}
+
+impl<S, Sel> HttpChaos<S, Sel> {
+    /// As `Chaos::call_armed`, with the body fault.
+    #[inline(never)]
+    fn call_armed<ReqB>(&mut self, req: Request<ReqB>) -> HttpResponseFuture<S::Future>
+    where
+        S: Service<Request<ReqB>>,
+        Sel: Selector<Request<ReqB>>,
+    {
+        if !self.selector.selects(&req) {
             return HttpResponseFuture::new(ResponseFuture::pass(self.inner.call(req)), None);
         }
         let decision = self.shared.decide();

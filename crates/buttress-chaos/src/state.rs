@@ -257,9 +257,17 @@ impl Shared {
         Ok(())
     }
 
-    pub(crate) fn set_latency(&self, latency: Latency) -> Result<(), ConfigError> {
+    /// The latency rate and distribution together, under the settings
+    /// lock, so no setter sees one without the other.
+    pub(crate) fn set_latency(&self, rate: f64, latency: Latency) -> Result<(), ConfigError> {
         latency.validate()?;
+        let _g = self.lock();
+        let mut rates = self.rates();
+        rates.latency = rate;
+        rates.validate(self.http)?;
         *self.latency.lock().unwrap_or_else(|e| e.into_inner()) = latency;
+        self.latency_rate.store(rate.to_bits(), Relaxed);
+        self.rearm();
         Ok(())
     }
 

@@ -657,3 +657,118 @@ async fn poll_ready_is_the_inner_services() {
     let err = mock.call(1).await.unwrap_err();
     assert!(err.is::<InjectedFault>());
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_http_layer_delays_fails_hangs_and_cuts_bodies() {
+    use http_body_util::{BodyExt, Full};
+
+    let chaos = ChaosLayer::builder()
+        .name("http")
+        .latency(1.0, Latency::Fixed(Duration::from_millis(50)))
+        .enabled(true)
+        .build_http()
+        .unwrap();
+    let handle = chaos.handle();
+    let mut svc = ServiceBuilder::new()
+        .layer(chaos)
+        .service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(bytes::Bytes::from_static(
+                b"payload",
+            ))))
+        });
+    let req = || Request::new(());
+
+    // Delayed, body untouched.
+    let start = tokio::time::Instant::now();
+    let res = svc.ready().await.unwrap().call(req()).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(50));
+    assert_eq!(res.body().fault(), None);
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "payload"
+    );
+
+    // Failed.
+    handle.set_latency(0.0, Latency::default()).unwrap();
+    handle.set_error_rate(1.0).unwrap();
+    let err = svc.ready().await.unwrap().call(req()).await.unwrap_err();
+    assert!(err.is::<InjectedFault>());
+
+    // Hung.
+    handle.set_error_rate(0.0).unwrap();
+    handle.set_hang_rate(1.0).unwrap();
+    let mut hung = tokio_test::task::spawn(svc.ready().await.unwrap().call(req()));
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    assert_pending!(hung.poll());
+    drop(hung);
+
+    // Truncated: the one frame is cut, the body ends empty.
+    handle.set_hang_rate(0.0).unwrap();
+    handle.set_truncate_body_rate(1.0).unwrap();
+    let res = svc.ready().await.unwrap().call(req()).await.unwrap();
+    assert_eq!(res.body().fault(), Some(FaultKind::TruncatedBody));
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "");
+
+    // Aborted after the first frame (7 bytes let through): the body
+    // ends with the injected error.
+    handle.set_truncate_body_rate(0.0).unwrap();
+    handle.set_abort_body_rate(1.0).unwrap();
+    handle.set_body_fault_after(7);
+    let res = svc.ready().await.unwrap().call(req()).await.unwrap();
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "payload");
+    let err = body.frame().await.unwrap().unwrap_err();
+    let fault = err.downcast_ref::<InjectedFault>().unwrap();
+    assert_eq!(
+        (fault.name(), fault.kind()),
+        ("http", FaultKind::AbortedBody)
+    );
+    assert_eq!(err.to_string(), "chaos `http` aborted the response body");
+    assert!(body.frame().await.is_none());
+
+    let s = handle.snapshot();
+    assert_eq!(s.injected, [1, 1, 1, 1, 1]);
+    assert_eq!(s.calls, 5);
+}
+
+#[test]
+fn the_registry_snapshot_shows_the_latency_as_a_config_file_would() {
+    let registry = Registry::new();
+    ChaosLayer::builder()
+        .name("lat")
+        .latency(
+            0.25,
+            Latency::Uniform {
+                min: Duration::from_millis(5),
+                max: Duration::from_millis(80),
+            },
+        )
+        .registry(&registry)
+        .build()
+        .unwrap();
+    let state = &registry.snapshot()["lat"]["state"];
+    assert_eq!(state["latency_rate"], 0.25);
+    assert_eq!(
+        state["latency"],
+        serde_json::json!({ "uniform": { "min": "5ms", "max": "80ms" } })
+    );
+    assert_eq!(state["enabled"], false);
+}
+
+#[test]
+fn concurrent_setters_never_break_the_sum_of_the_rates() {
+    // Two threads race to set rates that are valid alone and invalid
+    // together: one of each pair wins, the sum stays at most 1.
+    for round in 0..200 {
+        let handle = ChaosLayer::builder().build().unwrap().handle();
+        let a = handle.clone();
+        let b = handle.clone();
+        let t1 = std::thread::spawn(move || a.set_error_rate(0.6).is_ok());
+        let t2 = std::thread::spawn(move || b.set_hang_rate(0.6).is_ok());
+        let (ok1, ok2) = (t1.join().unwrap(), t2.join().unwrap());
+        assert!(ok1 != ok2, "round {round}: exactly one setter wins");
+        let s = handle.snapshot();
+        assert!(s.error_rate + s.hang_rate <= 1.0, "round {round}: {s:?}");
+    }
+}

@@ -233,6 +233,7 @@ impl CircuitBreakerConfig {
             automatic_half_open: self.automatic_half_open,
             max_wait_in_half_open: self.max_wait_in_half_open,
             seed: self.seed,
+            config: self.clone(),
         })
     }
 

@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -53,7 +53,12 @@ const KEYED_KIND: &str = "keyed_circuit_breaker";
 /// ```
 struct Keyed<K> {
     name: Arc<str>,
-    settings: Settings,
+    /// The settings a new key's breaker starts with; changed by
+    /// [`KeyedCircuitBreakerHandle::reconfigure`] (read under the map's
+    /// shard lock when a key is added, so a change reaches every key).
+    settings: Mutex<Settings>,
+    /// Serialises run-time changes.
+    reconfig: Mutex<()>,
     listeners: Listeners<CircuitBreakerEvent>,
     map: BoundedMap<K, Arc<Shared>>,
     /// Requests with a new key while the map is full of keys in use share
@@ -62,6 +67,13 @@ struct Keyed<K> {
     unkeyed: Arc<Shared>,
     /// The policy for requests without a key, and their count.
     missing: MissingKeys,
+}
+
+impl<K> Keyed<K> {
+    fn settings(&self) -> MutexGuard<'_, Settings> {
+        // Every write leaves whole settings: a poisoned lock is still sound.
+        self.settings.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl<K: Hash + Eq + Clone + fmt::Debug> Keyed<K> {
@@ -74,7 +86,8 @@ impl<K: Hash + Eq + Clone + fmt::Debug> Keyed<K> {
             Instant::now(),
             |key| {
                 let name = Arc::from(format!("{}[{key:?}]", self.name));
-                Shared::new(name, self.settings.clone(), self.listeners.clone(), None)
+                let settings = self.settings().clone();
+                Shared::new(name, settings, self.listeners.clone(), None)
             },
             |shared| {
                 // Calls in flight and handles hold a clone.
@@ -337,7 +350,8 @@ impl<X, C> KeyedCircuitBreakerBuilder<X, C> {
             keyed: Arc::new(Keyed {
                 unkeyed: Shared::new(name.clone(), settings.clone(), listeners.clone(), None),
                 name,
-                settings,
+                settings: Mutex::new(settings),
+                reconfig: Mutex::new(()),
                 listeners,
                 map: BoundedMap::new(self.max_keys, self.idle_timeout),
                 missing: MissingKeys::new(self.on_missing_key, std::any::type_name::<X>()),
@@ -544,6 +558,68 @@ impl<K: Hash + Eq> KeyedCircuitBreakerHandle<K> {
     /// The policy for requests without a key.
     pub fn on_missing_key(&self) -> MissingKey {
         self.keyed.missing.policy()
+    }
+
+    /// The current per-key settings, as a [`CircuitBreakerConfig`]: what
+    /// every key's breaker (and the shared one) runs with.
+    ///
+    /// ```
+    /// use buttress_circuit_breaker::{CircuitBreakerConfig, KeyedCircuitBreakerLayer};
+    /// use buttress_core::key::UriAuthority;
+    ///
+    /// let layer = KeyedCircuitBreakerLayer::builder(UriAuthority)
+    ///     .config(CircuitBreakerConfig { minimum_calls: 5, ..CircuitBreakerConfig::default() })
+    ///     .build::<String>()
+    ///     .unwrap();
+    /// assert_eq!(layer.handle().config().minimum_calls, 5);
+    /// ```
+    pub fn config(&self) -> CircuitBreakerConfig {
+        self.keyed.settings().config.clone()
+    }
+
+    /// Applies `config` to every key's breaker, the ones held now, the
+    /// shared one and the ones added later, with the rules of
+    /// [`CircuitBreakerHandle::reconfigure`]: validated as
+    /// [`CircuitBreakerConfig::build`] validates it; `name`, the window
+    /// and the mode refused when different, with nothing changed; the
+    /// rest live, each breaker keeping its state and window. The keyed
+    /// settings that are not in a `CircuitBreakerConfig` (`max_keys`,
+    /// `idle_timeout`, `on_missing_key`) stay as built.
+    ///
+    /// A key added while the change is under way gets the new settings:
+    /// either it is made from them, or it is in the map by the time the
+    /// change walks it.
+    ///
+    /// ```
+    /// use buttress_circuit_breaker::{CircuitBreakerConfig, KeyedCircuitBreakerLayer};
+    /// use buttress_core::key::UriAuthority;
+    ///
+    /// let layer = KeyedCircuitBreakerLayer::builder(UriAuthority).build::<String>().unwrap();
+    /// let handle = layer.handle();
+    /// let new = CircuitBreakerConfig { failure_rate_threshold: 20.0, ..handle.config() };
+    /// handle.reconfigure(&new).unwrap();
+    /// assert_eq!(handle.config(), new);
+    /// assert_eq!(handle.unkeyed().config(), new);
+    /// ```
+    pub fn reconfigure(&self, config: &CircuitBreakerConfig) -> Result<(), ConfigError> {
+        let settings = config.validate()?;
+        let _writer = self
+            .keyed
+            .reconfig
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Every breaker of the map was made with the same fixed settings:
+        // if the shared one takes the change, every key does.
+        self.keyed.unkeyed.reconfigure(&settings)?;
+        // New keys next: a key made from here on starts with the new
+        // settings; one made before is in the map when the walk below
+        // reaches its shard (it is made and inserted under that shard's
+        // lock).
+        *self.keyed.settings() = settings.clone();
+        for shared in self.keyed.map.values() {
+            shared.reconfigure(&settings)?;
+        }
+        Ok(())
     }
 
     /// How many held keys are in each state.

@@ -47,7 +47,6 @@ use crate::state::{Shared, State};
 pub struct CircuitBreakerLayer<C = ErrorsAsFailures> {
     shared: Arc<Shared>,
     classifier: C,
-    backpressure: bool,
 }
 
 impl<C: Clone> Clone for CircuitBreakerLayer<C> {
@@ -55,7 +54,6 @@ impl<C: Clone> Clone for CircuitBreakerLayer<C> {
         Self {
             shared: self.shared.clone(),
             classifier: self.classifier.clone(),
-            backpressure: self.backpressure,
         }
     }
 }
@@ -86,12 +84,7 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
     type Service = CircuitBreaker<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreaker::new(
-            inner,
-            self.shared.clone(),
-            self.classifier.clone(),
-            self.backpressure,
-        )
+        CircuitBreaker::new(inner, self.shared.clone(), self.classifier.clone())
     }
 }
 
@@ -299,7 +292,6 @@ impl<C> CircuitBreakerBuilder<C> {
                 rates,
             ),
             classifier: self.classifier,
-            backpressure: self.config.backpressure,
         };
         if let Some(registry) = &self.registry {
             registry
@@ -393,6 +385,84 @@ impl CircuitBreakerHandle {
     /// Back to the initial state: closed, empty window, counters at zero.
     pub fn reset(&self) {
         self.shared.reset();
+    }
+
+    /// The current settings, as a [`CircuitBreakerConfig`]: what
+    /// [`reconfigure`](Self::reconfigure) compares a new config with, and
+    /// what a dashboard shows.
+    ///
+    /// ```
+    /// use buttress_circuit_breaker::CircuitBreakerConfig;
+    ///
+    /// let config = CircuitBreakerConfig { window_size: 20, ..CircuitBreakerConfig::default() };
+    /// let handle = config.build().unwrap().handle();
+    /// assert_eq!(handle.config(), config);
+    /// ```
+    pub fn config(&self) -> CircuitBreakerConfig {
+        self.shared.config()
+    }
+
+    /// Applies `config` to this live breaker.
+    ///
+    /// The whole config is validated first, as
+    /// [`CircuitBreakerConfig::build`] validates it (the same errors).
+    /// Fixed at build time, refused with a [`ConfigError`] naming the
+    /// field when different (build a new layer instead): `name`, the
+    /// window (`time_window`, and `window_size`: the count window's ring
+    /// is allocated with it, and resizing it would drop or invent
+    /// outcomes), and the mode (`consecutive_failures` set or unset; its
+    /// limit is live). On any error nothing changes.
+    ///
+    /// Everything else is live, applied in one critical section of the
+    /// lock under which every outcome is recorded and every verdict made,
+    /// so no verdict mixes two settings:
+    /// - the thresholds, `minimum_calls` and the consecutive-failure
+    ///   limit: the next recorded outcome is judged by them, together
+    ///   with the window as it is (a call already admitted is recorded
+    ///   under the new values; a window that already reaches a lower
+    ///   threshold trips at that next outcome).
+    /// - `permitted_calls_in_half_open`: probes are admitted up to the new
+    ///   number; when the probes already recorded reach it, the verdict is
+    ///   made at once over them. A probe in flight beyond a lowered number
+    ///   finishes, and is not recorded once the verdict is made.
+    /// - `slow_call_duration`: a call is judged slow by the duration in
+    ///   force when it ends (a call that started with detection off is
+    ///   not timed).
+    /// - the open wait (`wait_in_open`, `open_wait_multiplier`,
+    ///   `max_wait_in_open`, `open_wait_jitter`): from the next opening; an
+    ///   open breaker keeps the wait it opened with. `automatic_half_open`
+    ///   turned on while open also ends the current wait by timer.
+    /// - `max_wait_in_half_open`: a half-open state in progress is held to
+    ///   the new limit, counted from when it began.
+    /// - `backpressure`: from the next `poll_ready` of every service.
+    /// - `seed`: the jitter's generator starts again from the new seed.
+    ///
+    /// The state, the window and the counters are kept.
+    ///
+    /// ```
+    /// use buttress_circuit_breaker::CircuitBreakerConfig;
+    ///
+    /// let handle = CircuitBreakerConfig::default().build().unwrap().handle();
+    /// let new = CircuitBreakerConfig {
+    ///     failure_rate_threshold: 25.0,
+    ///     minimum_calls: 10,
+    ///     ..handle.config()
+    /// };
+    /// handle.reconfigure(&new).unwrap();
+    /// assert_eq!(handle.config(), new);
+    ///
+    /// let bad = CircuitBreakerConfig { failure_rate_threshold: 0.0, ..new.clone() };
+    /// assert_eq!(handle.reconfigure(&bad).unwrap_err().field(), "failure_rate_threshold");
+    /// let count_to_time = CircuitBreakerConfig {
+    ///     time_window: Some(std::time::Duration::from_secs(10)),
+    ///     ..new.clone()
+    /// };
+    /// assert_eq!(handle.reconfigure(&count_to_time).unwrap_err().field(), "time_window");
+    /// assert_eq!(handle.config(), new);
+    /// ```
+    pub fn reconfigure(&self, config: &CircuitBreakerConfig) -> Result<(), ConfigError> {
+        let settings = config.validate()?;
+        self.shared.reconfigure(&settings)
     }
 }
 

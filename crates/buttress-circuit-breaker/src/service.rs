@@ -25,7 +25,6 @@ pub struct CircuitBreaker<S, C> {
     inner: S,
     shared: Arc<Shared>,
     classifier: C,
-    backpressure: bool,
     /// The admission `poll_ready` got, apart from the rejection ticket so
     /// that `call` moves two words into the response future.
     admitted: Option<Admitted>,
@@ -91,12 +90,11 @@ impl Drop for Admitted {
 }
 
 impl<S, C> CircuitBreaker<S, C> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>, classifier: C, backpressure: bool) -> Self {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, classifier: C) -> Self {
         Self {
             inner,
             shared,
             classifier,
-            backpressure,
             admitted: None,
             ticket: Ticket::None,
             wake: None,
@@ -125,7 +123,6 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
             self.inner.clone(),
             self.shared.clone(),
             self.classifier.clone(),
-            self.backpressure,
         )
     }
 }
@@ -154,7 +151,10 @@ where
         // consumed (an outer layer answered that request itself) is not
         // handed to the next request: decide again, now. (With
         // backpressure, a rejection with a wait is waited out below.)
-        if matches!(self.ticket, Ticket::Rejected(wait) if !self.backpressure || wait.is_none()) {
+        // (`backpressure` is read only for a rejection: it can change at
+        // run time, and the admitted path stays free of the load.)
+        if matches!(self.ticket, Ticket::Rejected(wait) if wait.is_none() || !self.shared.backpressure())
+        {
             self.ticket = Ticket::None;
         }
         loop {
@@ -162,7 +162,7 @@ where
                 return self.inner.poll_ready(cx).map_err(Into::into);
             }
             match &self.ticket {
-                Ticket::Rejected(Some(wait)) if self.backpressure => {
+                Ticket::Rejected(Some(wait)) if self.shared.backpressure() => {
                     let at = Instant::now() + *wait;
                     let sleep = match &mut self.wake {
                         Some(sleep) => {

@@ -27,6 +27,9 @@ use buttress_core::clock::CoarseClock;
 use buttress_core::{Listeners, Outcome};
 use tokio::time::Instant;
 
+use buttress_core::ConfigError;
+
+use crate::config::{CircuitBreakerConfig, KIND};
 use crate::events::CircuitBreakerEvent;
 use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering::*};
 use crate::window::{percent, CountWindow, Rates, TimeWindow};
@@ -145,6 +148,62 @@ pub(crate) struct Settings {
     pub(crate) automatic_half_open: bool,
     pub(crate) max_wait_in_half_open: Option<Duration>,
     pub(crate) seed: u64,
+    /// The config these settings came from, as given (for
+    /// [`CircuitBreakerHandle::config`](crate::CircuitBreakerHandle::config)).
+    pub(crate) config: CircuitBreakerConfig,
+}
+
+/// What can change on a live breaker, under its lock: every decision reads
+/// it in the same critical section that records, so a verdict never mixes
+/// two settings.
+#[derive(Debug, Clone)]
+struct Live {
+    failure_rate_threshold: f64,
+    slow_call_rate_threshold: f64,
+    minimum_calls: u32,
+    /// The limit of the consecutive-failure mode (the mode itself is
+    /// fixed: its counter and the window are not kept together).
+    consecutive_failures: Option<u32>,
+    half_open_calls: u32,
+    open_wait: OpenWait,
+    automatic_half_open: bool,
+    max_wait_in_half_open: Option<Duration>,
+    /// The failed (and slow) calls of a full count window at which a
+    /// threshold is reached: the smallest `n` with `n * 100 / size >=
+    /// threshold`, so that the usual verdict compares integers and agrees
+    /// with the percentage to the last bit.
+    full_trip: (u64, u64),
+    /// As given, for `config()`; boxed, out of the lines that decide.
+    config: Box<CircuitBreakerConfig>,
+}
+
+impl Live {
+    fn new(settings: &Settings) -> Self {
+        let size = u64::from(settings.window_size);
+        Self {
+            failure_rate_threshold: settings.failure_rate_threshold,
+            slow_call_rate_threshold: settings.slow_call_rate_threshold,
+            minimum_calls: settings.minimum_calls,
+            consecutive_failures: settings.consecutive_failures,
+            half_open_calls: settings.half_open_calls,
+            open_wait: settings.open_wait,
+            automatic_half_open: settings.automatic_half_open,
+            max_wait_in_half_open: settings.max_wait_in_half_open,
+            full_trip: (
+                first_reaching(size, settings.failure_rate_threshold),
+                first_reaching(size, settings.slow_call_rate_threshold),
+            ),
+            config: Box::new(settings.config.clone()),
+        }
+    }
+}
+
+/// A slow-call duration as nanoseconds; 0 (never a valid duration) for
+/// none.
+fn slow_nanos(d: Option<Duration>) -> u64 {
+    d.map_or(0, |d| {
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
+    })
 }
 
 // One per breaker: the count window's ring is boxed, the enum stays small.
@@ -219,11 +278,21 @@ struct Inner {
     /// Whether `events` or `timer` hold something for [`Shared::unlock`]:
     /// one flag for the common case, where they hold nothing.
     post: bool,
+    /// The settings that can change at run time.
+    live: Live,
 }
 
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
-    pub(crate) settings: Settings,
+    /// The count window's size (fixed: the ring is allocated with it).
+    window_size: u32,
+    /// The seconds of a time window instead (fixed).
+    time_window_secs: Option<u32>,
+    /// `slow_call_duration` in nanoseconds, 0 for none: read without the
+    /// lock when a call starts and when it ends.
+    slow_call_nanos: AtomicU64,
+    /// Report `Pending` from `poll_ready` while open.
+    backpressure: AtomicBool,
     pub(crate) listeners: Listeners<CircuitBreakerEvent>,
     /// The state (low byte) and its generation, which every transition
     /// increments. Written only under `inner`'s lock; admission reads it
@@ -239,11 +308,6 @@ pub(crate) struct Shared {
     /// open state.
     open_until: AtomicU64,
     inner: Padded<Mutex<Inner>>,
-    /// The failed (and slow) calls of a full count window at which a
-    /// threshold is reached: the smallest `n` with `n * 100 / size >=
-    /// threshold`, so that the usual verdict compares integers and agrees
-    /// with the percentage to the last bit.
-    full_trip: (u64, u64),
     /// Whether a thread is delivering the queued events.
     delivering: AtomicBool,
     base: Instant,
@@ -320,16 +384,10 @@ impl Shared {
             .map(|_| CoarseClock::new(base, Duration::from_secs(1)));
         Arc::new_cyclic(|this| Shared {
             name,
-            full_trip: (
-                first_reaching(
-                    u64::from(settings.window_size),
-                    settings.failure_rate_threshold,
-                ),
-                first_reaching(
-                    u64::from(settings.window_size),
-                    settings.slow_call_rate_threshold,
-                ),
-            ),
+            window_size: settings.window_size,
+            time_window_secs: settings.time_window_secs,
+            slow_call_nanos: AtomicU64::new(slow_nanos(settings.slow_call_duration)),
+            backpressure: AtomicBool::new(settings.config.backpressure),
             inner: Padded(Mutex::new(Inner {
                 window: match settings.time_window_secs {
                     Some(secs) => Window::Time(TimeWindow::new(secs)),
@@ -344,8 +402,8 @@ impl Shared {
                 events: VecDeque::new(),
                 timer: None,
                 post: false,
+                live: Live::new(&settings),
             })),
-            settings,
             listeners,
             word: Padded(AtomicU64::new(State::Closed.code())),
             open_until: AtomicU64::new(0),
@@ -422,7 +480,7 @@ impl Shared {
     /// duration is configured.
     #[inline]
     pub(crate) fn call_start(&self) -> u64 {
-        if self.settings.slow_call_duration.is_none() {
+        if self.slow_call_nanos.load(Relaxed) == 0 {
             return 0;
         }
         self.now_nanos().saturating_add(1)
@@ -509,7 +567,7 @@ impl Shared {
                     } else if self.half_open_expired(&inner) {
                         self.transition(&mut inner, word, State::Open);
                         self.unlock(inner);
-                    } else if inner.probes.taken < self.settings.half_open_calls {
+                    } else if inner.probes.taken < inner.live.half_open_calls {
                         inner.probes.taken += 1;
                         tracing::debug!(
                             buttress.pattern = PATTERN,
@@ -535,7 +593,7 @@ impl Shared {
 
     /// Whether the half-open state has lasted `max_wait_in_half_open`.
     fn half_open_expired(&self, inner: &Inner) -> bool {
-        match self.settings.max_wait_in_half_open {
+        match inner.live.max_wait_in_half_open {
             Some(max) => {
                 let max = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
                 self.now_nanos().saturating_sub(inner.half_open_since) >= max
@@ -589,9 +647,9 @@ impl Shared {
         outcome: Outcome,
         elapsed: Option<Duration>,
     ) -> bool {
-        let slow = match (self.settings.slow_call_duration, elapsed) {
-            (Some(limit), Some(e)) => e > limit,
-            _ => false,
+        let slow = match (self.slow_call_nanos.load(Relaxed), elapsed) {
+            (0, _) | (_, None) => false,
+            (limit, Some(e)) => e > Duration::from_nanos(limit),
         };
         if !self.listeners.is_empty() {
             self.emit_outcome(outcome, slow, elapsed);
@@ -644,7 +702,7 @@ impl Shared {
     /// changes the rates too.
     #[inline]
     fn record_closed(&self, inner: &mut Inner, word: u64, failed: bool, slow: bool, second: u64) {
-        if let Some(limit) = self.settings.consecutive_failures {
+        if let Some(limit) = inner.live.consecutive_failures {
             if failed {
                 inner.consecutive = inner.consecutive.saturating_add(1);
                 if inner.consecutive >= limit {
@@ -659,7 +717,7 @@ impl Shared {
             Window::Count(w) => {
                 w.record(failed, slow);
                 let rates = w.rates();
-                (rates, rates.calls == u64::from(self.settings.window_size))
+                (rates, rates.calls == u64::from(self.window_size))
             }
             Window::Time(w) => {
                 w.record(second, failed, slow);
@@ -667,7 +725,7 @@ impl Shared {
             }
         };
         if let Some(sink) = &self.rates {
-            if rates.calls >= self.minimum_calls() {
+            if rates.calls >= self.minimum_calls(&inner.live) {
                 sink(rates.failure_rate(), rates.slow_rate());
             } else {
                 sink(-1.0, -1.0);
@@ -675,18 +733,11 @@ impl Shared {
         }
         let trips = if full {
             // The usual case: integers, the same verdict as the rates.
-            rates.failed >= self.full_trip.0 || rates.slow >= self.full_trip.1
+            rates.failed >= inner.live.full_trip.0 || rates.slow >= inner.live.full_trip.1
         } else {
-            rates.calls >= self.minimum_calls()
-                && (reaches(
-                    rates.failed,
-                    rates.calls,
-                    self.settings.failure_rate_threshold,
-                ) || reaches(
-                    rates.slow,
-                    rates.calls,
-                    self.settings.slow_call_rate_threshold,
-                ))
+            rates.calls >= self.minimum_calls(&inner.live)
+                && (reaches(rates.failed, rates.calls, inner.live.failure_rate_threshold)
+                    || reaches(rates.slow, rates.calls, inner.live.slow_call_rate_threshold))
         };
         if trips {
             self.exceeded(inner, word, rates.failure_rate(), rates.slow_rate());
@@ -724,16 +775,23 @@ impl Shared {
         p.done += 1;
         p.failed += u32::from(failed);
         p.slow += u32::from(slow);
-        let n = self.settings.half_open_calls;
-        if p.done < n {
+        if p.done < inner.live.half_open_calls {
             return;
         }
-        let (failed, slow, n) = (u64::from(p.failed), u64::from(p.slow), u64::from(n));
+        self.probe_verdict(inner, word);
+    }
+
+    /// The verdict of the probes recorded in the half-open state `word`:
+    /// as many as permitted (or more, when a run-time change lowered the
+    /// number below the probes already recorded).
+    fn probe_verdict(&self, inner: &mut Inner, word: u64) {
+        let p = &inner.probes;
+        let (failed, slow, n) = (u64::from(p.failed), u64::from(p.slow), u64::from(p.done));
         if let Some(sink) = &self.rates {
             sink(percent(failed, n), percent(slow, n));
         }
-        if reaches(failed, n, self.settings.failure_rate_threshold)
-            || reaches(slow, n, self.settings.slow_call_rate_threshold)
+        if reaches(failed, n, inner.live.failure_rate_threshold)
+            || reaches(slow, n, inner.live.slow_call_rate_threshold)
         {
             self.log(
                 inner,
@@ -811,12 +869,12 @@ impl Shared {
                     1
                 };
                 let unit = unit(&mut inner.rng);
-                let wait = self.settings.open_wait.wait(opens, unit);
+                let wait = inner.live.open_wait.wait(opens, unit);
                 let until = self
                     .now_nanos()
                     .saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
                 self.open_until.store(until, Release);
-                if self.settings.automatic_half_open {
+                if inner.live.automatic_half_open {
                     inner.timer = Some((self.instant_at(until), gen));
                     inner.post = true;
                 }
@@ -825,7 +883,7 @@ impl Shared {
                 inner.probes = Probes::default();
                 let now = self.now_nanos();
                 inner.half_open_since = now;
-                if let Some(max) = self.settings.max_wait_in_half_open {
+                if let Some(max) = inner.live.max_wait_in_half_open {
                     let max = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
                     inner.timer = Some((self.instant_at(now.saturating_add(max)), gen));
                     inner.post = true;
@@ -863,7 +921,11 @@ impl Shared {
         }
         match state_of(word) {
             State::Open => self.transition(&mut inner, word, State::HalfOpen),
-            State::HalfOpen => self.transition(&mut inner, word, State::Open),
+            // Against the limit in force now: a run-time change may have
+            // raised it (a later timer then decides) or removed it.
+            State::HalfOpen if self.half_open_expired(&inner) => {
+                self.transition(&mut inner, word, State::Open)
+            }
             _ => {}
         }
         self.unlock(inner);
@@ -901,6 +963,86 @@ impl Shared {
         self.unlock(inner);
     }
 
+    /// Whether `poll_ready` reports `Pending` while open.
+    #[inline]
+    pub(crate) fn backpressure(&self) -> bool {
+        self.backpressure.load(Relaxed)
+    }
+
+    /// The settings in force, as a config.
+    pub(crate) fn config(&self) -> CircuitBreakerConfig {
+        CircuitBreakerConfig::clone(&self.lock().live.config)
+    }
+
+    /// Applies validated `settings` to the live breaker, or refuses them
+    /// (and changes nothing) when a setting that is fixed at build time
+    /// differs. Everything changes in one critical section of the lock
+    /// that every decision takes.
+    pub(crate) fn reconfigure(&self, settings: &Settings) -> Result<(), ConfigError> {
+        let live = Live::new(settings);
+        let mut inner = self.lock();
+        let old = &inner.live;
+        let fixed = if settings.config.name != old.config.name {
+            Some("name")
+        } else if settings.time_window_secs != self.time_window_secs {
+            Some("time_window")
+        } else if settings.window_size != self.window_size {
+            Some("window_size")
+        } else if settings.consecutive_failures.is_some() != old.consecutive_failures.is_some() {
+            Some("consecutive_failures")
+        } else {
+            None
+        };
+        if let Some(field) = fixed {
+            drop(inner);
+            return Err(ConfigError::new(
+                KIND,
+                field,
+                "cannot change on a live instance: build a new layer instead",
+            ));
+        }
+        let reseed = settings.seed != old.config.seed;
+        let half_open_limit_changed = settings.max_wait_in_half_open != old.max_wait_in_half_open;
+        let automatic_now = settings.automatic_half_open && !old.automatic_half_open;
+        inner.live = live;
+        if reseed {
+            inner.rng = splitmix64(settings.seed) | 1;
+        }
+        self.slow_call_nanos
+            .store(slow_nanos(settings.slow_call_duration), Relaxed);
+        self.backpressure
+            .store(settings.config.backpressure, Relaxed);
+        let word = self.word.load(Acquire);
+        match state_of(word) {
+            // The probes recorded may already be as many as now permitted:
+            // decide with them rather than wait for probes that will never
+            // be admitted.
+            State::HalfOpen
+                if inner.probes.done > 0 && inner.probes.done >= inner.live.half_open_calls =>
+            {
+                self.probe_verdict(&mut inner, word);
+            }
+            // A new limit on the half-open state counts from its start.
+            State::HalfOpen if half_open_limit_changed => {
+                if let Some(max) = inner.live.max_wait_in_half_open {
+                    let max = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+                    let at = self.instant_at(inner.half_open_since.saturating_add(max));
+                    inner.timer = Some((at, gen_of(word)));
+                    inner.post = true;
+                }
+            }
+            // Newly automatic: the open wait ends by timer too.
+            State::Open if automatic_now => {
+                let at = self.instant_at(self.open_until.load(Acquire));
+                inner.timer = Some((at, gen_of(word)));
+                inner.post = true;
+            }
+            _ => {}
+        }
+        self.unlock(inner);
+        Ok(())
+    }
+
     /// The second a time window records and reads at (0 for a count
     /// window), from the coarse clock: one atomic load while its ticker
     /// runs (the ticker follows tokio's paused clock), else the clock. One
@@ -915,10 +1057,10 @@ impl Shared {
 
     /// Calls needed before a rate is computed: clamped to the size of a
     /// count window; as configured for a time window, which has no size.
-    fn minimum_calls(&self) -> u64 {
-        match self.settings.time_window_secs {
-            None => u64::from(self.settings.minimum_calls.min(self.settings.window_size)),
-            Some(_) => u64::from(self.settings.minimum_calls),
+    fn minimum_calls(&self, live: &Live) -> u64 {
+        match self.time_window_secs {
+            None => u64::from(live.minimum_calls.min(self.window_size)),
+            Some(_) => u64::from(live.minimum_calls),
         }
     }
 
@@ -934,7 +1076,7 @@ impl Shared {
                 u64::from(inner.probes.failed),
                 u64::from(inner.probes.slow),
             ),
-            _ if self.settings.consecutive_failures.is_some() => {
+            _ if inner.live.consecutive_failures.is_some() => {
                 let c = u64::from(inner.consecutive);
                 (c, c, 0)
             }
@@ -943,15 +1085,13 @@ impl Shared {
                 (r.calls, r.failed, r.slow)
             }
         };
-        drop(inner);
         let minimum = match state {
-            State::HalfOpen => u64::from(self.settings.half_open_calls),
-            _ => self.minimum_calls(),
+            State::HalfOpen => u64::from(inner.live.half_open_calls),
+            _ => self.minimum_calls(&inner.live),
         };
-        let rate = |n: u64| {
-            (calls >= minimum && calls > 0 && self.settings.consecutive_failures.is_none())
-                .then(|| percent(n, calls))
-        };
+        let by_rate = inner.live.consecutive_failures.is_none();
+        drop(inner);
+        let rate = |n: u64| (calls >= minimum && calls > 0 && by_rate).then(|| percent(n, calls));
         let retry_after = (state == State::Open).then(|| {
             let until = self.open_until.load(Acquire);
             Duration::from_nanos(until.saturating_sub(self.now_nanos()))

@@ -358,7 +358,7 @@ fn the_rate_gauges_are_exact_after_concurrent_calls() {
         .layer(layer)
         .service_fn(|i: u64| async move {
             tokio::task::yield_now().await;
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 Err("down")
             } else {
                 Ok(())

@@ -114,7 +114,7 @@ impl FallbackConfig {
         source: Src,
     ) -> Result<FallbackBuilder<Src, Rules, HttpMarker>, ConfigError> {
         Ok(FallbackLayer::builder(source)
-            .name(self.name.as_str())
+            .name(self.name.clone())
             .on(self.rules()?)
             .mark(self.marker()?))
     }

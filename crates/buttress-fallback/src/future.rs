@@ -4,7 +4,6 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use buttress_core::BoxError;
@@ -12,9 +11,9 @@ use http::StatusCode;
 use pin_project_lite::pin_project;
 
 use crate::error::{FallbackFailed, UnhealthyResponse};
-use crate::layer::Inner;
+use crate::layer::Link;
 use crate::marker::{FallbackReason, FallbackUsed, Mark};
-use crate::source::{FallbackSource, Failure};
+use crate::source::{Failure, FallbackSource};
 use crate::trigger::Trigger;
 
 pin_project! {
@@ -28,24 +27,27 @@ pin_project! {
         Src: FallbackSource<Req>,
     {
         #[pin]
-        state: State<F, Src::Future>,
-        kept: Option<Src::Kept>,
-        original: Option<Original>,
-        policy: Arc<Inner<Src, T, M>>,
+        state: State<F, Src::Future, Src::Kept>,
+        link: Link<Src, T, M>,
         _req: PhantomData<fn(Req)>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, Fb> {
+    enum State<F, Fb, K> {
         Primary {
             #[pin]
             fut: F,
+            // What the source keeps of the request, taken when the
+            // fallback starts.
+            kept: Option<K>,
         },
+        // Boxed, with what triggered it: allocated only when the fallback
+        // runs, so that a healthy call's future is the primary's and a
+        // few words, however large the fallback's future is.
         Fallback {
-            #[pin]
-            fut: Fb,
+            running: Option<(Pin<Box<Fb>>, Original)>,
         },
     }
 }
@@ -78,12 +80,13 @@ where
     Src: FallbackSource<Req>,
 {
     #[inline]
-    pub(crate) fn new(fut: F, kept: Src::Kept, policy: Arc<Inner<Src, T, M>>) -> Self {
+    pub(crate) fn new(fut: F, kept: Src::Kept, link: Link<Src, T, M>) -> Self {
         Self {
-            state: State::Primary { fut },
-            kept: Some(kept),
-            original: None,
-            policy,
+            state: State::Primary {
+                fut,
+                kept: Some(kept),
+            },
+            link,
             _req: PhantomData,
         }
     }
@@ -95,8 +98,11 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("name", &self.policy.shared.name)
-            .field("fallback_running", &self.original.is_some())
+            .field("name", &self.link.name())
+            .field(
+                "fallback_running",
+                &matches!(self.state, State::Fallback { .. }),
+            )
             .finish()
     }
 }
@@ -115,11 +121,11 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Primary { fut } => {
+                StateProj::Primary { fut, kept } => {
                     let result = ready!(fut.poll(cx)).map_err(Into::into);
-                    let policy = &**this.policy;
-                    if !policy.trigger.triggers(&result) {
-                        policy.shared.primary();
+                    let link = &*this.link;
+                    if !link.trigger().triggers(&result) {
+                        link.primary();
                         return Poll::Ready(result);
                     }
                     let failure = match result {
@@ -127,30 +133,33 @@ where
                         Err(e) => Failure::Error(e),
                     };
                     let reason = FallbackReason::of(&failure);
-                    let kept = this.kept.take().expect("polled after completion");
-                    let fallback = policy.source.fallback(kept, &failure);
-                    *this.original = Some(match failure {
+                    let kept = kept.take().expect("polled after completion");
+                    let fallback = link.source().fallback(kept, &failure);
+                    let original = match failure {
                         Failure::Error(e) => Original::Error(e, reason),
-                        Failure::Response(res) => Original::Response(policy.marker.status(&res)),
+                        Failure::Response(res) => Original::Response(link.marker().status(&res)),
+                    };
+                    this.state.set(State::Fallback {
+                        running: Some((Box::pin(fallback), original)),
                     });
-                    this.state.set(State::Fallback { fut: fallback });
                 }
-                StateProj::Fallback { fut } => {
-                    let result = ready!(fut.poll(cx));
-                    let policy = &**this.policy;
-                    let original = this.original.take().expect("polled after completion");
+                StateProj::Fallback { running } => {
+                    let (fut, _) = running.as_mut().expect("polled after completion");
+                    let result = ready!(fut.as_mut().poll(cx));
+                    let link = &*this.link;
+                    let (_, original) = running.take().expect("polled after completion");
                     let reason = original.reason();
                     return Poll::Ready(match result {
                         Ok(mut res) => {
-                            let used = FallbackUsed::new(policy.shared.name.clone(), reason);
-                            policy.marker.mark(&mut res, &used);
-                            policy.shared.used(reason);
+                            let used = FallbackUsed::new(link.name_arc(), reason);
+                            link.marker().mark(&mut res, &used);
+                            link.used(reason);
                             Ok(res)
                         }
                         Err(e) => {
-                            policy.shared.failed(reason, &*e);
+                            link.failed(reason, &*e);
                             Err(FallbackFailed::new(
-                                policy.shared.name.clone(),
+                                link.name_arc(),
                                 reason,
                                 e,
                                 original.into_error(),

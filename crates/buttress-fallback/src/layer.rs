@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,11 +9,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::events::FallbackEvent;
-use crate::marker::{FallbackReason, HttpMarker, NoMark};
+use crate::marker::{FallbackReason, HttpMarker, Mark, NoMark};
 use crate::service::Fallback;
-use crate::source::{
-    Failure, FromError, FromRequest, ToService, Unavailable, Value, WithoutBody,
-};
+use crate::source::{Failure, FromError, FromRequest, ToService, Unavailable, Value, WithoutBody};
 use crate::trigger::{AnyError, Classified, Kinds, Predicate};
 
 pub(crate) const KIND: &str = "fallback";
@@ -53,12 +52,7 @@ impl Shared {
     #[cold]
     pub(crate) fn used(&self, reason: FallbackReason) {
         self.used.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(
-            buttress.pattern = KIND,
-            buttress.name = &*self.name,
-            fallback.reason = reason.as_str(),
-            "fallback used"
-        );
+        trace_used(&self.name, reason);
         self.listeners.emit(|| FallbackEvent::Used {
             name: self.name.clone(),
             reason,
@@ -68,13 +62,7 @@ impl Shared {
     #[cold]
     pub(crate) fn failed(&self, reason: FallbackReason, error: &(dyn std::error::Error + 'static)) {
         self.failed.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            buttress.pattern = KIND,
-            buttress.name = &*self.name,
-            fallback.reason = reason.as_str(),
-            error = %error,
-            "fallback failed"
-        );
+        trace_failed(&self.name, reason, error);
         self.listeners.emit(|| FallbackEvent::Failed {
             name: self.name.clone(),
             reason,
@@ -103,13 +91,149 @@ impl fmt::Debug for Shared {
     }
 }
 
+fn trace_used(name: &str, reason: FallbackReason) {
+    tracing::debug!(
+        buttress.pattern = KIND,
+        buttress.name = name,
+        fallback.reason = reason.as_str(),
+        "fallback used"
+    );
+}
+
+fn trace_failed(name: &str, reason: FallbackReason, error: &(dyn std::error::Error + 'static)) {
+    tracing::warn!(
+        buttress.pattern = KIND,
+        buttress.name = name,
+        fallback.reason = reason.as_str(),
+        error = %error,
+        "fallback failed"
+    );
+}
+
 /// The source, the trigger and the marker, with the shared state: one
-/// allocation per layer, reached by every future through one reference.
+/// allocation per layer.
 pub(crate) struct Inner<Src, T, M> {
     pub(crate) source: Src,
     pub(crate) trigger: T,
     pub(crate) marker: M,
+    /// The name when it is a `&'static str`: a quiet future carries it
+    /// instead of a reference to this state.
+    static_name: Option<&'static str>,
     pub(crate) shared: Arc<Shared>,
+}
+
+/// Whether a value of type `X` is a plain copy to clone: no drop glue (so
+/// it owns no heap memory) and at most 32 bytes. A unit struct, a
+/// non-capturing closure, a `u64`, a `&'static str`, the HTTP classifier.
+pub(crate) const fn is_plain<X>() -> bool {
+    !std::mem::needs_drop::<X>() && std::mem::size_of::<X>() <= 32
+}
+
+impl<Src: Clone, T: Clone, M: Clone> Inner<Src, T, M> {
+    /// What a response future carries: copies of the source, trigger and
+    /// marker when they are plain and nobody observes the layer (no
+    /// reference count per call), else a reference to this state.
+    #[inline]
+    pub(crate) fn link<Res>(self: &Arc<Self>) -> Link<Src, T, M>
+    where
+        M: Mark<Res>,
+    {
+        match self.static_name {
+            Some(name)
+                if is_plain::<Src>()
+                    && is_plain::<T>()
+                    && self.marker.clone_is_plain()
+                    && !self.shared.observed.load(Ordering::Relaxed) =>
+            {
+                Link::Quiet {
+                    source: self.source.clone(),
+                    trigger: self.trigger.clone(),
+                    marker: self.marker.clone(),
+                    name,
+                }
+            }
+            _ => Link::Observed(self.clone()),
+        }
+    }
+}
+
+/// A response future's way to the source, the trigger, the marker and the
+/// counters.
+pub(crate) enum Link<Src, T, M> {
+    /// Nobody observes the layer and its parts are plain copies: the
+    /// future carries its own, and the static name for logs and errors.
+    Quiet {
+        source: Src,
+        trigger: T,
+        marker: M,
+        name: &'static str,
+    },
+    /// Listeners, a registry or a handle, or parts that are not plain.
+    Observed(Arc<Inner<Src, T, M>>),
+}
+
+impl<Src, T, M> Link<Src, T, M> {
+    #[inline]
+    pub(crate) fn source(&self) -> &Src {
+        match self {
+            Link::Quiet { source, .. } => source,
+            Link::Observed(inner) => &inner.source,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn trigger(&self) -> &T {
+        match self {
+            Link::Quiet { trigger, .. } => trigger,
+            Link::Observed(inner) => &inner.trigger,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn marker(&self) -> &M {
+        match self {
+            Link::Quiet { marker, .. } => marker,
+            Link::Observed(inner) => &inner.marker,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Link::Quiet { name, .. } => name,
+            Link::Observed(inner) => &inner.shared.name,
+        }
+    }
+
+    pub(crate) fn name_arc(&self) -> Arc<str> {
+        match self {
+            Link::Quiet { name, .. } => Arc::from(*name),
+            Link::Observed(inner) => inner.shared.name.clone(),
+        }
+    }
+
+    /// The primary's result went back.
+    #[inline]
+    pub(crate) fn primary(&self) {
+        if let Link::Observed(inner) = self {
+            inner.shared.primary();
+        }
+    }
+
+    #[cold]
+    pub(crate) fn used(&self, reason: FallbackReason) {
+        match self {
+            Link::Quiet { name, .. } => trace_used(name, reason),
+            Link::Observed(inner) => inner.shared.used(reason),
+        }
+    }
+
+    #[cold]
+    pub(crate) fn failed(&self, reason: FallbackReason, error: &(dyn std::error::Error + 'static)) {
+        match self {
+            Link::Quiet { name, .. } => trace_failed(name, reason, error),
+            Link::Observed(inner) => inner.shared.failed(reason, error),
+        }
+    }
 }
 
 // ===== FallbackLayer =====
@@ -166,6 +290,10 @@ impl<Src, T, M> fmt::Debug for FallbackLayer<Src, T, M> {
 impl FallbackLayer<()> {
     /// A fixed response, cloned for each fallback. The request is not
     /// kept: any `Req` works, and the happy path clones nothing.
+    ///
+    /// An `http::Response` is `Clone` only when its body is (`String`,
+    /// `Bytes`, `Full<Bytes>`); for a body that is not (axum's `Body`),
+    /// build the response in [`from_error`](Self::from_error).
     pub fn value<V: Clone>(value: V) -> FallbackBuilder<Value<V>> {
         FallbackBuilder::new(Value(value))
     }
@@ -244,9 +372,13 @@ impl FallbackLayer<()> {
     /// extension ([`HttpMarker`](crate::HttpMarker); add a header with
     /// [`FallbackBuilder::marker_header`]).
     ///
-    /// It makes a server's stack `Infallible` at its outer edge, as
+    /// It answers for every failure of the stack below, as
     /// `ErrorToResponseLayer` does, but with a body that says why and a
-    /// marker on the response.
+    /// marker on the response. Its error type is still `BoxError` (the
+    /// 503 never fails, and with the HTTP classifier every error triggers
+    /// it, so none comes out); axum wants `Infallible`, so keep
+    /// `ErrorToResponseLayer` (or axum's `HandleErrorLayer`) above it. For
+    /// an axum body: `http_unavailable::<axum::body::Body>()`.
     ///
     /// [`FallbackUsed`]: crate::FallbackUsed
     ///
@@ -270,7 +402,8 @@ impl FallbackLayer<()> {
     /// # }
     /// ```
     pub fn http_unavailable<B>(
-    ) -> FallbackBuilder<Unavailable<B>, Classified<buttress_core::HttpClassifier>, HttpMarker> {
+    ) -> FallbackBuilder<Unavailable<B>, Classified<buttress_core::HttpClassifier>, HttpMarker>
+    {
         FallbackBuilder::new(Unavailable::new())
             .classify(buttress_core::HttpClassifier::new())
             .mark(HttpMarker::new())
@@ -280,10 +413,11 @@ impl FallbackLayer<()> {
 impl<Src, T, M> FallbackLayer<Src, T, M> {
     /// A handle to observe the layer.
     ///
-    /// Calls answered by the primary are counted from the moment the first
-    /// handle is taken (or from the start, for a layer with listeners or a
-    /// registry): until then the happy path touches no shared counter.
-    /// Fallbacks used and failed are always counted.
+    /// The counters start when the first handle is taken (or at build
+    /// time, for a layer with listeners, a registry or metrics): until a
+    /// layer is observed, a call whose source, trigger and marker are
+    /// plain copies (a `u64` value, the ready-made 503, a non-capturing
+    /// closure) carries its own copies and touches no shared state at all.
     pub fn handle(&self) -> FallbackHandle {
         self.inner.shared.observed.store(true, Ordering::Relaxed);
         FallbackHandle {
@@ -313,7 +447,7 @@ pub struct FallbackBuilder<Src, T = AnyError, M = NoMark> {
     source: Src,
     trigger: T,
     marker: M,
-    name: Arc<str>,
+    name: Cow<'static, str>,
     registry: Option<Registry>,
     listeners: Listeners<FallbackEvent>,
     #[cfg(feature = "metrics")]
@@ -337,7 +471,7 @@ impl<Src> FallbackBuilder<Src> {
             source,
             trigger: AnyError,
             marker: NoMark,
-            name: Arc::from(KIND),
+            name: Cow::Borrowed(KIND),
             registry: None,
             listeners: Listeners::new(),
             #[cfg(feature = "metrics")]
@@ -349,7 +483,7 @@ impl<Src> FallbackBuilder<Src> {
 impl<Src, T, M> FallbackBuilder<Src, T, M> {
     /// The instance name, used in errors, events, logs, metrics, the
     /// marker and the registry (default `"fallback"`).
-    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.name = name.into();
         self
     }
@@ -462,8 +596,12 @@ impl<Src, T, M> FallbackBuilder<Src, T, M> {
             &mut listeners,
         );
         let observed = !listeners.is_empty() || self.registry.is_some();
+        let static_name = match self.name {
+            Cow::Borrowed(name) => Some(name),
+            Cow::Owned(_) => None,
+        };
         let shared = Arc::new(Shared {
-            name: self.name,
+            name: Arc::from(self.name.as_ref()),
             listeners,
             observed: AtomicBool::new(observed),
             primary: AtomicU64::new(0),
@@ -475,6 +613,7 @@ impl<Src, T, M> FallbackBuilder<Src, T, M> {
                 source: self.source,
                 trigger: self.trigger,
                 marker: self.marker,
+                static_name,
                 shared,
             }),
         };

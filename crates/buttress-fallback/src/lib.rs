@@ -111,12 +111,29 @@
 //!
 //! # Cost
 //!
-//! A call the trigger lets through costs one reference count on the layer's
-//! shared state, what the source keeps of the request (nothing for a value,
-//! a function of the error or the ready-made 503) and the trigger's check;
-//! no allocation, no lock. Until the layer is observed (listeners, a
-//! registry, a handle), no shared counter is touched either. The fallback
-//! path allocates what it needs (the boxed errors, the event).
+//! A call the trigger lets through costs what the source keeps of the
+//! request (nothing for a value, a function of the error or the
+//! ready-made 503), the trigger's check, and the response future's way
+//! back to the layer; no allocation, no lock. That way is one of two:
+//!
+//! - **quiet**: the layer is not observed (no listener, registry, metrics
+//!   or handle), its name is a `&'static str`, and its source, trigger and
+//!   marker are plain copies (no drop glue, at most 32 bytes: a `u64`
+//!   value, a non-capturing closure, [`Unavailable`], [`Kinds`], the HTTP
+//!   classifier, [`HttpMarker`] without a header). The future carries its
+//!   own copies and touches no shared state.
+//! - **observed**, otherwise: one reference count on the layer's shared
+//!   state per call (about 10 ns here), and, once observed, one relaxed
+//!   atomic add for the `primary` counter.
+//!
+//! A value that owns memory (a `String`, a response) is not a plain copy;
+//! a non-capturing closure that builds it,
+//! `from_error(|_| Ok(String::from("n/a")))`, is, and allocates only when
+//! the fallback runs.
+//!
+//! The fallback path allocates what it needs (its future, boxed so that a
+//! healthy call's future is the primary's and a few words; the boxed
+//! errors; the event; the marker's name).
 //!
 //! # Tracing
 //!
@@ -159,7 +176,7 @@ pub use layer::{FallbackBuilder, FallbackHandle, FallbackLayer, FallbackSnapshot
 pub use marker::{FallbackReason, FallbackUsed, HttpMarker, Mark, NoMark, FALLBACK_HEADER};
 pub use service::Fallback;
 pub use source::{
-    FallbackSource, Failure, FromError, FromRequest, Head, Oneshot, ToService, Unavailable, Value,
+    Failure, FallbackSource, FromError, FromRequest, Head, Oneshot, ToService, Unavailable, Value,
     WithoutBody, APPLICATION_JSON,
 };
 pub use trigger::{AnyError, Classified, Kinds, Predicate, Rules, Trigger};

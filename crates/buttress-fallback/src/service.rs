@@ -14,6 +14,10 @@ use crate::trigger::Trigger;
 /// Answers from a fallback when the inner service fails; made by
 /// [`FallbackLayer`](crate::FallbackLayer).
 ///
+/// The source, the trigger and the marker must be `Clone` (closures are,
+/// when what they capture is): an unobserved layer whose parts are plain
+/// copies gives each response future its own (see the crate docs, "Cost").
+///
 /// Readiness is the inner service's: an error from its `poll_ready` is not
 /// a failed request and is returned as it is (buttress's own layers never
 /// return one for a transient state: they fail the call instead, which the
@@ -71,9 +75,9 @@ impl<S, Req, Src, T, M> Service<Req> for Fallback<S, Src, T, M>
 where
     S: Service<Req, Response = Src::Response>,
     S::Error: Into<BoxError>,
-    Src: FallbackSource<Req>,
-    T: Trigger<Src::Response>,
-    M: Mark<Src::Response>,
+    Src: FallbackSource<Req> + Clone,
+    T: Trigger<Src::Response> + Clone,
+    M: Mark<Src::Response> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -87,6 +91,10 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let kept = self.policy.source.keep(&req);
-        ResponseFuture::new(self.inner.call(req), kept, self.policy.clone())
+        ResponseFuture::new(
+            self.inner.call(req),
+            kept,
+            self.policy.link::<Src::Response>(),
+        )
     }
 }

@@ -242,6 +242,9 @@ pub struct Head(http::request::Parts);
 /// (`B2::default()`): for `http::Request<B>` whose body cannot be cloned or
 /// replayed, as with hyper's `Incoming` or axum's `Body`.
 ///
+/// The head is cloned before the primary takes the request, on every call
+/// (the clone of a non-empty header map allocates).
+///
 /// The body is **not** replayed: the secondary sees the method, the URI,
 /// the headers (a `Content-Length` included, which it must not trust) and
 /// the extensions, but no body bytes. That suits the usual fallback

@@ -107,10 +107,7 @@ const KNOWN: [ErrorKind; 6] = [
 ];
 
 fn bit(kind: ErrorKind) -> u8 {
-    KNOWN
-        .iter()
-        .position(|k| *k == kind)
-        .map_or(0, |i| 1 << i)
+    KNOWN.iter().position(|k| *k == kind).map_or(0, |i| 1 << i)
 }
 
 impl Kinds {

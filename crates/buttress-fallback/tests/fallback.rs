@@ -12,7 +12,7 @@ use buttress_core::{
 };
 use buttress_fallback::error::{FallbackFailed, UnhealthyResponse};
 use buttress_fallback::{
-    FallbackEvent, FallbackLayer, FallbackReason, FallbackSnapshot, FallbackUsed, Failure,
+    Failure, FallbackEvent, FallbackLayer, FallbackReason, FallbackSnapshot, FallbackUsed,
     HttpMarker, Kinds, Rules, FALLBACK_HEADER,
 };
 use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
@@ -21,11 +21,23 @@ fn open() -> BoxError {
     CircuitOpen::new("upstream".into(), Some(Duration::from_secs(5))).into()
 }
 
-fn failing(err: fn() -> BoxError) -> impl Service<u64, Response = String, Error = BoxError, Future = impl std::future::Future<Output = Result<String, BoxError>> + Send> + Clone {
+fn failing(
+    err: fn() -> BoxError,
+) -> impl Service<
+    u64,
+    Response = String,
+    Error = BoxError,
+    Future = impl std::future::Future<Output = Result<String, BoxError>> + Send,
+> + Clone {
     service_fn(move |_: u64| async move { Err::<String, BoxError>(err()) })
 }
 
-fn ok_svc() -> impl Service<u64, Response = String, Error = BoxError, Future = impl std::future::Future<Output = Result<String, BoxError>> + Send> + Clone {
+fn ok_svc() -> impl Service<
+    u64,
+    Response = String,
+    Error = BoxError,
+    Future = impl std::future::Future<Output = Result<String, BoxError>> + Send,
+> + Clone {
     service_fn(|x: u64| async move { Ok::<_, BoxError>(format!("primary {x}")) })
 }
 
@@ -33,13 +45,20 @@ fn ok_svc() -> impl Service<u64, Response = String, Error = BoxError, Future = i
 
 #[tokio::test]
 async fn a_value_answers_for_a_failed_call() {
-    let layer = FallbackLayer::value(String::from("default")).build().unwrap();
-    assert_eq!(layer.layer(failing(open)).oneshot(1).await.unwrap(), "default");
+    let layer = FallbackLayer::value(String::from("default"))
+        .build()
+        .unwrap();
+    assert_eq!(
+        layer.layer(failing(open)).oneshot(1).await.unwrap(),
+        "default"
+    );
 }
 
 #[tokio::test]
 async fn the_primary_answers_when_it_succeeds() {
-    let layer = FallbackLayer::value(String::from("default")).build().unwrap();
+    let layer = FallbackLayer::value(String::from("default"))
+        .build()
+        .unwrap();
     let handle = layer.handle();
     assert_eq!(layer.layer(ok_svc()).oneshot(3).await.unwrap(), "primary 3");
     assert_eq!(
@@ -96,8 +115,14 @@ async fn a_secondary_service_gets_the_same_request() {
     });
     let layer = FallbackLayer::service(secondary).build().unwrap();
     let mut svc = layer.layer(failing(open));
-    assert_eq!(svc.ready().await.unwrap().call(4).await.unwrap(), "secondary 4");
-    assert_eq!(svc.ready().await.unwrap().call(5).await.unwrap(), "secondary 5");
+    assert_eq!(
+        svc.ready().await.unwrap().call(4).await.unwrap(),
+        "secondary 4"
+    );
+    assert_eq!(
+        svc.ready().await.unwrap().call(5).await.unwrap(),
+        "secondary 5"
+    );
     assert_eq!(*seen.lock().unwrap(), vec![4, 5]);
 }
 
@@ -106,7 +131,9 @@ async fn a_secondary_service_is_made_ready_before_it_is_called() {
     // A bulkhead of one in front of the secondary: ready is the only way in.
     let secondary = ServiceBuilder::new()
         .concurrency_limit(1)
-        .service(service_fn(|x: u64| async move { Ok::<_, BoxError>(format!("s{x}")) }));
+        .service(service_fn(|x: u64| async move {
+            Ok::<_, BoxError>(format!("s{x}"))
+        }));
     let layer = FallbackLayer::service(secondary).build().unwrap();
     let svc = layer.layer(failing(open));
     let (a, b) = tokio::join!(svc.clone().oneshot(1), svc.clone().oneshot(2));
@@ -124,7 +151,9 @@ async fn a_secondary_http_service_gets_the_head_without_the_body() {
             req.body()
         )))
     });
-    let layer = FallbackLayer::service_without_body(secondary).build().unwrap();
+    let layer = FallbackLayer::service_without_body(secondary)
+        .build()
+        .unwrap();
     // The primary's body is a type that cannot be cloned.
     struct Stream;
     let svc = layer.layer(service_fn(|_: http::Request<Stream>| async {
@@ -146,13 +175,17 @@ async fn kinds_trigger_only_on_those_rejections() {
         .on_kinds([ErrorKind::CircuitOpen, ErrorKind::BulkheadFull])
         .build()
         .unwrap();
-    let full = || -> BoxError { BulkheadFull::new("b".into(), BulkheadFullReason::QueueFull).into() };
+    let full =
+        || -> BoxError { BulkheadFull::new("b".into(), BulkheadFullReason::QueueFull).into() };
     let limited = || -> BoxError { RateLimited::new("r".into(), None).into() };
     let plain = || -> BoxError { "boom".into() };
     let behind_retry = || -> BoxError { RetryExhausted::new("r".into(), 3, open()).into() };
     assert_eq!(layer.layer(failing(open)).oneshot(1).await.unwrap(), "fb");
     assert_eq!(layer.layer(failing(full)).oneshot(1).await.unwrap(), "fb");
-    assert_eq!(layer.layer(failing(behind_retry)).oneshot(1).await.unwrap(), "fb");
+    assert_eq!(
+        layer.layer(failing(behind_retry)).oneshot(1).await.unwrap(),
+        "fb"
+    );
     let err = layer.layer(failing(limited)).oneshot(1).await.unwrap_err();
     assert!(err.is::<RateLimited>(), "passed through as it is: {err}");
     let err = layer.layer(failing(plain)).oneshot(1).await.unwrap_err();
@@ -169,7 +202,12 @@ async fn a_predicate_decides_on_the_error() {
     let no = || -> BoxError { "bad request".into() };
     assert_eq!(layer.layer(failing(yes)).oneshot(1).await.unwrap(), "fb");
     assert_eq!(
-        layer.layer(failing(no)).oneshot(1).await.unwrap_err().to_string(),
+        layer
+            .layer(failing(no))
+            .oneshot(1)
+            .await
+            .unwrap_err()
+            .to_string(),
         "bad request"
     );
 }
@@ -181,7 +219,8 @@ fn status_svc(
         let mut res = http::Response::new(format!("upstream {status}"));
         *res.status_mut() = http::StatusCode::from_u16(status).unwrap();
         if status == 503 {
-            res.headers_mut().insert("retry-after", "7".parse().unwrap());
+            res.headers_mut()
+                .insert("retry-after", "7".parse().unwrap());
         }
         Ok::<_, BoxError>(res)
     })
@@ -194,14 +233,22 @@ async fn a_classifier_triggers_on_failed_responses() {
         .mark(HttpMarker::new())
         .build()
         .unwrap();
-    let res = layer.layer(status_svc(503)).oneshot(http::Request::new(())).await.unwrap();
+    let res = layer
+        .layer(status_svc(503))
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
     assert_eq!(res.body(), "cached");
     assert_eq!(
         res.extensions().get::<FallbackUsed>().unwrap().reason(),
         FallbackReason::Response
     );
     // 404 is the caller's fault: the primary answers.
-    let res = layer.layer(status_svc(404)).oneshot(http::Request::new(())).await.unwrap();
+    let res = layer
+        .layer(status_svc(404))
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
     assert_eq!(res.body(), "upstream 404");
     assert!(res.extensions().get::<FallbackUsed>().is_none());
 }
@@ -216,16 +263,33 @@ async fn rules_trigger_on_statuses_and_kinds() {
         .on(rules)
         .build()
         .unwrap();
-    let res = layer.layer(status_svc(502)).oneshot(http::Request::new(())).await.unwrap();
+    let res = layer
+        .layer(status_svc(502))
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
     assert_eq!(res.body(), "fb");
-    let res = layer.layer(status_svc(503)).oneshot(http::Request::new(())).await.unwrap();
+    let res = layer
+        .layer(status_svc(503))
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
     assert_eq!(res.body(), "upstream 503");
     let elapsed = service_fn(|_: http::Request<()>| async {
-        Err::<http::Response<String>, BoxError>(Elapsed::new("t".into(), Duration::from_secs(1)).into())
+        Err::<http::Response<String>, BoxError>(
+            Elapsed::new("t".into(), Duration::from_secs(1)).into(),
+        )
     });
-    let res = layer.layer(elapsed).oneshot(http::Request::new(())).await.unwrap();
+    let res = layer
+        .layer(elapsed)
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
     assert_eq!(res.body(), "fb");
-    assert_eq!(Rules::new().statuses([1000]).unwrap_err().field(), "statuses");
+    assert_eq!(
+        Rules::new().statuses([1000]).unwrap_err().field(),
+        "statuses"
+    );
 }
 
 #[tokio::test]
@@ -267,7 +331,12 @@ async fn a_chain_goes_primary_then_secondary_then_the_static_default() {
                 .build()
                 .unwrap(),
         )
-        .layer(FallbackLayer::service(secondary).name("popular").build().unwrap())
+        .layer(
+            FallbackLayer::service(secondary)
+                .name("popular")
+                .build()
+                .unwrap(),
+        )
         .service(failing(open));
     assert_eq!(svc.clone().oneshot(1).await.unwrap(), "popular for 1");
     secondary_up.store(0, Ordering::SeqCst);
@@ -329,7 +398,10 @@ async fn the_http_marker_sets_the_extension_and_the_header() {
     assert_eq!(res.headers()["x-fallback"], "catalog; reason=circuit_open");
     let used = res.extensions().get::<FallbackUsed>().unwrap();
     assert_eq!(used.name(), "catalog");
-    assert_eq!(used.reason(), FallbackReason::Rejected(ErrorKind::CircuitOpen));
+    assert_eq!(
+        used.reason(),
+        FallbackReason::Rejected(ErrorKind::CircuitOpen)
+    );
 }
 
 #[tokio::test]
@@ -356,10 +428,13 @@ async fn a_closure_marks_a_generic_response() {
         cents: u64,
         stale: Option<&'static str>,
     }
-    let layer = FallbackLayer::value(Price { cents: 100, stale: None })
-        .mark(|p: &mut Price, used: &FallbackUsed| p.stale = Some(used.reason().as_str()))
-        .build()
-        .unwrap();
+    let layer = FallbackLayer::value(Price {
+        cents: 100,
+        stale: None,
+    })
+    .mark(|p: &mut Price, used: &FallbackUsed| p.stale = Some(used.reason().as_str()))
+    .build()
+    .unwrap();
     let svc = layer.layer(service_fn(|_: ()| async {
         Err::<Price, BoxError>(RateLimited::new("api".into(), None).into())
     }));
@@ -386,10 +461,15 @@ async fn a_failed_fallback_returns_its_error_with_the_original_as_source() {
         .unwrap();
     let handle = layer.handle();
     let err = layer.layer(failing(open)).oneshot(1).await.unwrap_err();
-    let failed = err.downcast_ref::<FallbackFailed>().expect("a FallbackFailed");
+    let failed = err
+        .downcast_ref::<FallbackFailed>()
+        .expect("a FallbackFailed");
     assert_eq!(failed.name(), "mirror");
     assert_eq!(failed.fallback_error().to_string(), "secondary down");
-    assert_eq!(failed.reason(), FallbackReason::Rejected(ErrorKind::CircuitOpen));
+    assert_eq!(
+        failed.reason(),
+        FallbackReason::Rejected(ErrorKind::CircuitOpen)
+    );
     let source = std::error::Error::source(failed).unwrap();
     assert!(source.is::<CircuitOpen>());
     assert_eq!(kind_of(&*err), Some(ErrorKind::CircuitOpen));
@@ -409,21 +489,26 @@ async fn a_failed_fallback_returns_its_error_with_the_original_as_source() {
 
 #[tokio::test]
 async fn a_failed_fallback_for_a_failed_response_names_the_status() {
-    let layer = FallbackLayer::from_error(|_: &Failure<http::Response<String>>| {
-        Err("no cache".into())
-    })
-    .classify(HttpClassifier::new())
-    .mark(HttpMarker::new())
-    .build()
-    .unwrap();
+    let layer =
+        FallbackLayer::from_error(|_: &Failure<http::Response<String>>| Err("no cache".into()))
+            .classify(HttpClassifier::new())
+            .mark(HttpMarker::new())
+            .build()
+            .unwrap();
     let err = layer
         .layer(status_svc(503))
         .oneshot(http::Request::new(()))
         .await
         .unwrap_err();
     let failed = err.downcast_ref::<FallbackFailed>().unwrap();
-    let original = failed.original().downcast_ref::<UnhealthyResponse>().unwrap();
-    assert_eq!(original.status(), Some(http::StatusCode::SERVICE_UNAVAILABLE));
+    let original = failed
+        .original()
+        .downcast_ref::<UnhealthyResponse>()
+        .unwrap();
+    assert_eq!(
+        original.status(),
+        Some(http::StatusCode::SERVICE_UNAVAILABLE)
+    );
     assert_eq!(err.to_string(), "fallback failed: no cache");
 }
 
@@ -470,13 +555,18 @@ async fn the_registry_shows_the_counters() {
     assert_eq!(entry["state"]["fallbacks_used"], 1);
     assert_eq!(entry["state"]["fallback_failures"], 0);
     // A second layer of the same name is refused.
-    let dup = FallbackLayer::value(0u8).name("catalog-fallback").registry(&registry).build();
+    let dup = FallbackLayer::value(0u8)
+        .name("catalog-fallback")
+        .registry(&registry)
+        .build();
     assert_eq!(dup.unwrap_err().field(), "name");
     assert!(FallbackLayer::value(0u8).name("").build().is_err());
 }
 
 #[tokio::test]
-async fn an_unobserved_layer_counts_fallbacks_but_not_primary_calls() {
+async fn counters_start_when_the_layer_is_observed() {
+    // A value that is not a plain copy: futures reach the shared state, so
+    // fallbacks are counted, but primary calls only once observed.
     let layer = FallbackLayer::value(String::from("fb")).build().unwrap();
     layer.layer(ok_svc()).oneshot(1).await.unwrap();
     layer.layer(failing(open)).oneshot(1).await.unwrap();
@@ -484,6 +574,31 @@ async fn an_unobserved_layer_counts_fallbacks_but_not_primary_calls() {
     assert_eq!((snap.primary, snap.fallbacks_used), (0, 1));
     layer.layer(ok_svc()).oneshot(1).await.unwrap();
     assert_eq!(layer.handle().snapshot().primary, 1);
+
+    // A plain value and a static name: until observed, a call carries its
+    // own copies and counts nothing; once a handle is taken, everything.
+    let layer = FallbackLayer::value(7u64).name("plain").build().unwrap();
+    let svc = layer.layer(service_fn(|x: u64| async move {
+        if x == 0 {
+            Err::<u64, BoxError>(open())
+        } else {
+            Ok(x)
+        }
+    }));
+    assert_eq!(svc.clone().oneshot(0).await.unwrap(), 7);
+    let handle = layer.handle();
+    assert_eq!(handle.snapshot().calls, 0);
+    assert_eq!(svc.clone().oneshot(0).await.unwrap(), 7);
+    assert_eq!(svc.clone().oneshot(2).await.unwrap(), 2);
+    assert_eq!(
+        handle.snapshot(),
+        FallbackSnapshot {
+            calls: 2,
+            primary: 1,
+            fallbacks_used: 1,
+            fallback_failures: 0
+        }
+    );
 }
 
 #[tokio::test]
@@ -494,20 +609,29 @@ async fn a_poll_ready_error_is_not_a_call_and_passes_through() {
         type Response = String;
         type Error = BoxError;
         type Future = std::future::Ready<Result<String, BoxError>>;
-        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), BoxError>> {
             std::task::Poll::Ready(Err("broken".into()))
         }
         fn call(&mut self, _: u64) -> Self::Future {
             unreachable!("never ready")
         }
     }
-    let mut svc = FallbackLayer::value(String::new()).build().unwrap().layer(Broken);
+    let mut svc = FallbackLayer::value(String::new())
+        .build()
+        .unwrap()
+        .layer(Broken);
     assert_eq!(svc.ready().await.unwrap_err().to_string(), "broken");
 }
 
 #[tokio::test]
 async fn clones_share_the_layer_and_debug_says_so() {
-    let layer = FallbackLayer::value(String::from("fb")).name("c").build().unwrap();
+    let layer = FallbackLayer::value(String::from("fb"))
+        .name("c")
+        .build()
+        .unwrap();
     let svc = layer.layer(failing(open));
     let clone = svc.clone();
     clone.oneshot(1).await.unwrap();

@@ -2,7 +2,7 @@
 //! the calls answered by the primary, by the fallback, and failed in both.
 
 use buttress_core::{BoxError, Registry};
-use buttress_fallback::{FallbackLayer, Failure};
+use buttress_fallback::{Failure, FallbackLayer};
 use buttress_test_support::series::{expect, nonzero, series, V};
 use metrics_util::debugging::DebuggingRecorder;
 use tower::{service_fn, Layer, ServiceExt};

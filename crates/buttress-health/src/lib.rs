@@ -35,7 +35,7 @@
 //! # Example: an axum server with its probes
 //!
 //! ```
-//! # mod buttress { pub use buttress_health as health; pub use buttress_core as core; }
+//! # mod buttress { pub mod core { pub use buttress_core::*; } pub mod health { pub use buttress_health::*; } }
 //! use std::time::Duration;
 //! use axum::{routing::get, Router};
 //! use buttress::core::Registry;

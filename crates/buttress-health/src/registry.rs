@@ -197,6 +197,8 @@ impl HealthRegistryBuilder {
 /// [liveness and readiness](Probe) reports.
 ///
 /// A cheap-to-clone handle: clones share the checks and their results.
+/// Probes spawn the check runs as tokio tasks: call them within a tokio
+/// runtime.
 ///
 /// # Caching: probes never wait for a slow check
 ///
@@ -210,7 +212,10 @@ impl HealthRegistryBuilder {
 /// run (bounded by its timeout and retries); call
 /// [`readiness`](HealthRegistry::readiness) once at startup, before
 /// serving, to have every result in cache. One run at a time per check,
-/// however many probes ask.
+/// however many probes ask. With
+/// [`spawn_refresher`](HealthRegistry::spawn_refresher) the runs happen on
+/// each check's interval whether probes come or not, so a probe's answer
+/// is never older than the interval plus the run.
 ///
 /// # Aggregation
 ///
@@ -487,33 +492,78 @@ impl HealthRegistry {
                 .filter(|s| probe == Probe::Readiness || s.liveness)
                 .collect()
         };
-        let mut first_runs = Vec::new();
-        for slot in &slots {
-            let (start, never_ran) = {
-                let mut st = slot.lock();
-                let stale = st
-                    .last
-                    .as_ref()
-                    .is_none_or(|r| r.checked_at.elapsed() >= slot.settings.interval);
-                let start = stale && !st.running;
-                if start {
-                    st.running = true;
-                }
-                (start, st.last.is_none())
-            };
-            if start {
-                // In dependency order, so a dependency's run is in progress
-                // before its dependents look for it.
-                tokio::spawn(run(self.inner.clone(), slot.clone()));
-            }
-            if never_ran {
-                first_runs.push(slot.clone());
-            }
-        }
+        let first_runs = start_stale(&self.inner, &slots);
         for slot in first_runs {
             slot.idle().await;
         }
         self.cached_report(probe, &slots)
+    }
+
+    /// Keeps every result fresh in the background: a task that starts each
+    /// check's run once its result is older than its interval, whether or
+    /// not probes come. Without it a result is refreshed when a probe finds
+    /// it stale, so a probe sees what the previous one started (fine when
+    /// probes come more often than the interval, a probe period late when
+    /// they come less often). The task ends when the last handle to the
+    /// registry is dropped; abort it to stop it sooner.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use buttress_health::{Check, HealthRegistry, Probe, Status};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+    /// let registry = HealthRegistry::builder()
+    ///     .check(Check::new("db", || async { Status::Healthy }).interval(Duration::from_secs(5)))
+    ///     .build()
+    ///     .unwrap();
+    /// let refresher = registry.spawn_refresher();
+    /// tokio::time::sleep(Duration::from_secs(12)).await;
+    /// // Refreshed at 0 s, 5 s and 10 s without a single probe.
+    /// assert_eq!(registry.cached(Probe::Readiness).checks[0].age, Duration::from_secs(2));
+    /// refresher.abort();
+    /// # });
+    /// ```
+    pub fn spawn_refresher(&self) -> JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let slots: Vec<Arc<Slot>> = {
+                    let g = inner.read();
+                    g.order.iter().map(|&i| g.slots[i].clone()).collect()
+                };
+                start_stale(&inner, &slots);
+                let now = Instant::now();
+                let min = slots
+                    .iter()
+                    .map(|s| s.settings.interval)
+                    .min()
+                    .unwrap_or(crate::check::DEFAULT_INTERVAL);
+                // The next result to go stale; a check still running is
+                // looked at again within the smallest interval.
+                let next = slots
+                    .iter()
+                    .filter_map(|s| {
+                        let st = s.lock();
+                        match &st.last {
+                            Some(r) if !st.running => r.checked_at.checked_add(s.settings.interval),
+                            _ => None,
+                        }
+                    })
+                    .filter(|due| *due > now)
+                    .min();
+                let until = now
+                    .checked_add(min)
+                    .map_or(next, |cap| Some(next.map_or(cap, |n| n.min(cap))));
+                drop(inner);
+                match until {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => tokio::time::sleep(min).await,
+                }
+            }
+        })
     }
 
     /// The report of `probe` from the cached results only: runs nothing,
@@ -714,6 +764,35 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Starts, in dependency order, a run of each of `slots` whose result is
+/// stale or missing and that is not running; returns those that never ran.
+fn start_stale(inner: &Arc<Inner>, slots: &[Arc<Slot>]) -> Vec<Arc<Slot>> {
+    let mut first_runs = Vec::new();
+    for slot in slots {
+        let (start, never_ran) = {
+            let mut st = slot.lock();
+            let stale = st
+                .last
+                .as_ref()
+                .is_none_or(|r| r.checked_at.elapsed() >= slot.settings.interval);
+            let start = stale && !st.running;
+            if start {
+                st.running = true;
+            }
+            (start, st.last.is_none())
+        };
+        if start {
+            // In dependency order, so a dependency's run is in progress
+            // before its dependents look for it.
+            tokio::spawn(run(inner.clone(), slot.clone()));
+        }
+        if never_ran {
+            first_runs.push(slot.clone());
+        }
+    }
+    first_runs
+}
+
 async fn run(inner: Arc<Inner>, slot: Arc<Slot>) {
     let guard = RunGuard(&slot);
     let deps: Vec<(String, Option<Arc<Slot>>)> = {
@@ -750,7 +829,7 @@ async fn run(inner: Arc<Inner>, slot: Arc<Slot>) {
     let started = Instant::now();
     let (result, attempts, skipped) = match blocked {
         Some((dep, why)) => {
-            tracing::debug!(check = %slot.name, dependency = %dep, "health check skipped: its dependency {why}");
+            tracing::debug!(buttress.name = %slot.name, dependency = %dep, "health check skipped: its dependency {why}");
             inner.listeners.emit(|| HealthEvent::Skipped {
                 check: slot.name.clone(),
                 dependency: dep.clone(),
@@ -781,7 +860,7 @@ async fn attempt(inner: &Inner, slot: &Slot) -> (CheckResult, u32) {
             Ok(Err(e)) if e.is_panic() => CheckResult::unhealthy("the check panicked"),
             Ok(Err(_)) => CheckResult::unhealthy("the check was cancelled"),
             Err(_) => {
-                tracing::debug!(check = %slot.name, attempt = n, timeout = ?s.timeout, "health check timed out");
+                tracing::debug!(buttress.name = %slot.name, attempt = n, timeout = ?s.timeout, "health check timed out");
                 inner.listeners.emit(|| HealthEvent::TimedOut {
                     check: slot.name.clone(),
                     attempt: n,
@@ -796,7 +875,7 @@ async fn attempt(inner: &Inner, slot: &Slot) -> (CheckResult, u32) {
         if result.status() != Status::Unhealthy || n > s.retries {
             return (result, n);
         }
-        tracing::debug!(check = %slot.name, attempt = n, "health check unhealthy, retrying");
+        tracing::debug!(buttress.name = %slot.name, attempt = n, "health check unhealthy, retrying");
         inner.listeners.emit(|| HealthEvent::Retrying {
             check: slot.name.clone(),
             attempt: n,
@@ -847,7 +926,7 @@ fn store(
         m.record(status, duration);
     }
     if previous != Some(status) {
-        tracing::info!(check = %slot.name, from = ?previous, to = %status, "health check status changed");
+        tracing::info!(buttress.name = %slot.name, from = previous.map_or("none", Status::as_str), to = status.as_str(), "health check status changed");
         inner.listeners.emit(|| HealthEvent::StatusChanged {
             check: slot.name.clone(),
             from: previous,

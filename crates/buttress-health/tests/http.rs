@@ -37,6 +37,10 @@ async fn request(addr: SocketAddr, method: Method, path: &str) -> (StatusCode, S
         .get(http::header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
+    if ctype == "application/json" {
+        // A probe's answer is never cached by a proxy on the way.
+        assert_eq!(res.headers()[http::header::CACHE_CONTROL], "no-store");
+    }
     let body = res.into_body().collect().await.expect("body").to_bytes();
     (status, ctype, body)
 }

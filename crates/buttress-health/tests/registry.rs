@@ -178,8 +178,7 @@ async fn a_hanging_check_is_answered_from_cache_at_once_and_cut_at_its_timeout()
 async fn the_first_probe_waits_for_the_first_run_bounded_by_the_timeout() {
     let registry = HealthRegistry::builder()
         .check(
-            Check::new("hangs", || std::future::pending::<Status>())
-                .timeout(Duration::from_millis(300)),
+            Check::new("hangs", std::future::pending::<Status>).timeout(Duration::from_millis(300)),
         )
         .build()
         .unwrap();
@@ -654,4 +653,44 @@ async fn concurrent_probes_share_one_run_per_check() {
         assert_eq!(p.await.unwrap(), Status::Healthy);
     }
     assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_refresher_keeps_results_fresh_without_probes_and_ends_with_the_registry() {
+    let sw = Switch::new(Status::Healthy);
+    let registry = HealthRegistry::builder()
+        .check(Check::new("db", sw.check()).interval(Duration::from_secs(5)))
+        .check(
+            Check::new("app", fixed(Status::Healthy))
+                .depends_on("db")
+                .interval(Duration::from_secs(5)),
+        )
+        .build()
+        .unwrap();
+    let refresher = registry.spawn_refresher();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(sw.runs(), 1);
+    assert_eq!(registry.cached(Probe::Readiness).status, Status::Healthy);
+
+    sw.set(Status::Unhealthy);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(sw.runs(), 2);
+    // The first probe after the change already has it: the refresher ran
+    // the check (and its dependent, skipped) at 5 s.
+    let r = registry.readiness().await;
+    assert_eq!(
+        statuses(&r),
+        [
+            ("db".into(), Status::Unhealthy),
+            ("app".into(), Status::Unhealthy)
+        ]
+    );
+    assert!(r.check("app").unwrap().skipped);
+    assert_eq!(r.checks[0].age, Duration::from_secs(1));
+
+    drop(r);
+    drop(registry);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(refresher.is_finished());
+    assert_eq!(sw.runs(), 2);
 }

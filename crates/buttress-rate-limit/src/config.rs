@@ -2,8 +2,10 @@ use std::time::Duration;
 
 use buttress_core::ConfigError;
 
-use crate::algorithm::Algorithm;
+use crate::algorithm::{Algorithm, Params};
 use crate::layer::{Common, RateLimitBuilder, RateLimitLayer};
+use crate::limiter::{Policy, TimeSource};
+use crate::params::ParamCell;
 use crate::rate::Rate;
 
 /// The configuration of a (global) rate limiter, as plain data (serde with
@@ -128,4 +130,65 @@ impl RateLimitConfig {
     pub fn build(&self) -> Result<RateLimitLayer, ConfigError> {
         self.builder().build()
     }
+}
+
+impl RateLimitConfig {
+    /// The checks of [`build`](Self::build), in its order; the numbers.
+    fn validate(&self) -> Result<Params, ConfigError> {
+        let mut c = Common::new(self.rate);
+        self.apply(&mut c);
+        c.validate().map(|(params, _)| params)
+    }
+}
+
+/// The settings of a running limiter (the global one or a keyed one's per
+/// key numbers) as a config. `burst` is `None` when it is the rate's
+/// permits (the default), `max_wait` and `resolution` when they are zero.
+pub(crate) fn current(params: &ParamCell, policy: &Policy, time: &TimeSource) -> RateLimitConfig {
+    let p = params.load_full();
+    RateLimitConfig {
+        name: policy.name.to_string(),
+        algorithm: params.algorithm(),
+        rate: p.rate,
+        burst: (p.burst != p.rate.permits()).then_some(p.burst),
+        max_wait: Some(policy.max_wait).filter(|w| !w.is_zero()),
+        max_queue: policy.max_queue,
+        resolution: time.resolution(),
+    }
+}
+
+/// Applies `config` to a running limiter: validated as `build` validates
+/// it; refused, with nothing changed, when a setting that is fixed at
+/// build time differs; otherwise the rate and the burst are swapped as one
+/// value for the next decision.
+pub(crate) fn reconfigure(
+    config: &RateLimitConfig,
+    params: &ParamCell,
+    policy: &Policy,
+    time: &TimeSource,
+) -> Result<(), ConfigError> {
+    let new = config.validate()?;
+    let zero_is_none = |d: Option<Duration>| d.filter(|d| !d.is_zero());
+    let fixed: [(&'static str, bool); 5] = [
+        ("name", *config.name == *policy.name),
+        ("algorithm", config.algorithm == params.algorithm()),
+        (
+            "max_wait",
+            config.max_wait.unwrap_or_default() == policy.max_wait,
+        ),
+        ("max_queue", config.max_queue == policy.max_queue),
+        (
+            "resolution",
+            zero_is_none(config.resolution) == time.resolution(),
+        ),
+    ];
+    if let Some((field, _)) = fixed.into_iter().find(|(_, same)| !same) {
+        return Err(ConfigError::new(
+            crate::KIND,
+            field,
+            "cannot change on a live instance: build a new layer instead",
+        ));
+    }
+    params.store(new);
+    Ok(())
 }

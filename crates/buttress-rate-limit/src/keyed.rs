@@ -16,6 +16,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::algorithm::{Algorithm, Levels, Params, State, Verdict};
+use crate::config::RateLimitConfig;
 use crate::events::{Backend, RejectReason};
 use crate::future::{reject, wait_or_reject, Decide, Decision, ResponseFuture};
 use crate::headers::{Headers, NoHeaders, WithHeaders};
@@ -754,6 +755,42 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedRateLimitHandle<K> {
         let p = Params::new(self.shared.params.algorithm(), rate, burst)?;
         self.shared.params.store(p);
         Ok(())
+    }
+
+    /// Applies `config` to every key's numbers, the keys held now and the
+    /// ones added later (they share one set of numbers), with the rules of
+    /// [`RateLimitHandle::reconfigure`](crate::RateLimitHandle::reconfigure):
+    /// validated as [`RateLimitConfig::build`] validates it; `rate` and
+    /// `burst` live; `name`, `algorithm`, `max_wait`, `max_queue` and
+    /// `resolution` refused when different; nothing changed on an error.
+    /// The optional global limit
+    /// ([`KeyedRateLimitBuilder::global`]) is not part of a
+    /// `RateLimitConfig`: change it through [`global`](Self::global).
+    ///
+    /// ```
+    /// use buttress_rate_limit::{KeyedRateLimitLayer, Rate, RateLimitConfig};
+    /// use buttress_core::key::PeerAddr;
+    ///
+    /// let config = RateLimitConfig::new(Rate::per_second(5));
+    /// let layer = config
+    ///     .apply_keyed(KeyedRateLimitLayer::builder(PeerAddr, config.rate))
+    ///     .build::<std::net::IpAddr>()
+    ///     .unwrap();
+    /// let handle = layer.handle();
+    /// let new = RateLimitConfig { burst: Some(20), ..config.clone() };
+    /// handle.reconfigure(&new).unwrap();
+    /// assert_eq!(handle.config(), new);
+    /// ```
+    pub fn reconfigure(&self, config: &RateLimitConfig) -> Result<(), ConfigError> {
+        let s = &self.shared;
+        crate::config::reconfigure(config, &s.params, &s.policy, &s.time)
+    }
+
+    /// The current per-key settings, as a [`RateLimitConfig`] (see
+    /// [`RateLimitHandle::config`](crate::RateLimitHandle::config)).
+    pub fn config(&self) -> RateLimitConfig {
+        let s = &self.shared;
+        crate::config::current(&s.params, &s.policy, &s.time)
     }
 }
 

@@ -10,6 +10,7 @@ use buttress_core::{ConfigError, Listeners, Registry};
 use tower_layer::Layer;
 
 use crate::algorithm::{Algorithm, Params};
+use crate::config::RateLimitConfig;
 use crate::events::{Backend, RateLimitEvent};
 use crate::headers::{NoHeaders, WithHeaders};
 use crate::limiter::{Limiter, Policy, TimeSource};
@@ -533,6 +534,61 @@ impl RateLimitHandle {
         let p = Params::new(self.shared.algorithm(), rate, burst)?;
         self.shared.params.store(p);
         Ok(())
+    }
+
+    /// Applies `config` to this live limiter.
+    ///
+    /// The whole config is validated first, as [`RateLimitConfig::build`]
+    /// validates it (the same errors). What is live: `rate` and `burst`,
+    /// swapped as one value (readers never see the new rate with the old
+    /// burst) and used by the next decision, as with
+    /// [`set_rate`](Self::set_rate). Permits already taken stay taken (GCRA
+    /// and the token bucket keep the debt in time, a window keeps its
+    /// count); a call waiting in the queue keeps the deadline it joined
+    /// with, and its permits are decided under the numbers in force when
+    /// its turn comes.
+    ///
+    /// Fixed at build time, refused with a [`ConfigError`] naming the
+    /// field when different (build a new layer instead): `name`,
+    /// `algorithm` (its state has another shape), `max_wait` and
+    /// `max_queue` (the wait queue is sized and flagged with them), and
+    /// `resolution` (the clock). `None` and zero are the same value for
+    /// `max_wait` and `resolution`. On any error nothing changes.
+    ///
+    /// ```
+    /// use buttress_rate_limit::{Algorithm, Rate, RateLimitConfig};
+    ///
+    /// let handle = RateLimitConfig::new(Rate::per_second(10)).build().unwrap().handle();
+    /// let new = RateLimitConfig { burst: Some(50), ..RateLimitConfig::new(Rate::per_second(100)) };
+    /// handle.reconfigure(&new).unwrap();
+    /// assert_eq!(handle.config(), new);
+    /// assert_eq!(handle.snapshot().burst, 50);
+    ///
+    /// let bad = RateLimitConfig { burst: Some(0), ..new.clone() };
+    /// assert_eq!(handle.reconfigure(&bad).unwrap_err().field(), "burst");
+    /// let other = RateLimitConfig { algorithm: Algorithm::FixedWindow, burst: None, ..new.clone() };
+    /// assert_eq!(handle.reconfigure(&other).unwrap_err().field(), "algorithm");
+    /// assert_eq!(handle.config(), new);
+    /// ```
+    pub fn reconfigure(&self, config: &RateLimitConfig) -> Result<(), ConfigError> {
+        let s = &self.shared;
+        crate::config::reconfigure(config, &s.params, &s.policy, &s.time)
+    }
+
+    /// The current settings, as a [`RateLimitConfig`]: what
+    /// [`reconfigure`](Self::reconfigure) compares a new config with, and
+    /// what a dashboard shows. `burst` is `None` when it is the rate's
+    /// permits, `max_wait` and `resolution` when they are zero.
+    ///
+    /// ```
+    /// use buttress_rate_limit::{Rate, RateLimitConfig};
+    ///
+    /// let config = RateLimitConfig { burst: Some(3), ..RateLimitConfig::new(Rate::per_second(10)) };
+    /// assert_eq!(config.build().unwrap().handle().config(), config);
+    /// ```
+    pub fn config(&self) -> RateLimitConfig {
+        let s = &self.shared;
+        crate::config::current(&s.params, &s.policy, &s.time)
     }
 }
 

@@ -57,6 +57,11 @@ impl TimeSource {
         }
     }
 
+    /// The resolution, `None` when every decision reads the clock.
+    pub(crate) fn resolution(&self) -> Option<Duration> {
+        self.coarse.as_ref().map(|c| Duration::from_nanos(c.1))
+    }
+
     pub(crate) fn instant(&self, nanos: u64) -> Instant {
         self.base + Duration::from_nanos(nanos)
     }

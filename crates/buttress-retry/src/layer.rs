@@ -1,7 +1,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use buttress_core::registry::Component;
@@ -10,6 +10,7 @@ use tower_layer::Layer;
 
 use crate::backoff::{Backoff, Jitter};
 use crate::budget::{BudgetSnapshot, RetryBudget, Withdrawal};
+use crate::config::{BudgetConfig, RetryConfig};
 use crate::events::RetryEvent;
 use crate::policy::{Classified, GrpcRetry, HttpRetry, NetworkErrors, RetryErrors};
 use crate::request::{CloneRequest, HttpReplay};
@@ -63,10 +64,44 @@ pub(crate) struct Shared {
     listeners: Listeners<RetryEvent>,
     budget: Option<RetryBudget>,
     random: Option<Arc<dyn RandomSource>>,
+    /// The seed of `random`, when it is a [`SeededRandom`] made by
+    /// [`RetryBuilder::seed`].
+    seed: Option<u64>,
     counters: Counters,
+    /// The limits in force, swapped as one value by
+    /// [`RetryHandle::reconfigure`].
+    live: Mutex<Live>,
+    /// Bumped (under `live`'s lock) by every change of `live`: a service
+    /// compares it with the generation of its copy, one relaxed load per
+    /// call, and takes the lock only when they differ.
+    generation: AtomicU64,
+}
+
+/// The limits of a layer that a run-time change swaps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Live {
+    pub(crate) settings: Settings,
+    unbounded_retries: bool,
 }
 
 impl Shared {
+    fn live(&self) -> MutexGuard<'_, Live> {
+        // Every write stores a whole value: a poisoned lock is still sound.
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The settings in force and their generation.
+    pub(crate) fn settings(&self) -> (Settings, u64) {
+        let live = self.live();
+        (live.settings, self.generation.load(Ordering::Relaxed))
+    }
+
+    /// The generation of the settings in force.
+    #[inline]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
     #[inline]
     pub(crate) fn link(self: &Arc<Self>) -> Link {
         match self.static_name {
@@ -227,7 +262,6 @@ impl Link {
 /// ```
 pub struct RetryLayer<P = RetryErrors, R = CloneRequest> {
     shared: Arc<Shared>,
-    settings: Settings,
     policy: P,
     replay: R,
 }
@@ -236,7 +270,6 @@ impl<P: Clone, R: Clone> Clone for RetryLayer<P, R> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
-            settings: self.settings,
             policy: self.policy.clone(),
             replay: self.replay.clone(),
         }
@@ -245,13 +278,14 @@ impl<P: Clone, R: Clone> Clone for RetryLayer<P, R> {
 
 impl<P, R> fmt::Debug for RetryLayer<P, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (settings, _) = self.shared.settings();
         f.debug_struct("RetryLayer")
             .field("name", &self.shared.name)
-            .field("max_attempts", &self.settings.max_attempts)
-            .field("backoff", &self.settings.backoff)
-            .field("jitter", &self.settings.jitter)
-            .field("max_delay", &self.settings.max_delay)
-            .field("max_elapsed", &self.settings.max_elapsed)
+            .field("max_attempts", &settings.max_attempts)
+            .field("backoff", &settings.backoff)
+            .field("jitter", &settings.jitter)
+            .field("max_delay", &settings.max_delay)
+            .field("max_elapsed", &settings.max_elapsed)
             .field("budget", &self.shared.budget)
             .finish_non_exhaustive()
     }
@@ -264,7 +298,6 @@ impl<S, P: Clone, R: Clone> Layer<S> for RetryLayer<P, R> {
         Retry::new(
             inner,
             self.shared.clone(),
-            self.settings,
             self.policy.clone(),
             self.replay.clone(),
         )
@@ -290,6 +323,7 @@ impl RetryLayer {
             replay: CloneRequest,
             budget: None,
             random: None,
+            seed: None,
             registry: None,
             listeners: Listeners::new(),
             #[cfg(feature = "metrics")]
@@ -387,6 +421,7 @@ pub struct RetryBuilder<P = RetryErrors, R = CloneRequest> {
     replay: R,
     budget: Option<RetryBudget>,
     random: Option<Arc<dyn RandomSource>>,
+    seed: Option<u64>,
     registry: Option<Registry>,
     listeners: Listeners<RetryEvent>,
     #[cfg(feature = "metrics")]
@@ -491,13 +526,16 @@ impl<P, R> RetryBuilder<P, R> {
     /// Draws jitter from `random` instead of a per-thread generator.
     pub fn random(mut self, random: impl RandomSource) -> Self {
         self.random = Some(Arc::new(random));
+        self.seed = None;
         self
     }
 
     /// Draws jitter from a [`SeededRandom`] started at `seed`: the same
     /// calls get the same delays, run after run.
     pub fn seed(self, seed: u64) -> Self {
-        self.random(SeededRandom::new(seed))
+        let mut b = self.random(SeededRandom::new(seed));
+        b.seed = Some(seed);
+        b
     }
 
     /// Registers the layer in `registry` under its name.
@@ -523,6 +561,7 @@ impl<P, R> RetryBuilder<P, R> {
             replay: self.replay,
             budget: self.budget,
             random: self.random,
+            seed: self.seed,
             registry: self.registry,
             listeners: self.listeners,
             #[cfg(feature = "metrics")]
@@ -545,6 +584,7 @@ impl<P, R> RetryBuilder<P, R> {
             replay,
             budget: self.budget,
             random: self.random,
+            seed: self.seed,
             registry: self.registry,
             listeners: self.listeners,
             #[cfg(feature = "metrics")]
@@ -573,62 +613,12 @@ impl<P, R> RetryBuilder<P, R> {
 
     /// Validates and builds the layer.
     pub fn build(self) -> Result<RetryLayer<P, R>, ConfigError> {
-        if self.name.is_empty() {
-            return Err(ConfigError::new(KIND, "name", "must not be empty"));
-        }
-        let s = &self.settings;
-        if s.max_attempts == 0 {
-            return Err(ConfigError::new(
-                KIND,
-                "max_attempts",
-                "must be at least 1 (the first attempt counts)",
-            ));
-        }
-        if s.max_delay.is_zero() {
-            return Err(ConfigError::new(
-                KIND,
-                "max_delay",
-                "must be greater than zero",
-            ));
-        }
-        if s.max_delay > MAX_DELAY {
-            return Err(ConfigError::new(
-                KIND,
-                "max_delay",
-                format!("must be at most one hour, got {:?}", s.max_delay),
-            ));
-        }
-        if s.max_elapsed.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::new(
-                KIND,
-                "max_elapsed",
-                "must be greater than zero",
-            ));
-        }
-        if let Some(max) = s.max_elapsed.filter(|d| *d > MAX_ELAPSED) {
-            return Err(ConfigError::new(
-                KIND,
-                "max_elapsed",
-                format!("must be at most one day, got {max:?}"),
-            ));
-        }
-        if s.max_attempts > MAX_UNGUARDED_ATTEMPTS
-            && self.budget.is_none()
-            && s.max_elapsed.is_none()
-            && !self.unbounded_retries
-        {
-            return Err(ConfigError::new(
-                KIND,
-                "max_attempts",
-                format!(
-                    "{} attempts need a bound: a budget, a max_elapsed, or an explicit \
-                     unbounded_retries() (at most {MAX_UNGUARDED_ATTEMPTS} without one)",
-                    s.max_attempts
-                ),
-            ));
-        }
-        s.backoff.validate()?;
-        s.jitter.validate_with(&s.backoff)?;
+        validate(
+            &self.name,
+            &self.settings,
+            self.budget.is_some(),
+            self.unbounded_retries,
+        )?;
         let static_name = match self.name {
             Cow::Borrowed(s) => Some(s),
             Cow::Owned(_) => None,
@@ -651,9 +641,14 @@ impl<P, R> RetryBuilder<P, R> {
                 listeners,
                 budget: self.budget,
                 random: self.random,
+                seed: self.seed,
                 counters: Counters::default(),
+                live: Mutex::new(Live {
+                    settings: self.settings,
+                    unbounded_retries: self.unbounded_retries,
+                }),
+                generation: AtomicU64::new(0),
             }),
-            settings: self.settings,
             policy: self.policy,
             replay: self.replay,
         };
@@ -664,6 +659,71 @@ impl<P, R> RetryBuilder<P, R> {
         }
         Ok(layer)
     }
+}
+
+/// The checks of [`RetryBuilder::build`], in its order.
+fn validate(
+    name: &str,
+    s: &Settings,
+    has_budget: bool,
+    unbounded_retries: bool,
+) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::new(KIND, "name", "must not be empty"));
+    }
+    if s.max_attempts == 0 {
+        return Err(ConfigError::new(
+            KIND,
+            "max_attempts",
+            "must be at least 1 (the first attempt counts)",
+        ));
+    }
+    if s.max_delay.is_zero() {
+        return Err(ConfigError::new(
+            KIND,
+            "max_delay",
+            "must be greater than zero",
+        ));
+    }
+    if s.max_delay > MAX_DELAY {
+        return Err(ConfigError::new(
+            KIND,
+            "max_delay",
+            format!("must be at most one hour, got {:?}", s.max_delay),
+        ));
+    }
+    if s.max_elapsed.is_some_and(|d| d.is_zero()) {
+        return Err(ConfigError::new(
+            KIND,
+            "max_elapsed",
+            "must be greater than zero",
+        ));
+    }
+    if let Some(max) = s.max_elapsed.filter(|d| *d > MAX_ELAPSED) {
+        return Err(ConfigError::new(
+            KIND,
+            "max_elapsed",
+            format!("must be at most one day, got {max:?}"),
+        ));
+    }
+    if s.max_attempts > MAX_UNGUARDED_ATTEMPTS
+        && !has_budget
+        && s.max_elapsed.is_none()
+        && !unbounded_retries
+    {
+        return Err(ConfigError::new(
+            KIND,
+            "max_attempts",
+            format!(
+                "{} attempts need a bound: a budget, a max_elapsed, or an explicit \
+                 unbounded_retries() (at most {MAX_UNGUARDED_ATTEMPTS} without one)",
+                s.max_attempts
+            ),
+        ));
+    }
+    s.backoff.validate()?;
+    s.jitter.validate_with(&s.backoff)?;
+    Ok(())
 }
 
 impl<P> RetryBuilder<P, HttpReplay> {
@@ -730,6 +790,116 @@ impl RetryHandle {
     /// The layer's budget, if it has one.
     pub fn budget(&self) -> Option<&RetryBudget> {
         self.shared.budget.as_ref()
+    }
+
+    /// The current settings, as a [`RetryConfig`]: what
+    /// [`reconfigure`](Self::reconfigure) compares a new config with, and
+    /// what a dashboard shows. `budget` has the numbers of the layer's
+    /// budget (shared or not); `seed` is the one given to
+    /// [`RetryBuilder::seed`] (`None` with another random source).
+    ///
+    /// ```
+    /// use buttress_retry::RetryConfig;
+    ///
+    /// let config = RetryConfig { max_attempts: 5, ..RetryConfig::default() };
+    /// let handle = config.build().unwrap().handle();
+    /// assert_eq!(handle.config(), config);
+    /// ```
+    pub fn config(&self) -> RetryConfig {
+        let live = *self.shared.live();
+        let s = live.settings;
+        RetryConfig {
+            name: self.shared.name.to_string(),
+            max_attempts: s.max_attempts,
+            backoff: s.backoff,
+            jitter: s.jitter,
+            max_delay: s.max_delay,
+            max_elapsed: s.max_elapsed,
+            budget: self.budget_config(),
+            seed: self.shared.seed,
+            unbounded_retries: live.unbounded_retries,
+        }
+    }
+
+    fn budget_config(&self) -> Option<BudgetConfig> {
+        self.shared.budget.as_ref().map(|b| BudgetConfig {
+            percent: b.percent(),
+            min_per_sec: b.min_per_sec(),
+            ttl: b.ttl(),
+        })
+    }
+
+    /// Applies `config` to this live layer, for the calls made from now on.
+    ///
+    /// The whole config is validated first, as [`RetryConfig::build`]
+    /// validates it (the same errors). Fixed at build time, refused with a
+    /// [`ConfigError`] naming the field when different (build a new layer
+    /// instead): `name`; `budget` (a budget may be shared by several
+    /// layers, and its window is kept with its numbers); `seed` (the
+    /// random source). On any error nothing changes.
+    ///
+    /// Live: `max_attempts`, `backoff`, `jitter`, `max_delay`,
+    /// `max_elapsed` and `unbounded_retries`, swapped as one value. A
+    /// call takes the settings in force when it is made and keeps them to
+    /// its end: a retry in progress keeps its attempt budget, its backoff
+    /// and its `max_elapsed`. The policy (what is retried) and the replay
+    /// of requests are types, not config, and stay as built.
+    ///
+    /// Each service copies the settings and checks a generation counter
+    /// per call (one relaxed load; the lock only after a change), so a
+    /// call allocates nothing and takes no lock.
+    ///
+    /// ```
+    /// use buttress_retry::{Backoff, RetryConfig};
+    /// use std::time::Duration;
+    ///
+    /// let handle = RetryConfig::default().build().unwrap().handle();
+    /// let new = RetryConfig {
+    ///     max_attempts: 5,
+    ///     backoff: Backoff::fixed(Duration::from_millis(20)),
+    ///     ..handle.config()
+    /// };
+    /// handle.reconfigure(&new).unwrap();
+    /// assert_eq!(handle.config(), new);
+    ///
+    /// let bad = RetryConfig { max_attempts: 0, ..new.clone() };
+    /// assert_eq!(handle.reconfigure(&bad).unwrap_err().field(), "max_attempts");
+    /// let renamed = RetryConfig { name: "other".into(), ..new.clone() };
+    /// assert_eq!(handle.reconfigure(&renamed).unwrap_err().field(), "name");
+    /// assert_eq!(handle.config(), new);
+    /// ```
+    pub fn reconfigure(&self, config: &RetryConfig) -> Result<(), ConfigError> {
+        // Exactly `build`'s checks, in its order: the budget's first.
+        let b = config.apply(RetryLayer::builder())?;
+        validate(
+            &b.name,
+            &b.settings,
+            b.budget.is_some(),
+            b.unbounded_retries,
+        )?;
+        let fixed = if *config.name != *self.shared.name {
+            Some("name")
+        } else if config.budget != self.budget_config() {
+            Some("budget")
+        } else if config.seed != self.shared.seed {
+            Some("seed")
+        } else {
+            None
+        };
+        if let Some(field) = fixed {
+            return Err(ConfigError::new(
+                KIND,
+                field,
+                "cannot change on a live instance: build a new layer instead",
+            ));
+        }
+        let mut live = self.shared.live();
+        *live = Live {
+            settings: b.settings,
+            unbounded_retries: b.unbounded_retries,
+        };
+        self.shared.generation.fetch_add(1, Ordering::Release);
+        Ok(())
     }
 }
 

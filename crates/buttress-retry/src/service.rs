@@ -21,26 +21,41 @@ use crate::request::{CloneRequest, ReplayRequest};
 pub struct Retry<S, P = RetryErrors, R = CloneRequest> {
     inner: S,
     shared: Arc<Shared>,
+    /// The layer's settings as last read, and their generation: a call
+    /// compares the generation (one relaxed load) and reads the settings
+    /// again, under the layer's lock, only after a run-time change.
     settings: Settings,
+    generation: u64,
     policy: P,
     replay: R,
 }
 
 impl<S, P, R> Retry<S, P, R> {
-    pub(crate) fn new(
-        inner: S,
-        shared: Arc<Shared>,
-        settings: Settings,
-        policy: P,
-        replay: R,
-    ) -> Self {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, policy: P, replay: R) -> Self {
+        let (settings, generation) = shared.settings();
         Self {
             inner,
             shared,
             settings,
+            generation,
             policy,
             replay,
         }
+    }
+
+    /// The settings for a call made now.
+    #[inline]
+    fn current(&mut self) -> Settings {
+        if self.shared.generation() != self.generation {
+            self.refresh();
+        }
+        self.settings
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refresh(&mut self) {
+        (self.settings, self.generation) = self.shared.settings();
     }
 
     /// The inner service.
@@ -61,13 +76,14 @@ impl<S, P, R> Retry<S, P, R> {
 
 impl<S: Clone, P: Clone, R: Clone> Clone for Retry<S, P, R> {
     fn clone(&self) -> Self {
-        Self::new(
-            self.inner.clone(),
-            self.shared.clone(),
-            self.settings,
-            self.policy.clone(),
-            self.replay.clone(),
-        )
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            settings: self.settings,
+            generation: self.generation,
+            policy: self.policy.clone(),
+            replay: self.replay.clone(),
+        }
     }
 }
 
@@ -99,10 +115,11 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
+        let settings = self.current();
         let deadline = self.replay.deadline(&req);
         let link = self.shared.link();
         link.deposit();
-        let started = self.settings.max_elapsed.map(|_| Instant::now());
+        let started = settings.max_elapsed.map(|_| Instant::now());
         let (first, keep) = self.replay.first(req);
         let fut = self.inner.call(first);
         ResponseFuture::new(
@@ -110,7 +127,7 @@ where
             self.inner.clone(),
             keep,
             self.policy.clone(),
-            self.settings,
+            settings,
             link,
             deadline,
             started,

@@ -55,6 +55,9 @@
 
 pub mod error;
 pub mod log;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 pub mod outbox;
 mod saga;
 pub mod state;

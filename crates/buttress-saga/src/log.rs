@@ -100,6 +100,16 @@ pub trait SagaLog: Send + Sync + 'static {
         messages: &'a [Message],
     ) -> BoxFuture<'a, Result<(), LogError>>;
 
+    /// Extends `owner`'s lease on saga `id` by `lease` from now, while a
+    /// step runs longer than a lease ([`LogError::LeaseLost`] when another
+    /// process has claimed it).
+    fn renew<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<(), LogError>>;
+
     /// Reads a saga and its entries.
     fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoredSaga, LogError>>;
 
@@ -295,6 +305,26 @@ impl SagaLog for MemoryLog {
                     }
                 }
                 inner.messages.extend_from_slice(messages);
+                Ok(())
+            }
+        };
+        Box::pin(std::future::ready(out))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<(), LogError>> {
+        let mut inner = self.lock();
+        let out = match inner.sagas.get_mut(id) {
+            None => Err(LogError::NotFound { saga: id.into() }),
+            Some(row) if row.owner.as_deref() != Some(owner) => {
+                Err(LogError::LeaseLost { saga: id.into() })
+            }
+            Some(row) => {
+                row.lease_until = now_ms().saturating_add(lease_ms(lease));
                 Ok(())
             }
         };

@@ -287,6 +287,32 @@ impl SagaLog for PostgresLog {
         })
     }
 
+    fn renew<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<(), LogError>> {
+        Box::pin(async move {
+            let lease = millis(lease);
+            let mut client = self.client().lock().await;
+            let tx = client.transaction().await.map_err(pg)?;
+            let changed = tx
+                .execute(
+                    "UPDATE buttress_saga
+                     SET lease_until = clock_timestamp() + $1::BIGINT * interval '1 millisecond'
+                     WHERE id = $2 AND owner = $3",
+                    &[&lease, &id, &owner],
+                )
+                .await
+                .map_err(pg)?;
+            if changed == 0 {
+                return Err(lease_error(&tx, id).await);
+            }
+            tx.commit().await.map_err(pg)
+        })
+    }
+
     fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoredSaga, LogError>> {
         Box::pin(async move {
             let mut client = self.client().lock().await;

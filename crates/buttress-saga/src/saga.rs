@@ -341,11 +341,14 @@ pub struct SagaBuilder<C> {
     retry: RetryPolicy,
     compensation_retry: RetryPolicy,
     on_compensation_failure: OnCompensationFailure,
+    parallel_compensation: bool,
     on_crash: OnCrash,
     deadline: Option<Duration>,
     lease: Duration,
     registry: Option<Registry>,
     listeners: Listeners<SagaEvent>,
+    #[cfg(feature = "metrics")]
+    metrics: bool,
 }
 
 impl<C> fmt::Debug for SagaBuilder<C> {
@@ -418,6 +421,14 @@ where
         self
     }
 
+    /// Runs the compensations all at once rather than last step first
+    /// (when the steps' undos do not depend on each other). Each is still
+    /// logged as started before it runs and done after.
+    pub fn parallel_compensation(mut self, parallel: bool) -> Self {
+        self.parallel_compensation = parallel;
+        self
+    }
+
     /// What recovery does with a saga interrupted before its pivot.
     pub fn on_crash(mut self, what: OnCrash) -> Self {
         self.on_crash = what;
@@ -451,8 +462,29 @@ where
         self
     }
 
+    /// Publishes the saga's events as metrics (see [`crate::metrics`]);
+    /// a [`Registry::with_metrics`] registry does it too.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
+        self
+    }
+
     /// Checks the definition and builds the saga.
-    pub fn build(self) -> Result<Saga<C>, ConfigError> {
+    #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
+    pub fn build(mut self) -> Result<Saga<C>, ConfigError> {
+        #[cfg(feature = "metrics")]
+        if buttress_core::bridge::should_attach(self.name, self.metrics, self.registry.as_ref()) {
+            let steps: Vec<_> = self
+                .steps
+                .iter()
+                .map(|(s, role)| (s.name, *role == Role::Compensable))
+                .collect();
+            self.listeners = self
+                .listeners
+                .with(crate::metrics::MetricsBridge::new(self.name, &steps));
+        }
         let log = self
             .log
             .ok_or_else(|| ConfigError::new("saga", "log", "is required"))?;
@@ -534,6 +566,7 @@ where
             log,
             compensation_retry: self.compensation_retry,
             on_compensation_failure: self.on_compensation_failure,
+            parallel_compensation: self.parallel_compensation,
             on_crash: self.on_crash,
             deadline: self.deadline,
             lease: self.lease,
@@ -569,6 +602,7 @@ struct Inner<C> {
     log: Arc<dyn SagaLog>,
     compensation_retry: RetryPolicy,
     on_compensation_failure: OnCompensationFailure,
+    parallel_compensation: bool,
     on_crash: OnCrash,
     deadline: Option<Duration>,
     lease: Duration,
@@ -644,11 +678,14 @@ where
             retry: RetryPolicy::default(),
             compensation_retry: RetryPolicy::backoff(5, Duration::from_millis(100), 2.0),
             on_compensation_failure: OnCompensationFailure::default(),
+            parallel_compensation: false,
             on_crash: OnCrash::default(),
             deadline: None,
             lease: Duration::from_secs(60),
             registry: None,
             listeners: Listeners::new(),
+            #[cfg(feature = "metrics")]
+            metrics: false,
         }
     }
 
@@ -780,6 +817,40 @@ where
         }
     }
 
+    /// Runs `step` while renewing the saga's lease every third of it, so
+    /// a step longer than the lease does not let another process claim the
+    /// saga meanwhile.
+    async fn with_heartbeat<F: Future>(&self, id: &str, step: F) -> F::Output {
+        let period = self.lease / 3;
+        let beat = async {
+            loop {
+                tokio::time::sleep(period).await;
+                match self.log.renew(id, &self.owner, self.lease).await {
+                    Ok(()) => {}
+                    Err(LogError::LeaseLost { .. }) => break,
+                    Err(e) => {
+                        tracing::warn!(saga = %id, error = %e, "could not renew the saga's lease")
+                    }
+                }
+            }
+            tracing::error!(saga = %id, "lease lost while a step runs: another process owns the saga");
+        };
+        let mut step = std::pin::pin!(step);
+        let mut beat = std::pin::pin!(beat);
+        let mut beating = true;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = step.as_mut().poll(cx) {
+                return Poll::Ready(out);
+            }
+            if beating && beat.as_mut().poll(cx).is_ready() {
+                // The next write reports the lost lease.
+                beating = false;
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
     async fn append(
         &self,
         st: &mut SagaState,
@@ -821,8 +892,10 @@ where
         if st.phase == Phase::Forward {
             // A pivot in doubt may have run: it is tried again, not undone.
             let pivot_in_doubt = self.pivot.is_some() && st.action_in_doubt == self.pivot;
+            // A step that failed for good before the crash is not tried
+            // again, whatever the policy.
             let go_back = recovered
-                && self.on_crash == OnCrash::Compensate
+                && (self.on_crash == OnCrash::Compensate || st.action_failed.is_some())
                 && !self.pivot_done(&st)
                 && !pivot_in_doubt;
             if go_back {
@@ -875,10 +948,8 @@ where
                         .await
                         .map_err(|e| log_err(e, Some(step.name)))?;
                 }
-                match self
-                    .run_action(&id, step, &ctx, deadline, to_completion)
-                    .await
-                {
+                let run = self.run_action(&id, step, &ctx, deadline, to_completion);
+                match self.with_heartbeat(&id, run).await {
                     Ok(out) => {
                         let json = serde_json::to_value(&out.context).map_err(|e| SagaError {
                             saga_id: id.clone(),
@@ -948,54 +1019,68 @@ where
         }
         let mut compensations = Vec::new();
         let mut stopped = false;
-        for i in st.to_compensate(|s| self.compensable(s)) {
-            let step = &self.steps[i as usize];
+        let pending = st.to_compensate(|s| self.compensable(s));
+        // In parallel, one batch of all; else one step at a time.
+        let batches: Vec<&[u32]> = if self.parallel_compensation {
+            vec![&pending[..]]
+        } else {
+            pending.chunks(1).collect()
+        };
+        for batch in batches {
             if stopped {
-                compensations.push(Compensation {
-                    step: step.name,
+                compensations.extend(batch.iter().map(|i| Compensation {
+                    step: self.steps[*i as usize].name,
                     outcome: CompensationOutcome::NotRun,
-                });
+                }));
                 continue;
             }
-            if st.compensation_in_doubt != Some(i) {
-                let entry = Entry::Started {
-                    step: i,
-                    kind: Kind::Compensation,
+            for &i in batch {
+                if !st.compensation_in_doubt.contains(&i) {
+                    let entry = Entry::Started {
+                        step: i,
+                        kind: Kind::Compensation,
+                    };
+                    self.append(&mut st, entry, &[])
+                        .await
+                        .map_err(|e| log_err(e, failed_step))?;
+                }
+            }
+            let runs = batch
+                .iter()
+                .map(|&i| self.run_compensation(&id, &self.steps[i as usize], &ctx))
+                .collect();
+            let results = self.with_heartbeat(&id, join_all(runs)).await;
+            for (&i, (result, attempts)) in batch.iter().zip(results) {
+                let entry = match &result {
+                    Ok(()) => Entry::Done {
+                        step: i,
+                        kind: Kind::Compensation,
+                        context: None,
+                    },
+                    Err(e) => Entry::Failed {
+                        step: i,
+                        kind: Kind::Compensation,
+                        error: e.to_string(),
+                    },
                 };
                 self.append(&mut st, entry, &[])
                     .await
                     .map_err(|e| log_err(e, failed_step))?;
-            }
-            let (result, attempts) = self.run_compensation(&id, step, &ctx).await;
-            let entry = match &result {
-                Ok(()) => Entry::Done {
-                    step: i,
-                    kind: Kind::Compensation,
-                    context: None,
-                },
-                Err(e) => Entry::Failed {
-                    step: i,
-                    kind: Kind::Compensation,
-                    error: e.to_string(),
-                },
-            };
-            self.append(&mut st, entry, &[])
-                .await
-                .map_err(|e| log_err(e, failed_step))?;
-            let outcome = match result {
-                Ok(()) => CompensationOutcome::Compensated { attempts },
-                Err(e) => {
-                    stopped = self.on_compensation_failure == OnCompensationFailure::Stop;
-                    CompensationOutcome::Failed {
-                        attempts,
-                        error: e.to_string(),
+                let outcome = match result {
+                    Ok(()) => CompensationOutcome::Compensated { attempts },
+                    Err(e) => {
+                        stopped = self.on_compensation_failure == OnCompensationFailure::Stop;
+                        CompensationOutcome::Failed {
+                            attempts,
+                            error: e.to_string(),
+                        }
                     }
-                }
-            };
-            compensations.push(Compensation {
-                step: step.name,
-                outcome,
-            });
+                };
+                compensations.push(Compensation {
+                    step: self.steps[i as usize].name,
+                    outcome,
+                });
+            }
         }
         let phase = if st.compensation_failed.is_empty() && !stopped {
             Phase::Compensated
@@ -1169,6 +1254,30 @@ where
             }
         }
     }
+}
+
+/// Polls every future to completion, together; outputs in input order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(o) => *output = Some(o),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 enum ActionError {

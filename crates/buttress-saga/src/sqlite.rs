@@ -325,6 +325,29 @@ impl SagaLog for SqliteLog {
         }))
     }
 
+    fn renew<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<(), LogError>> {
+        let id = id.to_owned();
+        let owner = owner.to_owned();
+        Box::pin(self.with(move |conn| {
+            let tx = immediate(conn)?;
+            let changed = tx
+                .execute(
+                    "UPDATE buttress_saga SET lease_until = ?1 WHERE id = ?2 AND owner = ?3",
+                    params![now_ms().saturating_add(lease_ms(lease)), id, owner],
+                )
+                .map_err(LogError::db)?;
+            if changed == 0 {
+                return Err(lease_error(&tx, &id));
+            }
+            tx.commit().map_err(LogError::db)
+        }))
+    }
+
     fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoredSaga, LogError>> {
         let id = id.to_owned();
         Box::pin(self.with(move |conn| {

@@ -156,8 +156,9 @@ pub struct SagaState {
     pub action_failed: Option<(u32, String)>,
     /// Steps whose compensation completed.
     pub compensated: BTreeSet<u32>,
-    /// A compensation recorded as started, with no outcome.
-    pub compensation_in_doubt: Option<u32>,
+    /// Compensations recorded as started, with no outcome (several when
+    /// they run in parallel).
+    pub compensation_in_doubt: BTreeSet<u32>,
     /// Compensations that failed past their limit (since the saga last
     /// entered the compensating phase), with their errors.
     pub compensation_failed: BTreeMap<u32, String>,
@@ -178,7 +179,7 @@ impl SagaState {
             action_in_doubt: None,
             action_failed: None,
             compensated: BTreeSet::new(),
-            compensation_in_doubt: None,
+            compensation_in_doubt: BTreeSet::new(),
             compensation_failed: BTreeMap::new(),
             next_seq: 0,
             reason: None,
@@ -257,20 +258,20 @@ impl SagaState {
                 if !ran || self.compensated.contains(step) {
                     return Err(self.invalid(entry, "nothing to compensate for this step"));
                 }
-                if self.compensation_in_doubt.is_some_and(|s| s != *step) {
-                    return Err(self.invalid(entry, "another compensation is in flight"));
+                if self.compensation_in_doubt.contains(step) {
+                    return Err(self.invalid(entry, "this compensation is in flight already"));
                 }
-                self.compensation_in_doubt = Some(*step);
+                self.compensation_in_doubt.insert(*step);
             }
             Entry::Done {
                 step,
                 kind: Compensation,
                 ..
             } => {
-                if self.phase != Phase::Compensating || self.compensation_in_doubt != Some(*step) {
+                if self.phase != Phase::Compensating || !self.compensation_in_doubt.contains(step) {
                     return Err(self.invalid(entry, "no such compensation in flight"));
                 }
-                self.compensation_in_doubt = None;
+                self.compensation_in_doubt.remove(step);
                 self.compensated.insert(*step);
             }
             Entry::Failed {
@@ -278,10 +279,10 @@ impl SagaState {
                 kind: Compensation,
                 error,
             } => {
-                if self.phase != Phase::Compensating || self.compensation_in_doubt != Some(*step) {
+                if self.phase != Phase::Compensating || !self.compensation_in_doubt.contains(step) {
                     return Err(self.invalid(entry, "no such compensation in flight"));
                 }
-                self.compensation_in_doubt = None;
+                self.compensation_in_doubt.remove(step);
                 self.compensation_failed.insert(*step, error.clone());
             }
             Entry::Phase { phase, reason } => {
@@ -290,10 +291,10 @@ impl SagaState {
                     (Phase::Forward, Phase::Compensating) => true,
                     (Phase::NeedsAttention, Phase::Compensating) => true,
                     (Phase::Compensating, Phase::Compensated) => {
-                        self.compensation_in_doubt.is_none() && self.compensation_failed.is_empty()
+                        self.compensation_in_doubt.is_empty() && self.compensation_failed.is_empty()
                     }
                     (Phase::Compensating, Phase::NeedsAttention) => {
-                        self.compensation_in_doubt.is_none()
+                        self.compensation_in_doubt.is_empty()
                     }
                     _ => false,
                 };

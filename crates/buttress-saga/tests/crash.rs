@@ -21,7 +21,7 @@ use buttress_saga::log::{BoxFuture, NewSaga, StoredSaga};
 use buttress_saga::postgres::PostgresLog;
 use buttress_saga::sqlite::SqliteLog;
 use buttress_saga::{
-    Entry, LogError, Message, Phase, RetryPolicy, Saga, SagaLog, Step, StepRequest,
+    Entry, LogError, Message, OnCrash, Phase, RetryPolicy, Saga, SagaLog, Step, StepRequest,
 };
 use rusqlite::params;
 use tower::service_fn;
@@ -62,10 +62,17 @@ fn record(path: &Path, step: u32, kind: &str, key: &str, action_key: &str) -> Re
     Ok(())
 }
 
-/// s0, s1, s2 succeed and are compensable; s3 always fails.
+/// s0, s1, s2 succeed and are compensable; s3 always fails, unless
+/// `forward` (then it succeeds too, and recovery resumes forward).
 fn saga(log: Arc<dyn SagaLog>, effects: PathBuf, lease: Duration) -> Saga<Vec<u32>> {
+    let forward = std::env::var("CRASH_FORWARD").is_ok_and(|v| v == "1");
     let mut b = Saga::builder("crash", 1)
         .log_arc(log)
+        .on_crash(if forward {
+            OnCrash::Resume
+        } else {
+            OnCrash::Compensate
+        })
         .lease(lease)
         .retry(RetryPolicy::never())
         .compensation_retry(RetryPolicy::backoff(3, Duration::from_millis(5), 2.0));
@@ -78,7 +85,7 @@ fn saga(log: Arc<dyn SagaLog>, effects: PathBuf, lease: Duration) -> Saga<Vec<u3
                 service_fn(move |r: StepRequest<Vec<u32>>| {
                     let effects = ea.clone();
                     async move {
-                        if i == 3 {
+                        if i == 3 && !forward {
                             record(&effects, i, "call-only", "-", "-")?;
                             return Err(format!("{} is down", r.step));
                         }
@@ -151,6 +158,14 @@ impl SagaLog for CrashingLog {
         messages: &'a [Message],
     ) -> BoxFuture<'a, Result<(), LogError>> {
         Box::pin(self.around(self.inner.append(id, owner, seq, entry, messages)))
+    }
+    fn renew<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<(), LogError>> {
+        self.inner.renew(id, owner, lease)
     }
     fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoredSaga, LogError>> {
         self.inner.load(id)
@@ -374,13 +389,16 @@ async fn sqlite_sagas_killed_at_every_write_boundary_are_compensated_on_recovery
             let s = saga(log.clone(), effects.clone(), Duration::from_secs(60));
             let report = s.recover().await.unwrap();
             assert!(report.failed.is_empty(), "{what}: {report:?}");
-            let expect_recovery = !(at == 0 && !after) && !(at == WRITES - 1 && after);
+            // The saga exists unless killed before its creation, and is unfinished
+            // unless killed after its last write.
+            let created = at != 0 || after;
+            let expect_recovery = created && !(at == WRITES - 1 && after);
             assert_eq!(
                 report.compensated.len(),
                 usize::from(expect_recovery),
                 "{what}: {report:?}"
             );
-            check(&*log, &effects, !(at == 0 && !after), &what).await;
+            check(&*log, &effects, created, &what).await;
             // A second recovery finds nothing.
             assert_eq!(s.recover().await.unwrap(), Default::default(), "{what}");
         }
@@ -428,10 +446,13 @@ async fn postgres_sagas_killed_at_every_write_boundary_are_recovered_by_one_of_t
                     .parse::<usize>()
                     .unwrap();
             }
-            let expect_recovery = !(at == 0 && !after) && !(at == WRITES - 1 && after);
+            // The saga exists unless killed before its creation, and is unfinished
+            // unless killed after its last write.
+            let created = at != 0 || after;
+            let expect_recovery = created && !(at == WRITES - 1 && after);
             // Exactly one of the two recovered it.
             assert_eq!(compensated, usize::from(expect_recovery), "{what}");
-            check(&log, &effects, !(at == 0 && !after), &what).await;
+            check(&log, &effects, created, &what).await;
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -448,4 +469,78 @@ fn tempdir(tag: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Writes of the saga with no failing step: create, (started, done) for
+/// the four steps, and the final phase.
+const FORWARD_WRITES: u64 = 10;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_sagas_killed_at_every_write_boundary_resume_forward_without_losing_a_step() {
+    let dir = tempdir("forward");
+    for at in 0..FORWARD_WRITES {
+        for after in [false, true] {
+            let what = format!(
+                "forward, write {at} {}",
+                if after { "after" } else { "before" }
+            );
+            let case = dir.join(format!("{at}-{after}"));
+            std::fs::create_dir_all(&case).unwrap();
+            let db = case.join("saga.db");
+            let effects = case.join("effects.db");
+            effects_schema(&effects);
+            let out = child("run", "sqlite", db.to_str().unwrap(), &effects, at, after)
+                .env("CRASH_FORWARD", "1")
+                .output()
+                .unwrap();
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(out.status.signal(), Some(9), "{what}");
+            let created = at != 0 || after;
+            let log: Arc<dyn SagaLog> = Arc::new(SqliteLog::open(&db).await.unwrap());
+            let report = {
+                // The recovering side runs the same definition (resume).
+                let out = child(
+                    "recover",
+                    "sqlite",
+                    db.to_str().unwrap(),
+                    &effects,
+                    0,
+                    false,
+                )
+                .env("CRASH_FORWARD", "1")
+                .output()
+                .unwrap();
+                let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+                assert!(out.status.success(), "{what}: {stdout}");
+                stdout
+            };
+            let calls = calls(&effects);
+            if !created {
+                assert!(calls.is_empty(), "{what}");
+                continue;
+            }
+            let finished = at == FORWARD_WRITES - 1 && after;
+            assert!(
+                report.contains(&format!("completed={}", usize::from(!finished))),
+                "{what}: {report}"
+            );
+            assert_eq!(
+                log.load(SAGA_ID).await.unwrap().phase,
+                Phase::Completed,
+                "{what}"
+            );
+            // No step lost: all four took effect, none compensated; each ran
+            // once but the one in doubt at the crash, run again.
+            assert_eq!(effect_steps(&effects, "action"), [0, 1, 2, 3], "{what}");
+            assert!(effect_steps(&effects, "compensation").is_empty(), "{what}");
+            let mut twice = 0;
+            for step in 0..4 {
+                let n = calls.iter().filter(|c| c.step == step).count();
+                assert!((1..=2).contains(&n), "{what}: step {step} ran {n} times");
+                twice += usize::from(n == 2);
+            }
+            assert!(twice <= 1, "{what}: {calls:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -390,3 +390,102 @@ async fn on_crash_resume_reruns_the_step_in_doubt_and_finishes_forward() {
     });
     assert_eq!(last_ctx, Some(serde_json::json!([0, 1, 2])));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_longer_than_the_lease_keeps_its_saga_by_heartbeat() {
+    // Leases run on the wall clock (the database's): this test takes ~1 s.
+    let path = temp_db("heartbeat");
+    let log = SqliteLog::open(&path).await.unwrap();
+    let saga = Saga::builder("order", 1)
+        .log(log.clone())
+        .lease(Duration::from_millis(150))
+        .retry(RetryPolicy::never())
+        .step(
+            Step::new(
+                "slow",
+                service_fn(|r: StepRequest<Vec<u32>>| async move {
+                    tokio::time::sleep(Duration::from_millis(900)).await;
+                    Ok::<_, String>(r.context)
+                }),
+            )
+            .compensate(service_fn(|_r: StepRequest<Vec<u32>>| async {
+                Ok::<_, String>(())
+            })),
+        )
+        .build()
+        .unwrap();
+    let run = tokio::spawn(saga.run_with_id("long", vec![]));
+    // Another process keeps trying to claim it while the step runs.
+    let other = SqliteLog::open(&path).await.unwrap();
+    let mut claims = 0;
+    while !run.is_finished() && claims < 200 {
+        let ids = other
+            .claim("order", "other", Duration::from_secs(60), 10)
+            .await
+            .unwrap();
+        assert!(
+            ids.is_empty(),
+            "claimed while its owner was running it (try {claims}, {:?})",
+            log.load("long").await
+        );
+        claims += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(claims > 10, "the claims ran while the step did");
+    run.await.unwrap().unwrap();
+    assert_eq!(log.load("long").await.unwrap().phase, Phase::Completed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_failed_before_the_crash_is_compensated_even_when_resuming() {
+    let log = MemoryLog::new();
+    log.create(&new_saga("f", 1), "dead", Duration::ZERO)
+        .await
+        .unwrap();
+    let entries = [
+        Entry::Started {
+            step: 0,
+            kind: Kind::Action,
+        },
+        Entry::Done {
+            step: 0,
+            kind: Kind::Action,
+            context: Some(serde_json::json!([0])),
+        },
+        Entry::Started {
+            step: 1,
+            kind: Kind::Action,
+        },
+        Entry::Failed {
+            step: 1,
+            kind: Kind::Action,
+            error: "declined".into(),
+        },
+    ];
+    for (seq, e) in entries.iter().enumerate() {
+        log.append("f", "dead", seq as u64, e, &[]).await.unwrap();
+    }
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let mut b = Saga::builder("order", 1)
+        .log(log.clone())
+        .on_crash(OnCrash::Resume);
+    for name in ["a", "b"] {
+        let (c1, c2) = (calls.clone(), calls.clone());
+        b = b.step(
+            Step::new(
+                name,
+                service_fn(move |r: StepRequest<Vec<u32>>| {
+                    c1.lock().unwrap().push(r.idempotency_key.clone());
+                    async move { Ok::<_, String>(r.context) }
+                }),
+            )
+            .compensate(service_fn(move |r: StepRequest<Vec<u32>>| {
+                c2.lock().unwrap().push(r.idempotency_key.clone());
+                async move { Ok::<_, String>(()) }
+            })),
+        );
+    }
+    let report = b.build().unwrap().recover().await.unwrap();
+    assert_eq!(report.compensated, ["f"]);
+    assert_eq!(*calls.lock().unwrap(), ["f:a:compensation"]);
+}

@@ -657,3 +657,79 @@ async fn concurrent_sagas_on_one_definition_keep_their_own_state() {
     assert_eq!(saga.handle().completed(), 50);
     assert_eq!(log.list("order", Phase::Completed).await.unwrap().len(), 50);
 }
+
+#[tokio::test(start_paused = true)]
+async fn parallel_compensations_overlap_and_each_is_logged() {
+    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let slow_undo = |name: &'static str, fails: bool| {
+        let (running, peak) = (running.clone(), peak.clone());
+        Step::new(
+            name,
+            service_fn(|r: StepRequest<u8>| async move { Ok::<_, String>(r.context) }),
+        )
+        .compensate(service_fn(move |_r: StepRequest<u8>| {
+            let (running, peak) = (running.clone(), peak.clone());
+            async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                let now = running.fetch_add(1, SeqCst) + 1;
+                peak.fetch_max(now, SeqCst);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                running.fetch_sub(1, SeqCst);
+                if fails {
+                    Err("undo failed".to_owned())
+                } else {
+                    Ok(())
+                }
+            }
+        }))
+    };
+    let log = MemoryLog::new();
+    let mut saga = Saga::builder("order", 1)
+        .log(log.clone())
+        .retry(RetryPolicy::never())
+        .compensation_retry(RetryPolicy::never())
+        .parallel_compensation(true)
+        .step(slow_undo("a", false))
+        .step(slow_undo("b", true))
+        .step(slow_undo("c", false))
+        .step(
+            Step::new(
+                "d",
+                service_fn(|_r: StepRequest<u8>| async { Err::<u8, _>("d down".to_owned()) }),
+            )
+            .compensate(service_fn(|_r: StepRequest<u8>| async {
+                Ok::<_, String>(())
+            })),
+        )
+        .build()
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let err = saga
+        .ready()
+        .await
+        .unwrap()
+        .run_with_id("par", 0)
+        .await
+        .unwrap_err();
+    // Three 1 s undos at once take 1 s, not 3.
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(err.needs_attention());
+    let outcomes: Vec<_> = err
+        .compensations()
+        .iter()
+        .map(|c| {
+            (
+                c.step,
+                matches!(c.outcome, CompensationOutcome::Compensated { .. }),
+            )
+        })
+        .collect();
+    assert_eq!(outcomes, [("c", true), ("b", false), ("a", true)]);
+    let stored = log.load("par").await.unwrap();
+    let st = SagaState::replay("par", stored.input, stored.entries).unwrap();
+    assert_eq!(st.phase, Phase::NeedsAttention);
+    assert_eq!(st.compensated.iter().copied().collect::<Vec<_>>(), [0, 2]);
+    assert!(st.compensation_in_doubt.is_empty());
+}

@@ -305,24 +305,27 @@ impl SagaLog for SqliteLog {
             let tx = immediate(conn)?;
             let now = now_ms();
             let release = phase.is_some_and(|p| !p.is_unfinished());
+            // The hot path: statements prepared once per connection.
             let changed = tx
-                .execute(
+                .prepare_cached(
                     "UPDATE buttress_saga SET
                         phase = coalesce(?1, phase),
                         owner = CASE WHEN ?2 THEN NULL ELSE owner END,
                         lease_until = ?3 + lease_ms,
                         updated_ms = ?3
                      WHERE id = ?4 AND owner = ?5",
-                    params![phase.map(Phase::as_str), release, now, id, owner],
                 )
+                .and_then(|mut st| {
+                    st.execute(params![phase.map(Phase::as_str), release, now, id, owner])
+                })
                 .map_err(LogError::db)?;
             if changed == 0 {
                 return Err(lease_error(&tx, &id));
             }
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO buttress_saga_entry (saga_id, seq, body) VALUES (?1, ?2, ?3)",
-                params![id, seq as i64, body],
             )
+            .and_then(|mut st| st.execute(params![id, seq as i64, body]))
             .map_err(LogError::db)?;
             for m in &messages {
                 enqueue(&tx, m)?;

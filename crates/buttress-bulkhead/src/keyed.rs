@@ -695,15 +695,12 @@ impl<K: Hash + Eq> KeyedBulkheadHandle<K> {
     /// assert_eq!(handle.config(), new);
     /// ```
     pub fn reconfigure(&self, config: &BulkheadConfig) -> Result<(), ConfigError> {
-        validate_config(config)?;
+        self.check_reconfigure(config)?;
         let _writer = self
             .shared
             .reconfig
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if *config.name != *self.shared.name {
-            return Err(not_live("name"));
-        }
         // New keys first: a key made from here on starts with the new
         // limits; one made before is in the map when the walk below
         // reaches its shard (it is made and inserted under that shard's
@@ -713,6 +710,16 @@ impl<K: Hash + Eq> KeyedBulkheadHandle<K> {
         for shared in std::iter::once(&self.shared.unkeyed).chain(keys.iter()) {
             let _key_writer = shared.lock_writer();
             shared.apply(config);
+        }
+        Ok(())
+    }
+
+    /// What [`reconfigure`](Self::reconfigure) would answer, without
+    /// applying anything (see [`BulkheadHandle::check_reconfigure`]).
+    pub fn check_reconfigure(&self, config: &BulkheadConfig) -> Result<(), ConfigError> {
+        validate_config(config)?;
+        if *config.name != *self.shared.name {
+            return Err(not_live("name"));
         }
         Ok(())
     }

@@ -482,12 +482,28 @@ impl BulkheadHandle {
     /// assert_eq!(handle.config(), new);
     /// ```
     pub fn reconfigure(&self, config: &BulkheadConfig) -> Result<(), ConfigError> {
-        validate_config(config)?;
+        self.check_reconfigure(config)?;
         let _writer = self.shared.lock_writer();
+        self.shared.apply(config);
+        Ok(())
+    }
+
+    /// What [`reconfigure`](Self::reconfigure) would answer, without
+    /// applying anything: a caller changing several layers at once checks
+    /// them all first, so that a refusal leaves every one unchanged.
+    ///
+    /// ```
+    /// use buttress_bulkhead::BulkheadConfig;
+    ///
+    /// let handle = BulkheadConfig::default().build().unwrap().handle();
+    /// let renamed = BulkheadConfig { name: "other".into(), ..handle.config() };
+    /// assert_eq!(handle.check_reconfigure(&renamed).unwrap_err().field(), "name");
+    /// ```
+    pub fn check_reconfigure(&self, config: &BulkheadConfig) -> Result<(), ConfigError> {
+        validate_config(config)?;
         if *config.name != *self.shared.name {
             return Err(not_live("name"));
         }
-        self.shared.apply(config);
         Ok(())
     }
 

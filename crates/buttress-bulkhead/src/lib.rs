@@ -56,7 +56,9 @@
 //!   is full.
 //! - **Operations.** [`BulkheadHandle`] gives a snapshot (active, queued,
 //!   available, completed, rejected) and changes the limits at run time
-//!   without touching calls in flight; builders register it in a
+//!   without touching calls in flight, one by one or a whole config for
+//!   hot reload ([`BulkheadHandle::reconfigure`], also on the keyed
+//!   handle); builders register it in a
 //!   [`Registry`](buttress_core::Registry) and take event listeners.
 //! - **Keyed.** [`KeyedBulkheadLayer`] keeps one bulkhead per key in a
 //!   bounded map. A request whose key cannot be extracted is rejected

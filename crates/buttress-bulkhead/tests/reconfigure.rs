@@ -54,7 +54,10 @@ async fn a_new_limit_applies_to_the_next_calls_and_permits_held_stay() {
     let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
     assert_eq!(full(&err).reason(), BulkheadFullReason::QueueFull);
 
-    // Raised: the second call runs beside the first.
+    // Raised: the second call runs beside the first. (A check first,
+    // which applies nothing.)
+    handle.check_reconfigure(&config(2, 0, None)).unwrap();
+    assert_eq!(handle.snapshot().max_concurrent, 1);
     handle.reconfigure(&config(2, 0, None)).unwrap();
     let second = tokio::spawn(svc.ready().await.unwrap().call(200));
     assert_eq!(handle.snapshot().active, 2);
@@ -121,7 +124,9 @@ async fn an_invalid_config_is_refused_with_builds_error_and_nothing_changes() {
         },
     ] {
         let built = bad.build().unwrap_err();
+        let checked = handle.check_reconfigure(&bad).unwrap_err();
         let refused = handle.reconfigure(&bad).unwrap_err();
+        assert_eq!(checked.to_string(), built.to_string());
         assert_eq!(refused.to_string(), built.to_string());
         assert_eq!(handle.config(), before);
         assert_eq!(handle.snapshot().max_concurrent, 4);
@@ -195,6 +200,8 @@ async fn a_keyed_bulkhead_applies_a_config_to_its_keys_now_and_later() {
         })
         .unwrap_err();
     assert_eq!(err.field(), "name");
+    let checked = handle.check_reconfigure(&config(0, 0, None)).unwrap_err();
+    assert_eq!(checked.field(), "max_concurrent");
     let err = handle.reconfigure(&config(0, 0, None)).unwrap_err();
     assert_eq!(err.field(), "max_concurrent");
     assert_eq!(handle.config(), new);

@@ -622,6 +622,13 @@ impl<K: Hash + Eq> KeyedCircuitBreakerHandle<K> {
         Ok(())
     }
 
+    /// What [`reconfigure`](Self::reconfigure) would answer, without
+    /// applying anything (see [`CircuitBreakerHandle::check_reconfigure`]).
+    pub fn check_reconfigure(&self, config: &CircuitBreakerConfig) -> Result<(), ConfigError> {
+        let settings = config.validate()?;
+        self.keyed.unkeyed.check(&settings)
+    }
+
     /// How many held keys are in each state.
     pub fn states(&self) -> HashMap<State, usize> {
         let mut counts = HashMap::new();

@@ -464,6 +464,23 @@ impl CircuitBreakerHandle {
         let settings = config.validate()?;
         self.shared.reconfigure(&settings)
     }
+
+    /// What [`reconfigure`](Self::reconfigure) would answer, without
+    /// applying anything: a caller changing several layers at once checks
+    /// them all first, so that a refusal leaves every one unchanged.
+    ///
+    /// ```
+    /// use buttress_circuit_breaker::CircuitBreakerConfig;
+    ///
+    /// let handle = CircuitBreakerConfig::default().build().unwrap().handle();
+    /// let bigger = CircuitBreakerConfig { window_size: 500, ..handle.config() };
+    /// assert_eq!(handle.check_reconfigure(&bigger).unwrap_err().field(), "window_size");
+    /// assert!(handle.check_reconfigure(&handle.config()).is_ok());
+    /// ```
+    pub fn check_reconfigure(&self, config: &CircuitBreakerConfig) -> Result<(), ConfigError> {
+        let settings = config.validate()?;
+        self.shared.check(&settings)
+    }
 }
 
 impl Component for CircuitBreakerHandle {

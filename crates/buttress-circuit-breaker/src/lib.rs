@@ -45,8 +45,9 @@
 //!     call;
 //!   - counts are `u64`: no load saturates them or raises a rate;
 //!   - the probe slots change together with the state, so one half-open
-//!     state never has more than `permitted_calls_in_half_open` probes in
-//!     flight, and a probe from an earlier half-open state never frees or
+//!     state never admits more than `permitted_calls_in_half_open` probes
+//!     (the largest number in force during it, when
+//!     [`CircuitBreakerHandle::reconfigure`] changes it at run time), and a probe from an earlier half-open state never frees or
 //!     takes a slot of a later one;
 //!   - transition and threshold events are queued under the lock and
 //!     delivered in the order of the transitions, one thread at a time,

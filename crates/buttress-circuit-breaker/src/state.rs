@@ -981,26 +981,11 @@ impl Shared {
     pub(crate) fn reconfigure(&self, settings: &Settings) -> Result<(), ConfigError> {
         let live = Live::new(settings);
         let mut inner = self.lock();
-        let old = &inner.live;
-        let fixed = if settings.config.name != old.config.name {
-            Some("name")
-        } else if settings.time_window_secs != self.time_window_secs {
-            Some("time_window")
-        } else if settings.window_size != self.window_size {
-            Some("window_size")
-        } else if settings.consecutive_failures.is_some() != old.consecutive_failures.is_some() {
-            Some("consecutive_failures")
-        } else {
-            None
-        };
-        if let Some(field) = fixed {
+        if let Err(e) = self.check_fixed(&inner.live, settings) {
             drop(inner);
-            return Err(ConfigError::new(
-                KIND,
-                field,
-                "cannot change on a live instance: build a new layer instead",
-            ));
+            return Err(e);
         }
+        let old = &inner.live;
         let reseed = settings.seed != old.config.seed;
         let half_open_limit_changed = settings.max_wait_in_half_open != old.max_wait_in_half_open;
         let automatic_now = settings.automatic_half_open && !old.automatic_half_open;
@@ -1041,6 +1026,36 @@ impl Shared {
         }
         self.unlock(inner);
         Ok(())
+    }
+
+    /// Whether `settings` keep what is fixed at build time.
+    pub(crate) fn check(&self, settings: &Settings) -> Result<(), ConfigError> {
+        let inner = self.lock();
+        let checked = self.check_fixed(&inner.live, settings);
+        drop(inner);
+        checked
+    }
+
+    fn check_fixed(&self, live: &Live, settings: &Settings) -> Result<(), ConfigError> {
+        let fixed = if settings.config.name != live.config.name {
+            Some("name")
+        } else if settings.time_window_secs != self.time_window_secs {
+            Some("time_window")
+        } else if settings.window_size != self.window_size {
+            Some("window_size")
+        } else if settings.consecutive_failures.is_some() != live.consecutive_failures.is_some() {
+            Some("consecutive_failures")
+        } else {
+            None
+        };
+        match fixed {
+            Some(field) => Err(ConfigError::new(
+                KIND,
+                field,
+                "cannot change on a live instance: build a new layer instead",
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The second a time window records and reads at (0 for a count

@@ -102,6 +102,14 @@ async fn a_lower_threshold_judges_the_next_outcome_with_the_window_as_it_is() {
     calls(&s, &[Ok, Ok, Ok, Fail]).await;
     assert_eq!(handle.state(), State::Closed, "25 % < 50 %");
 
+    // A check applies nothing.
+    handle
+        .check_reconfigure(&CircuitBreakerConfig {
+            failure_rate_threshold: 25.0,
+            ..base()
+        })
+        .unwrap();
+    assert_eq!(handle.config(), base());
     handle
         .reconfigure(&CircuitBreakerConfig {
             failure_rate_threshold: 25.0,
@@ -369,7 +377,9 @@ async fn an_invalid_config_is_refused_with_builds_error_and_nothing_changes() {
     ];
     for bad in bad {
         let built = bad.build().unwrap_err();
+        let checked = handle.check_reconfigure(&bad).unwrap_err();
         let refused = handle.reconfigure(&bad).unwrap_err();
+        assert_eq!(checked.to_string(), built.to_string());
         assert_eq!(refused.to_string(), built.to_string());
         assert_eq!(handle.config(), base());
     }
@@ -417,7 +427,9 @@ async fn a_window_mode_or_name_change_is_refused_naming_the_field_and_nothing_ch
     ];
     for (field, change) in changes {
         change.build().expect("valid for a new layer");
+        let checked = handle.check_reconfigure(&change).unwrap_err();
         let err = handle.reconfigure(&change).unwrap_err();
+        assert_eq!(checked.to_string(), err.to_string());
         assert_eq!(err.field(), field);
         assert!(err.reason().contains("live instance"), "{err}");
         assert_eq!(handle.config(), base());
@@ -483,6 +495,13 @@ async fn a_keyed_breaker_applies_a_config_to_its_keys_now_and_later() {
         })
         .unwrap_err();
     assert_eq!(err.field(), "window_size");
+    let checked = handle
+        .check_reconfigure(&CircuitBreakerConfig {
+            window_size: 9,
+            ..new.clone()
+        })
+        .unwrap_err();
+    assert_eq!(checked.field(), "window_size");
     let err = handle
         .reconfigure(&CircuitBreakerConfig {
             failure_rate_threshold: 120.0,

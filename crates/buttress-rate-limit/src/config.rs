@@ -167,6 +167,19 @@ pub(crate) fn reconfigure(
     policy: &Policy,
     time: &TimeSource,
 ) -> Result<(), ConfigError> {
+    let new = check(config, params, policy, time)?;
+    params.store(new);
+    Ok(())
+}
+
+/// What [`reconfigure`] would answer, without applying anything: the new
+/// numbers, or why not.
+pub(crate) fn check(
+    config: &RateLimitConfig,
+    params: &ParamCell,
+    policy: &Policy,
+    time: &TimeSource,
+) -> Result<Params, ConfigError> {
     let new = config.validate()?;
     let zero_is_none = |d: Option<Duration>| d.filter(|d| !d.is_zero());
     let fixed: [(&'static str, bool); 5] = [
@@ -189,6 +202,5 @@ pub(crate) fn reconfigure(
             "cannot change on a live instance: build a new layer instead",
         ));
     }
-    params.store(new);
-    Ok(())
+    Ok(new)
 }

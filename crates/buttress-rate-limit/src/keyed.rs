@@ -786,6 +786,14 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedRateLimitHandle<K> {
         crate::config::reconfigure(config, &s.params, &s.policy, &s.time)
     }
 
+    /// What [`reconfigure`](Self::reconfigure) would answer, without
+    /// applying anything (see
+    /// [`RateLimitHandle::check_reconfigure`](crate::RateLimitHandle::check_reconfigure)).
+    pub fn check_reconfigure(&self, config: &RateLimitConfig) -> Result<(), ConfigError> {
+        let s = &self.shared;
+        crate::config::check(config, &s.params, &s.policy, &s.time).map(|_| ())
+    }
+
     /// The current per-key settings, as a [`RateLimitConfig`] (see
     /// [`RateLimitHandle::config`](crate::RateLimitHandle::config)).
     pub fn config(&self) -> RateLimitConfig {

@@ -575,6 +575,22 @@ impl RateLimitHandle {
         crate::config::reconfigure(config, &s.params, &s.policy, &s.time)
     }
 
+    /// What [`reconfigure`](Self::reconfigure) would answer, without
+    /// applying anything: a caller changing several layers at once checks
+    /// them all first, so that a refusal leaves every one unchanged.
+    ///
+    /// ```
+    /// use buttress_rate_limit::{Algorithm, Rate, RateLimitConfig};
+    ///
+    /// let handle = RateLimitConfig::new(Rate::per_second(10)).build().unwrap().handle();
+    /// let other = RateLimitConfig { algorithm: Algorithm::TokenBucket, ..handle.config() };
+    /// assert_eq!(handle.check_reconfigure(&other).unwrap_err().field(), "algorithm");
+    /// ```
+    pub fn check_reconfigure(&self, config: &RateLimitConfig) -> Result<(), ConfigError> {
+        let s = &self.shared;
+        crate::config::check(config, &s.params, &s.policy, &s.time).map(|_| ())
+    }
+
     /// The current settings, as a [`RateLimitConfig`]: what
     /// [`reconfigure`](Self::reconfigure) compares a new config with, and
     /// what a dashboard shows. `burst` is `None` when it is the rate's

@@ -69,7 +69,9 @@
 //!   behind trusted proxies, header, extension, closure) in a bounded map
 //!   that only evicts keys back to full, optionally with a global limit.
 //! - **Operations.** [`RateLimitHandle`] gives a snapshot and changes the
-//!   rate at run time; builders register it in a
+//!   rate at run time, alone or from a whole config for hot reload
+//!   ([`RateLimitHandle::reconfigure`], also on the keyed handle: rate and
+//!   burst live, the settings fixed at build refused); builders register it in a
 //!   [`Registry`](buttress_core::Registry) and take event listeners.
 //! - **Metrics.** With the `metrics` feature,
 //!   [`RateLimitBuilder::metrics`] (and the keyed and Redis builders', or a

@@ -61,6 +61,11 @@ async fn rate_and_burst_apply_to_the_next_decisions() {
     let mut svc = layer.layer(echo());
     assert_eq!(burst_of(&mut svc, 5).await, 1);
 
+    // A check applies nothing.
+    handle
+        .check_reconfigure(&config(Rate::per_second(1), Some(3)))
+        .unwrap();
+    assert_eq!(handle.snapshot().burst, 1);
     // A larger burst: the debt of the call taken is kept, two more fit.
     handle
         .reconfigure(&config(Rate::per_second(1), Some(3)))
@@ -153,7 +158,9 @@ async fn an_invalid_config_is_refused_with_builds_error_and_nothing_changes() {
     ];
     for bad in bad {
         let built = bad.build().unwrap_err();
+        let checked = handle.check_reconfigure(&bad).unwrap_err();
         let refused = handle.reconfigure(&bad).unwrap_err();
+        assert_eq!(checked.to_string(), built.to_string());
         assert_eq!(refused.to_string(), built.to_string());
         assert_eq!(handle.config(), before);
     }
@@ -198,7 +205,9 @@ async fn settings_fixed_at_build_are_refused_naming_the_field_and_nothing_change
     ];
     for (field, change) in changes {
         change.build().expect("valid for a new layer");
+        let checked = handle.check_reconfigure(&change).unwrap_err();
         let err = handle.reconfigure(&change).unwrap_err();
+        assert_eq!(checked.to_string(), err.to_string());
         assert_eq!(err.field(), field);
         assert!(err.reason().contains("live instance"), "{err}");
         assert_eq!(handle.config(), before);
@@ -265,6 +274,10 @@ async fn a_keyed_limiter_applies_a_config_to_every_key_now_and_later() {
         })
         .unwrap_err();
     assert_eq!(err.field(), "algorithm");
+    let checked = handle
+        .check_reconfigure(&config(Rate::per_second(1), Some(0)))
+        .unwrap_err();
+    assert_eq!(checked.field(), "burst");
     let err = handle
         .reconfigure(&config(Rate::per_second(1), Some(0)))
         .unwrap_err();

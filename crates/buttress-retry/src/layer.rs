@@ -869,6 +869,30 @@ impl RetryHandle {
     /// assert_eq!(handle.config(), new);
     /// ```
     pub fn reconfigure(&self, config: &RetryConfig) -> Result<(), ConfigError> {
+        let new = self.checked(config)?;
+        let mut live = self.shared.live();
+        *live = new;
+        self.shared.generation.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// What [`reconfigure`](Self::reconfigure) would answer, without
+    /// applying anything: a caller changing several layers at once checks
+    /// them all first, so that a refusal leaves every one unchanged.
+    ///
+    /// ```
+    /// use buttress_retry::RetryConfig;
+    ///
+    /// let handle = RetryConfig::default().build().unwrap().handle();
+    /// let seeded = RetryConfig { seed: Some(1), ..handle.config() };
+    /// assert_eq!(handle.check_reconfigure(&seeded).unwrap_err().field(), "seed");
+    /// ```
+    pub fn check_reconfigure(&self, config: &RetryConfig) -> Result<(), ConfigError> {
+        self.checked(config).map(|_| ())
+    }
+
+    /// The checks of `reconfigure`; the settings to apply.
+    fn checked(&self, config: &RetryConfig) -> Result<Live, ConfigError> {
         // Exactly `build`'s checks, in its order: the budget's first.
         let b = config.apply(RetryLayer::builder())?;
         validate(
@@ -893,13 +917,10 @@ impl RetryHandle {
                 "cannot change on a live instance: build a new layer instead",
             ));
         }
-        let mut live = self.shared.live();
-        *live = Live {
+        Ok(Live {
             settings: b.settings,
             unbounded_retries: b.unbounded_retries,
-        };
-        self.shared.generation.fetch_add(1, Ordering::Release);
-        Ok(())
+        })
     }
 }
 

@@ -30,10 +30,15 @@
 //! - **The Service contract**: the response future makes its own service
 //!   clone ready before every retry. On the happy path, with
 //!   [`CloneRequest`], the layer itself allocates nothing and, until it is
-//!   observed, touches no shared state; what the request, policy and
+//!   observed, writes no shared state (it reads one generation counter
+//!   per call, to see a run-time change); what the request, policy and
 //!   service clones cost is theirs (a `u64` request and the presets'
 //!   policies cost nothing; a boxed service allocates). [`HttpReplay`]
 //!   allocates per request: the kept headers and the body buffer's state.
+//! - **Hot reload**: [`RetryHandle::reconfigure`] swaps the attempts,
+//!   backoff, jitter and limits of a live layer as one value for the next
+//!   calls of every service it made; a retry in progress keeps what it
+//!   started with.
 //! - **Metrics**: with the `metrics` feature, [`RetryBuilder::metrics`] (or
 //!   a [`Registry::with_metrics`](buttress_core::Registry::with_metrics)
 //!   registry) publishes the calls by kind and the attempts through the

@@ -86,6 +86,9 @@ async fn attempts_and_delays_reach_the_next_calls_of_services_made_before() {
     assert_eq!(exhausted(&err).attempts(), 3);
     assert_eq!(down.gaps(1), vec![ms(10); 2]);
 
+    // A check applies nothing.
+    handle.check_reconfigure(&config(5, ms(50))).unwrap();
+    assert_eq!(handle.config(), config(3, ms(10)));
     handle.reconfigure(&config(5, ms(50))).unwrap();
     let err = svc.ready().await.unwrap().call(2).await.unwrap_err();
     assert_eq!(exhausted(&err).attempts(), 5);
@@ -173,7 +176,9 @@ async fn an_invalid_config_is_refused_with_builds_error_and_nothing_changes() {
     ];
     for bad in bad {
         let built = bad.build().unwrap_err();
+        let checked = handle.check_reconfigure(&bad).unwrap_err();
         let refused = handle.reconfigure(&bad).unwrap_err();
+        assert_eq!(checked.to_string(), built.to_string());
         assert_eq!(refused.to_string(), built.to_string());
         assert_eq!(handle.config(), before);
     }
@@ -227,7 +232,9 @@ async fn name_budget_and_seed_are_refused_naming_the_field_and_nothing_changes()
     ];
     for (field, change) in changes {
         change.build().expect("valid for a new layer");
+        let checked = handle.check_reconfigure(&change).unwrap_err();
         let err = handle.reconfigure(&change).unwrap_err();
+        assert_eq!(checked.to_string(), err.to_string());
         assert_eq!(err.field(), field);
         assert!(err.reason().contains("live instance"), "{err}");
         assert_eq!(handle.config(), before);

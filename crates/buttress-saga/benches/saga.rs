@@ -103,16 +103,18 @@ fn sqlite_floor(conn: &mut rusqlite::Connection, id: u64) {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .unwrap();
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE floor_saga SET phase = coalesce(NULL, phase), lease_until = 1 + lease_ms, updated_ms = 1
              WHERE id = ?1 AND owner = 'o'",
-            [&id],
         )
+        .unwrap()
+        .execute([&id])
         .unwrap();
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO floor_entry VALUES (?1, ?2, '{\"entry\":\"done\",\"step\":0,\"kind\":\"action\",\"context\":1}')",
-            rusqlite::params![id, seq],
         )
+        .unwrap()
+        .execute(rusqlite::params![id, seq])
         .unwrap();
         tx.commit().unwrap();
     }

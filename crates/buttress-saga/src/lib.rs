@@ -50,6 +50,28 @@
 //! assert!(done.reserved && done.charged);
 //! # }
 //! ```
+//!
+//! # Guarantees
+//!
+//! - Write-ahead: a step is logged as started before its action runs and as
+//!   done (with the new context, and its outbox messages, in the same
+//!   transaction) after. A process that dies anywhere leaves a log from
+//!   which [`Saga::recover`] continues: an action in doubt is compensated
+//!   ([`OnCrash::Compensate`], the default) or run again
+//!   ([`OnCrash::Resume`]); steps after the pivot always go forward; a
+//!   compensation in doubt runs again. Hence at least once, never lost.
+//! - One owner at a time: the process running a saga holds a lease, renewed
+//!   by every write and while a step runs; recovery claims only sagas whose
+//!   lease expired, and a write by a process that lost its lease fails
+//!   ([`LogError::LeaseLost`]).
+//! - The log is checked on replay ([`SagaState::apply`]): a corrupt or
+//!   out-of-order entry is a typed [`LogError`], reported by recovery,
+//!   never a panic; a saga logged by another version of the definition is
+//!   left alone and reported.
+//!
+//! The tests kill a process with SIGKILL before and after each write of the
+//! log, on SQLite and PostgreSQL, and check these against the effects the
+//! steps recorded by idempotency key.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

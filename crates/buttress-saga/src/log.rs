@@ -32,6 +32,9 @@ pub struct NewSaga {
     pub version: u32,
     /// The input context.
     pub input: serde_json::Value,
+    /// When its deadline passes (milliseconds since the Unix epoch), if it
+    /// has one: recovery keeps to it.
+    pub deadline_ms: Option<i64>,
 }
 
 /// A saga as the log holds it.
@@ -47,6 +50,8 @@ pub struct StoredSaga {
     pub phase: Phase,
     /// The input context.
     pub input: serde_json::Value,
+    /// Its deadline (milliseconds since the Unix epoch), if any.
+    pub deadline_ms: Option<i64>,
     /// Its entries, in sequence order.
     pub entries: Vec<Entry>,
 }
@@ -180,6 +185,7 @@ pub(crate) fn decode_row(
     version: i64,
     phase: &str,
     input: &str,
+    deadline_ms: Option<i64>,
 ) -> Result<StoredSaga, LogError> {
     let corrupt = |reason: String| LogError::Corrupt {
         saga: id.into(),
@@ -196,6 +202,7 @@ pub(crate) fn decode_row(
         version,
         phase,
         input,
+        deadline_ms,
         entries: Vec::new(),
     })
 }
@@ -206,6 +213,7 @@ struct Row {
     version: u32,
     phase: Phase,
     input: serde_json::Value,
+    deadline_ms: Option<i64>,
     entries: Vec<Entry>,
     owner: Option<String>,
     lease_until: i64,
@@ -268,6 +276,7 @@ impl SagaLog for MemoryLog {
                     version: saga.version,
                     phase: Phase::Forward,
                     input: saga.input.clone(),
+                    deadline_ms: saga.deadline_ms,
                     entries: Vec::new(),
                     owner: Some(owner.to_owned()),
                     lease_until: now_ms().saturating_add(lease_ms(lease)),
@@ -341,6 +350,7 @@ impl SagaLog for MemoryLog {
                 version: row.version,
                 phase: row.phase,
                 input: row.input.clone(),
+                deadline_ms: row.deadline_ms,
                 entries: row.entries.clone(),
             }),
         };

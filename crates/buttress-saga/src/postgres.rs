@@ -29,7 +29,8 @@ use crate::outbox::{OutboxStore, StoredMessage};
 use crate::state::{Entry, Phase};
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE buttress_saga (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -63,7 +64,11 @@ CREATE TABLE buttress_outbox_key (
     owner TEXT,
     lease_until TIMESTAMPTZ NOT NULL DEFAULT '-infinity'
 );
-"#];
+"#,
+    r#"
+ALTER TABLE buttress_saga ADD COLUMN deadline_ms BIGINT;
+"#,
+];
 
 /// The schema version this library writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -227,11 +232,20 @@ impl SagaLog for PostgresLog {
             let client = self.client().lock().await;
             let inserted = client
                 .execute(
-                    "INSERT INTO buttress_saga (id, name, version, phase, input, owner, lease_ms, lease_until)
+                    "INSERT INTO buttress_saga
+                        (id, name, version, phase, input, owner, lease_ms, lease_until, deadline_ms)
                      VALUES ($1, $2, $3, 'forward', $4, $5, $6,
-                             clock_timestamp() + $6::BIGINT * interval '1 millisecond')
+                             clock_timestamp() + $6::BIGINT * interval '1 millisecond', $7)
                      ON CONFLICT (id) DO NOTHING",
-                    &[&saga.id, &saga.name, &i64::from(saga.version), &input, &owner, &lease],
+                    &[
+                        &saga.id,
+                        &saga.name,
+                        &i64::from(saga.version),
+                        &input,
+                        &owner,
+                        &lease,
+                        &saga.deadline_ms,
+                    ],
                 )
                 .await
                 .map_err(pg)?;
@@ -325,7 +339,7 @@ impl SagaLog for PostgresLog {
                 .map_err(pg)?;
             let row = tx
                 .query_opt(
-                    "SELECT name, version, phase, input FROM buttress_saga WHERE id = $1",
+                    "SELECT name, version, phase, input, deadline_ms FROM buttress_saga WHERE id = $1",
                     &[&id],
                 )
                 .await
@@ -335,7 +349,7 @@ impl SagaLog for PostgresLog {
             };
             let phase: String = row.get(2);
             let input: String = row.get(3);
-            let mut saga = decode_row(id, row.get(0), row.get(1), &phase, &input)?;
+            let mut saga = decode_row(id, row.get(0), row.get(1), &phase, &input, row.get(4))?;
             let rows = tx
                 .query(
                     "SELECT seq, body FROM buttress_saga_entry WHERE saga_id = $1 ORDER BY seq",

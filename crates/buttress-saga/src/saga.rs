@@ -762,6 +762,9 @@ where
             name: self.name.to_owned(),
             version: self.version,
             input: json.clone(),
+            deadline_ms: self
+                .deadline
+                .map(|d| crate::log::now_ms().saturating_add(crate::log::lease_ms(d))),
         };
         self.log
             .create(&new, &self.owner, self.lease)
@@ -809,7 +812,11 @@ where
             }
         };
         tracing::info!(saga = %id, phase = %st.phase, "recovering saga");
-        match self.drive(st, ctx, None, true).await {
+        let deadline = stored.deadline_ms.map(|at| {
+            let left = u64::try_from(at.saturating_sub(crate::log::now_ms())).unwrap_or(0);
+            Instant::now() + Duration::from_millis(left)
+        });
+        match self.drive(st, ctx, deadline, true).await {
             Ok(_) => report.completed.push(id.to_owned()),
             Err(e) if e.is_compensated() => report.compensated.push(id.to_owned()),
             Err(e) if e.needs_attention() => report.needs_attention.push(id.to_owned()),

@@ -32,7 +32,8 @@ use crate::outbox::{OutboxStore, StoredMessage};
 use crate::state::{Entry, Phase};
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE buttress_saga (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -66,7 +67,11 @@ CREATE TABLE buttress_outbox_key (
     owner TEXT,
     lease_until INTEGER NOT NULL DEFAULT 0
 );
-"#];
+"#,
+    r#"
+ALTER TABLE buttress_saga ADD COLUMN deadline_ms INTEGER;
+"#,
+];
 
 /// The schema version this library writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -259,8 +264,8 @@ impl SagaLog for SqliteLog {
             let inserted = conn
                 .execute(
                     "INSERT INTO buttress_saga
-                     (id, name, version, phase, input, owner, lease_ms, lease_until, created_ms, updated_ms)
-                     VALUES (?1, ?2, ?3, 'forward', ?4, ?5, ?6, ?7, ?8, ?8)
+                     (id, name, version, phase, input, owner, lease_ms, lease_until, created_ms, updated_ms, deadline_ms)
+                     VALUES (?1, ?2, ?3, 'forward', ?4, ?5, ?6, ?7, ?8, ?8, ?9)
                      ON CONFLICT (id) DO NOTHING",
                     params![
                         saga.id,
@@ -270,7 +275,8 @@ impl SagaLog for SqliteLog {
                         owner,
                         lease,
                         now.saturating_add(lease),
-                        now
+                        now,
+                        saga.deadline_ms
                     ],
                 )
                 .map_err(LogError::db)?;
@@ -299,24 +305,27 @@ impl SagaLog for SqliteLog {
             let tx = immediate(conn)?;
             let now = now_ms();
             let release = phase.is_some_and(|p| !p.is_unfinished());
+            // The hot path: statements prepared once per connection.
             let changed = tx
-                .execute(
+                .prepare_cached(
                     "UPDATE buttress_saga SET
                         phase = coalesce(?1, phase),
                         owner = CASE WHEN ?2 THEN NULL ELSE owner END,
                         lease_until = ?3 + lease_ms,
                         updated_ms = ?3
                      WHERE id = ?4 AND owner = ?5",
-                    params![phase.map(Phase::as_str), release, now, id, owner],
                 )
+                .and_then(|mut st| {
+                    st.execute(params![phase.map(Phase::as_str), release, now, id, owner])
+                })
                 .map_err(LogError::db)?;
             if changed == 0 {
                 return Err(lease_error(&tx, &id));
             }
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO buttress_saga_entry (saga_id, seq, body) VALUES (?1, ?2, ?3)",
-                params![id, seq as i64, body],
             )
+            .and_then(|mut st| st.execute(params![id, seq as i64, body]))
             .map_err(LogError::db)?;
             for m in &messages {
                 enqueue(&tx, m)?;
@@ -354,7 +363,7 @@ impl SagaLog for SqliteLog {
             let tx = conn.transaction().map_err(LogError::db)?;
             let row = tx
                 .query_row(
-                    "SELECT name, version, phase, input FROM buttress_saga WHERE id = ?1",
+                    "SELECT name, version, phase, input, deadline_ms FROM buttress_saga WHERE id = ?1",
                     [&id],
                     |r| {
                         Ok((
@@ -362,15 +371,16 @@ impl SagaLog for SqliteLog {
                             r.get::<_, i64>(1)?,
                             r.get::<_, String>(2)?,
                             r.get::<_, String>(3)?,
+                            r.get::<_, Option<i64>>(4)?,
                         ))
                     },
                 )
                 .optional()
                 .map_err(LogError::db)?;
-            let Some((name, version, phase, input)) = row else {
+            let Some((name, version, phase, input, deadline_ms)) = row else {
                 return Err(LogError::NotFound { saga: id });
             };
-            let mut saga = decode_row(&id, name, version, &phase, &input)?;
+            let mut saga = decode_row(&id, name, version, &phase, &input, deadline_ms)?;
             let mut stmt = tx
                 .prepare(
                     "SELECT seq, body FROM buttress_saga_entry WHERE saga_id = ?1 ORDER BY seq",

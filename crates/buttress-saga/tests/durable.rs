@@ -39,6 +39,7 @@ fn new_saga(id: &str, version: u32) -> NewSaga {
         name: "order".into(),
         version,
         input: serde_json::json!([]),
+        deadline_ms: None,
     }
 }
 
@@ -115,15 +116,15 @@ async fn sqlite_corrupt_rows_are_typed_errors_and_recovery_reports_them() {
     let log = SqliteLog::open(&path).await.unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "INSERT INTO buttress_saga VALUES ('bad-phase', 'order', 1, 'sideways', '[]', NULL, 1, 0, 0, 0);
-         INSERT INTO buttress_saga VALUES ('bad-input', 'order', 1, 'forward', '{nope', NULL, 1, 0, 1, 0);
-         INSERT INTO buttress_saga VALUES ('bad-entry', 'order', 1, 'forward', '[]', NULL, 1, 0, 2, 0);
+        "INSERT INTO buttress_saga VALUES ('bad-phase', 'order', 1, 'sideways', '[]', NULL, 1, 0, 0, 0, NULL);
+         INSERT INTO buttress_saga VALUES ('bad-input', 'order', 1, 'forward', '{nope', NULL, 1, 0, 1, 0, NULL);
+         INSERT INTO buttress_saga VALUES ('bad-entry', 'order', 1, 'forward', '[]', NULL, 1, 0, 2, 0, NULL);
          INSERT INTO buttress_saga_entry VALUES ('bad-entry', 0, '{\"entry\":\"exploded\"}');
-         INSERT INTO buttress_saga VALUES ('gap', 'order', 1, 'forward', '[]', NULL, 1, 0, 3, 0);
+         INSERT INTO buttress_saga VALUES ('gap', 'order', 1, 'forward', '[]', NULL, 1, 0, 3, 0, NULL);
          INSERT INTO buttress_saga_entry VALUES ('gap', 1, '{\"entry\":\"started\",\"step\":0,\"kind\":\"action\"}');
-         INSERT INTO buttress_saga VALUES ('illegal', 'order', 1, 'forward', '[]', NULL, 1, 0, 4, 0);
+         INSERT INTO buttress_saga VALUES ('illegal', 'order', 1, 'forward', '[]', NULL, 1, 0, 4, 0, NULL);
          INSERT INTO buttress_saga_entry VALUES ('illegal', 0, '{\"entry\":\"started\",\"step\":5,\"kind\":\"action\"}');
-         INSERT INTO buttress_saga VALUES ('bad-version', 'order', -1, 'forward', '[]', NULL, 1, 0, 5, 0);",
+         INSERT INTO buttress_saga VALUES ('bad-version', 'order', -1, 'forward', '[]', NULL, 1, 0, 5, 0, NULL);",
     )
     .unwrap();
     let corrupt = |r: Result<_, LogError>| match r {
@@ -488,4 +489,61 @@ async fn a_step_that_failed_before_the_crash_is_compensated_even_when_resuming()
     let report = b.build().unwrap().recover().await.unwrap();
     assert_eq!(report.compensated, ["f"]);
     assert_eq!(*calls.lock().unwrap(), ["f:a:compensation"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_is_logged_and_kept_by_recovery() {
+    let path = temp_db("deadline");
+    let log = SqliteLog::open(&path).await.unwrap();
+    let past = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 1_000;
+    let saga = NewSaga {
+        deadline_ms: Some(past),
+        ..new_saga("late", 1)
+    };
+    log.create(&saga, "dead", Duration::ZERO).await.unwrap();
+    assert_eq!(log.load("late").await.unwrap().deadline_ms, Some(past));
+    let entries = [
+        Entry::Started {
+            step: 0,
+            kind: Kind::Action,
+        },
+        Entry::Done {
+            step: 0,
+            kind: Kind::Action,
+            context: Some(serde_json::json!([0])),
+        },
+    ];
+    for (seq, e) in entries.iter().enumerate() {
+        log.append("late", "dead", seq as u64, e, &[])
+            .await
+            .unwrap();
+    }
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let mut b = Saga::builder("order", 1)
+        .log(log.clone())
+        .on_crash(OnCrash::Resume);
+    for name in ["a", "b"] {
+        let (c1, c2) = (calls.clone(), calls.clone());
+        b = b.step(
+            Step::new(
+                name,
+                service_fn(move |r: StepRequest<Vec<u32>>| {
+                    c1.lock().unwrap().push(r.idempotency_key.clone());
+                    async move { Ok::<_, String>(r.context) }
+                }),
+            )
+            .compensate(service_fn(move |r: StepRequest<Vec<u32>>| {
+                c2.lock().unwrap().push(r.idempotency_key.clone());
+                async move { Ok::<_, String>(()) }
+            })),
+        );
+    }
+    let report = b.build().unwrap().recover().await.unwrap();
+    // Past its deadline: step b never starts, step a is undone.
+    assert_eq!(report.compensated, ["late"]);
+    assert_eq!(*calls.lock().unwrap(), ["late:a:compensation"]);
 }

@@ -468,17 +468,34 @@ impl TimeoutHandle {
     /// assert_eq!(handle.config(), new);
     /// ```
     pub fn reconfigure(&self, config: &TimeoutConfig) -> Result<(), ConfigError> {
-        validate_config(config)?;
         let _writer = self.lock_writer();
-        if *config.name != *self.shared.name {
-            return Err(not_live("name"));
-        }
+        self.check_reconfigure(config)?;
         self.shared
             .timeout_nanos
             .store(to_nanos(config.timeout), Ordering::Relaxed);
         self.shared
             .include_ready
             .store(config.include_ready, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// What [`reconfigure`](Self::reconfigure) would answer, without
+    /// applying anything: a caller changing several layers at once checks
+    /// them all first, so that a refusal leaves every one unchanged.
+    ///
+    /// ```
+    /// use buttress_timeout::TimeoutConfig;
+    ///
+    /// let handle = TimeoutConfig::default().build().unwrap().handle();
+    /// let renamed = TimeoutConfig { name: "other".into(), ..handle.config() };
+    /// assert_eq!(handle.check_reconfigure(&renamed).unwrap_err().field(), "name");
+    /// assert!(handle.check_reconfigure(&handle.config()).is_ok());
+    /// ```
+    pub fn check_reconfigure(&self, config: &TimeoutConfig) -> Result<(), ConfigError> {
+        validate_config(config)?;
+        if *config.name != *self.shared.name {
+            return Err(not_live("name"));
+        }
         Ok(())
     }
 

@@ -17,7 +17,9 @@
 //! - optionally, the wait for readiness counts too
 //!   ([`TimeoutBuilder::include_ready`]; tower leaves it out);
 //! - a name, events, a registry handle and a limit that can be changed at
-//!   run time; with the `metrics` feature, [`TimeoutBuilder::metrics`] (or
+//!   run time, one setting ([`TimeoutHandle::set_timeout`]) or a whole
+//!   config for hot reload ([`TimeoutHandle::reconfigure`]: calls already
+//!   made keep their deadline); with the `metrics` feature, [`TimeoutBuilder::metrics`] (or
 //!   a [`Registry::with_metrics`](buttress_core::Registry::with_metrics)
 //!   registry) counts the time-outs through the `metrics` facade, to any
 //!   recorder; install the recorder before building the layer (the

@@ -38,6 +38,9 @@ async fn a_new_timeout_applies_to_the_next_calls() {
     let err = svc.ready().await.unwrap().call(200).await.unwrap_err();
     assert_eq!(err.downcast_ref::<Elapsed>().unwrap().timeout(), ms(100));
 
+    // A check applies nothing.
+    handle.check_reconfigure(&config(ms(300), false)).unwrap();
+    assert_eq!(handle.config(), config(ms(100), false));
     handle.reconfigure(&config(ms(300), false)).unwrap();
     assert_eq!(svc.ready().await.unwrap().call(200).await.unwrap(), 200);
 
@@ -117,7 +120,9 @@ async fn an_invalid_config_is_refused_with_builds_error_and_nothing_changes() {
         },
     ] {
         let built = bad.build().unwrap_err();
+        let checked = handle.check_reconfigure(&bad).unwrap_err();
         let refused = handle.reconfigure(&bad).unwrap_err();
+        assert_eq!(checked.to_string(), built.to_string());
         assert_eq!(refused.field(), built.field());
         assert_eq!(refused.to_string(), built.to_string());
         assert_eq!(handle.config(), config(ms(100), false));
@@ -132,7 +137,9 @@ async fn a_new_name_is_refused_naming_the_field_and_nothing_changes() {
         name: "other".to_owned(),
         ..config(ms(300), true)
     };
+    let checked = handle.check_reconfigure(&renamed).unwrap_err();
     let err = handle.reconfigure(&renamed).unwrap_err();
+    assert_eq!(checked.to_string(), err.to_string());
     assert_eq!(err.field(), "name");
     assert!(err.reason().contains("live instance"), "{err}");
     assert_eq!(handle.config(), config(ms(100), false));

@@ -26,8 +26,11 @@ use syn::{
 /// installed, the presets `api`, `ai`, `database`, `external` and
 /// `critical`. A retry runs the body again, so every argument is cloned
 /// for each attempt (references are copied). The function must return a
-/// `Result<T, E>` with `E: From<buttress::BoxError>` (a rejection, such as
-/// an open circuit, arrives through it; the body's own error arrives boxed).
+/// `Result<T, E>` whose error goes into a `buttress::BoxError` and comes
+/// back out of one (`E: Into<BoxError> + From<BoxError>`; `BoxError`
+/// itself, or an error type with a `From<BoxError>` that downcasts): the
+/// body's error travels through the layers boxed, and a rejection, such as
+/// an open circuit, arrives through `From`.
 ///
 /// Refused at compile time: a function that is not `async`, that does not
 /// return a `Result`, that takes `&mut self` or a pattern argument, or an
@@ -56,7 +59,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2, Error>
             return Err(Error::new(
                 other.span(),
                 "#[resilient] needs a function that returns a `Result<T, E>` \
-                 (with `E: From<buttress::BoxError>`)",
+                 (with `E: Into<buttress::BoxError> + From<buttress::BoxError>`)",
             ))
         }
     };

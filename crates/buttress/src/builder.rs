@@ -313,6 +313,111 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         self,
         layer: buttress_rate_limit::KeyedRateLimitLayer<X, K, C, P, H>,
     ) -> ServiceBuilder<Stack<buttress_rate_limit::KeyedRateLimitLayer<X, K, C, P, H>, L>>;
+
+    /// A configured [`FallbackLayer`](crate::fallback::FallbackLayer): a
+    /// value, a function or a secondary service answers when the layers
+    /// and the service below it fail. Put it outside the layers whose
+    /// rejections it answers for (above the retry and the breaker of a
+    /// client; see the README's composition order).
+    ///
+    /// ```
+    /// use buttress::core::{BoxError, ErrorKind};
+    /// use buttress::fallback::FallbackLayer;
+    /// use buttress::ServiceBuilderExt;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let breaker = buttress::circuit_breaker::CircuitBreakerLayer::builder()
+    ///     .name("prices")
+    ///     .build()
+    ///     .unwrap();
+    /// breaker.handle().force_open();
+    /// let svc = ServiceBuilder::new()
+    ///     .fallback(
+    ///         FallbackLayer::value(0u64)
+    ///             .on_kinds([ErrorKind::CircuitOpen])
+    ///             .build()
+    ///             .unwrap(),
+    ///     )
+    ///     .circuit_breaker(breaker)
+    ///     .service_fn(|x: u64| async move { Ok::<_, BoxError>(x * 100) });
+    /// assert_eq!(svc.oneshot(3).await.unwrap(), 0);
+    /// # }
+    /// ```
+    #[cfg(feature = "fallback")]
+    fn fallback<Src, T, M>(
+        self,
+        layer: buttress_fallback::FallbackLayer<Src, T, M>,
+    ) -> ServiceBuilder<Stack<buttress_fallback::FallbackLayer<Src, T, M>, L>>;
+
+    /// A configured [`CacheLayer`](crate::cache::CacheLayer), keyed by a
+    /// closure or HTTP's method and URI.
+    #[cfg(feature = "cache")]
+    fn cache<P: buttress_cache::Policy>(
+        self,
+        layer: buttress_cache::CacheLayer<P>,
+    ) -> ServiceBuilder<Stack<buttress_cache::CacheLayer<P>, L>>;
+
+    /// An HTTP cache of `ttl` with the defaults (10 000 entries, bodies up
+    /// to 1 MiB, `Cache-Control` respected, never a request with
+    /// credentials); a `ttl` of zero is a [`ConfigError`](crate::core::ConfigError).
+    ///
+    /// ```
+    /// use buttress::ServiceBuilderExt;
+    /// use std::time::Duration;
+    /// use tower::ServiceBuilder;
+    ///
+    /// let layers = ServiceBuilder::new().http_cache(Duration::from_secs(5)).unwrap();
+    /// # let _ = layers;
+    /// ```
+    #[cfg(feature = "cache")]
+    #[allow(clippy::type_complexity)]
+    fn http_cache(
+        self,
+        ttl: std::time::Duration,
+    ) -> Result<
+        ServiceBuilder<Stack<buttress_cache::CacheLayer<buttress_cache::HttpPolicy>, L>>,
+        buttress_core::ConfigError,
+    >;
+
+    /// A configured [`ChaosLayer`](crate::chaos::ChaosLayer): fault
+    /// injection, off until switched on.
+    #[cfg(feature = "chaos")]
+    fn chaos<Sel>(
+        self,
+        layer: buttress_chaos::ChaosLayer<Sel>,
+    ) -> ServiceBuilder<Stack<buttress_chaos::ChaosLayer<Sel>, L>>;
+
+    /// A configured [`HttpChaosLayer`](crate::chaos::HttpChaosLayer):
+    /// also aborted and truncated bodies.
+    #[cfg(feature = "chaos")]
+    fn http_chaos<Sel>(
+        self,
+        layer: buttress_chaos::HttpChaosLayer<Sel>,
+    ) -> ServiceBuilder<Stack<buttress_chaos::HttpChaosLayer<Sel>, L>>;
+
+    /// A built [`Policy`](crate::policy::Policy): its layers, in the
+    /// README's order, as one.
+    ///
+    /// ```
+    /// use buttress::policy::Policy;
+    /// use buttress::ServiceBuilderExt;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let svc = ServiceBuilder::new()
+    ///     .policy(Policy::database().build().unwrap())
+    ///     .service_fn(|id: u32| async move { Ok::<_, std::io::Error>(id) });
+    /// assert_eq!(svc.oneshot(4).await.unwrap(), 4);
+    /// # }
+    /// ```
+    #[cfg(feature = "policy")]
+    fn policy<F: crate::policy::Flavor>(
+        self,
+        layer: crate::policy::PolicyLayer<F>,
+    ) -> ServiceBuilder<Stack<crate::policy::PolicyLayer<F>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -417,6 +522,57 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: buttress_rate_limit::KeyedRateLimitLayer<X, K, C, P, H>,
     ) -> ServiceBuilder<Stack<buttress_rate_limit::KeyedRateLimitLayer<X, K, C, P, H>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "fallback")]
+    fn fallback<Src, T, M>(
+        self,
+        layer: buttress_fallback::FallbackLayer<Src, T, M>,
+    ) -> ServiceBuilder<Stack<buttress_fallback::FallbackLayer<Src, T, M>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "cache")]
+    fn cache<P: buttress_cache::Policy>(
+        self,
+        layer: buttress_cache::CacheLayer<P>,
+    ) -> ServiceBuilder<Stack<buttress_cache::CacheLayer<P>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "cache")]
+    fn http_cache(
+        self,
+        ttl: std::time::Duration,
+    ) -> Result<
+        ServiceBuilder<Stack<buttress_cache::CacheLayer<buttress_cache::HttpPolicy>, L>>,
+        buttress_core::ConfigError,
+    > {
+        Ok(self.layer(buttress_cache::CacheLayer::http().ttl(ttl).build()?))
+    }
+
+    #[cfg(feature = "chaos")]
+    fn chaos<Sel>(
+        self,
+        layer: buttress_chaos::ChaosLayer<Sel>,
+    ) -> ServiceBuilder<Stack<buttress_chaos::ChaosLayer<Sel>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "chaos")]
+    fn http_chaos<Sel>(
+        self,
+        layer: buttress_chaos::HttpChaosLayer<Sel>,
+    ) -> ServiceBuilder<Stack<buttress_chaos::HttpChaosLayer<Sel>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "policy")]
+    fn policy<F: crate::policy::Flavor>(
+        self,
+        layer: crate::policy::PolicyLayer<F>,
+    ) -> ServiceBuilder<Stack<crate::policy::PolicyLayer<F>, L>> {
         self.layer(layer)
     }
 }

@@ -200,6 +200,31 @@ pub use buttress_rate_limit as rate_limit;
 #[doc(inline)]
 pub use buttress_metrics as metrics;
 
+#[cfg(feature = "fallback")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fallback")))]
+#[doc(inline)]
+pub use buttress_fallback as fallback;
+
+#[cfg(feature = "cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
+#[doc(inline)]
+pub use buttress_cache as cache;
+
+#[cfg(feature = "health")]
+#[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+#[doc(inline)]
+pub use buttress_health as health;
+
+#[cfg(feature = "saga")]
+#[cfg_attr(docsrs, doc(cfg(feature = "saga")))]
+#[doc(inline)]
+pub use buttress_saga as saga;
+
+#[cfg(feature = "chaos")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chaos")))]
+#[doc(inline)]
+pub use buttress_chaos as chaos;
+
 #[cfg(feature = "policy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
 pub mod policy;

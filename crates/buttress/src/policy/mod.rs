@@ -95,12 +95,12 @@ pub use layer::{
     PolicyLayer, PolicyService,
 };
 pub use server::{PerClient, ServerPolicy, ServerPolicyLayer, ServerPolicyService};
-#[cfg(feature = "config")]
-#[cfg_attr(docsrs, doc(cfg(feature = "config")))]
-pub use set::{global, PolicyError, PolicyErrorKind, PolicySet, PolicySpec, ReloadReport};
 #[cfg(feature = "config-watch")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config-watch")))]
 pub use set::PolicyWatcher;
+#[cfg(feature = "config")]
+#[cfg_attr(docsrs, doc(cfg(feature = "config")))]
+pub use set::{global, PolicyError, PolicyErrorKind, PolicySet, PolicySpec, ReloadReport};
 
 /// Which patterns a call goes through, and their settings: a value.
 ///

@@ -111,14 +111,29 @@ enum Slot<T> {
     On(T),
 }
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Slot<T> {
+/// What a slot's value may be written as, for error messages.
+trait SlotValue {
+    const EXPECTING: &'static str = "a table, or false to leave the slot empty";
+}
+
+impl SlotValue for RetryConfig {}
+impl SlotValue for CircuitBreakerConfig {}
+impl SlotValue for RateLimitConfig {}
+impl SlotValue for BulkheadConfig {}
+impl SlotValue for PerClient {}
+impl SlotValue for TimeoutValue {
+    const EXPECTING: &'static str =
+        "a duration such as \"30s\", a timeout table, or false to leave the slot empty";
+}
+
+impl<'de, T: Deserialize<'de> + SlotValue> Deserialize<'de> for Slot<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+        impl<'de, T: Deserialize<'de> + SlotValue> Visitor<'de> for V<T> {
             type Value = Slot<T>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a table, or false to leave the slot empty")
+                f.write_str(T::EXPECTING)
             }
 
             fn visit_bool<E: de::Error>(self, on: bool) -> Result<Slot<T>, E> {
@@ -696,7 +711,15 @@ impl PolicySet {
             return Err(e);
         }
 
-        // 3. Apply the changes; undo them all if one is refused.
+        // 3. Every change must apply before any is made...
+        for change in &changes {
+            if let Err(e) = change.check() {
+                unregister(&self.registry, &registered);
+                return Err(change.error(&e));
+            }
+        }
+        // ...and if one is refused all the same (a concurrent change
+        // through a handle), the ones made are undone.
         for (i, change) in changes.iter().enumerate() {
             if let Err(e) = change.apply() {
                 for done in changes[..i].iter().rev() {
@@ -704,16 +727,7 @@ impl PolicySet {
                     let _ = done.undo();
                 }
                 unregister(&self.registry, &registered);
-                let kind = if e.reason().contains("live") {
-                    PolicyErrorKind::NotLive
-                } else {
-                    PolicyErrorKind::Invalid
-                };
-                return Err(PolicyError::new(
-                    kind,
-                    format!("{}.{}", change.path, e.field()),
-                    e.reason(),
-                ));
+                return Err(change.error(&e));
             }
             report.changed.push(change.path.clone());
         }
@@ -796,19 +810,42 @@ fn unregister(registry: &Registry, names: &[String]) {
     }
 }
 
-/// One slot's new settings, applied to its live instance.
+/// One slot's new settings, for its live instance.
 struct Change {
     path: String,
-    apply: Box<dyn Fn(bool) -> Result<(), ConfigError> + Send>,
+    run: Box<dyn Fn(Step) -> Result<(), ConfigError> + Send>,
+}
+
+#[derive(Clone, Copy)]
+enum Step {
+    /// Would the new settings apply? Changes nothing.
+    Check,
+    /// Apply the new settings.
+    Apply,
+    /// Put the old settings back.
+    Undo,
 }
 
 impl Change {
+    fn check(&self) -> Result<(), ConfigError> {
+        (self.run)(Step::Check)
+    }
+
     fn apply(&self) -> Result<(), ConfigError> {
-        (self.apply)(true)
+        (self.run)(Step::Apply)
     }
 
     fn undo(&self) -> Result<(), ConfigError> {
-        (self.apply)(false)
+        (self.run)(Step::Undo)
+    }
+
+    fn error(&self, e: &ConfigError) -> PolicyError {
+        let kind = if e.reason().contains("live instance") {
+            PolicyErrorKind::NotLive
+        } else {
+            PolicyErrorKind::Invalid
+        };
+        PolicyError::new(kind, format!("{}.{}", self.path, e.field()), e.reason())
     }
 }
 
@@ -834,30 +871,29 @@ fn presence<T>(
     }
 }
 
-/// The change of one slot: `reconfigure(new)` to apply, `reconfigure(old)`
-/// to undo; the configs carry the instance's name.
-fn change<C, H>(
-    path: String,
-    handle: H,
-    old: C,
-    new: C,
-    reconfigure: fn(&H, &C) -> Result<(), ConfigError>,
-) -> Change
+/// The change of one slot: `check_reconfigure(new)` to check,
+/// `reconfigure(new)` to apply, `reconfigure(old)` to undo; the configs
+/// carry the instance's name.
+fn change<C, H>(path: String, handle: H, old: C, new: C, ops: Ops<H, C>) -> Change
 where
     C: Send + 'static,
     H: Send + 'static,
 {
     Change {
         path,
-        apply: Box::new(move |forward| {
-            if forward {
-                reconfigure(&handle, &new)
-            } else {
-                reconfigure(&handle, &old)
-            }
+        run: Box::new(move |step| match step {
+            Step::Check => (ops.0)(&handle, &new),
+            Step::Apply => (ops.1)(&handle, &new),
+            Step::Undo => (ops.1)(&handle, &old),
         }),
     }
 }
+
+/// A handle's `check_reconfigure` and `reconfigure`.
+type Ops<H, C> = (
+    fn(&H, &C) -> Result<(), ConfigError>,
+    fn(&H, &C) -> Result<(), ConfigError>,
+);
 
 /// `config` with the live instance's name, so that a reload compares and
 /// applies settings only.
@@ -920,9 +956,13 @@ fn slot_changes<F: Flavor>(
                 let h = l.handle();
                 let set = |c: &mut TimeoutConfig, s| c.name = s;
                 let (o, n) = (named(o, h.name(), set), named(n, h.name(), set));
-                out.push(change(format!("{path}.{slot}"), h, o, n, |h, c| {
-                    h.reconfigure(c)
-                }));
+                out.push(change(
+                    format!("{path}.{slot}"),
+                    h,
+                    o,
+                    n,
+                    (|h, c| h.check_reconfigure(c), |h, c| h.reconfigure(c)),
+                ));
             }
         }
     }
@@ -931,9 +971,13 @@ fn slot_changes<F: Flavor>(
             let h = l.handle();
             let set = |c: &mut RetryConfig, s| c.name = s;
             let (o, n) = (named(o, h.name(), set), named(n, h.name(), set));
-            out.push(change(format!("{path}.retry"), h, o, n, |h, c| {
-                h.reconfigure(c)
-            }));
+            out.push(change(
+                format!("{path}.retry"),
+                h,
+                o,
+                n,
+                (|h, c| h.check_reconfigure(c), |h, c| h.reconfigure(c)),
+            ));
         }
     }
     if let (Some(o), Some(n), Some(l)) = (
@@ -950,7 +994,7 @@ fn slot_changes<F: Flavor>(
                 h,
                 o,
                 n,
-                |h, c| h.reconfigure(c),
+                (|h, c| h.check_reconfigure(c), |h, c| h.reconfigure(c)),
             ));
         }
     }
@@ -959,9 +1003,13 @@ fn slot_changes<F: Flavor>(
             let h = l.handle();
             let set = |c: &mut RateLimitConfig, s| c.name = s;
             let (o, n) = (named(o, h.name(), set), named(n, h.name(), set));
-            out.push(change(format!("{path}.rate_limit"), h, o, n, |h, c| {
-                h.reconfigure(c)
-            }));
+            out.push(change(
+                format!("{path}.rate_limit"),
+                h,
+                o,
+                n,
+                (|h, c| h.check_reconfigure(c), |h, c| h.reconfigure(c)),
+            ));
         }
     }
     if let (Some(o), Some(n), Some(l)) = (&old.bulkhead, &new.bulkhead, layer.bulkhead()) {
@@ -969,9 +1017,13 @@ fn slot_changes<F: Flavor>(
             let h = l.handle();
             let set = |c: &mut BulkheadConfig, s| c.name = s;
             let (o, n) = (named(o, h.name(), set), named(n, h.name(), set));
-            out.push(change(format!("{path}.bulkhead"), h, o, n, |h, c| {
-                h.reconfigure(c)
-            }));
+            out.push(change(
+                format!("{path}.bulkhead"),
+                h,
+                o,
+                n,
+                (|h, c| h.check_reconfigure(c), |h, c| h.reconfigure(c)),
+            ));
         }
     }
     Ok(out)
@@ -1009,9 +1061,13 @@ fn server_changes(
                 ..RateLimitConfig::new(p.rate)
             };
             let (o, n) = (to_config(o, h.name()), to_config(n, h.name()));
-            out.push(change(format!("{path}.per_client"), h, o, n, |h, c| {
-                h.reconfigure(c)
-            }));
+            out.push(change(
+                format!("{path}.per_client"),
+                h,
+                o,
+                n,
+                (|h, c| h.check_reconfigure(c), |h, c| h.reconfigure(c)),
+            ));
         }
     }
     if let (Some(o), Some(n), Some(l)) = (&old.bulkhead, &new.bulkhead, layer.bulkhead()) {
@@ -1019,9 +1075,13 @@ fn server_changes(
             let h = l.handle();
             let set = |c: &mut BulkheadConfig, s| c.name = s;
             let (o, n) = (named(o, h.name(), set), named(n, h.name(), set));
-            out.push(change(format!("{path}.bulkhead"), h, o, n, |h, c| {
-                h.reconfigure(c)
-            }));
+            out.push(change(
+                format!("{path}.bulkhead"),
+                h,
+                o,
+                n,
+                (|h, c| h.check_reconfigure(c), |h, c| h.reconfigure(c)),
+            ));
         }
     }
     if let (Some(o), Some(n), Some(l)) = (&old.timeout, &new.timeout, layer.timeout()) {
@@ -1029,9 +1089,13 @@ fn server_changes(
             let h = l.handle();
             let set = |c: &mut TimeoutConfig, s| c.name = s;
             let (o, n) = (named(o, h.name(), set), named(n, h.name(), set));
-            out.push(change(format!("{path}.timeout"), h, o, n, |h, c| {
-                h.reconfigure(c)
-            }));
+            out.push(change(
+                format!("{path}.timeout"),
+                h,
+                o,
+                n,
+                (|h, c| h.check_reconfigure(c), |h, c| h.reconfigure(c)),
+            ));
         }
     }
     Ok(out)
@@ -1077,6 +1141,10 @@ impl fmt::Debug for PolicyWatcher {
         f.debug_struct("PolicyWatcher").finish_non_exhaustive()
     }
 }
+
+/// How long a watched file must stay unchanged before it is read.
+#[cfg(feature = "config-watch")]
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[cfg(feature = "config-watch")]
 impl PolicySet {
@@ -1129,40 +1197,62 @@ impl PolicySet {
         };
         let set = self.clone();
         let file = path.clone();
-        let mut last: Option<String> = std::fs::read_to_string(&path).ok();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else { return };
-            if !matches!(
-                event.kind,
-                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any
-            ) {
-                return;
-            }
-            if !event
-                .paths
-                .iter()
-                .any(|p| p.file_name() == Some(file_name.as_os_str()))
-            {
-                return;
-            }
-            // One write is often several events: reload only when the text
-            // changed since the last reload.
-            let Ok(text) = std::fs::read_to_string(&file) else {
-                return;
-            };
-            if last.as_deref() == Some(text.as_str()) {
-                return;
-            }
-            let outcome = set.reload_path(&file);
-            if outcome.is_ok() {
-                last = Some(text);
-            }
-            on_reload(outcome);
-        })
-        .map_err(io)?;
+        // The watcher's callback only signals; a thread of its own waits
+        // for the writes to settle, so that a file being written (emptied
+        // first, by most editors and by `fs::write`) is never read half
+        // way: reading an empty file would remove every policy.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                if !matches!(
+                    event.kind,
+                    EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any
+                ) {
+                    return;
+                }
+                if event
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name() == Some(file_name.as_os_str()))
+                {
+                    let _ = tx.send(());
+                }
+            })
+            .map_err(io)?;
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(io)?;
+        let mut last: Option<String> = std::fs::read_to_string(&path).ok();
+        std::thread::Builder::new()
+            .name("buttress-policy-watch".into())
+            .spawn(move || {
+                // Ends when the watcher (and with it the sender) is dropped.
+                while rx.recv().is_ok() {
+                    // Quiet for `SETTLE` since the last event.
+                    while rx.recv_timeout(SETTLE).is_ok() {}
+                    let Ok(text) = std::fs::read_to_string(&file) else {
+                        continue;
+                    };
+                    // One save is often several events: reload only when
+                    // the text changed since the last reload.
+                    if last.as_deref() == Some(text.as_str()) {
+                        continue;
+                    }
+                    let outcome = set.reload_path(&file);
+                    if outcome.is_ok() {
+                        last = Some(text);
+                    }
+                    on_reload(outcome);
+                }
+            })
+            .map_err(|e| {
+                PolicyError::new(
+                    PolicyErrorKind::Io,
+                    "",
+                    format!("cannot start the watcher's thread: {e}"),
+                )
+            })?;
         Ok(PolicyWatcher { _watcher: watcher })
     }
 }

@@ -1,0 +1,9 @@
+#[derive(Debug)]
+struct MyError;
+
+#[buttress::resilient(policy = "api")]
+async fn call() -> Result<(), MyError> {
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[buttress::resilient]
+async fn no_policy() -> Result<(), buttress::BoxError> {
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[buttress::resilient(policy = "api")]
+async fn returns_unit() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[buttress::resilient(policy = "api")]
+fn sync_fn() -> Result<(), buttress::BoxError> {
+    Ok(())
+}
+
+fn main() {}

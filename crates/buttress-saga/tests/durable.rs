@@ -547,3 +547,45 @@ async fn the_deadline_is_logged_and_kept_by_recovery() {
     assert_eq!(report.compensated, ["late"]);
     assert_eq!(*calls.lock().unwrap(), ["late:a:compensation"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_naming_steps_the_definition_lacks_is_reported_not_run() {
+    let log = MemoryLog::new();
+    log.create(&new_saga("long", 1), "dead", Duration::ZERO)
+        .await
+        .unwrap();
+    let mut seq = 0;
+    for step in 0..2 {
+        for e in [
+            Entry::Started {
+                step,
+                kind: Kind::Action,
+            },
+            Entry::Done {
+                step,
+                kind: Kind::Action,
+                context: Some(serde_json::json!([])),
+            },
+        ] {
+            log.append("long", "dead", seq, &e, &[]).await.unwrap();
+            seq += 1;
+        }
+    }
+    let saga = Saga::builder("order", 1)
+        .log(log.clone())
+        .step(
+            Step::new(
+                "only",
+                service_fn(|r: StepRequest<Vec<u32>>| async move { Ok::<_, String>(r.context) }),
+            )
+            .compensate(service_fn(|_r: StepRequest<Vec<u32>>| async {
+                Ok::<_, String>(())
+            })),
+        )
+        .build()
+        .unwrap();
+    let report = saga.recover().await.unwrap();
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert!(report.failed[0].1.contains("beyond"), "{report:?}");
+    assert_eq!(log.load("long").await.unwrap().phase, Phase::Forward);
+}

@@ -12,7 +12,32 @@ use buttress_saga::{
 };
 use tower::service_fn;
 
-fn temp_db(tag: &str) -> std::path::PathBuf {
+/// A temporary path whose directory is removed when the guard drops.
+struct Tmp {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl std::ops::Deref for Tmp {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::path::Path> for Tmp {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn temp_db(tag: &str) -> Tmp {
     let dir = std::env::temp_dir().join(format!(
         "buttress-saga-durable-{tag}-{}-{}",
         std::process::id(),
@@ -22,7 +47,10 @@ fn temp_db(tag: &str) -> std::path::PathBuf {
             .as_nanos()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join("saga.db")
+    Tmp {
+        path: dir.join("saga.db"),
+        dir,
+    }
 }
 
 async fn pg_client(url: &str) -> tokio_postgres::Client {
@@ -251,7 +279,8 @@ async fn lease_rules(log: &dyn SagaLog) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_leases_fence_and_expire() {
-    let log = SqliteLog::open(temp_db("lease")).await.unwrap();
+    let db = temp_db("lease");
+    let log = SqliteLog::open(&db).await.unwrap();
     lease_rules(&log).await;
 }
 
@@ -302,7 +331,8 @@ async fn postgres_concurrent_claims_never_share_a_saga() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_logged_by_another_version_is_reported_not_run() {
-    let log = SqliteLog::open(temp_db("version")).await.unwrap();
+    let db = temp_db("version");
+    let log = SqliteLog::open(&db).await.unwrap();
     log.create(&new_saga("v2", 2), "dead", Duration::ZERO)
         .await
         .unwrap();

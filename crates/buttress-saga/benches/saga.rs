@@ -158,7 +158,31 @@ const PG_DDL: &str = "
         updated_at TIMESTAMPTZ DEFAULT clock_timestamp());
     CREATE TABLE IF NOT EXISTS floor_entry (saga_id TEXT, seq BIGINT, body TEXT, PRIMARY KEY (saga_id, seq));";
 
-async fn pg_floor(client: &mut tokio_postgres::Client, id: u64) {
+/// The statements prepared once per connection, as the log does.
+async fn pg_floor_statements(
+    client: &tokio_postgres::Client,
+) -> (tokio_postgres::Statement, tokio_postgres::Statement) {
+    let update = client
+        .prepare(
+            "UPDATE floor_saga SET phase = coalesce(NULL, phase),
+                lease_until = clock_timestamp() + lease_ms * interval '1 millisecond',
+                updated_at = clock_timestamp()
+             WHERE id = $1 AND owner = 'o'",
+        )
+        .await
+        .unwrap();
+    let insert = client
+        .prepare("INSERT INTO floor_entry VALUES ($1, $2, '{\"entry\":\"done\",\"step\":0,\"kind\":\"action\",\"context\":1}')")
+        .await
+        .unwrap();
+    (update, insert)
+}
+
+async fn pg_floor(
+    client: &mut tokio_postgres::Client,
+    (update, insert): &(tokio_postgres::Statement, tokio_postgres::Statement),
+    id: u64,
+) {
     let id = format!("f{id}");
     client
         .execute(
@@ -170,21 +194,8 @@ async fn pg_floor(client: &mut tokio_postgres::Client, id: u64) {
         .unwrap();
     for seq in 0..i64::from(2 * STEPS + 1) {
         let tx = client.transaction().await.unwrap();
-        tx.execute(
-            "UPDATE floor_saga SET phase = coalesce(NULL, phase),
-                lease_until = clock_timestamp() + lease_ms * interval '1 millisecond',
-                updated_at = clock_timestamp()
-             WHERE id = $1 AND owner = 'o'",
-            &[&id],
-        )
-        .await
-        .unwrap();
-        tx.execute(
-            "INSERT INTO floor_entry VALUES ($1, $2, '{\"entry\":\"done\",\"step\":0,\"kind\":\"action\",\"context\":1}')",
-            &[&id, &seq],
-        )
-        .await
-        .unwrap();
+        tx.execute(update, &[&id]).await.unwrap();
+        tx.execute(insert, &[&id, &seq]).await.unwrap();
         tx.commit().await.unwrap();
     }
 }
@@ -198,19 +209,20 @@ fn postgres(c: &mut Criterion) {
     g.throughput(Throughput::Elements(u64::from(STEPS)));
     g.sample_size(20).measurement_time(Duration::from_secs(5));
     g.bench_function("saga", |b| b.to_async(&rt).iter(|| s.clone().oneshot(0)));
-    let mut client = rt.block_on(async {
+    let (mut client, statements) = rt.block_on(async {
         let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
             .await
             .unwrap();
         tokio::spawn(conn);
         client.batch_execute(PG_DDL).await.unwrap();
-        client
+        let statements = pg_floor_statements(&client).await;
+        (client, statements)
     });
     let mut n = 0u64;
     g.bench_function("floor", |b| {
         b.iter(|| {
             n += 1;
-            rt.block_on(pg_floor(&mut client, n))
+            rt.block_on(pg_floor(&mut client, &statements, n))
         })
     });
     g.finish();

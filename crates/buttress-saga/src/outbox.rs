@@ -134,7 +134,7 @@ where
         Self {
             store: Arc::new(store),
             publisher,
-            id: format!("relay-{}-{}", std::process::id(), crate::log::now_ms()),
+            id: crate::saga::new_id("relay"),
             lease: Duration::from_secs(30),
             keys_per_batch: 16,
             messages_per_key: 100,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_postgres::{Client, NoTls, Statement, Transaction};
 
 use crate::error::LogError;
 use crate::log::{
@@ -142,7 +142,7 @@ pub async fn enqueue(tx: &Transaction<'_>, message: &Message) -> Result<(), LogE
 /// share them.
 #[derive(Clone)]
 pub struct PostgresLog {
-    clients: Arc<[Mutex<Client>]>,
+    clients: Arc<[Mutex<Conn>]>,
     next: Arc<AtomicUsize>,
 }
 
@@ -166,16 +166,19 @@ impl PostgresLog {
                     tracing::warn!(error = %e, "saga log connection to PostgreSQL ended");
                 }
             });
-            clients.push(Mutex::new(client));
+            clients.push(Mutex::new(Conn {
+                client,
+                append: None,
+            }));
         }
-        migrate(&mut *clients[0].lock().await).await?;
+        migrate(&mut clients[0].lock().await.client).await?;
         Ok(Self {
             clients: clients.into(),
             next: Arc::new(AtomicUsize::new(0)),
         })
     }
 
-    fn client(&self) -> &Mutex<Client> {
+    fn client(&self) -> &Mutex<Conn> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
         &self.clients[i]
     }
@@ -191,6 +194,46 @@ impl PostgresLog {
             .await
             .map_err(pg)?;
         Ok(row.get(0))
+    }
+}
+
+const UPDATE_ON_APPEND: &str = "UPDATE buttress_saga SET
+        phase = coalesce($1, phase),
+        owner = CASE WHEN $2 THEN NULL ELSE owner END,
+        lease_until = clock_timestamp() + lease_ms * interval '1 millisecond',
+        updated_at = clock_timestamp()
+     WHERE id = $3 AND owner = $4";
+const INSERT_ENTRY: &str =
+    "INSERT INTO buttress_saga_entry (saga_id, seq, body) VALUES ($1, $2, $3)";
+
+/// A connection, with the append path's statements prepared on first use.
+struct Conn {
+    client: Client,
+    append: Option<(Statement, Statement)>,
+}
+
+impl Conn {
+    async fn append_statements(&mut self) -> Result<(Statement, Statement), LogError> {
+        if let Some(s) = &self.append {
+            return Ok(s.clone());
+        }
+        let update = self.client.prepare(UPDATE_ON_APPEND).await.map_err(pg)?;
+        let insert = self.client.prepare(INSERT_ENTRY).await.map_err(pg)?;
+        self.append = Some((update.clone(), insert.clone()));
+        Ok((update, insert))
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
     }
 }
 
@@ -272,28 +315,18 @@ impl SagaLog for PostgresLog {
             let phase = phase_of(entry);
             let release = phase.is_some_and(|p| !p.is_unfinished());
             let mut client = self.client().lock().await;
+            let (update, insert) = client.append_statements().await?;
             let tx = client.transaction().await.map_err(pg)?;
             let changed = tx
-                .execute(
-                    "UPDATE buttress_saga SET
-                        phase = coalesce($1, phase),
-                        owner = CASE WHEN $2 THEN NULL ELSE owner END,
-                        lease_until = clock_timestamp() + lease_ms * interval '1 millisecond',
-                        updated_at = clock_timestamp()
-                     WHERE id = $3 AND owner = $4",
-                    &[&phase.map(Phase::as_str), &release, &id, &owner],
-                )
+                .execute(&update, &[&phase.map(Phase::as_str), &release, &id, &owner])
                 .await
                 .map_err(pg)?;
             if changed == 0 {
                 return Err(lease_error(&tx, id).await);
             }
-            tx.execute(
-                "INSERT INTO buttress_saga_entry (saga_id, seq, body) VALUES ($1, $2, $3)",
-                &[&id, &(seq as i64), &body],
-            )
-            .await
-            .map_err(pg)?;
+            tx.execute(&insert, &[&id, &(seq as i64), &body])
+                .await
+                .map_err(pg)?;
             for m in messages {
                 enqueue(&tx, m).await?;
             }

@@ -655,7 +655,7 @@ pub struct RecoveryReport {
     pub failed: Vec<(String, String)>,
 }
 
-fn new_id(prefix: &str) -> String {
+pub(crate) fn new_id(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let a = RandomState::new().hash_one((n, std::process::id()));
@@ -744,6 +744,27 @@ where
         self.pivot.is_some_and(|p| st.actions_done > p)
     }
 
+    /// Checks that a replayed log fits this definition (no step beyond its
+    /// last), since a log written under the same name and version by other
+    /// code could say anything.
+    fn fits(&self, st: &SagaState) -> Result<(), LogError> {
+        let steps = self.steps.len();
+        let beyond = st.actions_done as usize > steps
+            || st.action_in_doubt.is_some_and(|s| s as usize >= steps)
+            || st
+                .compensation_in_doubt
+                .iter()
+                .any(|s| *s as usize >= steps);
+        if beyond {
+            return Err(LogError::Corrupt {
+                saga: st.id.clone(),
+                seq: None,
+                reason: format!("the log names steps beyond this definition's {steps}"),
+            });
+        }
+        Ok(())
+    }
+
     fn key(id: &str, step: &str, kind: Kind) -> String {
         format!("{id}:{step}:{kind}")
     }
@@ -803,6 +824,11 @@ where
                 return;
             }
         };
+        if let Err(e) = self.fits(&st) {
+            report.failed.push((id.to_owned(), e.to_string()));
+            let _ = self.log.release(id, &self.owner).await;
+            return;
+        }
         let ctx: C = match serde_json::from_value(st.context.clone()) {
             Ok(c) => c,
             Err(e) => {
@@ -1415,6 +1441,7 @@ where
             }));
         }
         let st = SagaState::replay(id, stored.input, stored.entries).map_err(fail)?;
+        inner.fits(&st).map_err(fail)?;
         let ctx: C = serde_json::from_value(st.context.clone()).map_err(|e| SagaError {
             saga_id: id.to_owned(),
             step: None,

@@ -12,7 +12,32 @@ use buttress_saga::{
 };
 use tower::service_fn;
 
-fn temp_db(tag: &str) -> std::path::PathBuf {
+/// A temporary path whose directory is removed when the guard drops.
+struct Tmp {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl std::ops::Deref for Tmp {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::path::Path> for Tmp {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn temp_db(tag: &str) -> Tmp {
     let dir = std::env::temp_dir().join(format!(
         "buttress-saga-durable-{tag}-{}-{}",
         std::process::id(),
@@ -22,7 +47,10 @@ fn temp_db(tag: &str) -> std::path::PathBuf {
             .as_nanos()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join("saga.db")
+    Tmp {
+        path: dir.join("saga.db"),
+        dir,
+    }
 }
 
 async fn pg_client(url: &str) -> tokio_postgres::Client {
@@ -251,7 +279,8 @@ async fn lease_rules(log: &dyn SagaLog) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_leases_fence_and_expire() {
-    let log = SqliteLog::open(temp_db("lease")).await.unwrap();
+    let db = temp_db("lease");
+    let log = SqliteLog::open(&db).await.unwrap();
     lease_rules(&log).await;
 }
 
@@ -302,7 +331,8 @@ async fn postgres_concurrent_claims_never_share_a_saga() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_logged_by_another_version_is_reported_not_run() {
-    let log = SqliteLog::open(temp_db("version")).await.unwrap();
+    let db = temp_db("version");
+    let log = SqliteLog::open(&db).await.unwrap();
     log.create(&new_saga("v2", 2), "dead", Duration::ZERO)
         .await
         .unwrap();
@@ -546,4 +576,46 @@ async fn the_deadline_is_logged_and_kept_by_recovery() {
     // Past its deadline: step b never starts, step a is undone.
     assert_eq!(report.compensated, ["late"]);
     assert_eq!(*calls.lock().unwrap(), ["late:a:compensation"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_naming_steps_the_definition_lacks_is_reported_not_run() {
+    let log = MemoryLog::new();
+    log.create(&new_saga("long", 1), "dead", Duration::ZERO)
+        .await
+        .unwrap();
+    let mut seq = 0;
+    for step in 0..2 {
+        for e in [
+            Entry::Started {
+                step,
+                kind: Kind::Action,
+            },
+            Entry::Done {
+                step,
+                kind: Kind::Action,
+                context: Some(serde_json::json!([])),
+            },
+        ] {
+            log.append("long", "dead", seq, &e, &[]).await.unwrap();
+            seq += 1;
+        }
+    }
+    let saga = Saga::builder("order", 1)
+        .log(log.clone())
+        .step(
+            Step::new(
+                "only",
+                service_fn(|r: StepRequest<Vec<u32>>| async move { Ok::<_, String>(r.context) }),
+            )
+            .compensate(service_fn(|_r: StepRequest<Vec<u32>>| async {
+                Ok::<_, String>(())
+            })),
+        )
+        .build()
+        .unwrap();
+    let report = saga.recover().await.unwrap();
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert!(report.failed[0].1.contains("beyond"), "{report:?}");
+    assert_eq!(log.load("long").await.unwrap().phase, Phase::Forward);
 }

@@ -18,7 +18,32 @@ use tower::{service_fn, ServiceExt};
 
 const CHILD: &str = "BUTTRESS_OUTBOX_CHILD";
 
-fn temp_dir(tag: &str) -> PathBuf {
+/// A temporary path whose directory is removed when the guard drops.
+struct Tmp {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl std::ops::Deref for Tmp {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::path::Path> for Tmp {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn temp_dir(tag: &str) -> Tmp {
     let dir = std::env::temp_dir().join(format!(
         "buttress-saga-outbox-{tag}-{}-{}",
         std::process::id(),
@@ -28,7 +53,10 @@ fn temp_dir(tag: &str) -> PathBuf {
             .as_nanos()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Tmp {
+        path: dir.clone(),
+        dir,
+    }
 }
 
 type Published = Arc<Mutex<Vec<Message>>>;
@@ -46,7 +74,8 @@ fn recorder(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_message_is_published_iff_its_transaction_committed() {
-    let path = temp_dir("iff").join("app.db");
+    let dir = temp_dir("iff");
+    let path = dir.join("app.db");
     let store = SqliteLog::open(&path).await.unwrap();
     let mut conn = rusqlite::Connection::open(&path).unwrap();
     sqlite::migrate(&mut conn).unwrap();
@@ -116,7 +145,8 @@ async fn postgres_a_message_is_published_iff_its_transaction_committed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saga_steps_write_their_messages_with_their_completion_only() {
-    let path = temp_dir("saga").join("app.db");
+    let dir = temp_dir("saga");
+    let path = dir.join("app.db");
     let log = SqliteLog::open(&path).await.unwrap();
     let step = |name: &'static str, fails: bool| {
         Step::new(

@@ -182,6 +182,19 @@ if ! $quick; then
         "-p buttress-metrics --no-default-features" \
         "-p buttress-metrics --no-default-features --features axum" \
         "-p buttress-metrics --no-default-features --features tonic" \
+        "-p buttress-fallback --no-default-features" \
+        "-p buttress-fallback --no-default-features --features metrics" \
+        "-p buttress-cache --no-default-features" \
+        "-p buttress-cache --no-default-features --features redis" \
+        "-p buttress-health --no-default-features" \
+        "-p buttress-health --no-default-features --features redis" \
+        "-p buttress-health --no-default-features --features postgres" \
+        "-p buttress-health --no-default-features --features tonic" \
+        "-p buttress-saga --no-default-features" \
+        "-p buttress-saga --no-default-features --features sqlite" \
+        "-p buttress-saga --no-default-features --features postgres" \
+        "-p buttress-chaos --no-default-features" \
+        "-p buttress-chaos --no-default-features --features metrics" \
         "-p buttress --no-default-features" \
         "-p buttress --no-default-features --features timeout" \
         "-p buttress --no-default-features --features bulkhead" \
@@ -189,7 +202,15 @@ if ! $quick; then
         "-p buttress --no-default-features --features retry" \
         "-p buttress --no-default-features --features rate-limit" \
         "-p buttress --no-default-features --features rate-limit-redis" \
-        "-p buttress --no-default-features --features metrics"; do
+        "-p buttress --no-default-features --features metrics" \
+        "-p buttress --no-default-features --features policy" \
+        "-p buttress --no-default-features --features config" \
+        "-p buttress --no-default-features --features macros" \
+        "-p buttress --no-default-features --features fallback" \
+        "-p buttress --no-default-features --features cache-redis" \
+        "-p buttress --no-default-features --features health-tonic" \
+        "-p buttress --no-default-features --features saga-sqlite" \
+        "-p buttress --no-default-features --features chaos"; do
         echo "    cargo check $combo"
         # shellcheck disable=SC2086 # the combination is a list of words
         cargo check --quiet $combo

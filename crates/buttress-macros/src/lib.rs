@@ -14,9 +14,7 @@ use quote::{quote, quote_spanned};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{
-    Error, Expr, ExprLit, FnArg, ItemFn, Lit, LitStr, Meta, Pat, ReturnType, Token, Type,
-};
+use syn::{Error, Expr, ExprLit, FnArg, ItemFn, Lit, LitStr, Meta, Pat, ReturnType, Token, Type};
 
 /// Runs the body of an `async fn` under a named policy of the
 /// process-wide policy set: `#[resilient(policy = "database")]`.
@@ -54,7 +52,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2, Error>
         ));
     }
     let ret = match &sig.output {
-        ReturnType::Type(_, ty) if returns_result(ty) => ty.clone(),
+        ReturnType::Type(_, ty) if returns_result(ty) => ty,
         other => {
             return Err(Error::new(
                 other.span(),
@@ -156,11 +154,7 @@ fn rename_self(tokens: TokenStream2) -> TokenStream2 {
 
 fn returns_result(ty: &Type) -> bool {
     match ty {
-        Type::Path(p) => p
-            .path
-            .segments
-            .last()
-            .is_some_and(|s| s.ident == "Result"),
+        Type::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == "Result"),
         _ => false,
     }
 }
@@ -170,17 +164,17 @@ fn parse_policy(attr: TokenStream2) -> Result<LitStr, Error> {
     let mut policy = None;
     for meta in metas {
         match meta {
-            Meta::NameValue(nv) if nv.path.is_ident("policy") => match nv.value {
-                Expr::Lit(ExprLit {
-                    lit: Lit::Str(s), ..
-                }) if !s.value().is_empty() => policy = Some(s),
-                other => {
-                    return Err(Error::new(
+            Meta::NameValue(nv) if nv.path.is_ident("policy") => {
+                match nv.value {
+                    Expr::Lit(ExprLit {
+                        lit: Lit::Str(s), ..
+                    }) if !s.value().is_empty() => policy = Some(s),
+                    other => return Err(Error::new(
                         other.span(),
                         "`policy` takes the name of a policy as a string: `policy = \"database\"`",
-                    ))
+                    )),
                 }
-            },
+            }
             other => {
                 return Err(Error::new(
                     other.span(),

@@ -10,10 +10,13 @@
 //! | retry: backoff with jitter, budgets, Retry-After, HTTP body replay | [`retry`] | `retry` (default) |
 //! | rate limiting: GCRA, token bucket, windows, per key, priorities, `RateLimit` headers | [`rate_limit`] | `rate-limit` (default) |
 //! | request metrics: requests by outcome, duration, in flight; HTTP and gRPC presets | `metrics` | `metrics` |
+//! | fallback: a value, a function or a secondary service; chains; marked answers | `fallback` | `fallback` |
+//! | cache-aside: single-flight, stale-if-error, HTTP `Cache-Control`, Redis | `cache` | `cache` |
+//! | health checks, liveness and readiness endpoints, tonic-health | `health` | `health` |
+//! | sagas over a write-ahead log (memory, SQLite, PostgreSQL), outbox | `saga` | `saga` |
+//! | fault injection, off until switched on | `chaos` | `chaos` |
+//! | presets and policies as one layer, from files, reloaded live; `execute`, `#[resilient]` | [`policy`] | `policy` (default), `config`, `macros` |
 //! | classification, events, registry, keys, errors to responses | [`core`] | always |
-//!
-//! Fallback, cache, saga and health are planned and not built
-//! yet.
 //!
 //! # Install
 //!
@@ -45,6 +48,14 @@
 //! | `rate-limit` | yes | [`rate_limit`], [`ServiceBuilderExt::rate_limit_with`], [`ServiceBuilderExt::rate_limit_to`], [`ServiceBuilderExt::keyed_rate_limit`] |
 //! | `rate-limit-redis` | no | `rate_limit::redis`: the limiter's state in Redis, shared by every replica |
 //! | `metrics` | no | `metrics`: `MetricsLayer`, request metrics through the `metrics` facade |
+//! | `policy` | yes | [`policy`]: `Policy` presets built into one layer, `execute`, [`ServiceBuilderExt::policy`] |
+//! | `config` | no | `policy::PolicySet`: named policies from TOML, YAML or JSON, reloaded live |
+//! | `config-watch` | no | `PolicySet::watch`: reload on file change |
+//! | `macros` | no | `#[resilient(policy = "...")]` on async fns |
+//! | `fallback`, `cache`, `cache-redis` | no | `fallback`, `cache`, their `ServiceBuilderExt` methods |
+//! | `health`, `health-redis`, `health-postgres`, `health-tonic` | no | `health` and its checks |
+//! | `saga`, `saga-sqlite`, `saga-postgres` | no | `saga` and its durable logs |
+//! | `chaos` | no | `chaos`, `ServiceBuilderExt::chaos`, `http_chaos` |
 //! | `serde` | yes | `Serialize`/`Deserialize` on the configuration structs, durations as `"30s"` |
 //! | `tonic` | no | rejections to `tonic::Status` (`core::grpc`), a classifier for `tonic::Status` results |
 //! | `axum` | no | axum's `ConnectInfo` as the peer address in the client-IP key extractors |

@@ -4,7 +4,7 @@
 //! A [`Policy`] says which patterns a call goes through and with which
 //! settings; it is plain data (`Clone`, `Debug`, `PartialEq`, serde), so
 //! it can come from a preset, from code or from a file
-//! ([`PolicySet`], feature `config`). [`Policy::build`] turns it into a
+//! (`PolicySet`, feature `config`). [`Policy::build`] turns it into a
 //! [`PolicyLayer`]: the instances, built once, shared by every service the
 //! layer wraps. Outermost first:
 //!

@@ -778,6 +778,7 @@ pub(crate) fn cases() -> Vec<Case> {
     fallback_cases(&mut cases);
     chaos_cases(&mut cases);
     cache_cases(&mut cases);
+    policy_api_cases(&mut cases);
 
     cases
 }
@@ -970,4 +971,48 @@ fn cache_cases(cases: &mut Vec<Case>) {
         Impl::TowerResilience,
         rez.layer(ReadySvc),
     ));
+}
+
+/// The `api()` preset of the facade, `Policy::api().build()` (generic
+/// flavor): total timeout (30 s), retry (3 attempts, exponential from
+/// 100 ms, with a retry budget), circuit breaker (5 consecutive failures,
+/// 1 min open), bulkhead (50 calls, 100 queued for at most 1 s) and
+/// per-attempt timeout (10 s), built as one layer. Beside it,
+/// tower-resilience's 4-layer stack of the same values (time limiter,
+/// retry, circuit breaker, bulkhead: it has no retry budget and no second
+/// time limiter here), and the bare service in the same group.
+fn policy_api_cases(cases: &mut Vec<Case>) {
+    let ours = buttress::policy::Policy::api()
+        .build()
+        .expect("a valid api policy");
+    cases.push(Case::new("policy-api", "ready", Impl::Bare, ReadySvc));
+    cases.push(Case::new(
+        "policy-api",
+        "ready",
+        Impl::Buttress,
+        ours.layer(ReadySvc),
+    ));
+    let rez = tower::ServiceBuilder::new()
+        .layer(
+            tower_resilience::timelimiter::TimeLimiterLayer::builder()
+                .timeout_duration(TIMEOUT)
+                .build(),
+        )
+        .layer(rez_retry())
+        .layer(
+            tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+                .consecutive_failures(5)
+                .wait_duration_in_open(Duration::from_secs(60))
+                .build()
+                .expect("a valid tower-resilience breaker"),
+        )
+        .layer(
+            tower_resilience::bulkhead::BulkheadLayer::builder()
+                .max_concurrent_calls(50)
+                .max_wait_duration(Duration::from_secs(1))
+                .build()
+                .expect("a valid tower-resilience bulkhead"),
+        )
+        .service(ReadySvc);
+    cases.push(Case::new("policy-api", "ready", Impl::TowerResilience, rez));
 }

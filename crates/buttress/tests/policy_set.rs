@@ -378,3 +378,42 @@ fn a_watched_file_reloads_when_it_changes() {
     drop(watcher);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_server_policy_reloads_its_rate_its_bulkhead_and_its_timeout() {
+    let registry = Registry::new();
+    let set = PolicySet::new(PolicySpec::from_toml(FILE).unwrap(), &registry).unwrap();
+    let next = FILE
+        .replace(
+            "rate = \"50/1s\", burst = 100",
+            "rate = \"80/1s\", burst = 160",
+        )
+        .replace("max_concurrent = 128", "max_concurrent = 64");
+    let report = set.reload(PolicySpec::from_toml(&next).unwrap()).unwrap();
+    let mut changed = report.changed.clone();
+    changed.sort();
+    assert_eq!(
+        changed,
+        ["servers.public.bulkhead", "servers.public.per_client"]
+    );
+    let bulkhead: BulkheadHandle = registry.get("public.bulkhead").unwrap();
+    assert_eq!(bulkhead.snapshot().max_concurrent, 64);
+    let per_client = set.server("public").unwrap();
+    let config = per_client.per_client().unwrap().handle().config();
+    assert_eq!(config.rate, "80/1s".parse().unwrap());
+    assert_eq!(config.burst, Some(160));
+
+    // How clients are told apart cannot change live.
+    let bad = next.replace("burst = 160", "burst = 160, trusted_proxies = 1");
+    let err = set
+        .reload(PolicySpec::from_toml(&bad).unwrap())
+        .unwrap_err();
+    assert_eq!(err.kind(), PolicyErrorKind::NotLive);
+    assert_eq!(err.path(), "servers.public.per_client.trusted_proxies");
+    // Nor can a slot be removed.
+    let bad = next.replace("[servers.public]", "[servers.public]\ntimeout = false");
+    let err = set
+        .reload(PolicySpec::from_toml(&bad).unwrap())
+        .unwrap_err();
+    assert_eq!(err.path(), "servers.public.timeout");
+}

@@ -12,7 +12,7 @@ use buttress_circuit_breaker::CircuitBreakerConfig;
 use buttress_core::{BoxError, ConfigError, Registry};
 use buttress_rate_limit::RateLimitConfig;
 use buttress_retry::RetryConfig;
-use buttress_timeout::TimeoutConfig;
+use buttress_timeout::{TimeoutConfig, TimeoutLayer};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
@@ -849,60 +849,6 @@ impl Change {
     }
 }
 
-/// A slot present in one version and not the other cannot change live.
-fn presence<T>(
-    path: &str,
-    slot: &str,
-    old: &Option<T>,
-    new: &Option<T>,
-) -> Result<(), PolicyError> {
-    match (old, new) {
-        (Some(_), None) => Err(PolicyError::new(
-            PolicyErrorKind::NotLive,
-            format!("{path}.{slot}"),
-            "a slot cannot be removed from a live policy: its services were built with it",
-        )),
-        (None, Some(_)) => Err(PolicyError::new(
-            PolicyErrorKind::NotLive,
-            format!("{path}.{slot}"),
-            "a slot cannot be added to a live policy: its services were built without it",
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// The change of one slot: `check_reconfigure(new)` to check,
-/// `reconfigure(new)` to apply, `reconfigure(old)` to undo; the configs
-/// carry the instance's name.
-fn change<C, H>(path: String, handle: H, old: C, new: C, ops: Ops<H, C>) -> Change
-where
-    C: Send + 'static,
-    H: Send + 'static,
-{
-    Change {
-        path,
-        run: Box::new(move |step| match step {
-            Step::Check => (ops.0)(&handle, &new),
-            Step::Apply => (ops.1)(&handle, &new),
-            Step::Undo => (ops.1)(&handle, &old),
-        }),
-    }
-}
-
-/// A handle's `check_reconfigure` and `reconfigure`.
-type Ops<H, C> = (
-    fn(&H, &C) -> Result<(), ConfigError>,
-    fn(&H, &C) -> Result<(), ConfigError>,
-);
-
-/// `config` with the live instance's name, so that a reload compares and
-/// applies settings only.
-fn named<C: Clone>(config: &C, name: &str, set: fn(&mut C, String)) -> C {
-    let mut c = config.clone();
-    set(&mut c, name.to_owned());
-    c
-}
-
 fn client_changes(
     name: &str,
     built: &Built,
@@ -924,108 +870,43 @@ fn slot_changes<F: Flavor>(
 ) -> Result<Vec<Change>, PolicyError> {
     let path = policy_path(name);
     let mut out = Vec::new();
-    presence(&path, "timeout", &old.timeout, &new.timeout)?;
-    presence(&path, "retry", &old.retry, &new.retry)?;
-    presence(
+    let timeout = |l: Option<&TimeoutLayer>| l.map(TimeoutLayer::handle);
+    let o = old;
+    let n = new;
+    slot(
+        &mut out,
         &path,
-        "circuit_breaker",
-        &old.circuit_breaker,
-        &new.circuit_breaker,
+        "timeout",
+        &o.timeout,
+        &n.timeout,
+        timeout(layer.timeout()),
     )?;
-    presence(&path, "rate_limit", &old.rate_limit, &new.rate_limit)?;
-    presence(&path, "bulkhead", &old.bulkhead, &new.bulkhead)?;
-    presence(
+    let retry = layer.retry().map(|l| l.handle());
+    slot(&mut out, &path, "retry", &o.retry, &n.retry, retry)?;
+    let breaker = layer.circuit_breaker().map(|l| l.handle());
+    let (ob, nb) = (&o.circuit_breaker, &n.circuit_breaker);
+    slot(&mut out, &path, "circuit_breaker", ob, nb, breaker)?;
+    let rate = layer.rate_limit().map(|l| l.handle());
+    slot(
+        &mut out,
         &path,
-        "attempt_timeout",
-        &old.attempt_timeout,
-        &new.attempt_timeout,
+        "rate_limit",
+        &o.rate_limit,
+        &n.rate_limit,
+        rate,
     )?;
-
-    let timeouts = [
-        ("timeout", &old.timeout, &new.timeout, layer.timeout()),
-        (
-            "attempt_timeout",
-            &old.attempt_timeout,
-            &new.attempt_timeout,
-            layer.attempt_timeout(),
-        ),
-    ];
-    for (slot, o, n, l) in timeouts {
-        if let (Some(o), Some(n), Some(l)) = (o, n, l) {
-            if o != n {
-                let h = l.handle();
-                let set = |c: &mut TimeoutConfig, s| c.name = s;
-                let (o, n) = (named(o, h.name(), set), named(n, h.name(), set));
-                out.push(change(
-                    format!("{path}.{slot}"),
-                    h,
-                    o,
-                    n,
-                    (|h, c| h.check_reconfigure(c), |h, c| h.reconfigure(c)),
-                ));
-            }
-        }
-    }
-    if let (Some(o), Some(n), Some(l)) = (&old.retry, &new.retry, layer.retry()) {
-        if o != n {
-            let h = l.handle();
-            let set = |c: &mut RetryConfig, s| c.name = s;
-            let (o, n) = (named(o, h.name(), set), named(n, h.name(), set));
-            out.push(change(
-                format!("{path}.retry"),
-                h,
-                o,
-                n,
-                (|h, c| h.check_reconfigure(c), |h, c| h.reconfigure(c)),
-            ));
-        }
-    }
-    if let (Some(o), Some(n), Some(l)) = (
-        &old.circuit_breaker,
-        &new.circuit_breaker,
-        layer.circuit_breaker(),
-    ) {
-        if o != n {
-            let h = l.handle();
-            let set = |c: &mut CircuitBreakerConfig, s| c.name = s;
-            let (o, n) = (named(o, h.name(), set), named(n, h.name(), set));
-            out.push(change(
-                format!("{path}.circuit_breaker"),
-                h,
-                o,
-                n,
-                (|h, c| h.check_reconfigure(c), |h, c| h.reconfigure(c)),
-            ));
-        }
-    }
-    if let (Some(o), Some(n), Some(l)) = (&old.rate_limit, &new.rate_limit, layer.rate_limit()) {
-        if o != n {
-            let h = l.handle();
-            let set = |c: &mut RateLimitConfig, s| c.name = s;
-            let (o, n) = (named(o, h.name(), set), named(n, h.name(), set));
-            out.push(change(
-                format!("{path}.rate_limit"),
-                h,
-                o,
-                n,
-                (|h, c| h.check_reconfigure(c), |h, c| h.reconfigure(c)),
-            ));
-        }
-    }
-    if let (Some(o), Some(n), Some(l)) = (&old.bulkhead, &new.bulkhead, layer.bulkhead()) {
-        if o != n {
-            let h = l.handle();
-            let set = |c: &mut BulkheadConfig, s| c.name = s;
-            let (o, n) = (named(o, h.name(), set), named(n, h.name(), set));
-            out.push(change(
-                format!("{path}.bulkhead"),
-                h,
-                o,
-                n,
-                (|h, c| h.check_reconfigure(c), |h, c| h.reconfigure(c)),
-            ));
-        }
-    }
+    let bulkhead = layer.bulkhead().map(|l| l.handle());
+    slot(
+        &mut out,
+        &path,
+        "bulkhead",
+        &o.bulkhead,
+        &n.bulkhead,
+        bulkhead,
+    )?;
+    let attempt = timeout(layer.attempt_timeout());
+    let (oa, na) = (&o.attempt_timeout, &n.attempt_timeout);
+    slot(&mut out, &path, "attempt_timeout", oa, na, attempt)?;
     Ok(out)
 }
 
@@ -1037,68 +918,129 @@ fn server_changes(
 ) -> Result<Vec<Change>, PolicyError> {
     let path = server_path(name);
     let mut out = Vec::new();
-    presence(&path, "per_client", &old.per_client, &new.per_client)?;
-    presence(&path, "bulkhead", &old.bulkhead, &new.bulkhead)?;
-    presence(&path, "timeout", &old.timeout, &new.timeout)?;
-    if let (Some(o), Some(n), Some(l)) = (&old.per_client, &new.per_client, layer.per_client()) {
-        if o != n {
-            for (field, differs) in [
-                ("trusted_proxies", o.trusted_proxies != n.trusted_proxies),
-                ("max_keys", o.max_keys != n.max_keys),
-            ] {
-                if differs {
-                    return Err(PolicyError::new(
-                        PolicyErrorKind::NotLive,
-                        format!("{path}.per_client.{field}"),
-                        "cannot change on a live instance; rebuild the layer",
-                    ));
-                }
+    if let (Some(o), Some(n)) = (&old.per_client, &new.per_client) {
+        for (field, differs) in [
+            ("trusted_proxies", o.trusted_proxies != n.trusted_proxies),
+            ("max_keys", o.max_keys != n.max_keys),
+        ] {
+            if differs {
+                return Err(PolicyError::new(
+                    PolicyErrorKind::NotLive,
+                    format!("{path}.per_client.{field}"),
+                    "cannot change on a live instance: build a new layer instead",
+                ));
             }
-            let h = l.handle();
-            let to_config = |p: &PerClient, name: &str| RateLimitConfig {
-                name: name.to_owned(),
-                burst: p.burst,
-                ..RateLimitConfig::new(p.rate)
-            };
-            let (o, n) = (to_config(o, h.name()), to_config(n, h.name()));
-            out.push(change(
-                format!("{path}.per_client"),
-                h,
-                o,
-                n,
-                (|h, c| h.check_reconfigure(c), |h, c| h.reconfigure(c)),
-            ));
         }
     }
-    if let (Some(o), Some(n), Some(l)) = (&old.bulkhead, &new.bulkhead, layer.bulkhead()) {
-        if o != n {
-            let h = l.handle();
-            let set = |c: &mut BulkheadConfig, s| c.name = s;
-            let (o, n) = (named(o, h.name(), set), named(n, h.name(), set));
-            out.push(change(
-                format!("{path}.bulkhead"),
-                h,
-                o,
-                n,
-                (|h, c| h.check_reconfigure(c), |h, c| h.reconfigure(c)),
-            ));
-        }
-    }
-    if let (Some(o), Some(n), Some(l)) = (&old.timeout, &new.timeout, layer.timeout()) {
-        if o != n {
-            let h = l.handle();
-            let set = |c: &mut TimeoutConfig, s| c.name = s;
-            let (o, n) = (named(o, h.name(), set), named(n, h.name(), set));
-            out.push(change(
-                format!("{path}.timeout"),
-                h,
-                o,
-                n,
-                (|h, c| h.check_reconfigure(c), |h, c| h.reconfigure(c)),
-            ));
-        }
-    }
+    let as_config = |p: &Option<PerClient>| {
+        p.as_ref().map(|p| RateLimitConfig {
+            burst: p.burst,
+            ..RateLimitConfig::new(p.rate)
+        })
+    };
+    let (op, np) = (as_config(&old.per_client), as_config(&new.per_client));
+    let per_client = layer.per_client().map(|l| l.handle());
+    slot(&mut out, &path, "per_client", &op, &np, per_client)?;
+    let bulkhead = layer.bulkhead().map(|l| l.handle());
+    slot(
+        &mut out,
+        &path,
+        "bulkhead",
+        &old.bulkhead,
+        &new.bulkhead,
+        bulkhead,
+    )?;
+    let timeout = layer.timeout().map(|l| l.handle());
+    slot(
+        &mut out,
+        &path,
+        "timeout",
+        &old.timeout,
+        &new.timeout,
+        timeout,
+    )?;
     Ok(out)
+}
+
+/// A live instance's handle, as a reload uses it.
+trait Live: Send + 'static {
+    type Config: Clone + PartialEq + Send + 'static;
+    fn name(&self) -> &str;
+    fn rename(config: &mut Self::Config, name: String);
+    fn check(&self, config: &Self::Config) -> Result<(), ConfigError>;
+    fn apply(&self, config: &Self::Config) -> Result<(), ConfigError>;
+}
+
+macro_rules! live {
+    ($($handle:ty => $config:ty),* $(,)?) => {$(
+        impl Live for $handle {
+            type Config = $config;
+            fn name(&self) -> &str {
+                <$handle>::name(self)
+            }
+            fn rename(config: &mut $config, name: String) {
+                config.name = name;
+            }
+            fn check(&self, config: &$config) -> Result<(), ConfigError> {
+                self.check_reconfigure(config)
+            }
+            fn apply(&self, config: &$config) -> Result<(), ConfigError> {
+                self.reconfigure(config)
+            }
+        }
+    )*};
+}
+
+live! {
+    buttress_timeout::TimeoutHandle => TimeoutConfig,
+    buttress_retry::RetryHandle => RetryConfig,
+    buttress_circuit_breaker::CircuitBreakerHandle => CircuitBreakerConfig,
+    buttress_rate_limit::RateLimitHandle => RateLimitConfig,
+    buttress_rate_limit::KeyedRateLimitHandle<std::net::IpAddr> => RateLimitConfig,
+    buttress_bulkhead::BulkheadHandle => BulkheadConfig,
+}
+
+/// One slot of a reload: refused when it appears or disappears (its
+/// services were built with or without it); a change when its settings
+/// differ, the configs carrying the live instance's name.
+fn slot<H: Live>(
+    out: &mut Vec<Change>,
+    path: &str,
+    slot: &str,
+    old: &Option<H::Config>,
+    new: &Option<H::Config>,
+    handle: Option<H>,
+) -> Result<(), PolicyError> {
+    match (old, new, handle) {
+        (Some(_), None, _) => Err(PolicyError::new(
+            PolicyErrorKind::NotLive,
+            format!("{path}.{slot}"),
+            "a slot cannot be removed from a live policy: its services were built with it",
+        )),
+        (None, Some(_), _) => Err(PolicyError::new(
+            PolicyErrorKind::NotLive,
+            format!("{path}.{slot}"),
+            "a slot cannot be added to a live policy: its services were built without it",
+        )),
+        (Some(o), Some(n), Some(h)) if o != n => {
+            let named = |c: &H::Config| {
+                let mut c = c.clone();
+                H::rename(&mut c, h.name().to_owned());
+                c
+            };
+            let (o, n) = (named(o), named(n));
+            out.push(Change {
+                path: format!("{path}.{slot}"),
+                run: Box::new(move |step| match step {
+                    Step::Check => h.check(&n),
+                    Step::Apply => h.apply(&n),
+                    Step::Undo => h.apply(&o),
+                }),
+            });
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 impl Built {

@@ -75,6 +75,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod config;
 pub mod error;
 pub mod log;
 #[cfg(feature = "metrics")]
@@ -91,6 +92,7 @@ pub mod postgres;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;
 
+pub use config::{RetryConfig, SagaConfig};
 pub use error::{Cause, Compensation, CompensationOutcome, LogError, SagaError};
 pub use log::{MemoryLog, Message, SagaLog};
 pub use saga::{

@@ -129,7 +129,7 @@ impl RetryPolicy {
         }
     }
 
-    fn check(&self, field: &'static str) -> Result<(), ConfigError> {
+    pub(crate) fn check(&self, field: &'static str) -> Result<(), ConfigError> {
         if self.attempts == 0 {
             return Err(ConfigError::new("saga", field, "needs at least 1 attempt"));
         }
@@ -259,7 +259,8 @@ struct StepDef<C> {
 }
 
 /// What a compensation that fails past its retry limit does to the others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OnCompensationFailure {
     /// Run the remaining compensations anyway (default).
     #[default]
@@ -270,7 +271,8 @@ pub enum OnCompensationFailure {
 
 /// What recovery does with a saga that a crash interrupted going forward,
 /// before its pivot. (After the pivot it always goes forward.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OnCrash {
     /// Compensate what was done, and the step in doubt (default: the
     /// caller has long given up on the answer).
@@ -497,6 +499,13 @@ where
             return Err(ConfigError::new(
                 "saga",
                 "lease",
+                "must be longer than zero",
+            ));
+        }
+        if self.deadline.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::new(
+                "saga",
+                "deadline",
                 "must be longer than zero",
             ));
         }

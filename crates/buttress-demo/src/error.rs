@@ -3,6 +3,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use buttress_core::ConfigError;
 
@@ -42,6 +43,14 @@ pub enum DemoError {
     /// The Prometheus recorder could not be installed (another `metrics`
     /// recorder was), or `/metrics` did not serve what the report reads.
     Metrics(String),
+    /// The order sagas' SQLite log could not be created, opened or
+    /// recovered.
+    SagaLog {
+        /// The directory or the database file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl fmt::Display for DemoError {
@@ -59,6 +68,9 @@ impl fmt::Display for DemoError {
                 write!(f, "the {role} did not shut down in time")
             }
             DemoError::Metrics(message) => write!(f, "metrics: {message}"),
+            DemoError::SagaLog { path, reason } => {
+                write!(f, "the saga log at {}: {reason}", path.display())
+            }
         }
     }
 }
@@ -68,9 +80,10 @@ impl std::error::Error for DemoError {
         match self {
             DemoError::Bind { source, .. } | DemoError::Serve { source, .. } => Some(source),
             DemoError::Config(e) => Some(e),
-            DemoError::Unreachable { .. } | DemoError::Shutdown { .. } | DemoError::Metrics(_) => {
-                None
-            }
+            DemoError::Unreachable { .. }
+            | DemoError::Shutdown { .. }
+            | DemoError::Metrics(_)
+            | DemoError::SagaLog { .. } => None,
         }
     }
 }

@@ -1,9 +1,17 @@
 //! The gateway: forwards `GET /` to the upstream, protected by buttress in
 //! the server order of the design (section 4): errors to responses, then a
-//! rate limit per client, then the bulkhead, then the circuit breaker, then
-//! the timeout, then the handler. The handler calls the upstream through a hyper-util client
-//! wrapped in a retry layer (the client side of the design: retry with a
-//! budget around the client, inside a total timeout).
+//! rate limit per client, then the bulkhead, then a fallback (a canned
+//! answer while the breaker is open), then the circuit breaker, then the
+//! timeout, then the handler. The handler calls the upstream through a
+//! hyper-util client wrapped in a retry layer (the client side of the
+//! design: retry with a budget around the client, inside a total timeout).
+//!
+//! `GET /hot` is the same call behind a cache (above the bulkhead, below
+//! the rate limit): fresh for [`HOT_TTL`], then served stale for up to
+//! [`HOT_MAX_STALE`] whenever the call below fails or is rejected.
+//! `/health/live` and `/health/ready` are served from a health registry
+//! that reads the layers' registry: readiness is 503 while the breaker is
+//! open.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use axum::routing::get;
 use axum::Router;
@@ -21,9 +30,15 @@ use buttress_core::deadline::Deadline;
 use buttress_core::error::chain;
 use buttress_core::key::Header;
 use buttress_core::response::{error_response, ErrorToResponseLayer};
+use buttress_cache::{CacheBody, CacheLayer, CacheStatus, HttpPolicy};
 use buttress_core::{
-    BoxError, BulkheadFull, BulkheadFullReason, CircuitOpen, ConfigError, HttpClassifier, Registry,
+    BoxError, BulkheadFull, BulkheadFullReason, CircuitOpen, ConfigError, ErrorKind,
+    HttpClassifier, Registry,
 };
+use buttress_fallback::{
+    Failure, FallbackLayer, FromError, HttpMarker, Kinds, FALLBACK_HEADER,
+};
+use buttress_health::{BreakersCheck, BulkheadsCheck, Check, HealthRegistry, Status};
 use buttress_metrics::{HttpServer, MetricsLayer};
 use buttress_rate_limit::{KeyedRateLimitLayer, Rate, Unit, WithHeaders};
 use buttress_retry::{
@@ -73,6 +88,24 @@ pub(crate) const BREAKER_OPEN: Duration = Duration::from_secs(1);
 /// Probe calls in the half-open state; it closes when fewer than
 /// [`BREAKER_THRESHOLD`] percent of them fail.
 pub(crate) const BREAKER_PROBES: u32 = 5;
+
+/// What the fallback answers (200, `text/plain`) while the breaker is open,
+/// instead of a 503: a degraded but useful page.
+pub(crate) const FALLBACK_BODY: &str = "the catalogue is busy: here is yesterday's selection\n";
+/// How long an answer of `/hot` is served from the cache without asking
+/// the upstream.
+pub(crate) const HOT_TTL: Duration = Duration::from_secs(1);
+/// How long past [`HOT_TTL`] an answer of `/hot` is still served when the
+/// call to refresh it fails or is rejected (stale-if-error).
+pub(crate) const HOT_MAX_STALE: Duration = Duration::from_secs(30);
+/// The header with which the gateway says how the cache answered a `/hot`
+/// request (`hit`, `miss`, `coalesced` or `stale`), from the response's
+/// [`CacheStatus`] extension, so that the clients can count them.
+pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache");
+/// How long a health check's result is served before it runs again.
+pub(crate) const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
+/// Bulkhead utilisation from which readiness says `degraded` (still 200).
+pub(crate) const HEALTH_BULKHEAD_THRESHOLD: f64 = 0.9;
 
 /// Attempts per forwarded call, the first one included.
 pub(crate) const RETRY_ATTEMPTS: u32 = 3;
@@ -155,7 +188,9 @@ impl Rejection {
 /// Answers the gateway's own rejections (bulkhead, open circuit) as
 /// [`ErrorToResponseLayer`] does, with the same `error_response`, plus the
 /// [`REJECTED_BY`] header; other errors (timeouts) go on to it.
-fn tag_rejection(result: Result<Response<Body>, BoxError>) -> Result<Response<Body>, BoxError> {
+fn tag_rejection<B: Default>(
+    result: Result<Response<B>, BoxError>,
+) -> Result<Response<B>, BoxError> {
     let err = match result {
         Ok(res) => return Ok(res),
         Err(err) => err,
@@ -163,7 +198,7 @@ fn tag_rejection(result: Result<Response<Body>, BoxError>) -> Result<Response<Bo
     let Some(rejection) = Rejection::of(&*err) else {
         return Err(err);
     };
-    let mut res: Response<Body> = error_response(&*err, StatusCode::GATEWAY_TIMEOUT);
+    let mut res: Response<B> = error_response(&*err, StatusCode::GATEWAY_TIMEOUT);
     res.headers_mut()
         .insert(REJECTED_BY, HeaderValue::from_static(rejection.as_header()));
     Ok(res)
@@ -330,6 +365,8 @@ pub(crate) struct Observer {
     pub(crate) retry: RetryHandle,
     /// Retries by outcome: budget spent, deadline, calls retried.
     pub(crate) retries: Arc<Retries>,
+    /// Liveness and readiness, served at `/health/live` and `/health/ready`.
+    pub(crate) health: HealthRegistry,
 }
 
 /// The running gateway.
@@ -350,8 +387,10 @@ impl Gateway {
         self.observer.clone()
     }
 
-    /// Stops it gracefully.
+    /// Stops it gracefully: readiness says not-serving first, so that a
+    /// load balancer would stop sending before the server drains.
     pub(crate) async fn shutdown(self) -> Result<(), DemoError> {
+        self.observer.health.shutdown_handle().shut_down();
         self.server.shutdown().await
     }
 }
@@ -407,6 +446,101 @@ pub(crate) fn rate_limit_layer(registry: &Registry) -> Result<PerClientLimit, Co
         .build()
 }
 
+/// The fallback's source: a function of the failure (a fn pointer, so that
+/// the layer has a type to name).
+type FallbackAnswer = fn(&Failure<Response<Body>>) -> Result<Response<Body>, BoxError>;
+/// The fallback of `GET /`.
+type UpstreamFallback = FallbackLayer<FromError<FallbackAnswer, Response<Body>>, Kinds, HttpMarker>;
+
+/// What the fallback answers: 200 with [`FALLBACK_BODY`]; the layer adds
+/// the [`FALLBACK_HEADER`] (`x-fallback: upstream-fallback;
+/// reason=circuit_open`).
+fn fallback_answer(_: &Failure<Response<Body>>) -> Result<Response<Body>, BoxError> {
+    let mut res = Response::new(Body::from(FALLBACK_BODY));
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(res)
+}
+
+/// The fallback of `GET /`, registered in `registry` as
+/// `upstream-fallback`: a call the breaker refuses (open, or half-open
+/// with every probe slot taken) is answered 200 with [`FALLBACK_BODY`],
+/// marked with the [`FALLBACK_HEADER`]. Nothing else triggers it: a
+/// bulkhead rejection is still a 503 (it sits outside the fallback), and a
+/// timeout or an upstream error still reaches the client as such.
+pub(crate) fn fallback_layer(registry: &Registry) -> Result<UpstreamFallback, ConfigError> {
+    FallbackLayer::from_error(fallback_answer as FallbackAnswer)
+        .name(prometheus::FALLBACK)
+        .on_kinds([ErrorKind::CircuitOpen])
+        .marker_header(FALLBACK_HEADER)
+        .registry(registry)
+        .build()
+}
+
+/// The cache of `GET /hot`, registered in `registry` as `hot`: keyed by
+/// method and URI (the `x-client` header is not part of the key, so every
+/// client shares the entry), fresh for [`HOT_TTL`], then served stale for
+/// up to [`HOT_MAX_STALE`] when the call that would refresh it fails, is
+/// rejected (an open breaker, a full bulkhead) or answers 5xx.
+/// Concurrent misses make one call.
+pub(crate) fn cache_layer(
+    registry: &Registry,
+) -> Result<CacheLayer<HttpPolicy>, ConfigError> {
+    CacheLayer::http()
+        .name(prometheus::CACHE)
+        .ttl(HOT_TTL)
+        .max_stale(HOT_MAX_STALE)
+        .max_entries(1_000)
+        .max_weight(8 << 20)
+        .registry(registry)
+        .build()
+}
+
+/// Puts the cache's answer ([`CacheStatus`]) in the [`CACHE_STATUS`]
+/// header.
+fn mark_cache_status<B>(mut res: Response<B>) -> Response<B> {
+    if let Some(status) = res.extensions().get::<CacheStatus>().copied() {
+        res.headers_mut()
+            .insert(CACHE_STATUS, HeaderValue::from_static(status.as_str()));
+    }
+    res
+}
+
+/// The gateway's health, read from the registry its layers are in:
+/// readiness is unhealthy (503) while the breaker to the upstream is open,
+/// since the gateway then answers `/` from its fallback only, and degraded
+/// (still 200) while the bulkhead is at least
+/// [`HEALTH_BULKHEAD_THRESHOLD`] full; liveness only asks whether the
+/// process answers. Every check has run once when this returns, and runs
+/// again every [`HEALTH_INTERVAL`] in the background (the task ends with
+/// the registry).
+pub(crate) async fn health_registry(registry: &Registry) -> Result<HealthRegistry, ConfigError> {
+    let health = HealthRegistry::builder()
+        .components(registry)
+        .check(
+            Check::new(
+                "upstream",
+                BreakersCheck::new(registry).critical([prometheus::BREAKER]),
+            )
+            .interval(HEALTH_INTERVAL),
+        )
+        .check(
+            Check::new(
+                "capacity",
+                BulkheadsCheck::new(registry, HEALTH_BULKHEAD_THRESHOLD)?,
+            )
+            .interval(HEALTH_INTERVAL)
+            .critical(false),
+        )
+        .check(Check::new("process", || async { Status::Healthy }).liveness())
+        .build()?;
+    health.readiness().await;
+    health.spawn_refresher();
+    Ok(health)
+}
+
 /// Starts the gateway on 127.0.0.1, forwarding to `upstream`; the rate
 /// limit, the bulkhead, the breaker, the timeout and the retry layer are
 /// registered in `registry`, and publish their metrics if it was made
@@ -449,11 +583,17 @@ pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<G
         .for_http();
     let retries = Arc::new(Retries::default());
     let retry = retry_layer(registry, retries.clone())?;
+    // Outside the breaker (and the retries inside it): it answers what the
+    // breaker refuses. Inside the bulkhead: a shed request stays a 503.
+    let fallback = fallback_layer(registry)?;
+    let cache = cache_layer(registry)?;
+    let probes = health_registry(registry).await?;
     let observer = Observer {
         bulkhead: bulkhead.handle(),
         rejections,
         retry: retry.handle(),
         retries,
+        health: probes.clone(),
     };
 
     // The client side: the retry layer wraps the hyper-util client (which
@@ -469,15 +609,38 @@ pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<G
         move |req: axum::extract::Request| forward(upstream_svc.clone(), work_uri.clone(), req);
     // Outermost first. Every request goes through the same layers: their
     // state lives in the layers' `Arc`s, so the per-request clones axum
-    // makes share one bulkhead.
+    // makes, and the clones `/hot` uses, share one rate limit, one
+    // bulkhead and one breaker.
     let protected = ServiceBuilder::new()
         .layer(ErrorToResponseLayer::new())
-        .layer(rate_limit)
-        .map_result(tag_rejection)
+        .layer(rate_limit.clone())
+        .map_result(tag_rejection::<Body>)
+        .layer(bulkhead.clone())
+        .layer(fallback)
+        .layer(breaker.clone())
+        .layer(timeout.clone())
+        .service_fn(forward.clone());
+    // `/hot`: the same call below a cache, which sits below the rate limit
+    // (a client over its limit gets its 429 for cached content too) and
+    // above the bulkhead, so that a hit takes no slot. The layers under it
+    // are reached through `oneshot`: the bulkhead takes its slot in
+    // `poll_ready`, and the cache's readiness is its inner service's, so
+    // without it every hit would take a slot (or queue for one). A miss
+    // the bulkhead or the breaker rejects, or that fails, is answered
+    // from the stale entry: the tag below the cache only sees what the
+    // cache could not answer.
+    let refresh = ServiceBuilder::new()
         .layer(bulkhead)
         .layer(breaker)
         .layer(timeout)
         .service_fn(forward);
+    let hot = ServiceBuilder::new()
+        .layer(ErrorToResponseLayer::new())
+        .layer(rate_limit)
+        .map_result(tag_rejection::<CacheBody<Body>>)
+        .map_response(mark_cache_status)
+        .layer(cache)
+        .service_fn(move |req: axum::extract::Request| refresh.clone().oneshot(req));
 
     // `Router::layer` wraps each route after routing, so the layer sees
     // the matched route (`http.route`). Outermost: it counts every answer,
@@ -487,10 +650,12 @@ pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<G
         .build()?;
     let app = Router::new()
         .route_service("/", protected)
+        .route_service("/hot", hot)
         .route(
             "/healthz",
             get(move || health(health_client.clone(), health_uri.clone())),
         )
+        .nest_service("/health", probes.service())
         .layer(metrics);
     let server = Server::start("gateway", app).await?;
     Ok(Gateway { server, observer })
@@ -502,10 +667,11 @@ pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<G
 pub(crate) async fn start_unprotected(upstream: SocketAddr) -> Result<Server, DemoError> {
     let client: HealthClient = Client::builder(TokioExecutor::new()).build_http();
     let uri = upstream_uri(upstream, "/");
-    let app = Router::new().route(
-        "/",
-        get(move || forward_unprotected(client.clone(), uri.clone())),
-    );
+    let handler = get(move || forward_unprotected(client.clone(), uri.clone()));
+    // `/hot` too, uncached: the load sends part of its requests there.
+    let app = Router::new()
+        .route("/", handler.clone())
+        .route("/hot", handler);
     Server::start("unprotected gateway", app).await
 }
 

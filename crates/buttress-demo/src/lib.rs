@@ -55,6 +55,7 @@ mod error;
 mod exposition;
 mod gateway;
 mod load;
+mod orders;
 mod phase;
 mod prometheus;
 mod report;
@@ -154,12 +155,23 @@ pub async fn run_with(config: DemoConfig, metrics: &MetricsEndpoint) -> Result<S
             return Err(e);
         }
     };
+    // Its temporary directory is removed when it is dropped, on every
+    // path out of this function.
+    let orders = match orders::Orders::start(upstream.addr(), &registry).await {
+        Ok(orders) => orders,
+        Err(e) => {
+            let _ = gateway.shutdown().await;
+            let _ = upstream.shutdown().await;
+            return Err(e);
+        }
+    };
 
     let report = match report::Report::new(
         secs,
         gateway.observer(),
         metrics,
         upstream_load.clone(),
+        orders.warehouse(),
         config.print_table,
     ) {
         Ok(report) => report,
@@ -169,7 +181,7 @@ pub async fn run_with(config: DemoConfig, metrics: &MetricsEndpoint) -> Result<S
             return Err(e);
         }
     };
-    let outcome = drive(concurrency, &timeline, &gateway, report).await;
+    let outcome = drive(concurrency, &timeline, &gateway, &orders, report).await;
     // Servers stop in any case: the gateway first, so that no request is
     // forwarded to an upstream that is going away.
     let gateway_down = gateway.shutdown().await;
@@ -195,20 +207,28 @@ pub async fn run_with(config: DemoConfig, metrics: &MetricsEndpoint) -> Result<S
     Ok(report.summary(totals, registry.snapshot(), bare))
 }
 
-/// The load phase: preflight, clients, live report, totals.
+/// The load phase: preflight, clients and order sagas, live report,
+/// totals.
 async fn drive(
     concurrency: usize,
     timeline: &phase::Timeline,
     gateway: &gateway::Gateway,
+    orders: &orders::Orders,
     mut report: report::Report,
 ) -> Result<(report::Report, report::Totals), DemoError> {
     load::preflight(gateway.addr()).await?;
-    report.print_intro(concurrency, gateway.addr(), timeline);
+    report.print_intro(concurrency, gateway.addr(), timeline, orders.dir());
 
     let (samples_tx, samples_rx) = mpsc::unbounded_channel();
     let start = timeline.restart();
     let deadline = start + Duration::from_secs(timeline.secs());
-    let load = load::start(gateway.addr(), concurrency, deadline, samples_tx);
+    let load = load::start(
+        gateway.addr(),
+        concurrency,
+        deadline,
+        samples_tx,
+        Some(orders),
+    );
 
     let totals = report.live(start, timeline, samples_rx, load).await?;
     Ok((report, totals))
@@ -237,7 +257,7 @@ async fn compare(
     let (samples_tx, mut samples_rx) = mpsc::unbounded_channel();
     let calls_before = upstream_load.calls();
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let load = load::start(bare.addr(), concurrency, deadline, samples_tx);
+    let load = load::start(bare.addr(), concurrency, deadline, samples_tx, None);
     let mut peak = 0;
     while Instant::now() < deadline {
         peak = peak.max(upstream_load.in_flight());

@@ -2,7 +2,10 @@
 //! request in flight, plus one client that bursts, until the deadline.
 //! Every request names its client in the [`CLIENT`] header, by which the
 //! gateway's rate limiter keys its per-client limits (all the clients
-//! share one IP address, so the client IP could not tell them apart).
+//! share one IP address, so the client IP could not tell them apart). The
+//! steady clients send [`HOT_PERCENT`] % of their requests to the cached
+//! `/hot`, the rest to `/`; the bursting client only to `/`. The order
+//! sagas' loops run alongside, until the same deadline.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,7 +20,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use crate::gateway::{Rejection, CLIENT, REJECTED_BY};
+use buttress_fallback::FALLBACK_HEADER;
+
+use crate::gateway::{Rejection, CACHE_STATUS, CLIENT, REJECTED_BY};
+use crate::orders::Orders;
 use crate::rng::XorShift64;
 use crate::DemoError;
 
@@ -30,6 +36,8 @@ pub(crate) const THINK_MS: (u64, u64) = (40, 130);
 /// Pause after a 503, in milliseconds: a shed client backs off a little
 /// (with jitter, so the shed clients do not come back in lockstep).
 pub(crate) const BACKOFF_MS: (u64, u64) = (20, 80);
+/// Share of a steady client's requests sent to `/hot`, in percent.
+pub(crate) const HOT_PERCENT: u64 = 30;
 /// The bursting client sends this many requests at once...
 pub(crate) const BURST_SIZE: u64 = 30;
 /// ...every this long, whatever the answers (it ignores `Retry-After`).
@@ -42,6 +50,9 @@ type LoadClient = Client<HttpConnector, Empty<Bytes>>;
 pub(crate) enum Outcome {
     /// 200.
     Ok,
+    /// 200 from the gateway's fallback (the [`FALLBACK_HEADER`] says so):
+    /// the breaker was open.
+    Fallback,
     /// 500: the upstream failed and the gateway passed it on.
     UpstreamError,
     /// 502: the upstream still shed the call (503) after the gateway's
@@ -60,8 +71,9 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    fn of(status: StatusCode, rejected_by: Option<&HeaderValue>) -> Self {
+    fn of(status: StatusCode, rejected_by: Option<&HeaderValue>, fallback: bool) -> Self {
         match status {
+            StatusCode::OK if fallback => Outcome::Fallback,
             StatusCode::OK => Outcome::Ok,
             StatusCode::TOO_MANY_REQUESTS => Outcome::RateLimited,
             StatusCode::INTERNAL_SERVER_ERROR => Outcome::UpstreamError,
@@ -71,6 +83,50 @@ impl Outcome {
             }
             StatusCode::GATEWAY_TIMEOUT => Outcome::TimedOut,
             _ => Outcome::Other,
+        }
+    }
+}
+
+/// Where a request went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// `GET /`.
+    Root,
+    /// `GET /hot`, the cached one.
+    Hot,
+}
+
+impl Route {
+    fn path(self) -> &'static str {
+        match self {
+            Route::Root => "/",
+            Route::Hot => "/hot",
+        }
+    }
+}
+
+/// How the cache answered a `/hot` request, by the gateway's
+/// [`CACHE_STATUS`] header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CacheAnswer {
+    /// A fresh entry.
+    Hit,
+    /// This request called the upstream.
+    Miss,
+    /// It waited for another request's call.
+    Coalesced,
+    /// The expired entry, because the call failed or was rejected.
+    Stale,
+}
+
+impl CacheAnswer {
+    fn from_header(value: &HeaderValue) -> Option<Self> {
+        match value.as_bytes() {
+            b"hit" => Some(CacheAnswer::Hit),
+            b"miss" => Some(CacheAnswer::Miss),
+            b"coalesced" => Some(CacheAnswer::Coalesced),
+            b"stale" => Some(CacheAnswer::Stale),
+            _ => None,
         }
     }
 }
@@ -106,6 +162,10 @@ pub(crate) struct Sample {
     pub(crate) latency: Duration,
     /// The `Retry-After` of a 429, in seconds.
     pub(crate) retry_after: Option<u64>,
+    /// Where it went.
+    pub(crate) route: Route,
+    /// How the cache answered it (`/hot` only, when the cache did).
+    pub(crate) cache: Option<CacheAnswer>,
 }
 
 /// The running clients.
@@ -132,49 +192,88 @@ fn gateway_uri(gateway: SocketAddr, path: &str) -> Uri {
 }
 
 /// Checks, before the load starts, that the gateway answers and reaches
-/// the upstream, so that a broken setup is one clear error rather than a
-/// table full of failures.
+/// the upstream, and that its probes say live and ready, so that a broken
+/// setup is one clear error rather than a table full of failures.
 pub(crate) async fn preflight(gateway: SocketAddr) -> Result<(), DemoError> {
     let unreachable = |reason: String| DemoError::Unreachable {
         addr: gateway,
         reason,
     };
-    let res = timeout(
-        CLIENT_TIMEOUT,
-        client().get(gateway_uri(gateway, "/healthz")),
-    )
-    .await
-    .map_err(|_| unreachable(format!("no answer within {CLIENT_TIMEOUT:?}")))?
-    .map_err(|e| unreachable(e.to_string()))?;
-    match res.status() {
-        StatusCode::OK => Ok(()),
-        StatusCode::BAD_GATEWAY => Err(unreachable("it cannot reach the upstream".into())),
-        other => Err(unreachable(format!("health check answered {other}"))),
+    let http = client();
+    for path in ["/healthz", "/health/live", "/health/ready"] {
+        let status = probe(&http, gateway, path)
+            .await
+            .map_err(|e| unreachable(format!("{path}: {e}")))?;
+        match status {
+            StatusCode::OK => {}
+            StatusCode::BAD_GATEWAY if path == "/healthz" => {
+                return Err(unreachable("it cannot reach the upstream".into()))
+            }
+            other => return Err(unreachable(format!("{path} answered {other}"))),
+        }
+    }
+    Ok(())
+}
+
+/// `GET http://{gateway}{path}`, read to the end, within the client
+/// timeout: its status.
+pub(crate) async fn probe(
+    http: &LoadClient,
+    gateway: SocketAddr,
+    path: &str,
+) -> Result<StatusCode, String> {
+    let exchange = async {
+        let res = http.get(gateway_uri(gateway, path)).await?;
+        let status = res.status();
+        res.into_body().collect().await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(status)
+    };
+    match timeout(CLIENT_TIMEOUT, exchange).await {
+        Ok(Ok(status)) => Ok(status),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {CLIENT_TIMEOUT:?}")),
     }
 }
 
+/// A client for [`probe`].
+pub(crate) fn probe_client() -> LoadClient {
+    client()
+}
+
 /// Starts `concurrency` steady clients and the bursting one, sending
-/// `GET /` to the gateway until `deadline`; each finished request goes to
-/// `samples`.
+/// `GET /` and `GET /hot` to the gateway until `deadline`; each finished
+/// request goes to `samples`. With `orders`, the order sagas' loops run
+/// too, until the same deadline, and [`Load::finish`] waits for them.
 pub(crate) fn start(
     gateway: SocketAddr,
     concurrency: usize,
     deadline: Instant,
     samples: UnboundedSender<Sample>,
+    orders: Option<&Orders>,
 ) -> Load {
     // One pool for all clients, as one service calling another would have.
     let http = client();
-    let uri = gateway_uri(gateway, "/");
+    let uri = gateway_uri(gateway, Route::Root.path());
+    let hot_uri = gateway_uri(gateway, Route::Hot.path());
     let mut clients = JoinSet::new();
+    if let Some(orders) = orders {
+        orders.spawn(&mut clients, deadline);
+    }
     for id in 0..concurrency {
-        let (http, uri, samples) = (http.clone(), uri.clone(), samples.clone());
+        let (http, uri, hot_uri, samples) =
+            (http.clone(), uri.clone(), hot_uri.clone(), samples.clone());
         let mut rng = XorShift64::from_clock(id as u64 + 1);
         let who = Who::Steady(id);
         clients.spawn(async move {
             // Spread the first requests over the first think time.
             sleep_until(Instant::now() + pause(&mut rng, THINK_MS)).await;
             while Instant::now() < deadline {
-                let Some(outcome) = send_one(&http, &uri, who, &samples).await else {
+                let (route, uri) = if rng.percent(HOT_PERCENT) {
+                    (Route::Hot, &hot_uri)
+                } else {
+                    (Route::Root, &uri)
+                };
+                let Some(outcome) = send_one(&http, uri, route, who, &samples).await else {
                     return;
                 };
                 let range = if matches!(outcome, Outcome::Shed(_)) {
@@ -196,7 +295,9 @@ pub(crate) fn start(
             let mut burst = JoinSet::new();
             for _ in 0..BURST_SIZE {
                 let (http, uri, samples) = (http.clone(), uri.clone(), samples.clone());
-                burst.spawn(async move { send_one(&http, &uri, Who::Burst, &samples).await });
+                burst.spawn(async move {
+                    send_one(&http, &uri, Route::Root, Who::Burst, &samples).await
+                });
             }
             while burst.join_next().await.is_some() {}
             // A burst that took longer than the period starts the next at
@@ -211,16 +312,19 @@ pub(crate) fn start(
 async fn send_one(
     http: &LoadClient,
     uri: &Uri,
+    route: Route,
     who: Who,
     samples: &UnboundedSender<Sample>,
 ) -> Option<Outcome> {
     let started = Instant::now();
-    let (outcome, retry_after) = send(http, uri.clone(), who).await;
+    let (outcome, retry_after, cache) = send(http, uri.clone(), who).await;
     let sample = Sample {
         who,
         outcome,
         latency: started.elapsed(),
         retry_after,
+        route,
+        cache,
     };
     samples.send(sample).ok().map(|()| outcome)
 }
@@ -230,8 +334,9 @@ fn pause(rng: &mut XorShift64, (lo, hi): (u64, u64)) -> Duration {
 }
 
 /// One request, read to the end, bounded by the client timeout: how it
-/// ended, and the `Retry-After` (in seconds) of a 429.
-async fn send(http: &LoadClient, uri: Uri, who: Who) -> (Outcome, Option<u64>) {
+/// ended, the `Retry-After` (in seconds) of a 429, and how the cache
+/// answered it.
+async fn send(http: &LoadClient, uri: Uri, who: Who) -> (Outcome, Option<u64>, Option<CacheAnswer>) {
     let exchange = async {
         let req = http::Request::get(uri)
             .header(CLIENT, who.name())
@@ -239,16 +344,24 @@ async fn send(http: &LoadClient, uri: Uri, who: Who) -> (Outcome, Option<u64>) {
         let res = http.request(req).await?;
         let (parts, body) = res.into_parts();
         body.collect().await?;
-        let outcome = Outcome::of(parts.status, parts.headers.get(REJECTED_BY));
+        let outcome = Outcome::of(
+            parts.status,
+            parts.headers.get(REJECTED_BY),
+            parts.headers.contains_key(FALLBACK_HEADER),
+        );
         let retry_after = match outcome {
             Outcome::RateLimited => retry_after(parts.headers.get(http::header::RETRY_AFTER)),
             _ => None,
         };
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((outcome, retry_after))
+        let cache = parts
+            .headers
+            .get(CACHE_STATUS)
+            .and_then(CacheAnswer::from_header);
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((outcome, retry_after, cache))
     };
     match timeout(CLIENT_TIMEOUT, exchange).await {
         Ok(Ok(answer)) => answer,
-        Ok(Err(_)) | Err(_) => (Outcome::Other, None),
+        Ok(Err(_)) | Err(_) => (Outcome::Other, None, None),
     }
 }
 
@@ -279,7 +392,7 @@ mod tests {
 
     #[test]
     fn statuses_sort_into_outcomes() {
-        let of = |status| Outcome::of(status, None);
+        let of = |status| Outcome::of(status, None, false);
         assert_eq!(of(StatusCode::OK), Outcome::Ok);
         assert_eq!(of(StatusCode::TOO_MANY_REQUESTS), Outcome::RateLimited);
         assert_eq!(
@@ -290,6 +403,27 @@ mod tests {
         assert_eq!(of(StatusCode::GATEWAY_TIMEOUT), Outcome::TimedOut);
         assert_eq!(of(StatusCode::BAD_GATEWAY), Outcome::BadGateway);
         assert_eq!(of(StatusCode::NOT_FOUND), Outcome::Other);
+        assert_eq!(
+            Outcome::of(StatusCode::OK, None, true),
+            Outcome::Fallback
+        );
+        // Only a 200 is a fallback answer.
+        assert_eq!(
+            Outcome::of(StatusCode::BAD_GATEWAY, None, true),
+            Outcome::BadGateway
+        );
+        for (text, answer) in [
+            ("hit", CacheAnswer::Hit),
+            ("miss", CacheAnswer::Miss),
+            ("coalesced", CacheAnswer::Coalesced),
+            ("stale", CacheAnswer::Stale),
+        ] {
+            assert_eq!(
+                CacheAnswer::from_header(&HeaderValue::from_static(text)),
+                Some(answer)
+            );
+        }
+        assert_eq!(CacheAnswer::from_header(&HeaderValue::from_static("bypass")), None);
     }
 
     #[test]
@@ -312,13 +446,13 @@ mod tests {
         ] {
             let header = HeaderValue::from_static(rejection.as_header());
             assert_eq!(
-                Outcome::of(StatusCode::SERVICE_UNAVAILABLE, Some(&header)),
+                Outcome::of(StatusCode::SERVICE_UNAVAILABLE, Some(&header), false),
                 Outcome::Shed(Some(rejection))
             );
         }
         let unknown = HeaderValue::from_static("gremlins");
         assert_eq!(
-            Outcome::of(StatusCode::SERVICE_UNAVAILABLE, Some(&unknown)),
+            Outcome::of(StatusCode::SERVICE_UNAVAILABLE, Some(&unknown), false),
             Outcome::Shed(None)
         );
     }

@@ -135,6 +135,30 @@ pub struct MetricsCounts {
     /// `http_server_requests{name="gateway",http_route="/"}`, every
     /// label value: requests the gateway's `MetricsLayer` recorded on `/`.
     pub http_requests: u64,
+    /// `http_server_requests{name="gateway",http_route="/hot"}`.
+    pub http_requests_hot: u64,
+    /// `buttress_fallback_calls_total{name="upstream-fallback",kind="fallback_used"}`:
+    /// calls on `/` the breaker refused, answered by the fallback.
+    pub fallback_used: u64,
+    /// `buttress_cache_requests_total{name="hot",result="hit"}`.
+    pub cache_hits: u64,
+    /// `buttress_cache_requests_total{name="hot",result="miss"}`.
+    pub cache_misses: u64,
+    /// `buttress_cache_requests_total{name="hot",result="coalesced"}`:
+    /// misses that waited for another call to the upstream.
+    pub cache_coalesced: u64,
+    /// `buttress_cache_requests_total{name="hot",result="stale"}`: a miss
+    /// (or coalesced call) whose call failed or was rejected, answered from
+    /// the expired entry.
+    pub cache_stale: u64,
+    /// `buttress_saga_sagas_total{name="order",outcome="started"}`.
+    pub sagas_started: u64,
+    /// `buttress_saga_sagas_total{name="order",outcome="completed"}`.
+    pub sagas_completed: u64,
+    /// `buttress_saga_sagas_total{name="order",outcome="compensated"}`.
+    pub sagas_compensated: u64,
+    /// `buttress_saga_sagas_total{name="order",outcome="needs_attention"}`.
+    pub sagas_needs_attention: u64,
 }
 
 /// The gateway's instance names, as its layers label their series.
@@ -144,6 +168,10 @@ pub(crate) const BREAKER: &str = "upstream";
 pub(crate) const TIMEOUT: &str = "upstream-timeout";
 pub(crate) const RETRY: &str = "upstream-retry";
 pub(crate) const HTTP: &str = "gateway";
+pub(crate) const FALLBACK: &str = "upstream-fallback";
+pub(crate) const CACHE: &str = "hot";
+/// The saga definition's name (its label in `buttress_saga_*`).
+pub(crate) const SAGA: &str = "order";
 
 impl MetricsCounts {
     /// Reads the counters from `exposition`. Every series is there from
@@ -165,6 +193,15 @@ impl MetricsCounts {
         };
         let transitions = "buttress_circuit_breaker_transitions_total";
         let retry_calls = "buttress_retry_calls_total";
+        let cache = |result| get("buttress_cache_requests_total", &[("name", CACHE), ("result", result)]);
+        let sagas = |outcome| get("buttress_saga_sagas_total", &[("name", SAGA), ("outcome", outcome)]);
+        // No request has reached a route before the load starts: its
+        // series appears with the first one.
+        let http = |route| {
+            exposition
+                .sum("http_server_requests", &[("name", HTTP), ("http_route", route)])
+                .map_or(0, |n| n as u64)
+        };
         Ok(Self {
             rate_limit_permitted: get(
                 "buttress_rate_limit_decisions_total",
@@ -199,14 +236,20 @@ impl MetricsCounts {
                 &[("name", RETRY), ("kind", "successful_with_retry")],
             )?,
             retry_exhausted: get(retry_calls, &[("name", RETRY), ("kind", "exhausted")])?,
-            // No request has reached `/` before the load starts: the
-            // series appears with the first one.
-            http_requests: exposition
-                .sum(
-                    "http_server_requests",
-                    &[("name", HTTP), ("http_route", "/")],
-                )
-                .map_or(0, |n| n as u64),
+            http_requests: http("/"),
+            http_requests_hot: http("/hot"),
+            fallback_used: get(
+                "buttress_fallback_calls_total",
+                &[("name", FALLBACK), ("kind", "fallback_used")],
+            )?,
+            cache_hits: cache("hit")?,
+            cache_misses: cache("miss")?,
+            cache_coalesced: cache("coalesced")?,
+            cache_stale: cache("stale")?,
+            sagas_started: sagas("started")?,
+            sagas_completed: sagas("completed")?,
+            sagas_compensated: sagas("compensated")?,
+            sagas_needs_attention: sagas("needs_attention")?,
         })
     }
 
@@ -231,6 +274,16 @@ impl MetricsCounts {
             retry_succeeded: self.retry_succeeded - before.retry_succeeded,
             retry_exhausted: self.retry_exhausted - before.retry_exhausted,
             http_requests: self.http_requests - before.http_requests,
+            http_requests_hot: self.http_requests_hot - before.http_requests_hot,
+            fallback_used: self.fallback_used - before.fallback_used,
+            cache_hits: self.cache_hits - before.cache_hits,
+            cache_misses: self.cache_misses - before.cache_misses,
+            cache_coalesced: self.cache_coalesced - before.cache_coalesced,
+            cache_stale: self.cache_stale - before.cache_stale,
+            sagas_started: self.sagas_started - before.sagas_started,
+            sagas_completed: self.sagas_completed - before.sagas_completed,
+            sagas_compensated: self.sagas_compensated - before.sagas_compensated,
+            sagas_needs_attention: self.sagas_needs_attention - before.sagas_needs_attention,
         }
     }
 
@@ -249,6 +302,38 @@ impl MetricsCounts {
         self.retry_succeeded += other.retry_succeeded;
         self.retry_exhausted += other.retry_exhausted;
         self.http_requests += other.http_requests;
+        self.http_requests_hot += other.http_requests_hot;
+        self.fallback_used += other.fallback_used;
+        self.cache_hits += other.cache_hits;
+        self.cache_misses += other.cache_misses;
+        self.cache_coalesced += other.cache_coalesced;
+        self.cache_stale += other.cache_stale;
+        self.sagas_started += other.sagas_started;
+        self.sagas_completed += other.sagas_completed;
+        self.sagas_compensated += other.sagas_compensated;
+        self.sagas_needs_attention += other.sagas_needs_attention;
+    }
+
+    /// Sagas that ended: completed, compensated or left needing attention.
+    /// Equal to [`sagas_started`](Self::sagas_started) once none runs.
+    pub fn sagas_ended(&self) -> u64 {
+        self.sagas_completed + self.sagas_compensated + self.sagas_needs_attention
+    }
+}
+
+/// Readiness as `/metrics` serves it: `buttress_health_ready` (1 when the
+/// last readiness report said ready, 0 when it said not), as a status
+/// code: 200 or 503.
+pub(crate) fn ready_status(exposition: &Exposition) -> Result<u16, DemoError> {
+    match exposition.value("buttress_health_ready", &[]) {
+        Some(v) if v == 1.0 => Ok(200),
+        Some(v) if v == 0.0 => Ok(503),
+        Some(v) => Err(DemoError::Metrics(format!(
+            "buttress_health_ready is {v}, neither 0 nor 1"
+        ))),
+        None => Err(DemoError::Metrics(
+            "/metrics has no series buttress_health_ready".into(),
+        )),
     }
 }
 
@@ -306,6 +391,18 @@ buttress_retry_calls_total{name="upstream-retry",kind="successful_with_retry"} 1
 buttress_retry_calls_total{name="upstream-retry",kind="exhausted"} 2
 http_server_requests{name="gateway",http_request_method="GET",http_route="/",outcome="success"} 95
 http_server_requests{name="gateway",http_request_method="GET",http_route="/healthz",outcome="success"} 1
+http_server_requests{name="gateway",http_request_method="GET",http_route="/hot",outcome="success"} 40
+buttress_fallback_calls_total{name="upstream-fallback",kind="primary"} 88
+buttress_fallback_calls_total{name="upstream-fallback",kind="fallback_used"} 6
+buttress_cache_requests_total{name="hot",result="hit"} 30
+buttress_cache_requests_total{name="hot",result="miss"} 8
+buttress_cache_requests_total{name="hot",result="coalesced"} 2
+buttress_cache_requests_total{name="hot",result="stale"} 3
+buttress_saga_sagas_total{name="order",outcome="started"} 20
+buttress_saga_sagas_total{name="order",outcome="completed"} 15
+buttress_saga_sagas_total{name="order",outcome="compensated"} 4
+buttress_saga_sagas_total{name="order",outcome="needs_attention"} 0
+buttress_health_ready 0
 "#;
         let e = Exposition::parse(text).unwrap();
         let c = MetricsCounts::read(&e).unwrap();
@@ -323,8 +420,24 @@ http_server_requests{name="gateway",http_request_method="GET",http_route="/healt
             (c.timed_out, c.retry_exhausted, c.http_requests),
             (5, 2, 95)
         );
+        assert_eq!((c.http_requests_hot, c.fallback_used), (40, 6));
+        assert_eq!(
+            (c.cache_hits, c.cache_misses, c.cache_coalesced, c.cache_stale),
+            (30, 8, 2, 3)
+        );
+        assert_eq!(
+            (c.sagas_started, c.sagas_completed, c.sagas_compensated),
+            (20, 15, 4)
+        );
+        // One still running.
+        assert_eq!(c.sagas_ended(), 19);
         assert_eq!(c.since(&c), MetricsCounts::default());
         assert_eq!(circuit_state(&e).unwrap(), "closed");
+        assert_eq!(ready_status(&e).unwrap(), 503);
+        let ready = Exposition::parse("buttress_health_ready 1\n").unwrap();
+        assert_eq!(ready_status(&ready).unwrap(), 200);
+        let odd = Exposition::parse("buttress_health_ready 0.5\n").unwrap();
+        assert!(ready_status(&odd).is_err());
 
         // A series the layers always have is missing: an error.
         let e = Exposition::parse("buttress_retry_attempts_total{name=\"x\"} 1\n").unwrap();
@@ -333,5 +446,6 @@ http_server_requests{name="gateway",http_request_method="GET",http_route="/healt
             Err(DemoError::Metrics(_))
         ));
         assert!(circuit_state(&e).is_err());
+        assert!(ready_status(&e).is_err());
     }
 }

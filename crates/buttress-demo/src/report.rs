@@ -12,11 +12,15 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::gateway::{
     Observer, Rejection, RetryCounts, BREAKER_OPEN, BREAKER_PROBES, BREAKER_THRESHOLD,
-    BREAKER_WINDOW, MAX_CONCURRENT, MAX_QUEUE, MAX_WAIT, RATE_BURST, RATE_PER_CLIENT,
-    RETRY_ATTEMPTS, RETRY_BACKOFF, RETRY_BUDGET_FLOOR, RETRY_BUDGET_PERCENT, RETRY_MAX_DELAY,
-    UPSTREAM_TIMEOUT,
+    BREAKER_WINDOW, HEALTH_BULKHEAD_THRESHOLD, HEALTH_INTERVAL, HOT_MAX_STALE, HOT_TTL,
+    MAX_CONCURRENT, MAX_QUEUE, MAX_WAIT, RATE_BURST, RATE_PER_CLIENT, RETRY_ATTEMPTS,
+    RETRY_BACKOFF, RETRY_BUDGET_FLOOR, RETRY_BUDGET_PERCENT, RETRY_MAX_DELAY, UPSTREAM_TIMEOUT,
 };
-use crate::load::{Load, Outcome, Sample, Who, BURST_EVERY, BURST_SIZE, CLIENT_TIMEOUT};
+use crate::load::{
+    self, CacheAnswer, Load, Outcome, Route, Sample, Who, BURST_EVERY, BURST_SIZE,
+    CLIENT_TIMEOUT, HOT_PERCENT,
+};
+use crate::orders::{Warehouse, CHARGE_TIMEOUT, ORDER_PAUSE_MS, ORDER_WORKERS};
 use crate::phase::{Phase, Timeline};
 use crate::prometheus::{self, MetricsCounts, MetricsEndpoint};
 use crate::upstream::{UpstreamLoad, FAST_MS, SLOW_MS};
@@ -30,8 +34,11 @@ const OCCUPANCY_SAMPLE: Duration = Duration::from_millis(10);
 pub struct Counts {
     /// Every finished request.
     pub total: u64,
-    /// 200.
+    /// 200 (from the upstream, or from the cache on `/hot`).
     pub ok: u64,
+    /// 200 from the gateway's fallback on `/`, marked `x-fallback`: the
+    /// breaker refused the call.
+    pub fallback: u64,
     /// 429: the client was over its rate limit.
     pub rate_limited: u64,
     /// 500: the upstream failed and the gateway passed it on.
@@ -39,9 +46,10 @@ pub struct Counts {
     /// 502: the upstream still shed the call (503) after the gateway's
     /// retries, or could not be reached.
     pub bad_gateway: u64,
-    /// 503: shed by the bulkhead or rejected by the open circuit (the
-    /// three fields below split them, by the gateway's `x-rejected-by`
-    /// header; without buttress, the upstream's own 503s).
+    /// 503: shed by the bulkhead, or rejected by the open circuit on
+    /// `/hot` with no stale entry to answer from (the three fields below
+    /// split them, by the gateway's `x-rejected-by` header; without
+    /// buttress, the upstream's own 503s).
     pub shed: u64,
     /// Among `shed`: the bulkhead's slots and queue were all taken.
     pub shed_queue_full: u64,
@@ -54,13 +62,44 @@ pub struct Counts {
     pub timeouts: u64,
     /// Any other status, connection errors and client-side timeouts.
     pub other: u64,
+    /// Among `total`: requests sent to `/hot` (the fields above count them
+    /// by status too).
+    pub hot: u64,
+    /// Among `hot`: answered from a fresh cache entry (`x-cache: hit`).
+    pub hot_hit: u64,
+    /// Among `hot`: the request called the upstream (`x-cache: miss`).
+    pub hot_miss: u64,
+    /// Among `hot`: waited for another request's call (`x-cache:
+    /// coalesced`).
+    pub hot_coalesced: u64,
+    /// Among `hot`: answered from an expired entry because the call failed
+    /// or was rejected (`x-cache: stale`).
+    pub hot_stale: u64,
 }
 
 impl Counts {
+    /// Counts one finished request: its outcome, and its route and cache
+    /// answer.
+    fn add_sample(&mut self, sample: &Sample) {
+        self.add(sample.outcome);
+        if sample.route != Route::Hot {
+            return;
+        }
+        self.hot += 1;
+        match sample.cache {
+            Some(CacheAnswer::Hit) => self.hot_hit += 1,
+            Some(CacheAnswer::Miss) => self.hot_miss += 1,
+            Some(CacheAnswer::Coalesced) => self.hot_coalesced += 1,
+            Some(CacheAnswer::Stale) => self.hot_stale += 1,
+            None => {}
+        }
+    }
+
     fn add(&mut self, outcome: Outcome) {
         self.total += 1;
         *match outcome {
             Outcome::Ok => &mut self.ok,
+            Outcome::Fallback => &mut self.fallback,
             Outcome::RateLimited => &mut self.rate_limited,
             Outcome::UpstreamError => &mut self.upstream_errors,
             Outcome::BadGateway => &mut self.bad_gateway,
@@ -81,6 +120,7 @@ impl Counts {
     fn merge(&mut self, other: &Counts) {
         self.total += other.total;
         self.ok += other.ok;
+        self.fallback += other.fallback;
         self.rate_limited += other.rate_limited;
         self.upstream_errors += other.upstream_errors;
         self.bad_gateway += other.bad_gateway;
@@ -90,6 +130,11 @@ impl Counts {
         self.shed_circuit_open += other.shed_circuit_open;
         self.timeouts += other.timeouts;
         self.other += other.other;
+        self.hot += other.hot;
+        self.hot_hit += other.hot_hit;
+        self.hot_miss += other.hot_miss;
+        self.hot_coalesced += other.hot_coalesced;
+        self.hot_stale += other.hot_stale;
     }
 
     /// `part` as a percentage of the total.
@@ -156,8 +201,23 @@ pub struct PhaseSummary {
     pub p50: Duration,
     /// 99th percentile latency.
     pub p99: Duration,
-    /// Calls rejected by the open circuit in it (`counts.shed_circuit_open`).
+    /// Calls rejected by the open circuit in it, answered 503
+    /// (`counts.shed_circuit_open`).
     pub circuit_rejected: u64,
+    /// Calls on `/` the breaker refused in it, answered by the fallback
+    /// (from `/metrics`).
+    pub fallback_used: u64,
+    /// `/hot` requests answered from a fresh entry in it (from `/metrics`).
+    pub cache_hits: u64,
+    /// `/hot` requests answered from an expired entry in it (from
+    /// `/metrics`).
+    pub cache_stale: u64,
+    /// Order sagas completed in it (from `/metrics`).
+    pub sagas_completed: u64,
+    /// Order sagas compensated in it (from `/metrics`).
+    pub sagas_compensated: u64,
+    /// Seconds whose `/health/ready` probe was answered 503.
+    pub not_ready_seconds: u64,
     /// Times the breaker opened in it (from `/metrics`).
     pub circuit_opened: u64,
     /// Times the breaker closed again in it (from `/metrics`).
@@ -267,6 +327,41 @@ pub struct Summary {
     pub retry_timed_out: u64,
     /// Retries the budget still allowed at the end of the load.
     pub retry_budget_left: u64,
+    /// Calls on `/` the breaker refused, answered 200 by the fallback
+    /// (from `/metrics`; the clients saw `counts.fallback` of them).
+    pub fallback_used: u64,
+    /// `/hot` requests answered from a fresh entry (from `/metrics`).
+    pub cache_hits: u64,
+    /// `/hot` requests answered from an expired entry because the call
+    /// to refresh it failed or was rejected (from `/metrics`).
+    pub cache_stale: u64,
+    /// `/hot` requests that called the upstream (from `/metrics`).
+    pub cache_misses: u64,
+    /// `/hot` requests that waited for another's call to the upstream
+    /// (from `/metrics`).
+    pub cache_coalesced: u64,
+    /// The HTTP status of `GET /health/ready` at the end of each second
+    /// (`None`: no answer within the client timeout).
+    pub readiness: Vec<Option<u16>>,
+    /// `buttress_health_ready` in `/metrics` right after each of those
+    /// probes, as a status: 200 (1) or 503 (0).
+    pub ready_gauge: Vec<u16>,
+    /// Order sagas started, completed, compensated and left needing
+    /// attention (from `/metrics`).
+    pub sagas_started: u64,
+    /// See [`sagas_started`](Self::sagas_started).
+    pub sagas_completed: u64,
+    /// See [`sagas_started`](Self::sagas_started).
+    pub sagas_compensated: u64,
+    /// See [`sagas_started`](Self::sagas_started).
+    pub sagas_needs_attention: u64,
+    /// Stock reservations the sagas' first step made, as the warehouse
+    /// counted them.
+    pub stock_reserved: u64,
+    /// Reservations the compensations released.
+    pub stock_released: u64,
+    /// Orders the last step shipped.
+    pub shipped: u64,
     /// Most calls seen running in the bulkhead at once (sampled).
     pub peak_active: usize,
     /// Most calls seen waiting in the bulkhead's queue at once (sampled).
@@ -304,6 +399,10 @@ pub(crate) struct Totals {
     metrics: MetricsCounts,
     /// The breaker's state gauge at the end of the load.
     circuit_state: &'static str,
+    /// `/health/ready`, each second.
+    readiness: Vec<Option<u16>>,
+    /// `buttress_health_ready`, each second.
+    ready_gauge: Vec<u16>,
 }
 
 /// One phase, as the live loop sums it up.
@@ -321,6 +420,7 @@ struct PhaseTotals {
     retries: RetryCounts,
     upstream_calls: u64,
     upstream_peak: usize,
+    not_ready_seconds: u64,
 }
 
 /// Prints the table while the load runs and sums it up.
@@ -334,8 +434,11 @@ pub(crate) struct Report {
     /// The `/metrics` counters when the report was made, before the load.
     baseline: MetricsCounts,
     upstream: Arc<UpstreamLoad>,
+    warehouse: Arc<Warehouse>,
     print: bool,
     concurrency: usize,
+    /// Where the gateway listens, for its readiness probe.
+    gateway: Option<SocketAddr>,
     /// Per client: the steady ones, then the bursting one.
     clients: Vec<ClientSummary>,
     peak_active: usize,
@@ -353,6 +456,7 @@ impl Report {
         observer: Observer,
         metrics: &MetricsEndpoint,
         upstream: Arc<UpstreamLoad>,
+        warehouse: Arc<Warehouse>,
         print: bool,
     ) -> Result<Self, DemoError> {
         let handle = metrics.handle();
@@ -364,8 +468,10 @@ impl Report {
             metrics_url: metrics.url(),
             baseline,
             upstream,
+            warehouse,
             print,
             concurrency: 0,
+            gateway: None,
             clients: Vec::new(),
             peak_active: 0,
             peak_queued: 0,
@@ -379,8 +485,10 @@ impl Report {
         concurrency: usize,
         gateway: SocketAddr,
         timeline: &Timeline,
+        saga_log: &std::path::Path,
     ) {
         self.concurrency = concurrency;
+        self.gateway = Some(gateway);
         self.clients = (0..concurrency)
             .map(Who::Steady)
             .chain([Who::Burst])
@@ -399,9 +507,12 @@ impl Report {
                 p.unavailable_percent()
             )
         };
-        println!("buttress demo: {secs} s, {concurrency} clients in a closed loop (each waits for its answer),");
+        println!("buttress demo: {secs} s, {concurrency} clients in a closed loop (each waits for its answer;");
         println!(
-            "               and one that bursts: {BURST_SIZE} requests at once every {}, ignoring 429s",
+            "               {HOT_PERCENT}% of their requests go to the cached /hot, the rest to /), and one that bursts:"
+        );
+        println!(
+            "               {BURST_SIZE} requests at once every {} to /, ignoring 429s",
             ms(BURST_EVERY)
         );
         println!();
@@ -437,6 +548,10 @@ impl Report {
             BREAKER_OPEN.as_secs_f64()
         );
         println!(
+            "            fallback `upstream-fallback`  a call the breaker refuses is answered 200 with a\n                                \
+             canned page, marked `x-fallback` (inside the bulkhead: a shed call stays a 503)"
+        );
+        println!(
             "            timeout `upstream-timeout`  {} per forwarded call, retries included",
             ms(UPSTREAM_TIMEOUT)
         );
@@ -449,39 +564,63 @@ impl Report {
             ms(RETRY_BACKOFF * 2),
             ms(RETRY_MAX_DELAY)
         );
+        println!(
+            "            /hot: the same, with a cache `hot` between the rate limit and the bulkhead: fresh\n                                \
+             for {} s, then served stale for up to {} s while the call to refresh it fails\n                                \
+             or is rejected (stale-if-error); concurrent misses make one call",
+            HOT_TTL.as_secs(),
+            HOT_MAX_STALE.as_secs()
+        );
+        println!(
+            "            /health/live, /health/ready: readiness 503 while the breaker is open, degraded\n                                \
+             (still 200) from {:.0}% bulkhead use; checks refreshed every {}",
+            HEALTH_BULKHEAD_THRESHOLD * 100.0,
+            ms(HEALTH_INTERVAL)
+        );
+        println!(
+            "  orders    {ORDER_WORKERS} loops of order sagas (a pause of {}-{} ms between two), logged in SQLite in a\n            \
+             temporary directory ({}, removed at the end): reserve stock, charge (POST\n            \
+             to the upstream, at most {}), ship; a failed charge releases the stock",
+            ORDER_PAUSE_MS.0,
+            ORDER_PAUSE_MS.1,
+            saga_log.display(),
+            ms(CHARGE_TIMEOUT)
+        );
         println!();
         println!(
-            "  columns   the answers the clients got: 429 over the client's rate limit; 500 upstream\n            \
-             failure passed on; 502 still shed (503) after the retries; 503 rejected by the\n            \
-             bulkhead (full: queue full, wait: waited {} in the queue) or the open circuit\n            \
-             (open); 504 cut by the timeout\n            \
+            "  columns   the answers the clients got (/ and /hot): 200; fb: 200 from the fallback, the\n            \
+             breaker open; 429 over the client's rate limit; 500 upstream failure passed on; 502\n            \
+             still shed (503) after the retries; 503 shed by the bulkhead (or, on /hot with\n            \
+             nothing stale to serve, the open circuit); 504 cut by the timeout; hot: to /hot\n            \
              from /metrics, as Prometheus scrapes it: retry: retries made; saved: calls answered\n            \
-             after a retry; circuit: breaker state at the end of the second\n            \
-             from the layers: spent: retries refused, budget spent; active/queued: bulkhead now",
-            ms(MAX_WAIT)
+             after a retry; hit / stale: /hot answered from a fresh / an expired entry; done /\n            \
+             undone: order sagas completed / compensated; circuit: breaker state at the end of the\n            \
+             second; ready: GET /health/ready then (buttress_health_ready says the same)\n            \
+             from the layers: spent: retries refused, budget spent"
         );
         println!();
         let header = format!(
-            "{:>4}  {:<9} {:>5} {:>5} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>5} {:>5} {:>5} {:>6} {:>6} {:>6} {:>7}  circuit",
+            "{:>4}  {:<9} {:>5} {:>5} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>7}  {:<9} ready",
             "sec",
             "phase",
             "req",
             "200",
+            "fb",
             "429",
             "500",
             "502",
             "503",
-            "full",
-            "wait",
-            "open",
             "504",
             "retry",
             "saved",
             "spent",
-            "active",
-            "queued",
-            "p50",
+            "hot",
+            "hit",
+            "stale",
+            "done",
+            "undone",
             "p99",
+            "circuit",
         );
         println!("{header}");
         println!("{}", "-".repeat(header.len()));
@@ -507,7 +646,10 @@ impl Report {
             phases: Vec::new(),
             metrics: MetricsCounts::default(),
             circuit_state: "closed",
+            readiness: Vec::new(),
+            ready_gauge: Vec::new(),
         };
+        let probes = load::probe_client();
         // Retries are attempts less completed calls, two counters that a
         // scrape may catch between the two increments of one call: a row
         // shows what the total reached less what the rows above showed, so
@@ -515,7 +657,6 @@ impl Report {
         let mut retries_shown = 0;
         for second in 1..=self.secs {
             self.watch_until(start + Duration::from_secs(second)).await;
-            let occupancy = self.observer.bulkhead.snapshot();
             if second == self.secs {
                 if let Some(load) = load.take() {
                     load.finish().await;
@@ -531,7 +672,7 @@ impl Report {
                 if let Some(tally) = self.clients.get_mut(client) {
                     tally.add(&sample);
                 }
-                counts.add(sample.outcome);
+                counts.add_sample(&sample);
                 latencies.push(sample.latency);
             }
             latencies.sort_unstable();
@@ -539,8 +680,20 @@ impl Report {
             let upstream_calls = upstream_now - upstream_before;
             upstream_before = upstream_now;
             let upstream_peak = std::mem::take(&mut self.upstream_peak);
+            // What a load balancer probing readiness is told now; the probe
+            // sets `buttress_health_ready`, read below.
+            let ready = match self.gateway {
+                Some(gateway) => load::probe(&probes, gateway, "/health/ready")
+                    .await
+                    .ok()
+                    .map(|status| status.as_u16()),
+                None => None,
+            };
             // What Prometheus would scrape now.
             let exposition = prometheus::scrape(&self.metrics)?;
+            let ready_gauge = prometheus::ready_status(&exposition)?;
+            totals.readiness.push(ready);
+            totals.ready_gauge.push(ready_gauge);
             let metrics_now = MetricsCounts::read(&exposition)?.since(&self.baseline);
             let metrics = metrics_now.since(&metrics_before);
             metrics_before = metrics_now;
@@ -554,31 +707,32 @@ impl Report {
             retries_before = retries_now;
             let phase = timeline.phase_at(Duration::from_secs(second - 1));
             if self.print {
+                let ready = ready.map_or_else(|| "-".to_owned(), |s| s.to_string());
                 println!(
-                    "{second:>4}  {phase:<9} {:>5} {:>5} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>5} {:>5} {:>5} {:>6} {:>6} {:>6} {:>7}  {}",
+                    "{second:>4}  {phase:<9} {:>5} {:>5} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>7}  {circuit:<9} {ready}",
                     counts.total,
                     counts.ok,
+                    counts.fallback,
                     counts.rate_limited,
                     counts.upstream_errors,
                     counts.bad_gateway,
                     counts.shed,
-                    counts.shed_queue_full,
-                    counts.shed_wait_timed_out,
-                    counts.shed_circuit_open,
                     counts.timeouts,
                     retries_made,
                     metrics.retry_succeeded,
                     retries.budget_spent,
-                    occupancy.active,
-                    occupancy.queued,
-                    ms(percentile(&latencies, 50)),
+                    counts.hot,
+                    metrics.cache_hits,
+                    metrics.cache_stale,
+                    metrics.sagas_completed,
+                    metrics.sagas_compensated,
                     ms(percentile(&latencies, 99)),
-                    circuit,
                 );
                 if counts.other > 0 {
                     println!("      ({} other: another status, a connection error or the client's {} timeout)", counts.other, ms(CLIENT_TIMEOUT));
                 }
             }
+            let not_ready = u64::from(ready == Some(503));
             totals.counts.merge(&counts);
             totals.latencies.extend_from_slice(&latencies);
             match totals.phases.last_mut() {
@@ -591,6 +745,7 @@ impl Report {
                     p.retries.merge(retries);
                     p.upstream_calls += upstream_calls;
                     p.upstream_peak = p.upstream_peak.max(upstream_peak);
+                    p.not_ready_seconds += not_ready;
                 }
                 _ => totals.phases.push(PhaseTotals {
                     phase,
@@ -602,6 +757,7 @@ impl Report {
                     retries,
                     upstream_calls,
                     upstream_peak,
+                    not_ready_seconds: not_ready,
                 }),
             }
         }
@@ -638,7 +794,10 @@ impl Report {
             phases,
             metrics,
             circuit_state,
+            readiness,
+            ready_gauge,
         } = totals;
+        let (stock_reserved, stock_released, shipped) = self.warehouse.get();
         latencies.sort_unstable();
         // The 503s as the clients saw them. The layers' events count more:
         // the bulkhead and the breaker decide in `poll_ready`, and a request
@@ -673,6 +832,12 @@ impl Report {
                     p50: percentile(&p.latencies, 50),
                     p99: percentile(&p.latencies, 99),
                     circuit_rejected: p.counts.shed_circuit_open,
+                    fallback_used: p.metrics.fallback_used,
+                    cache_hits: p.metrics.cache_hits,
+                    cache_stale: p.metrics.cache_stale,
+                    sagas_completed: p.metrics.sagas_completed,
+                    sagas_compensated: p.metrics.sagas_compensated,
+                    not_ready_seconds: p.not_ready_seconds,
                     circuit_opened: p.metrics.circuit_opened,
                     circuit_closed: p.metrics.circuit_closed,
                     retries: p.retries_made,
@@ -707,6 +872,20 @@ impl Report {
             retry_deadline: retries.deadline,
             retry_timed_out: retries.timed_out_after_retry(),
             retry_budget_left: budget.available,
+            fallback_used: metrics.fallback_used,
+            cache_hits: metrics.cache_hits,
+            cache_stale: metrics.cache_stale,
+            cache_misses: metrics.cache_misses,
+            cache_coalesced: metrics.cache_coalesced,
+            readiness,
+            ready_gauge,
+            sagas_started: metrics.sagas_started,
+            sagas_completed: metrics.sagas_completed,
+            sagas_compensated: metrics.sagas_compensated,
+            sagas_needs_attention: metrics.sagas_needs_attention,
+            stock_reserved,
+            stock_released,
+            shipped,
             peak_active: self.peak_active,
             peak_queued: self.peak_queued,
             p50: percentile(&latencies, 50),
@@ -757,6 +936,15 @@ fn percentile(sorted: &[Duration], pct: usize) -> Duration {
     sorted[rank - 1]
 }
 
+/// `part` as a percentage of `whole`; zero when `whole` is.
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
 /// A duration for people: whole milliseconds, one decimal below 10 ms.
 fn ms(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
@@ -792,6 +980,12 @@ impl fmt::Display for Summary {
         line(f, "200 ok", c.ok, String::new())?;
         line(
             f,
+            "200 fallback",
+            c.fallback,
+            "the breaker refused the call; the fallback answered".to_owned(),
+        )?;
+        line(
+            f,
             "429 rate limited",
             c.rate_limited,
             self.rate_limited_note(),
@@ -811,7 +1005,7 @@ impl fmt::Display for Summary {
             "503 rejected",
             c.shed,
             format!(
-                "bulkhead {} ({} queue full, {} waited {}), open circuit {}",
+                "bulkhead {} ({} queue full, {} waited {}), open circuit on /hot {}",
                 self.shed_bulkhead(),
                 self.shed_queue_full,
                 self.shed_wait_timed_out,
@@ -832,7 +1026,7 @@ impl fmt::Display for Summary {
         writeln!(
             f,
             "by phase     {:>5} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>7}  circuit",
-            "req/s", "200", "500", "502", "503", "open", "504", "retry", "p99"
+            "req/s", "200", "fb", "500", "502", "503", "504", "retry", "p99"
         )?;
         for p in &self.phases {
             let pc = &p.counts;
@@ -842,15 +1036,35 @@ impl fmt::Display for Summary {
                 p.phase,
                 pc.total / p.seconds.max(1),
                 pc.percent(pc.ok),
+                pc.percent(pc.fallback),
                 pc.percent(pc.upstream_errors),
                 pc.percent(pc.bad_gateway),
                 pc.percent(pc.shed),
-                pc.percent(p.circuit_rejected),
                 pc.percent(pc.timeouts),
                 pc.percent(p.retries),
                 ms(p.p99),
                 p.circuit_opened,
                 p.circuit_closed
+            )?;
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "by phase     {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+            "fallback", "/hot hit", "stale", "orders", "undone", "ready 503"
+        )?;
+        for p in &self.phases {
+            let ended = p.sagas_completed + p.sagas_compensated;
+            writeln!(
+                f,
+                "  {:<10} {:>8} {:>8} {:>8} {:>8} {:>7.0}% {:>8} s",
+                p.phase,
+                p.fallback_used,
+                p.cache_hits,
+                p.cache_stale,
+                ended,
+                percent(p.sagas_compensated, ended),
+                p.not_ready_seconds
             )?;
         }
         writeln!(f)?;
@@ -870,6 +1084,10 @@ impl fmt::Display for Summary {
             ms(UPSTREAM_TIMEOUT)
         )?;
         self.fmt_circuit(f)?;
+        self.fmt_fallback(f)?;
+        self.fmt_cache(f)?;
+        self.fmt_health(f)?;
+        self.fmt_sagas(f)?;
         writeln!(
             f,
             "  bulkhead   {} requests shed with 503 instead of queueing unboundedly: {} found\n             \
@@ -992,14 +1210,16 @@ impl Summary {
         writeln!(
             f,
             "from /metrics ({}), as Prometheus scrapes it at the end of the load:\n  \
-             the counters behind the table's retry, saved and circuit columns and the 429s,\n  \
-             retries, timeouts and breaker numbers above (fewer labels: the sum of the series)",
+             the counters behind the table's retry, saved, hit, stale, done, undone and circuit\n  \
+             columns and the 429s, retries, timeouts, breaker, fallback, cache and saga numbers\n  \
+             above (fewer labels: the sum of the series)",
             self.metrics_url
         )?;
         let rl = prometheus::RATE_LIMIT;
         let cb = prometheus::BREAKER;
         let rt = prometheus::RETRY;
-        let rows: [(String, u64, &str); 13] = [
+        let (fb, ca, sg) = (prometheus::FALLBACK, prometheus::CACHE, prometheus::SAGA);
+        let mut rows: Vec<(String, u64, &str)> = vec![
             (
                 format!("buttress_rate_limit_decisions_total{{name=\"{rl}\",decision=\"permitted\"}}"),
                 m.rate_limit_permitted,
@@ -1016,12 +1236,12 @@ impl Summary {
                     prometheus::BULKHEAD
                 ),
                 m.bulkhead_rejected,
-                "refusals: the 503s, and requests then answered 429",
+                "refusals: the 503s, /hot misses answered stale, requests then answered 429",
             ),
             (
                 format!("buttress_circuit_breaker_calls_total{{name=\"{cb}\",kind=\"not_permitted\"}}"),
                 m.circuit_not_permitted,
-                "refusals: the 503s, and requests then answered 429",
+                "refusals: fb, /hot misses answered stale (or 503), requests then answered 429",
             ),
             (
                 format!("buttress_circuit_breaker_transitions_total{{name=\"{cb}\",to=\"open\"}}"),
@@ -1074,7 +1294,44 @@ impl Summary {
                 m.http_requests,
                 "requests",
             ),
+            (
+                format!(
+                    "http_server_requests{{name=\"{}\",http_route=\"/hot\"}}",
+                    prometheus::HTTP
+                ),
+                m.http_requests_hot,
+                "requests",
+            ),
+            (
+                format!("buttress_fallback_calls_total{{name=\"{fb}\",kind=\"fallback_used\"}}"),
+                m.fallback_used,
+                "fb",
+            ),
         ];
+        for (result, value, meaning) in [
+            ("hit", m.cache_hits, "hit"),
+            ("miss", m.cache_misses, "called the upstream"),
+            ("coalesced", m.cache_coalesced, "waited for another's call"),
+            ("stale", m.cache_stale, "stale"),
+        ] {
+            rows.push((
+                format!("buttress_cache_requests_total{{name=\"{ca}\",result=\"{result}\"}}"),
+                value,
+                meaning,
+            ));
+        }
+        for (outcome, value, meaning) in [
+            ("started", m.sagas_started, "orders"),
+            ("completed", m.sagas_completed, "done"),
+            ("compensated", m.sagas_compensated, "undone"),
+            ("needs_attention", m.sagas_needs_attention, "left for a person"),
+        ] {
+            rows.push((
+                format!("buttress_saga_sagas_total{{name=\"{sg}\",outcome=\"{outcome}\"}}"),
+                value,
+                meaning,
+            ));
+        }
         let width = rows
             .iter()
             .map(|(series, ..)| series.len())
@@ -1088,7 +1345,15 @@ impl Summary {
             "  retries = attempts - completed calls = {}; breaker state gauge at 1: {}",
             m.retries(),
             self.circuit_state
-        )
+        )?;
+        if let Some(last) = self.ready_gauge.last() {
+            writeln!(
+                f,
+                "  buttress_health_ready after the last probe: {} ({last})",
+                u8::from(*last == 200)
+            )?;
+        }
+        Ok(())
     }
 
     /// Who the 429s went to, for the totals.
@@ -1285,6 +1550,100 @@ impl Summary {
 }
 
 impl Summary {
+    /// The fallback's line of "what each pattern did".
+    fn fmt_fallback(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = if self.fallback_used == 0 {
+            "never used: the breaker refused no call on /".to_owned()
+        } else {
+            format!(
+                "{} calls on / that the breaker refused {} were answered 200 with the canned \
+                 page, marked `x-fallback: {}; reason=circuit_open`, instead of a 503 (the \
+                 clients saw {} of them); a timeout, an upstream error or a shed call was not \
+                 hidden behind it",
+                self.fallback_used,
+                self.phases_where(|p| p.fallback_used),
+                prometheus::FALLBACK,
+                self.counts.fallback
+            )
+        };
+        writeln!(f, "  fallback   {}", wrap(&text, 78, "\n             "))
+    }
+
+    /// The cache's line of "what each pattern did".
+    fn fmt_cache(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = format!(
+            "/hot ({} requests): {} answered from the fresh entry without a call to the \
+             upstream; {} called it, and {} more waited for such a call rather than make their own",
+            self.counts.hot, self.cache_hits, self.cache_misses, self.cache_coalesced
+        );
+        if self.cache_stale > 0 {
+            text += &format!(
+                "; of these, {} were answered from the expired entry (at most {} s past its \
+                 {} s) when the call failed or was rejected {}, instead of with an error",
+                self.cache_stale,
+                HOT_MAX_STALE.as_secs(),
+                HOT_TTL.as_secs(),
+                self.phases_where(|p| p.cache_stale)
+            );
+        }
+        writeln!(f, "  cache      {}", wrap(&text, 78, "\n             "))
+    }
+
+    /// The health probes' line of "what each pattern did".
+    fn fmt_health(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let not_ready: u64 = self.phases.iter().map(|p| p.not_ready_seconds).sum();
+        let text = if not_ready == 0 {
+            format!(
+                "/health/ready answered 200 at the end of each of the {} seconds: the breaker \
+                 was never open then",
+                self.readiness.len()
+            )
+        } else {
+            format!(
+                "/health/ready answered 503 at the end of {not_ready} of the {} seconds {}, \
+                 while the breaker was open (a load balancer would send its traffic elsewhere), \
+                 and 200 otherwise; /health/live asks only whether the process answers, so a \
+                 failing upstream never gets the gateway restarted",
+                self.readiness.len(),
+                self.phases_where(|p| p.not_ready_seconds)
+            )
+        };
+        writeln!(f, "  health     {}", wrap(&text, 78, "\n             "))
+    }
+
+    /// The sagas' line of "what each pattern did".
+    fn fmt_sagas(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ended = |p: &PhaseSummary| p.sagas_completed + p.sagas_compensated;
+        let rates: Vec<String> = self
+            .phases
+            .iter()
+            .map(|p| {
+                format!(
+                    "{:.0}% in {}",
+                    percent(p.sagas_compensated, ended(p)),
+                    p.phase
+                )
+            })
+            .collect();
+        let mut text = format!(
+            "{} orders: {} completed (charged and shipped), {} compensated (the charge failed \
+             or took over {}, so the stock was released: {})",
+            self.sagas_started,
+            self.sagas_completed,
+            self.sagas_compensated,
+            ms(CHARGE_TIMEOUT),
+            rates.join(", ")
+        );
+        if self.sagas_needs_attention > 0 {
+            text += &format!(", {} left needing attention", self.sagas_needs_attention);
+        }
+        text += &format!(
+            ". The warehouse: {} reservations, {} released, {} shipped",
+            self.stock_reserved, self.stock_released, self.shipped
+        );
+        writeln!(f, "  saga       {}", wrap(&text, 78, "\n             "))
+    }
+
     /// Where something counted by `count` happened: "in the degraded
     /// phase" or "(1 in healthy, 3 in degraded)"; empty if nowhere.
     fn phases_where(&self, count: impl Fn(&PhaseSummary) -> u64) -> String {

@@ -1,5 +1,7 @@
 //! The flaky upstream: random latency, some slow calls, some 500s and some
-//! 503s, with rates that follow the phases of the run.
+//! 503s, with rates that follow the phases of the run. `GET /` is the
+//! catalogue the gateway forwards to; `POST /charge/{key}` is the payment
+//! service the order sagas call, just as flaky.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,7 +10,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use crate::phase::{Phase, Timeline};
@@ -108,6 +110,21 @@ fn draw(rng: &mut XorShift64, phase: Phase) -> (Duration, Answer) {
     (Duration::from_millis(rng.between(lo, hi)), answer)
 }
 
+/// `POST /charge/{key}`: the payment service of the order sagas, with the
+/// same draws as `GET /` (so it fails as often, and is as slow, in each
+/// phase); not counted in [`UpstreamLoad`], which is the gateway's load.
+/// The key is the step's idempotency key; nothing is kept by it (a retry
+/// would be answered anew: the demo's payment step is not retried).
+async fn charge(State(upstream): State<Arc<Upstream>>) -> Response {
+    let (latency, answer) = upstream.draw();
+    tokio::time::sleep(latency).await;
+    match answer {
+        Answer::Ok => (StatusCode::OK, "charged\n").into_response(),
+        Answer::Failure => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Answer::Unavailable => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
 /// `GET /`: waits the drawn latency, then answers 200, 500 or 503.
 async fn work(State(upstream): State<Arc<Upstream>>) -> Response {
     let _in_flight = InFlight::enter(&upstream.load);
@@ -141,6 +158,7 @@ pub(crate) async fn start(
     });
     let app = Router::new()
         .route("/", get(work))
+        .route("/charge/{key}", post(charge))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state);
     Server::start("upstream", app).await

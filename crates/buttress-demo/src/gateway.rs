@@ -25,19 +25,17 @@ use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use axum::routing::get;
 use axum::Router;
 use buttress_bulkhead::{BulkheadEvent, BulkheadHandle, BulkheadLayer};
+use buttress_cache::{CacheBody, CacheLayer, CacheStatus, HttpPolicy};
 use buttress_circuit_breaker::CircuitBreakerLayer;
 use buttress_core::deadline::Deadline;
 use buttress_core::error::chain;
 use buttress_core::key::Header;
 use buttress_core::response::{error_response, ErrorToResponseLayer};
-use buttress_cache::{CacheBody, CacheLayer, CacheStatus, HttpPolicy};
 use buttress_core::{
     BoxError, BulkheadFull, BulkheadFullReason, CircuitOpen, ConfigError, ErrorKind,
     HttpClassifier, Registry,
 };
-use buttress_fallback::{
-    Failure, FallbackLayer, FromError, HttpMarker, Kinds, FALLBACK_HEADER,
-};
+use buttress_fallback::{Failure, FallbackLayer, FromError, HttpMarker, Kinds, FALLBACK_HEADER};
 use buttress_health::{BreakersCheck, BulkheadsCheck, Check, HealthRegistry, Status};
 use buttress_metrics::{HttpServer, MetricsLayer};
 use buttress_rate_limit::{KeyedRateLimitLayer, Rate, Unit, WithHeaders};
@@ -485,9 +483,7 @@ pub(crate) fn fallback_layer(registry: &Registry) -> Result<UpstreamFallback, Co
 /// up to [`HOT_MAX_STALE`] when the call that would refresh it fails, is
 /// rejected (an open breaker, a full bulkhead) or answers 5xx.
 /// Concurrent misses make one call.
-pub(crate) fn cache_layer(
-    registry: &Registry,
-) -> Result<CacheLayer<HttpPolicy>, ConfigError> {
+pub(crate) fn cache_layer(registry: &Registry) -> Result<CacheLayer<HttpPolicy>, ConfigError> {
     CacheLayer::http()
         .name(prometheus::CACHE)
         .ttl(HOT_TTL)
@@ -750,12 +746,12 @@ mod tests {
     fn rejections_are_tagged_with_the_layer_that_made_them() {
         let full: BoxError =
             BulkheadFull::new("gateway".into(), BulkheadFullReason::WaitTimedOut).into();
-        let res = tag_rejection(Err(full)).unwrap();
+        let res = tag_rejection::<Body>(Err(full)).unwrap();
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(res.headers()[REJECTED_BY], "bulkhead-wait-timed-out");
         let timeout: BoxError =
             buttress_core::Elapsed::new("upstream-timeout".into(), UPSTREAM_TIMEOUT).into();
-        assert!(tag_rejection(Err(timeout)).is_err());
+        assert!(tag_rejection::<Body>(Err(timeout)).is_err());
         for r in [
             Rejection::QueueFull,
             Rejection::WaitTimedOut,

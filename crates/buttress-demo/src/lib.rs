@@ -204,7 +204,11 @@ pub async fn run_with(config: DemoConfig, metrics: &MetricsEndpoint) -> Result<S
     let (report, totals, bare) = outcome?;
     gateway_down?;
     upstream_down?;
-    Ok(report.summary(totals, registry.snapshot(), bare))
+    let mut summary = report.summary(totals, registry.snapshot(), bare);
+    summary.saga_log = orders.dir().to_owned();
+    // The saga log's directory goes now.
+    drop(orders);
+    Ok(summary)
 }
 
 /// The load phase: preflight, clients and order sagas, live report,

@@ -336,7 +336,11 @@ fn pause(rng: &mut XorShift64, (lo, hi): (u64, u64)) -> Duration {
 /// One request, read to the end, bounded by the client timeout: how it
 /// ended, the `Retry-After` (in seconds) of a 429, and how the cache
 /// answered it.
-async fn send(http: &LoadClient, uri: Uri, who: Who) -> (Outcome, Option<u64>, Option<CacheAnswer>) {
+async fn send(
+    http: &LoadClient,
+    uri: Uri,
+    who: Who,
+) -> (Outcome, Option<u64>, Option<CacheAnswer>) {
     let exchange = async {
         let req = http::Request::get(uri)
             .header(CLIENT, who.name())
@@ -403,10 +407,7 @@ mod tests {
         assert_eq!(of(StatusCode::GATEWAY_TIMEOUT), Outcome::TimedOut);
         assert_eq!(of(StatusCode::BAD_GATEWAY), Outcome::BadGateway);
         assert_eq!(of(StatusCode::NOT_FOUND), Outcome::Other);
-        assert_eq!(
-            Outcome::of(StatusCode::OK, None, true),
-            Outcome::Fallback
-        );
+        assert_eq!(Outcome::of(StatusCode::OK, None, true), Outcome::Fallback);
         // Only a 200 is a fallback answer.
         assert_eq!(
             Outcome::of(StatusCode::BAD_GATEWAY, None, true),
@@ -423,7 +424,10 @@ mod tests {
                 Some(answer)
             );
         }
-        assert_eq!(CacheAnswer::from_header(&HeaderValue::from_static("bypass")), None);
+        assert_eq!(
+            CacheAnswer::from_header(&HeaderValue::from_static("bypass")),
+            None
+        );
     }
 
     #[test]

@@ -82,10 +82,8 @@ impl TempDir {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "buttress-demo-{}-{nanos}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("buttress-demo-{}-{nanos}", std::process::id()));
         std::fs::create_dir(&path).map_err(|e| DemoError::SagaLog {
             path: path.clone(),
             reason: format!("cannot create the directory: {e}"),
@@ -138,10 +136,15 @@ impl Orders {
     /// its payment step calls `upstream`. Sagas a previous process left
     /// unfinished in that log would be finished first (the log is new: it
     /// has none, but that is where a service calls it).
-    pub(crate) async fn start(upstream: SocketAddr, registry: &Registry) -> Result<Self, DemoError> {
+    pub(crate) async fn start(
+        upstream: SocketAddr,
+        registry: &Registry,
+    ) -> Result<Self, DemoError> {
         let dir = TempDir::create()?;
         let path = dir.0.join("sagas.db");
-        let log = SqliteLog::open(&path).await.map_err(|e| log_error(&path, e))?;
+        let log = SqliteLog::open(&path)
+            .await
+            .map_err(|e| log_error(&path, e))?;
         let warehouse = Arc::new(Warehouse::default());
         let client: PaymentClient = Client::builder(TokioExecutor::new()).build_http();
 
@@ -211,7 +214,8 @@ impl Orders {
                     // Its outcome is counted by the saga's metrics.
                     let _ = saga.clone().oneshot(order).await;
                     id += 1;
-                    let pause = Duration::from_millis(rng.between(ORDER_PAUSE_MS.0, ORDER_PAUSE_MS.1));
+                    let pause =
+                        Duration::from_millis(rng.between(ORDER_PAUSE_MS.0, ORDER_PAUSE_MS.1));
                     sleep_until((Instant::now() + pause).min(deadline)).await;
                 }
             });
@@ -262,7 +266,10 @@ mod tests {
         assert!(!dir.exists(), "{dir:?} is left");
 
         let declined = payment(StatusCode::SERVICE_UNAVAILABLE).await;
-        let orders = Orders::start(declined.addr(), &registry).await.unwrap();
+        // One saga named `order` per registry.
+        let orders = Orders::start(declined.addr(), &Registry::new())
+            .await
+            .unwrap();
         let err = orders.saga.clone().oneshot(order(1)).await.unwrap_err();
         assert!(err.is_compensated(), "{err}");
         assert_eq!(err.step(), Some("charge"));

@@ -193,13 +193,26 @@ impl MetricsCounts {
         };
         let transitions = "buttress_circuit_breaker_transitions_total";
         let retry_calls = "buttress_retry_calls_total";
-        let cache = |result| get("buttress_cache_requests_total", &[("name", CACHE), ("result", result)]);
-        let sagas = |outcome| get("buttress_saga_sagas_total", &[("name", SAGA), ("outcome", outcome)]);
+        let cache = |result| {
+            get(
+                "buttress_cache_requests_total",
+                &[("name", CACHE), ("result", result)],
+            )
+        };
+        let sagas = |outcome| {
+            get(
+                "buttress_saga_sagas_total",
+                &[("name", SAGA), ("outcome", outcome)],
+            )
+        };
         // No request has reached a route before the load starts: its
         // series appears with the first one.
         let http = |route| {
             exposition
-                .sum("http_server_requests", &[("name", HTTP), ("http_route", route)])
+                .sum(
+                    "http_server_requests",
+                    &[("name", HTTP), ("http_route", route)],
+                )
                 .map_or(0, |n| n as u64)
         };
         Ok(Self {
@@ -422,7 +435,12 @@ buttress_health_ready 0
         );
         assert_eq!((c.http_requests_hot, c.fallback_used), (40, 6));
         assert_eq!(
-            (c.cache_hits, c.cache_misses, c.cache_coalesced, c.cache_stale),
+            (
+                c.cache_hits,
+                c.cache_misses,
+                c.cache_coalesced,
+                c.cache_stale
+            ),
             (30, 8, 2, 3)
         );
         assert_eq!(

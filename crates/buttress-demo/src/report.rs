@@ -17,8 +17,8 @@ use crate::gateway::{
     RETRY_BACKOFF, RETRY_BUDGET_FLOOR, RETRY_BUDGET_PERCENT, RETRY_MAX_DELAY, UPSTREAM_TIMEOUT,
 };
 use crate::load::{
-    self, CacheAnswer, Load, Outcome, Route, Sample, Who, BURST_EVERY, BURST_SIZE,
-    CLIENT_TIMEOUT, HOT_PERCENT,
+    self, CacheAnswer, Load, Outcome, Route, Sample, Who, BURST_EVERY, BURST_SIZE, CLIENT_TIMEOUT,
+    HOT_PERCENT,
 };
 use crate::orders::{Warehouse, CHARGE_TIMEOUT, ORDER_PAUSE_MS, ORDER_WORKERS};
 use crate::phase::{Phase, Timeline};
@@ -362,6 +362,9 @@ pub struct Summary {
     pub stock_released: u64,
     /// Orders the last step shipped.
     pub shipped: u64,
+    /// The temporary directory the sagas were logged in (SQLite), removed
+    /// by the time the run returns.
+    pub saga_log: std::path::PathBuf,
     /// Most calls seen running in the bulkhead at once (sampled).
     pub peak_active: usize,
     /// Most calls seen waiting in the bulkhead's queue at once (sampled).
@@ -886,6 +889,7 @@ impl Report {
             stock_reserved,
             stock_released,
             shipped,
+            saga_log: std::path::PathBuf::new(),
             peak_active: self.peak_active,
             peak_queued: self.peak_queued,
             p50: percentile(&latencies, 50),
@@ -1324,7 +1328,11 @@ impl Summary {
             ("started", m.sagas_started, "orders"),
             ("completed", m.sagas_completed, "done"),
             ("compensated", m.sagas_compensated, "undone"),
-            ("needs_attention", m.sagas_needs_attention, "left for a person"),
+            (
+                "needs_attention",
+                m.sagas_needs_attention,
+                "left for a person",
+            ),
         ] {
             rows.push((
                 format!("buttress_saga_sagas_total{{name=\"{sg}\",outcome=\"{outcome}\"}}"),
@@ -1749,6 +1757,8 @@ mod tests {
             outcome,
             latency: Duration::ZERO,
             retry_after,
+            route: Route::Root,
+            cache: None,
         };
         for s in [
             sample(Outcome::Ok, None),

@@ -1,6 +1,8 @@
 //! Runs the whole demo briefly on 127.0.0.1 and checks that its numbers
 //! are consistent, and that `/metrics`, scraped over HTTP during and after
-//! the run, has the documented series with the values the report printed.
+//! the run, has the documented series with the values the report printed:
+//! the fallback's answers, the cache's hits and stale answers, readiness
+//! and the sagas' outcomes included.
 //!
 //! One test: the Prometheus recorder is global to the process.
 
@@ -72,7 +74,13 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
     let c = summary.counts;
     assert!(c.total > 0, "no request was made");
     assert_eq!(
-        c.ok + c.rate_limited + c.upstream_errors + c.bad_gateway + c.shed + c.timeouts + c.other,
+        c.ok + c.fallback
+            + c.rate_limited
+            + c.upstream_errors
+            + c.bad_gateway
+            + c.shed
+            + c.timeouts
+            + c.other,
         c.total,
         "{c:?}"
     );
@@ -186,15 +194,19 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
     assert_eq!(summary.registry["upstream"]["kind"], "circuit_breaker");
     // The breaker decides in `poll_ready`: it also counts as not permitted
     // the requests it refused there that the rate limit above it then
-    // answered 429 without calling it.
+    // answered 429 without calling it. Its refusals on `/` are the
+    // fallback's answers; on `/hot`, a 503 or a stale answer.
     let not_permitted = summary.registry["upstream"]["state"]["not_permitted_calls"]
         .as_u64()
         .unwrap();
+    let refused = summary.circuit_rejected + summary.fallback_used;
     assert!(
-        (summary.circuit_rejected..=summary.circuit_rejected + c.rate_limited)
-            .contains(&not_permitted),
+        (refused..=refused + summary.cache_stale + c.rate_limited).contains(&not_permitted),
         "{not_permitted} {summary:?}"
     );
+    assert_eq!(summary.registry["upstream-fallback"]["kind"], "fallback");
+    assert_eq!(summary.registry["hot"]["kind"], "cache");
+    assert_eq!(summary.registry["order"]["kind"], "saga");
     assert_eq!(summary.registry["upstream-timeout"]["kind"], "timeout");
     assert_eq!(summary.registry["upstream-retry"]["kind"], "retry");
     assert_eq!(
@@ -210,6 +222,7 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
     assert!(bc.total > 0, "{bare:?}");
     assert_eq!(
         bc.ok
+            + bc.fallback
             + bc.rate_limited
             + bc.upstream_errors
             + bc.bad_gateway
@@ -238,6 +251,14 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
     assert!(report.contains("  circuit    "), "{report}");
     assert!(report.contains("  retry      "), "{report}");
     assert!(report.contains("  rate limit "), "{report}");
+    for line in [
+        "  fallback   ",
+        "  cache      ",
+        "  health     ",
+        "  saga       ",
+    ] {
+        assert!(report.contains(line), "{line} in\n{report}");
+    }
     assert!(report.contains("Retry-After: 1"), "{report}");
 
     // `/metrics` after the run, over HTTP: the documented series, as the
@@ -256,6 +277,12 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
         ("buttress_timeout_calls_total", "counter"),
         ("http_server_requests", "counter"),
         ("http_server_active_requests", "gauge"),
+        ("buttress_fallback_calls_total", "counter"),
+        ("buttress_cache_requests_total", "counter"),
+        ("buttress_saga_sagas_total", "counter"),
+        ("buttress_saga_steps_total", "counter"),
+        ("buttress_health_status", "gauge"),
+        ("buttress_health_ready", "gauge"),
     ] {
         assert_eq!(e.kind(name), Some(kind), "{name} in\n{text}");
         assert!(e.select(name, &[]).next().is_some(), "{name} in\n{text}");
@@ -368,9 +395,10 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
         bulkhead_rejected
     );
     // The bulkhead decides in `poll_ready`, as the breaker does: it also
-    // refused requests that the rate limit above it then answered 429.
+    // refused requests that the rate limit above it then answered 429; and
+    // the `/hot` misses it refused were answered stale.
     assert!(
-        (summary.shed_bulkhead()..=summary.shed_bulkhead() + c.rate_limited)
+        (summary.shed_bulkhead()..=summary.shed_bulkhead() + c.rate_limited + summary.cache_stale)
             .contains(&bulkhead_rejected),
         "{bulkhead_rejected} {summary:?}"
     );
@@ -381,16 +409,183 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
         .collect();
     assert_eq!(on.len(), 1, "{on:?}");
     assert_eq!(on[0].label("state"), Some(summary.circuit_state));
-    // Every answered request went through the gateway's MetricsLayer on `/`.
+    // Every answered request went through the gateway's MetricsLayer, on
+    // `/` or on `/hot`.
     let http = count(
         &e,
         "http_server_requests",
         &[("name", "gateway"), ("http_route", "/")],
     );
-    assert!(
-        (c.total - c.other..=c.total).contains(&http),
-        "{http} {c:?}"
+    let http_hot = count(
+        &e,
+        "http_server_requests",
+        &[("name", "gateway"), ("http_route", "/hot")],
     );
+    assert!(
+        (c.total - c.other..=c.total).contains(&(http + http_hot)),
+        "{http} {http_hot} {c:?}"
+    );
+    assert!(
+        (c.hot - c.other.min(c.hot)..=c.hot).contains(&http_hot),
+        "{http_hot} {c:?}"
+    );
+
+    // The fallback: every answer the clients saw marked `x-fallback` is
+    // one `fallback_used`, and nothing else is.
+    let fallback_used = count(
+        &e,
+        "buttress_fallback_calls_total",
+        &[("name", "upstream-fallback"), ("kind", "fallback_used")],
+    );
+    assert_eq!(c.fallback, fallback_used, "{summary:?}");
+    assert_eq!(summary.fallback_used, fallback_used);
+    assert_eq!(
+        phases.iter().map(|p| p.fallback_used).sum::<u64>(),
+        fallback_used
+    );
+    assert_eq!(
+        count(
+            &e,
+            "buttress_fallback_calls_total",
+            &[("name", "upstream-fallback"), ("kind", "fallback_failed")],
+        ),
+        0
+    );
+
+    // The cache: the clients' `x-cache: hit` and `stale` answers are the
+    // cache's counts; every `/hot` request reached it (the steady clients
+    // never get a 429), as a hit, a miss or a coalesced call (a stale
+    // answer is one of the last two whose call failed).
+    let cache = |result| {
+        count(
+            &e,
+            "buttress_cache_requests_total",
+            &[("name", "hot"), ("result", result)],
+        )
+    };
+    let (hits, misses, coalesced, stale) = (
+        cache("hit"),
+        cache("miss"),
+        cache("coalesced"),
+        cache("stale"),
+    );
+    assert!(c.hot > 0, "{c:?}");
+    assert!(hits > 0, "no /hot request was a hit: {c:?}");
+    assert_eq!(c.hot_hit, hits, "{c:?}");
+    assert_eq!(c.hot_stale, stale, "{c:?}");
+    assert_eq!((summary.cache_hits, summary.cache_stale), (hits, stale));
+    assert_eq!(
+        (summary.cache_misses, summary.cache_coalesced),
+        (misses, coalesced)
+    );
+    assert!(
+        (c.hot - c.other.min(c.hot)..=c.hot).contains(&(hits + misses + coalesced)),
+        "{hits} {misses} {coalesced} {c:?}"
+    );
+    assert!(
+        c.hot_miss + c.hot_coalesced + c.hot_stale <= misses + coalesced,
+        "{c:?}"
+    );
+    assert!(stale <= misses + coalesced);
+    assert_eq!(phases.iter().map(|p| p.cache_hits).sum::<u64>(), hits);
+    assert_eq!(phases.iter().map(|p| p.cache_stale).sum::<u64>(), stale);
+    assert_eq!(summary.registry["hot"]["state"]["hits"], hits);
+    assert_eq!(summary.registry["hot"]["state"]["stale"], stale);
+
+    // The sagas: once the load is over none runs, so every saga started
+    // ended, completed or compensated (none needs attention: the only
+    // compensation is local); the warehouse saw each step's effect once.
+    let sagas = |outcome| {
+        count(
+            &e,
+            "buttress_saga_sagas_total",
+            &[("name", "order"), ("outcome", outcome)],
+        )
+    };
+    let (started, completed, compensated, needs_attention) = (
+        sagas("started"),
+        sagas("completed"),
+        sagas("compensated"),
+        sagas("needs_attention"),
+    );
+    assert!(started > 0, "no saga ran");
+    assert!(completed > 0, "no saga completed");
+    assert_eq!(completed + compensated, started);
+    assert_eq!(needs_attention, 0);
+    assert_eq!(
+        (
+            summary.sagas_started,
+            summary.sagas_completed,
+            summary.sagas_compensated,
+            summary.sagas_needs_attention
+        ),
+        (started, completed, compensated, needs_attention)
+    );
+    assert_eq!(
+        phases
+            .iter()
+            .map(|p| p.sagas_completed + p.sagas_compensated)
+            .sum::<u64>(),
+        started
+    );
+    assert_eq!(
+        (
+            summary.stock_reserved,
+            summary.stock_released,
+            summary.shipped
+        ),
+        (started, compensated, completed)
+    );
+    assert_eq!(
+        count(
+            &e,
+            "buttress_saga_steps_total",
+            &[("name", "order"), ("step", "charge"), ("outcome", "failed")],
+        ),
+        compensated
+    );
+    // The log's temporary directory is gone.
+    assert!(
+        summary.saga_log.starts_with(std::env::temp_dir()),
+        "{:?}",
+        summary.saga_log
+    );
+    assert!(!summary.saga_log.exists(), "{:?}", summary.saga_log);
+
+    // Readiness: probed over HTTP at the end of every second, and
+    // `buttress_health_ready` said the same right after; nothing has
+    // probed since the last second.
+    assert_eq!(summary.readiness.len(), 3, "{:?}", summary.readiness);
+    assert_eq!(summary.ready_gauge.len(), 3, "{:?}", summary.ready_gauge);
+    for (http, gauge) in summary.readiness.iter().zip(&summary.ready_gauge) {
+        assert!(matches!(gauge, 200 | 503), "{gauge}");
+        assert_eq!(*http, Some(*gauge), "{:?}", summary.readiness);
+    }
+    let ready = e.value("buttress_health_ready", &[]).unwrap();
+    assert_eq!(
+        ready,
+        if summary.ready_gauge[2] == 200 {
+            1.0
+        } else {
+            0.0
+        }
+    );
+    assert_eq!(
+        phases.iter().map(|p| p.not_ready_seconds).sum::<u64>(),
+        summary
+            .readiness
+            .iter()
+            .filter(|s| **s == Some(503))
+            .count() as u64
+    );
+    for check in ["upstream", "capacity", "process"] {
+        assert!(
+            e.select("buttress_health_status", &[("check", check)])
+                .next()
+                .is_some(),
+            "{check} in\n{text}"
+        );
+    }
     assert!(during.http_requests <= http);
     // The report prints each series with the scraped value.
     for (series, value) in [
@@ -409,6 +604,26 @@ async fn a_short_run_sends_requests_and_its_counts_add_up() {
         (
             "buttress_retry_attempts_total{name=\"upstream-retry\"}",
             attempts,
+        ),
+        (
+            "buttress_fallback_calls_total{name=\"upstream-fallback\",kind=\"fallback_used\"}",
+            fallback_used,
+        ),
+        (
+            "buttress_cache_requests_total{name=\"hot\",result=\"hit\"}",
+            hits,
+        ),
+        (
+            "buttress_cache_requests_total{name=\"hot\",result=\"stale\"}",
+            stale,
+        ),
+        (
+            "buttress_saga_sagas_total{name=\"order\",outcome=\"completed\"}",
+            completed,
+        ),
+        (
+            "buttress_saga_sagas_total{name=\"order\",outcome=\"compensated\"}",
+            compensated,
         ),
     ] {
         let line = report

@@ -9,8 +9,8 @@
 //! | slot | here | past it |
 //! |---|---|---|
 //! | per client | 3 a second, bursts of 3 | 429 with `Retry-After` |
-//! | bulkhead | 1 in flight, 1 queued for up to 1 s | 503 with `Retry-After` |
-//! | timeout | 500 ms | 504 |
+//! | bulkhead | 1 in flight, 1 queued for up to 2 s | 503 with `Retry-After` |
+//! | timeout | 1 s per handler | 504 |
 //!
 //! The clients stand behind one reverse proxy (the example's own HTTP
 //! client plays it): the server trusts one proxy hop, so each client is
@@ -23,6 +23,7 @@
 //! server on 127.0.0.1, sends it the requests below, checks each answer and
 //! prints one line per request. Its test is
 //! `examples/tests/axum_server_policy.rs`.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -44,7 +45,7 @@ type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// How long `/slow` works: long enough for the next requests to find the
 /// bulkhead busy.
-const SLOW: Duration = Duration::from_millis(300);
+const SLOW: Duration = Duration::from_millis(600);
 
 /// The app: `/` answers at once, `/slow` works for [`SLOW`], `/stuck`
 /// would take 10 s, all behind the server policy's single layer.
@@ -61,10 +62,10 @@ pub(crate) fn app() -> Result<(Router, BulkheadHandle), BoxError> {
         .bulkhead(BulkheadConfig {
             max_concurrent: 1,
             max_queue: 1,
-            max_wait: Some(Duration::from_secs(1)),
+            max_wait: Some(Duration::from_secs(2)),
             ..BulkheadConfig::default()
         })
-        .timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(1))
         .build()?;
     // The bulkhead's handle, to see requests in flight and queued.
     let bulkhead = layer

@@ -5,8 +5,8 @@
 //! The file (TOML; YAML and JSON work the same) names two policies:
 //!
 //! - `servers.gateway`, the server preset (`Policy::server()`) changed
-//!   where the file says: the gateway's own protection, here a limit of 5
-//!   requests a second per client;
+//!   where the file says: the gateway's own protection, here a limit of 2
+//!   requests a second per client, in bursts of 5;
 //! - `policies.upstream`, the `api` client preset with HTTP's rules
 //!   (`flavor = "http"`): retry, breaker, timeouts around the gateway's
 //!   calls to the service behind it.
@@ -21,8 +21,8 @@
 //! The example writes the file in a temporary directory, starts an
 //! upstream service and the gateway on 127.0.0.1, and then:
 //! 1. starts two slow requests that stay in flight across the reload;
-//! 2. sends 10 requests at once: the 5 a second limit answers most with
-//!    429;
+//! 2. sends 10 requests in a row: what the slow ones left of the burst
+//!    passes, the rest is answered 429;
 //! 3. raises the limit in the file (written to a new file and renamed over
 //!    the old one, as editors do), and waits for the watcher's report;
 //! 4. sends 10 requests again: all answered;
@@ -30,6 +30,7 @@
 //!
 //! `cargo run -p buttress-examples --example config_gateway`; its test is
 //! `examples/tests/config_gateway.rs`.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -57,7 +58,7 @@ use tower::{ServiceBuilder, ServiceExt};
 pub(crate) const BEFORE: &str = r#"
 # The gateway's own protection: the server preset, changed here.
 [servers.gateway]
-per_client = { rate = "5/1s", burst = 5 }  # requests per client IP
+per_client = { rate = "2/1s", burst = 5 }  # requests per client IP
 timeout = "5s"
 
 # The gateway's calls to the service behind it.
@@ -71,7 +72,7 @@ attempt_timeout = "3s"
 pub(crate) const AFTER: &str = r#"
 # The gateway's own protection: the server preset, changed here.
 [servers.gateway]
-per_client = { rate = "1000/1s", burst = 2000 }  # raised
+per_client = { rate = "100/1s", burst = 500 }  # raised
 timeout = "5s"
 
 # The gateway's calls to the service behind it.
@@ -228,15 +229,21 @@ pub(crate) async fn run() -> Result<Vec<String>, BoxError> {
     })?;
 
     // 2. Ten requests at the old limit: what is left of the burst of 5
-    //    passes, the rest is limited.
+    //    passes (and one more for each half second they take), the rest
+    //    is limited.
     let (ok, limited, other) = burst(&get, 10).await;
     sent += 10;
     errors += other;
-    let line = format!("limit 5/1s: {ok} answered, {limited} limited (429)");
+    let line = format!("limit 2/1s: {ok} answered, {limited} limited (429)");
     ensure(ok >= 1 && limited >= 5 && other == 0, || line.clone())?;
     lines.push(line);
 
     // 3. The operator raises the limit in the file; the watcher reloads.
+    //    A client keeps what it owes across the change: the limiter keeps
+    //    its debt in time (here at most 2.5 s, a burst of 5 at 2 a
+    //    second), and the new limit admits it again once its new burst
+    //    (500 at 100 a second: 5 s) covers that. So the raise applies at
+    //    once; a smaller new burst would apply when the debt has run down.
     replace_file(&path, AFTER)?;
     let report = tokio::time::timeout(Duration::from_secs(5), reloaded.recv())
         .await
@@ -252,7 +259,7 @@ pub(crate) async fn run() -> Result<Vec<String>, BoxError> {
     let (ok, limited, other) = burst(&get, 10).await;
     sent += 10;
     errors += other;
-    let line = format!("limit 1000/1s: {ok} answered, {limited} limited (429)");
+    let line = format!("limit 100/1s: {ok} answered, {limited} limited (429)");
     ensure(ok == 10, || line.clone())?;
     lines.push(line);
 

@@ -18,7 +18,7 @@
 //!
 //! The preset's values (30 s in all, 10 s per attempt, breaker after 5
 //! failures in a row) are shortened so that the example runs in a second:
-//! 300 ms per attempt, breaker after 3 failures in a row.
+//! 500 ms per attempt, breaker after 3 failures in a row.
 //!
 //! Against a price service on 127.0.0.1 that the example breaks on
 //! purpose, it shows:
@@ -30,6 +30,7 @@
 //!
 //! `cargo run -p buttress-examples --example hyper_client_policy`; its test
 //! is `examples/tests/hyper_client_policy.rs`.
+#![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -84,7 +85,7 @@ async fn price(State(up): State<Arc<Upstream>>) -> (StatusCode, &'static str) {
 pub(crate) fn policy() -> Policy {
     let mut policy = Policy::api()
         .timeout(Duration::from_secs(5))
-        .attempt_timeout(Duration::from_millis(300));
+        .attempt_timeout(Duration::from_millis(500));
     if let Some(breaker) = policy.circuit_breaker.as_mut() {
         // Opens after 3 failed attempts in a row; stays open a minute,
         // longer than the retry waits for (`max_delay`), so an open
@@ -182,7 +183,7 @@ pub(crate) async fn run() -> Result<Vec<String>, BoxError> {
     })?;
     lines.push(line);
 
-    // 2. A hung answer: the per-attempt timeout cuts it at 300 ms and the
+    // 2. A hung answer: the per-attempt timeout cuts it at 500 ms and the
     //    retry's second try answers (a GET is idempotent).
     upstream.hang_next.store(1, Ordering::SeqCst);
     let (status, body, attempts, line) = call("hung").await?;

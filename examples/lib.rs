@@ -20,3 +20,27 @@
 //! - `cargo run -p buttress-examples --example alert_hook`: a listener on
 //!   a circuit breaker that alerts once per opening and once per closing,
 //!   at most once a minute per breaker, so that flapping cannot flood.
+//! - `cargo run -p buttress-examples --example axum_server_policy`: an axum
+//!   server behind `Policy::server()`, one layer: a rate limit per client
+//!   IP (429 with `Retry-After`), a bulkhead with a short queue that sheds
+//!   the excess (503 with `Retry-After`), a timeout (504).
+//! - `cargo run -p buttress-examples --example hyper_client_policy`: a
+//!   hyper-util client under `Policy::api().build_http()` with a fallback in
+//!   front: retries recover a transient failure and a hung answer, an
+//!   outage opens the breaker, and the fallback answers while it is open.
+//! - `cargo run -p buttress-examples --example tonic_policy`: tonic servers
+//!   and a client under a `build_grpc()` policy, rejections mapped to gRPC
+//!   statuses on both sides (`error_to_status`, `rejection_to_status`), and
+//!   gRPC health (`TonicHealth`) that turns `NOT_SERVING` when a critical
+//!   breaker opens.
+//! - `cargo run -p buttress-examples --example config_gateway`: a gateway
+//!   whose policies come from a TOML file that `PolicySet::watch` reloads:
+//!   a limit raised in the file applies to live traffic, no request failed.
+//! - `cargo run -p buttress-examples --example resilient_macro`:
+//!   `#[buttress::resilient(policy = "database")]` on an async fn, and
+//!   `PolicySet::execute` on a closure, under one named policy.
+//!
+//! Each example checks what it shows and exits with an error if something
+//! goes otherwise; its test in `tests/` runs it against its peers on
+//! 127.0.0.1.
+#![forbid(unsafe_code)]

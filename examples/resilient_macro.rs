@@ -16,12 +16,13 @@
 //! 1. a function under `#[resilient]` whose first two connections are
 //!    dropped: the policy's retry calls the body again, and it answers;
 //! 2. a closure under `PolicySet::execute` whose server hangs: each attempt
-//!    is cut at 200 ms, and after 3 attempts the caller gets the retry's
+//!    is cut at 300 ms, and after 3 attempts the caller gets the retry's
 //!    `RetryExhausted`, with the last attempt's timeout as its source
 //!    (`kind_of` names both).
 //!
 //! `cargo run -p buttress-examples --example resilient_macro`; its test is
 //! `examples/tests/resilient_macro.rs`.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -38,8 +39,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub(crate) const POLICIES: &str = r#"
 [policies.database]
 preset = "database"
-timeout = "1s"            # the whole call, retries included
-attempt_timeout = "200ms" # each attempt
+timeout = "1500ms"        # the whole call, retries included
+attempt_timeout = "300ms" # each attempt
 "#;
 
 /// The stock of `item`, asked over a new connection. A dropped
@@ -150,7 +151,7 @@ pub(crate) async fn run() -> Result<Vec<String>, BoxError> {
     lines.push(line);
 
     // 2. `PolicySet::execute`: plain async code, here a closure, under the
-    //    same policy. The server hangs: each attempt ends at 200 ms.
+    //    same policy. The server hangs: each attempt ends at 300 ms.
     let before = db.connections.load(Ordering::SeqCst);
     let result = policies
         .execute("database", || async { ask(addr, "slow-item").await })

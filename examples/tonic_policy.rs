@@ -6,7 +6,7 @@
 //! service (generated already: no protoc, no code generation here):
 //!
 //! - **payments**, a dependency. It runs one call at a time (a bulkhead
-//!   without a queue, each call taking 300 ms); `error_to_status()` answers
+//!   without a queue, each call taking 500 ms); `error_to_status()` answers
 //!   the bulkhead's rejection as `Unavailable` (without it, tonic would
 //!   reset the stream and the client would see a transport error).
 //! - **the app**, whose client calls payments through a policy,
@@ -22,6 +22,7 @@
 //!
 //! `cargo run -p buttress-examples --example tonic_policy`; its test is
 //! `examples/tests/tonic_policy.rs`.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -33,6 +34,7 @@ use buttress::policy::{Grpc, Policy};
 use buttress::retry::ReplayBody;
 use buttress::{BoxError, Registry, ServiceBuilderExt};
 use tokio::net::TcpListener;
+use tokio::task::AbortHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -41,11 +43,12 @@ use tonic_health::pb::HealthCheckRequest;
 use tower::ServiceBuilder;
 
 /// How long payments works on a call.
-const WORK: Duration = Duration::from_millis(300);
+const WORK: Duration = Duration::from_millis(500);
 
 /// Starts payments: the `Health` service behind `error_to_status()` and a
-/// bulkhead of one call. Returns its address and the bulkhead's handle.
-async fn start_payments() -> Result<(SocketAddr, BulkheadHandle), BoxError> {
+/// bulkhead of one call. Returns its address, the bulkhead's handle and
+/// the server task's abort handle.
+async fn start_payments() -> Result<(SocketAddr, BulkheadHandle, AbortHandle), BoxError> {
     let bulkhead = BulkheadLayer::builder()
         .name("payments-server")
         .max_concurrent(1)
@@ -69,26 +72,30 @@ async fn start_payments() -> Result<(SocketAddr, BulkheadHandle), BoxError> {
         )
         .add_service(health)
         .serve_with_incoming(TcpIncoming::from(listener));
-    tokio::spawn(server);
-    Ok((addr, handle))
+    let task = tokio::spawn(server).abort_handle();
+    Ok((addr, handle, task))
 }
 
 /// Starts the app's gRPC server, whose health follows `health`'s
-/// readiness (`""`: the whole server). Returns its address.
-async fn start_app(health: &HealthRegistry) -> Result<SocketAddr, BoxError> {
+/// readiness (`""`: the whole server). Returns its address and the abort
+/// handles of its tasks (the server, the health updates).
+async fn start_app(health: &HealthRegistry) -> Result<(SocketAddr, [AbortHandle; 2]), BoxError> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    TonicHealth::builder(health, reporter)
+    // Sets the serving status from readiness: at once when a check's
+    // result changes, and every 50 ms.
+    let updates = TonicHealth::builder(health, reporter)
         .service("")
         .poll_interval(Duration::from_millis(50))
         .build()?
-        .spawn();
+        .spawn()
+        .abort_handle();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = Server::builder()
         .add_service(health_service)
         .serve_with_incoming(TcpIncoming::from(listener));
-    tokio::spawn(server);
-    Ok(addr)
+    let task = tokio::spawn(server).abort_handle();
+    Ok((addr, [task, updates]))
 }
 
 async fn connect(addr: SocketAddr) -> Result<Channel, BoxError> {
@@ -117,7 +124,7 @@ fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<(), BoxError> {
 /// Runs the example; one line per call and health probe, an error if one
 /// goes otherwise.
 pub(crate) async fn run() -> Result<Vec<String>, BoxError> {
-    let (payments_addr, payments_bulkhead) = start_payments().await?;
+    let (payments_addr, payments_bulkhead, payments_task) = start_payments().await?;
 
     // ----- the app's client to payments -----
     let registry = Registry::new();
@@ -185,7 +192,7 @@ pub(crate) async fn run() -> Result<Vec<String>, BoxError> {
         )
         .components(&registry)
         .build()?;
-    let app_addr = start_app(&health).await?;
+    let (app_addr, app_tasks) = start_app(&health).await?;
     let mut probe = HealthClient::new(connect(app_addr).await?);
     let mut lines = Vec::new();
 
@@ -228,6 +235,11 @@ pub(crate) async fn run() -> Result<Vec<String>, BoxError> {
     // 3. The critical breaker is open: the app's own health flips.
     let status = wait_for_status(&mut probe, ServingStatus::NotServing).await?;
     lines.push(format!("app health: {status:?}"));
+
+    payments_task.abort();
+    for task in app_tasks {
+        task.abort();
+    }
     Ok(lines)
 }
 

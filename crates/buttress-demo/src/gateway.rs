@@ -884,6 +884,134 @@ mod tests {
         }
     }
 
+    /// `GET http://{addr}{path}` as client `who`: status, headers, body.
+    async fn get_as(
+        addr: SocketAddr,
+        path: &str,
+        who: &str,
+    ) -> (StatusCode, http::HeaderMap, Bytes) {
+        let client: HealthClient = Client::builder(TokioExecutor::new()).build_http();
+        let req = Request::get(upstream_uri(addr, path))
+            .header(CLIENT, who)
+            .body(Empty::new())
+            .unwrap();
+        let res = client.request(req).await.unwrap();
+        let (parts, body) = res.into_parts();
+        (
+            parts.status,
+            parts.headers,
+            body.collect().await.unwrap().to_bytes(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_fallback_answers_while_the_breaker_is_open_and_hot_is_cached() {
+        // Serves the first call (the `/hot` miss), then fails every one.
+        let (upstream, calls) = scripted(|n| match n {
+            0 => StatusCode::OK,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        })
+        .await;
+        let registry = Registry::new();
+        let gateway = start(upstream.addr(), &registry).await.unwrap();
+        let addr = gateway.addr();
+
+        let (status, headers, _) = get_as(addr, "/hot", "t").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[CACHE_STATUS], "miss");
+        let (status, headers, _) = get_as(addr, "/hot", "t").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[CACHE_STATUS], "hit");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        // Every call fails: once the breaker's window is full it opens, and
+        // the fallback answers (each request from its own client, under
+        // its rate limit).
+        let mut failed = 0;
+        let fallback = loop {
+            assert!(
+                failed <= BREAKER_WINDOW,
+                "no fallback after {failed} failures"
+            );
+            let (status, headers, body) = get_as(addr, "/", &format!("c{failed}")).await;
+            if headers.contains_key(FALLBACK_HEADER) {
+                break (status, headers, body);
+            }
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+            failed += 1;
+        };
+        // The window holds the `/hot` call's success too.
+        assert_eq!(failed, BREAKER_WINDOW - 1);
+        let (status, headers, body) = fallback;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            headers[FALLBACK_HEADER],
+            "upstream-fallback; reason=circuit_open"
+        );
+        assert_eq!(&body[..], FALLBACK_BODY.as_bytes());
+        // The fallback did not call the upstream.
+        assert_eq!(calls.load(Ordering::SeqCst), 1 + u64::from(failed));
+        let snapshot = registry.snapshot();
+        assert_eq!(snapshot["upstream-fallback"]["kind"], "fallback");
+
+        // `/hot` still answers: fresh, or (on a slow machine, past its
+        // ttl) from the stale entry, since the breaker refuses the call.
+        let (status, headers, body) = get_as(addr, "/hot", "t").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            matches!(headers[CACHE_STATUS].to_str().unwrap(), "hit" | "stale"),
+            "{headers:?}"
+        );
+        assert_eq!(&body[..], b"");
+        assert_eq!(calls.load(Ordering::SeqCst), 1 + u64::from(failed));
+
+        let (status, ..) = get_as(addr, "/health/live", "t").await;
+        assert_eq!(status, StatusCode::OK);
+        // Once stopping, readiness says so.
+        let health = gateway.observer().health;
+        gateway.shutdown().await.unwrap();
+        assert_eq!(
+            health.readiness().await.http_status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(health.liveness().await.http_status(), StatusCode::OK);
+        upstream.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_follows_the_breaker_and_liveness_does_not() {
+        let registry = Registry::new();
+        let breaker = CircuitBreakerLayer::builder()
+            .name(prometheus::BREAKER)
+            .registry(&registry)
+            .build()
+            .unwrap();
+        let health = health_registry(&registry).await.unwrap();
+        // The refresher runs the checks again once their results are a
+        // [`HEALTH_INTERVAL`] old; a probe answers from the last result.
+        let settle = || async {
+            tokio::time::advance(HEALTH_INTERVAL).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let ready = || async { health.readiness().await.http_status() };
+        let live = || async { health.liveness().await.http_status() };
+        assert_eq!(
+            (ready().await, live().await),
+            (StatusCode::OK, StatusCode::OK)
+        );
+
+        breaker.handle().force_open();
+        settle().await;
+        assert_eq!(ready().await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(live().await, StatusCode::OK);
+        let report = health.readiness().await.to_json();
+        assert_eq!(report["checks"][0]["name"], "upstream", "{report}");
+
+        breaker.handle().reset();
+        settle().await;
+        assert_eq!(ready().await, StatusCode::OK);
+    }
+
     #[tokio::test]
     async fn the_budget_caps_the_retries_of_an_upstream_that_sheds_everything() {
         let (upstream, retries) = client(&Registry::new());

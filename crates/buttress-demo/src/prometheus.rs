@@ -339,8 +339,8 @@ impl MetricsCounts {
 /// code: 200 or 503.
 pub(crate) fn ready_status(exposition: &Exposition) -> Result<u16, DemoError> {
     match exposition.value("buttress_health_ready", &[]) {
-        Some(v) if v == 1.0 => Ok(200),
-        Some(v) if v == 0.0 => Ok(503),
+        Some(1.0) => Ok(200),
+        Some(0.0) => Ok(503),
         Some(v) => Err(DemoError::Metrics(format!(
             "buttress_health_ready is {v}, neither 0 nor 1"
         ))),

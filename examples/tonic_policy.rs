@@ -128,6 +128,10 @@ pub(crate) async fn run() -> Result<Vec<String>, BoxError> {
 
     // ----- the app's client to payments -----
     let registry = Registry::new();
+    // The `api` preset without its retry (a payment is not retried
+    // blindly), so without a per-attempt timeout either: one 2 s timeout
+    // for the call. Its breaker opens after 2 failures in a row here (5 in
+    // the preset), and stays open a minute.
     let mut policy = Policy::api()
         .retry(None)
         .timeout(Duration::from_secs(2))

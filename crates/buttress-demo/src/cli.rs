@@ -10,9 +10,15 @@ buttress-demo: a gateway protected by buttress in front of a flaky upstream
 
 Starts, on 127.0.0.1, an upstream that turns slow and error-prone in phases
 and an axum gateway protected by a rate limit per client, a bulkhead, a
-circuit breaker and a timeout, which retries the upstream's 503s within a
-budget; drives closed-loop load at it (and bursts from one client, over its
-rate limit) and prints, each second, what every pattern did. Then it sends the same
+fallback (a canned 200 while the circuit breaker is open), a circuit breaker
+and a timeout, which retries the upstream's 503s within a budget. Its /hot
+route is cached (served stale while the upstream fails), and it serves
+/health/live and /health/ready (503 while the breaker is open). Order sagas
+run alongside (logged in SQLite in a temporary directory, removed at the
+end), their payment step calling the upstream. It drives closed-loop load at
+the gateway (and bursts from one client, over its rate limit) and prints,
+each second, what every pattern did: fallback answers, cache hits and stale
+answers, sagas completed and compensated, readiness. Then it sends the same
 load, with the upstream degraded again, through a gateway without buttress
 for a few seconds, and compares. While it runs, it serves the layers'
 metrics at http://127.0.0.1:<port>/metrics (Prometheus text format; the

@@ -7,13 +7,27 @@
 //!   (503) change in phases (healthy, degraded, recovered);
 //! - a **gateway** that forwards every request to the upstream, protected
 //!   in the server order of the design: errors to responses, then a rate
-//!   limit per client (by its `x-client` header), then a bulkhead, then a circuit breaker, then a timeout, then the forwarding
-//!   handler, which calls the upstream through a retry layer with a budget
-//!   (the client side of the design), so that a shed call (503) is tried
-//!   again within the timeout;
-//! - a **load generator**: `concurrency` clients in a closed loop, and one
-//!   more that sends bursts of requests at once, over its rate limit, and
-//!   gets 429s (the steady clients stay under theirs).
+//!   limit per client (by its `x-client` header), then a bulkhead, then a
+//!   **fallback** that answers 200 with a canned page (marked
+//!   `x-fallback`) whatever the circuit breaker below it refuses, then the
+//!   breaker, then a timeout, then the forwarding handler, which calls the
+//!   upstream through a retry layer with a budget (the client side of the
+//!   design), so that a shed call (503) is tried again within the timeout;
+//! - on the same gateway, `GET /hot`: the same call behind a **cache**
+//!   (between the rate limit and the bulkhead, so that a hit takes no
+//!   bulkhead slot), fresh for 1 s, then served stale for up to 30 s while
+//!   the call to refresh it fails or is rejected (stale-if-error); and
+//!   **`/health/live` and `/health/ready`**, from a health registry that
+//!   reads the layers' registry: readiness is 503 while the breaker is
+//!   open, liveness only asks whether the process answers;
+//! - **order sagas**, run continuously: reserve stock, charge the payment
+//!   (a `POST` to the flaky upstream, the pivot), ship; a failed charge
+//!   compensates the order (its stock is released). Every step is logged
+//!   in SQLite, in a temporary directory removed when the run ends;
+//! - a **load generator**: `concurrency` clients in a closed loop (30 % of
+//!   their requests to `/hot`), and one more that sends bursts of requests
+//!   at once, over its rate limit, and gets 429s (the steady clients stay
+//!   under theirs).
 //!
 //! Before it builds any layer, it installs the Prometheus recorder of
 //! `metrics-exporter-prometheus` as the global `metrics` recorder and
@@ -24,11 +38,18 @@
 //! `MetricsLayer` (HTTP server preset, named `gateway`) records every
 //! request as `http_server_*`. The report reads the layers' counters (rate
 //! limit decisions, bulkhead rejections, breaker state, transitions and
-//! rejections, timeouts, retries) from that exposition, parsed
-//! ([`Exposition`]), so what it prints is what Prometheus scrapes.
+//! rejections, timeouts, retries, the fallback's answers, the cache's hits
+//! and stale answers, the sagas' outcomes, readiness) from that
+//! exposition, parsed ([`Exposition`]), so what it prints is what
+//! Prometheus scrapes.
 //!
 //! It prints one row per second (unless [`DemoConfig::print_table`] is
-//! off) and stops after [`DemoConfig::duration`]. Then, for
+//! off): the answers the clients got (200, `fb` from the fallback, 429,
+//! 500, 502, 503, 504), the retries, the requests to `/hot` and how many
+//! the cache answered fresh (`hit`) or stale (`stale`), the order sagas
+//! completed (`done`) and compensated (`undone`), the p99, the breaker's
+//! state and what `GET /health/ready` answered (`ready`: 200, or 503 while
+//! the breaker is open). It stops after [`DemoConfig::duration`]. Then, for
 //! [`DemoConfig::compare`] (a few seconds), it puts the upstream back in its
 //! degraded phase and sends the same load through a second gateway without
 //! buttress, which only forwards, so the report shows what the protection

@@ -568,26 +568,26 @@ impl Report {
             ms(RETRY_MAX_DELAY)
         );
         println!(
-            "            /hot: the same, with a cache `hot` between the rate limit and the bulkhead: fresh\n                                \
-             for {} s, then served stale for up to {} s while the call to refresh it fails\n                                \
-             or is rejected (stale-if-error); concurrent misses make one call",
+            "            /hot     the same, with a cache `hot` between the rate limit and the bulkhead:\n                     \
+             fresh for {} s, then served stale for up to {} s while the call to refresh it\n                     \
+             fails or is rejected (stale-if-error); concurrent misses make one call",
             HOT_TTL.as_secs(),
             HOT_MAX_STALE.as_secs()
         );
         println!(
-            "            /health/live, /health/ready: readiness 503 while the breaker is open, degraded\n                                \
-             (still 200) from {:.0}% bulkhead use; checks refreshed every {}",
+            "            /health  /health/live: the process answers; /health/ready: 503 while the breaker\n                     \
+             is open, degraded (still 200) from {:.0}% bulkhead use; checked every {}",
             HEALTH_BULKHEAD_THRESHOLD * 100.0,
             ms(HEALTH_INTERVAL)
         );
         println!(
-            "  orders    {ORDER_WORKERS} loops of order sagas (a pause of {}-{} ms between two), logged in SQLite in a\n            \
-             temporary directory ({}, removed at the end): reserve stock, charge (POST\n            \
-             to the upstream, at most {}), ship; a failed charge releases the stock",
+            "  orders    saga `order`, {ORDER_WORKERS} loops (a pause of {}-{} ms between two orders): reserve stock,\n            \
+             charge (POST to the upstream, at most {}), ship; a failed charge releases the stock;\n            \
+             logged in SQLite in {} (removed at the end)",
             ORDER_PAUSE_MS.0,
             ORDER_PAUSE_MS.1,
-            saga_log.display(),
-            ms(CHARGE_TIMEOUT)
+            ms(CHARGE_TIMEOUT),
+            saga_log.display()
         );
         println!();
         println!(

@@ -111,6 +111,10 @@ mod layer;
 mod metrics;
 mod service;
 mod state;
+mod sync;
+
+#[cfg(all(test, buttress_loom))]
+mod loom_models;
 
 /// What a keyed layer does with a request without a key (from
 /// `buttress-core`, shared by every keyed layer).

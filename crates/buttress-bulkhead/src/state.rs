@@ -12,8 +12,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -22,6 +21,9 @@ use buttress_core::{BulkheadFullReason, Listeners};
 use tokio::time::{Instant, Sleep};
 
 use crate::events::BulkheadEvent;
+use crate::sync::{
+    seq_cst_pairing, AtomicBool, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering::*,
+};
 
 /// `max_wait` stored as nanoseconds; this value means "no limit".
 const NO_LIMIT: u64 = u64::MAX;
@@ -205,6 +207,7 @@ impl Shared {
     pub(crate) fn enqueue(&self) -> Enqueued {
         let mut queue = lock(&self.queue);
         self.waiters.fetch_add(1, SeqCst);
+        seq_cst_pairing();
         if queue.is_empty() && self.take_available() {
             self.waiters.fetch_sub(1, SeqCst);
             return Enqueued::Acquired;
@@ -226,6 +229,7 @@ impl Shared {
     /// used) and hands free permits to waiters, front first.
     pub(crate) fn release(&self) {
         self.state.fetch_add(1, SeqCst);
+        seq_cst_pairing();
         if self.waiters.load(SeqCst) != 0 {
             self.grant_waiters();
         }
@@ -285,6 +289,7 @@ impl Shared {
         } else {
             self.state.fetch_sub(delta.unsigned_abs(), SeqCst);
         }
+        seq_cst_pairing();
         if delta > 0 && self.waiters.load(SeqCst) != 0 {
             self.grant_waiters();
         }

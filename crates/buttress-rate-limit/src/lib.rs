@@ -124,7 +124,11 @@ mod rate;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 mod service;
+mod sync;
 mod weigh;
+
+#[cfg(all(test, buttress_loom))]
+mod loom_models;
 
 /// What a keyed layer does with a request without a key (from
 /// `buttress-core`, shared by every keyed layer).

@@ -2,7 +2,6 @@
 //! its clock, its waiting policy and how a rejection is built.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use crate::algorithm::{Algorithm, Levels, Params, State, Verdict};
 use crate::events::{Backend, RateLimitEvent, RejectReason};
 use crate::params::ParamCell;
 use crate::queue::Queue;
+use crate::sync::{AtomicU64, Ordering::*};
 
 /// Where decisions read the time, in nanoseconds since the limiter's base.
 #[derive(Clone)]

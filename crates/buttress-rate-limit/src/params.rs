@@ -1,11 +1,11 @@
 //! A limiter's numbers, changeable at run time and read consistently
 //! without a lock.
 
-use std::sync::atomic::{fence, AtomicU64, Ordering::*};
 use std::sync::Mutex;
 
 use crate::algorithm::{Algorithm, Params};
 use crate::rate::Rate;
+use crate::sync::{fence, spin_loop, AtomicU64, Ordering::*};
 
 /// [`Params`] behind a sequence lock: readers load a few atomics and never
 /// write, so a decision on many threads shares the cache line instead of
@@ -57,7 +57,7 @@ impl ParamCell {
             if s1 == s2 && s1 & 1 == 0 {
                 return p;
             }
-            std::hint::spin_loop();
+            spin_loop();
         }
     }
 

@@ -1,13 +1,14 @@
 //! Retry budgets: retries as a share of recent traffic, Finagle style.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use buttress_core::clock::CoarseClock;
 use buttress_core::ConfigError;
 use tokio::time::Instant;
+
+use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
 
 /// Amounts are kept in millionths of a retry, so that a percentage with up
 /// to four decimals (`12.5`, `33.3333`) is exact: 1000 requests at 33.3 %
@@ -174,12 +175,7 @@ impl RetryBudget {
     #[inline]
     pub fn deposit(&self) {
         let inner = &*self.inner;
-        let slot = inner.clock.now_ticks();
-        let word = &inner.deposits[index(slot)];
-        let before = word.fetch_add(1, Ordering::AcqRel);
-        if stamp_of(before) != stamp(slot) {
-            inner.deposit_slow(word, slot, before);
-        }
+        inner.deposit_at(inner.clock.now_ticks());
     }
 
     /// Takes one retry from the budget; `false` (and nothing taken) when it
@@ -191,8 +187,13 @@ impl RetryBudget {
     /// Takes one retry from the budget, saying from which slot; `None` when
     /// it is spent.
     pub(crate) fn withdraw(&self) -> Option<Withdrawal> {
+        self.withdraw_at(self.inner.clock.now_ticks())
+    }
+
+    /// [`withdraw`](Self::withdraw) at slot `slot` of the budget's clock.
+    fn withdraw_at(&self, slot: u64) -> Option<Withdrawal> {
         let inner = &*self.inner;
-        let mut w = inner.lock_now();
+        let mut w = inner.lock_at(slot);
         if inner.balance(&w) >= i128::from(ONE_RETRY) {
             let slot = w.now;
             w.slots[index(slot)] += 1;
@@ -290,6 +291,16 @@ fn age(now: u32, then: u32) -> i64 {
 }
 
 impl Inner {
+    /// [`RetryBudget::deposit`] at slot `slot` of the budget's clock.
+    #[inline]
+    fn deposit_at(&self, slot: u64) {
+        let word = &self.deposits[index(slot)];
+        let before = word.fetch_add(1, Ordering::AcqRel);
+        if stamp_of(before) != stamp(slot) {
+            self.deposit_slow(word, slot, before);
+        }
+    }
+
     /// A deposit whose add landed in a word that another slot number holds.
     ///
     /// A word holding a later slot number (this thread read the clock
@@ -354,7 +365,12 @@ impl Inner {
     /// The withdrawals at the clock's current slot, the slots that expired
     /// cleared.
     fn lock_now(&self) -> MutexGuard<'_, Withdrawn> {
-        let slot = self.clock.now_ticks();
+        self.lock_at(self.clock.now_ticks())
+    }
+
+    /// The withdrawals at slot `slot`, or at a later slot a thread that
+    /// read the clock after this one has moved the window to.
+    fn lock_at(&self, slot: u64) -> MutexGuard<'_, Withdrawn> {
         // Every update is a plain integer write: a panic elsewhere cannot
         // leave the window half-updated.
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
@@ -443,6 +459,9 @@ impl RetryBudgetBuilder {
         })
     }
 }
+
+#[cfg(all(test, buttress_loom))]
+mod loom_models;
 
 #[cfg(test)]
 mod tests {

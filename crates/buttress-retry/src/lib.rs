@@ -158,6 +158,7 @@ pub mod policy;
 mod request;
 mod rng;
 mod service;
+mod sync;
 
 pub use backoff::{Backoff, Jitter};
 pub use body::ReplayBody;

@@ -7,8 +7,9 @@
 //! cargo run --release -p buttress-benches --bin load -- --help  # the settings
 //! ```
 //!
-//! Two scenarios, each run as rounds in which the variants take turns (so
-//! drift of a shared machine hits them alike):
+//! Two scenarios, each run as rounds in which the variants take turns,
+//! each round starting with the next variant (so drift of a shared machine
+//! and the position in a round hit them alike); rows print in run order:
 //!
 //! - **overhead**: a hello-world handler, closed loop (every connection
 //!   sends its next request when the previous answer is read) for a fixed
@@ -73,7 +74,7 @@ USAGE: load [OPTIONS]
 
 OPTIONS (defaults in brackets):
   --scenario <all|overhead|overload>  which scenario to run [all]
-  --rounds <n>                 rounds of each scenario, variants interleaved [3]
+  --rounds <n>                 rounds of each scenario, variants interleaved and rotated [3]
   --duration <secs>            length of each overhead run [3]
   --warmup <secs>              leading part of each overhead run not counted [0.5]
   --connections <n>            connections of the overhead runs [32]
@@ -256,6 +257,14 @@ enum Variant {
 
 impl Variant {
     const ALL: [Variant; 3] = [Variant::Bare, Variant::Buttress, Variant::TowerResilience];
+
+    /// The variants in the order of round `round` (from 1): each round
+    /// starts one further along, so that no variant always runs first.
+    fn order(round: u32) -> [Variant; 3] {
+        let mut order = Variant::ALL;
+        order.rotate_left((round as usize - 1) % Variant::ALL.len());
+        order
+    }
 
     fn label(self) -> &'static str {
         match self {
@@ -713,8 +722,8 @@ fn overhead(settings: &Settings, server_rt: &Runtime, client_rt: &Runtime) -> Re
     println!("|---|---|---|---|---|---|---|");
     let mut rows: Vec<(Variant, OverheadRow, f64)> = Vec::new();
     for round in 1..=settings.rounds {
-        let mut bare_rps = None;
-        for variant in Variant::ALL {
+        let mut runs = Vec::with_capacity(Variant::ALL.len());
+        for variant in Variant::order(round) {
             let server = start(server_rt, app(variant, Handler::Hello, protection)?)?;
             let result = client_rt.block_on(closed_loop(
                 server.addr,
@@ -731,7 +740,13 @@ fn overhead(settings: &Settings, server_rt: &Runtime, client_rt: &Runtime) -> Re
                 p99: quantile_ms(&tally.ok, 0.99),
                 errors: tally.errors + tally.statuses.iter().sum::<u64>(),
             };
-            let bare = *bare_rps.get_or_insert(row.rps);
+            runs.push((variant, row, tally.first_error));
+        }
+        let bare = runs
+            .iter()
+            .find(|(v, _, _)| *v == Variant::Bare)
+            .map_or(f64::NAN, |(_, r, _)| r.rps);
+        for (variant, row, first_error) in runs {
             let ratio = row.rps / bare;
             println!(
                 "| {round} | {} | {:.0} | {ratio:.3}x | {} | {} | {}{} |",
@@ -740,8 +755,7 @@ fn overhead(settings: &Settings, server_rt: &Runtime, client_rt: &Runtime) -> Re
                 ms(row.p50),
                 ms(row.p99),
                 row.errors,
-                tally
-                    .first_error
+                first_error
                     .map(|e| format!(" (first: {e})"))
                     .unwrap_or_default(),
             );
@@ -820,7 +834,7 @@ fn overload(settings: &Settings, server_rt: &Runtime, client_rt: &Runtime) -> Re
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rows: Vec<(Variant, OverloadRow)> = Vec::new();
     for round in 1..=settings.rounds {
-        for variant in Variant::ALL {
+        for variant in Variant::order(round) {
             let server = start(server_rt, app(variant, handler, protection)?)?;
             let result = client_rt.block_on(open_loop(
                 server.addr,

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -50,11 +51,14 @@ pin_project! {
 
 /// Everything but the pinned state.
 struct Ctx<S, Q, X, P, T> {
-    svc: S,
+    /// What a retry clones the service it calls from: shared with the
+    /// `Retry` service, so the happy path holds one reference to it, not a
+    /// clone of every layer below.
+    template: Arc<S>,
     keep: Result<X, NotRetried>,
     /// What only a retry needs, allocated at the first one so that the
     /// happy path carries and moves none of it.
-    retry: Option<Box<Retrying<Q, T>>>,
+    retry: Option<Box<Retrying<S, Q, T>>>,
     policy: P,
     settings: Settings,
     link: Link,
@@ -64,7 +68,10 @@ struct Ctx<S, Q, X, P, T> {
 }
 
 /// The state of a call that is being retried.
-struct Retrying<Q, T> {
+struct Retrying<S, Q, T> {
+    /// The service the retries are sent to: a clone of the template,
+    /// made ready before each of them.
+    svc: Option<S>,
     /// The next attempt's request, once made.
     next: Option<Q>,
     /// The last result, kept only while the next request could not be made
@@ -135,7 +142,7 @@ impl<F, S, Q, X, P, T> ResponseFuture<F, S, Q, X, P, T> {
     #[inline]
     pub(crate) fn new(
         fut: F,
-        svc: S,
+        template: Arc<S>,
         keep: Result<X, NotRetried>,
         policy: P,
         settings: Settings,
@@ -146,7 +153,7 @@ impl<F, S, Q, X, P, T> ResponseFuture<F, S, Q, X, P, T> {
         Self {
             state: State::Called { fut },
             ctx: Ctx {
-                svc,
+                template,
                 keep,
                 retry: None,
                 policy,
@@ -172,7 +179,7 @@ impl<F, S, Q, X, P, T, E> Future for ResponseFuture<F, S, Q, X, P, T>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
-    S: Service<Q, Future = F, Response = T, Error = E>,
+    S: Service<Q, Future = F, Response = T, Error = E> + Clone,
     P: RetryPolicy<T>,
     X: Replay<Request = Q>,
 {
@@ -247,16 +254,24 @@ where
                             return Poll::Ready(result);
                         }
                     }
-                    if let Err(e) = ready!(this.ctx.svc.poll_ready(cx)) {
+                    let ctx = &mut *this.ctx;
+                    let Some(retry) = ctx.retry.as_mut() else {
+                        // Only a retry gets here: `decide` made its state.
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err("retry: no retry state".into()));
+                    };
+                    let template = &ctx.template;
+                    let svc = retry.svc.get_or_insert_with(|| S::clone(template));
+                    if let Err(e) = ready!(svc.poll_ready(cx)) {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(this.ctx.not_ready(e.into())));
                     }
-                    let Some(req) = this.ctx.retry.as_mut().and_then(|r| r.next.take()) else {
+                    let Some(req) = retry.next.take() else {
                         // `make_next` leaves a request or ends the call.
                         this.state.set(State::Done);
                         return Poll::Ready(Err("retry: no request to send".into()));
                     };
-                    let fut = this.ctx.svc.call(req);
+                    let fut = svc.call(req);
                     this.state.set(State::Called { fut });
                 }
                 StateProj::Done => panic!("retry ResponseFuture polled after completion"),
@@ -390,6 +405,7 @@ where
     };
     let retry = ctx.retry.get_or_insert_with(|| {
         Box::new(Retrying {
+            svc: None,
             next: None,
             last: None,
             cause,

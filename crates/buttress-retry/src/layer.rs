@@ -291,7 +291,7 @@ impl<P, R> fmt::Debug for RetryLayer<P, R> {
     }
 }
 
-impl<S, P: Clone, R: Clone> Layer<S> for RetryLayer<P, R> {
+impl<S: Clone, P: Clone, R: Clone> Layer<S> for RetryLayer<P, R> {
     type Service = Retry<S, P, R>;
 
     fn layer(&self, inner: S) -> Self::Service {

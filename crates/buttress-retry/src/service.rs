@@ -20,6 +20,9 @@ use crate::request::{CloneRequest, ReplayRequest};
 /// attempt is ever sent to a service that was not ready.
 pub struct Retry<S, P = RetryErrors, R = CloneRequest> {
     inner: S,
+    /// A clone of `inner` made when the layer wrapped it, shared by the
+    /// response futures: a retry clones its service from it.
+    template: Arc<S>,
     shared: Arc<Shared>,
     /// The layer's settings as last read, and their generation: a call
     /// compares the generation (one relaxed load) and reads the settings
@@ -30,10 +33,11 @@ pub struct Retry<S, P = RetryErrors, R = CloneRequest> {
     replay: R,
 }
 
-impl<S, P, R> Retry<S, P, R> {
+impl<S: Clone, P, R> Retry<S, P, R> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>, policy: P, replay: R) -> Self {
         let (settings, generation) = shared.settings();
         Self {
+            template: Arc::new(inner.clone()),
             inner,
             shared,
             settings,
@@ -42,7 +46,9 @@ impl<S, P, R> Retry<S, P, R> {
             replay,
         }
     }
+}
 
+impl<S, P, R> Retry<S, P, R> {
     /// The settings for a call made now.
     #[inline]
     fn current(&mut self) -> Settings {
@@ -78,6 +84,7 @@ impl<S: Clone, P: Clone, R: Clone> Clone for Retry<S, P, R> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            template: self.template.clone(),
             shared: self.shared.clone(),
             settings: self.settings,
             generation: self.generation,
@@ -124,7 +131,7 @@ where
         let fut = self.inner.call(first);
         ResponseFuture::new(
             fut,
-            self.inner.clone(),
+            self.template.clone(),
             keep,
             self.policy.clone(),
             settings,

@@ -209,6 +209,11 @@ impl<P> TimeoutLayer<P> {
         }
     }
 
+    /// The policy that decides per-request limits.
+    pub fn policy(&self) -> &P {
+        &self.policy
+    }
+
     /// A handle to observe the layer and change its timeout at run time.
     ///
     /// The timeout count of the snapshot starts when the first handle is

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use buttress_bulkhead::{Bulkhead, BulkheadLayer};
 use buttress_circuit_breaker::{CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerLayer};
@@ -14,7 +15,7 @@ use buttress_retry::{
     CloneRequest, GrpcRetry, HttpReplay, HttpRetry, ReplayRequest, Retry, RetryBuilder,
     RetryErrors, RetryLayer,
 };
-use buttress_timeout::{Timeout, TimeoutLayer};
+use buttress_timeout::{Prepared, RequestTimeout, Timeout, TimeoutLayer};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -170,13 +171,15 @@ impl Flavor for Grpc {
 /// [`kind_of`](buttress_core::error::kind_of) names.
 pub struct PolicyLayer<F: Flavor = Generic> {
     pub(crate) name: Arc<str>,
-    pub(crate) timeout: Option<TimeoutLayer>,
+    /// Always there: an empty slot is a timeout that never arms its timer
+    /// (one branch), which costs less than a slot of another type.
+    pub(crate) timeout: TimeoutLayer<SlotTimeout>,
     pub(crate) retry: Option<RetryLayer<F::RetryPolicy, F::Replay>>,
     pub(crate) replay: F::Replay,
     pub(crate) circuit_breaker: Option<CircuitBreakerLayer<F::Classifier>>,
     pub(crate) rate_limit: Option<RateLimitLayer>,
     pub(crate) bulkhead: Option<BulkheadLayer>,
-    pub(crate) attempt_timeout: Option<TimeoutLayer>,
+    pub(crate) attempt_timeout: TimeoutLayer<SlotTimeout>,
 }
 
 impl<F: Flavor> Clone for PolicyLayer<F> {
@@ -198,12 +201,12 @@ impl<F: Flavor> fmt::Debug for PolicyLayer<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let on = |present: bool, slot: &'static str| present.then_some(slot);
         let slots: Vec<&str> = [
-            on(self.timeout.is_some(), "timeout"),
+            on(self.timeout.policy().0, "timeout"),
             on(self.retry.is_some(), "retry"),
             on(self.circuit_breaker.is_some(), "circuit_breaker"),
             on(self.rate_limit.is_some(), "rate_limit"),
             on(self.bulkhead.is_some(), "bulkhead"),
-            on(self.attempt_timeout.is_some(), "attempt_timeout"),
+            on(self.attempt_timeout.policy().0, "attempt_timeout"),
         ]
         .into_iter()
         .flatten()
@@ -223,9 +226,10 @@ impl<F: Flavor> PolicyLayer<F> {
         &self.name
     }
 
-    /// The total timeout's layer, for its handle.
-    pub fn timeout(&self) -> Option<&TimeoutLayer> {
-        self.timeout.as_ref()
+    /// The total timeout's layer, for its handle (`None` when the slot
+    /// is empty).
+    pub fn timeout(&self) -> Option<&TimeoutLayer<SlotTimeout>> {
+        self.timeout.policy().0.then_some(&self.timeout)
     }
 
     /// The retry's layer, for its handle.
@@ -248,15 +252,16 @@ impl<F: Flavor> PolicyLayer<F> {
         self.bulkhead.as_ref()
     }
 
-    /// The per-attempt timeout's layer, for its handle.
-    pub fn attempt_timeout(&self) -> Option<&TimeoutLayer> {
-        self.attempt_timeout.as_ref()
+    /// The per-attempt timeout's layer, for its handle (`None` when the
+    /// slot is empty).
+    pub fn attempt_timeout(&self) -> Option<&TimeoutLayer<SlotTimeout>> {
+        self.attempt_timeout.policy().0.then_some(&self.attempt_timeout)
     }
 
     /// The names of the instances the policy built.
     pub fn instance_names(&self) -> Vec<String> {
         let mut names = Vec::new();
-        if let Some(l) = &self.timeout {
+        if let Some(l) = self.timeout() {
             names.push(l.handle().name().to_owned());
         }
         if let Some(l) = &self.retry {
@@ -271,11 +276,42 @@ impl<F: Flavor> PolicyLayer<F> {
         if let Some(l) = &self.bulkhead {
             names.push(l.handle().name().to_owned());
         }
-        if let Some(l) = &self.attempt_timeout {
+        if let Some(l) = self.attempt_timeout() {
             names.push(l.handle().name().to_owned());
         }
         names
     }
+}
+
+/// The policy of a timeout slot: the configured timeout when the slot is
+/// filled, none when it is empty (the timer is never armed).
+#[derive(Debug, Clone, Copy)]
+pub struct SlotTimeout(bool);
+
+impl SlotTimeout {
+    /// Whether the slot is filled.
+    pub fn is_filled(&self) -> bool {
+        self.0
+    }
+}
+
+impl<Req> RequestTimeout<Req> for SlotTimeout {
+    #[inline]
+    fn prepare(&self, _req: &mut Req, _configured: Duration) -> Prepared {
+        if self.0 {
+            Prepared::Configured
+        } else {
+            Prepared::Unlimited
+        }
+    }
+}
+
+/// An empty timeout slot: not named after the policy, not registered.
+fn disabled_timeout() -> TimeoutLayer<SlotTimeout> {
+    TimeoutLayer::builder(Duration::from_secs(1))
+        .build()
+        .expect("one second is a valid timeout")
+        .with_policy(SlotTimeout(false))
 }
 
 /// `"<policy>.<slot>"` for a config that kept its default name, else the
@@ -367,16 +403,12 @@ impl Policy {
             }
             b.build().map_err(|e| in_slot(slot, e))
         };
-        let timeout = self
-            .timeout
-            .as_ref()
-            .map(|c| timeout_layer("timeout", c))
-            .transpose()?;
-        let attempt_timeout = self
-            .attempt_timeout
-            .as_ref()
-            .map(|c| timeout_layer("attempt_timeout", c))
-            .transpose()?;
+        let slot = |slot: &'static str, c: &Option<buttress_timeout::TimeoutConfig>| match c {
+            Some(c) => Ok(timeout_layer(slot, c)?.with_policy(SlotTimeout(true))),
+            None => Ok(disabled_timeout()),
+        };
+        let timeout = slot("timeout", &self.timeout)?;
+        let attempt_timeout = slot("attempt_timeout", &self.attempt_timeout)?;
         let retry = self
             .retry
             .as_ref()
@@ -474,7 +506,7 @@ pub(crate) fn slot_field(slot: &'static str, field: &'static str) -> &'static st
 }
 
 /// The service of the bulkhead slot and below.
-type Attempt<S> = Maybe<Timeout<S>, S>;
+type Attempt<S> = Timeout<S, SlotTimeout>;
 type Bulk<S> = Maybe<Bulkhead<Attempt<S>>, Attempt<S>>;
 type Rate<S> = Maybe<<RateLimitLayer as Layer<Bulk<S>>>::Service, Bulk<S>>;
 type Breaker<S, F> = Maybe<CircuitBreaker<Rate<S>, <F as Flavor>::Classifier>, Rate<S>>;
@@ -485,7 +517,7 @@ type Retrying<S, F> = Maybe<
 
 /// The service a [`PolicyLayer`] makes: the slots' services nested in
 /// the policy's order, each present or not.
-pub type PolicyService<S, F = Generic> = Maybe<Timeout<Retrying<S, F>>, Retrying<S, F>>;
+pub type PolicyService<S, F = Generic> = Timeout<Retrying<S, F>, SlotTimeout>;
 
 fn maybe<L: Layer<S>, S>(layer: Option<&L>, inner: S) -> Maybe<L::Service, S> {
     match layer {
@@ -496,11 +528,11 @@ fn maybe<L: Layer<S>, S>(layer: Option<&L>, inner: S) -> Maybe<L::Service, S> {
     }
 }
 
-impl<S, F: Flavor> Layer<S> for PolicyLayer<F> {
+impl<S: Clone, F: Flavor> Layer<S> for PolicyLayer<F> {
     type Service = PolicyService<S, F>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let s = maybe(self.attempt_timeout.as_ref(), inner);
+        let s = self.attempt_timeout.layer(inner);
         let s = maybe(self.bulkhead.as_ref(), s);
         let s = maybe(self.rate_limit.as_ref(), s);
         let s = maybe(self.circuit_breaker.as_ref(), s);
@@ -515,7 +547,7 @@ impl<S, F: Flavor> Layer<S> for PolicyLayer<F> {
                 },
             },
         };
-        maybe(self.timeout.as_ref(), s)
+        self.timeout.layer(s)
     }
 }
 

@@ -92,7 +92,7 @@ pub mod __private {
 
 pub use layer::{
     FirstOnly, Flavor, FlavorKind, Generic, Grpc, Http, Maybe, MaybeFuture, Passthrough,
-    PolicyLayer, PolicyService,
+    PolicyLayer, PolicyService, SlotTimeout,
 };
 pub use server::{PerClient, ServerPolicy, ServerPolicyLayer, ServerPolicyService};
 #[cfg(feature = "config-watch")]

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::layer::{Flavor, FlavorKind, SlotError};
 use super::server::{PerClient, ServerPolicy, ServerPolicyLayer};
-use super::{Generic, Grpc, Http, Policy, PolicyLayer};
+use super::{Generic, Grpc, Http, Policy, PolicyLayer, SlotTimeout};
 
 /// An error of a policy file, of a policy in it, or of a reload: where
 /// (the path of the field, `policies.api.retry.max_attempts`) and why.
@@ -870,7 +870,7 @@ fn slot_changes<F: Flavor>(
 ) -> Result<Vec<Change>, PolicyError> {
     let path = policy_path(name);
     let mut out = Vec::new();
-    let timeout = |l: Option<&TimeoutLayer>| l.map(TimeoutLayer::handle);
+    let timeout = |l: Option<&TimeoutLayer<SlotTimeout>>| l.map(TimeoutLayer::handle);
     let o = old;
     let n = new;
     slot(

@@ -255,7 +255,10 @@ impl<F: Flavor> PolicyLayer<F> {
     /// The per-attempt timeout's layer, for its handle (`None` when the
     /// slot is empty).
     pub fn attempt_timeout(&self) -> Option<&TimeoutLayer<SlotTimeout>> {
-        self.attempt_timeout.policy().0.then_some(&self.attempt_timeout)
+        self.attempt_timeout
+            .policy()
+            .0
+            .then_some(&self.attempt_timeout)
     }
 
     /// The names of the instances the policy built.

@@ -17,15 +17,18 @@
 //! calls in and out (completed or dropped), so that every counter is
 //! checked against them at the end: calls in = outcomes out, per layer.
 //!
-//! At the end: no bulkhead permit held and nobody queued, no rate-limit
-//! waiter, the keyed map at or below its cap, the breaker's probe slots
-//! free (it closes again through its probes), every counter consistent,
-//! and memory flat: the live heap bytes (a counting global allocator)
-//! after the second part of the run are within a bound of those after the
-//! first part, with every caller stopped both times.
+//! After each part of the run, with every caller stopped: no bulkhead
+//! permit held and nobody queued, no rate-limit waiter, the keyed map at
+//! or below its cap, every counter consistent. At the end, the breaker's
+//! probe slots free (it closes again through its probes), and memory
+//! flat: the live heap bytes (a counting global allocator) after the last
+//! third of the run are within a bound of those after the second.
 //!
-//! `BUTTRESS_SOAK_SECS` (default 45) sets the length of the run, split
-//! into a first third and the rest. The clock is real (a multi-thread
+//! `BUTTRESS_SOAK_SECS` (default 45) sets the length of the run, in three
+//! thirds: both stacks, then the in-process stack alone twice, measured
+//! (the hyper-util client and the axum server keep some memory for each
+//! request cancelled in flight, buttress or not, which would hide the
+//! layers' own figure). The clock is real (a multi-thread
 //! runtime cannot be paused), so nothing is timed: every assertion is on
 //! counts. One test in its own binary: the counting allocator sees every
 //! thread of the process.

@@ -5,8 +5,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use buttress_core::error::{BoxError, CircuitOpen};
-use buttress_core::Classifier;
+use buttress_core::error::{BoxError, CircuitOpen, ErrorKind};
+use buttress_core::{Classifier, Outcome};
 use pin_project_lite::pin_project;
 
 use crate::service::Admitted;
@@ -84,13 +84,33 @@ where
             } => {
                 let result = ready!(inner.poll(cx));
                 let outcome = classifier.classify(&result);
+                let result = result.map_err(Into::into);
+                let outcome = match &result {
+                    Err(e) if outcome == Outcome::Failure => local_rejection(&**e, outcome),
+                    _ => outcome,
+                };
                 admitted.complete(*start, outcome);
-                Poll::Ready(result.map_err(Into::into))
+                Poll::Ready(result)
             }
             KindProj::Rejected { error } => {
                 let error = error.take().expect("polled after completion");
                 Poll::Ready(Err(error.into()))
             }
         }
+    }
+}
+
+/// A rejection by a buttress layer below the breaker (a rate limiter, a
+/// bulkhead, another breaker) is the caller's own choice not to call, not
+/// the dependency failing: it is `Ignored`, whatever the classifier says.
+/// Out of line: only a failed call gets here.
+#[cold]
+#[inline(never)]
+fn local_rejection(error: &(dyn std::error::Error + 'static), outcome: Outcome) -> Outcome {
+    match buttress_core::error::kind_of(error) {
+        Some(ErrorKind::RateLimited | ErrorKind::BulkheadFull | ErrorKind::CircuitOpen) => {
+            Outcome::Ignored
+        }
+        _ => outcome,
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -54,7 +54,7 @@ struct Ctx<S, Q, X, P, T> {
     /// What a retry clones the service it calls from: shared with the
     /// `Retry` service, so the happy path holds one reference to it, not a
     /// clone of every layer below.
-    template: Arc<S>,
+    template: Arc<Mutex<S>>,
     keep: Result<X, NotRetried>,
     /// What only a retry needs, allocated at the first one so that the
     /// happy path carries and moves none of it.
@@ -142,7 +142,7 @@ impl<F, S, Q, X, P, T> ResponseFuture<F, S, Q, X, P, T> {
     #[inline]
     pub(crate) fn new(
         fut: F,
-        template: Arc<S>,
+        template: Arc<Mutex<S>>,
         keep: Result<X, NotRetried>,
         policy: P,
         settings: Settings,
@@ -261,7 +261,11 @@ where
                         return Poll::Ready(Err("retry: no retry state".into()));
                     };
                     let template = &ctx.template;
-                    let svc = retry.svc.get_or_insert_with(|| S::clone(template));
+                    let svc = retry.svc.get_or_insert_with(|| {
+                        // A panic while cloning elsewhere leaves the
+                        // template as it was: clone it all the same.
+                        S::clone(&template.lock().unwrap_or_else(|e| e.into_inner()))
+                    });
                     if let Err(e) = ready!(svc.poll_ready(cx)) {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(this.ctx.not_ready(e.into())));

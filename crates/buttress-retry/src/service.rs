@@ -1,5 +1,5 @@
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use buttress_core::BoxError;
@@ -21,8 +21,10 @@ use crate::request::{CloneRequest, ReplayRequest};
 pub struct Retry<S, P = RetryErrors, R = CloneRequest> {
     inner: S,
     /// A clone of `inner` made when the layer wrapped it, shared by the
-    /// response futures: a retry clones its service from it.
-    template: Arc<S>,
+    /// response futures: a retry clones its service from it. Behind a
+    /// mutex (locked only to clone it, at a retry) so that the service and
+    /// its futures stay `Send` for a service that is `Send` but not `Sync`.
+    template: Arc<Mutex<S>>,
     shared: Arc<Shared>,
     /// The layer's settings as last read, and their generation: a call
     /// compares the generation (one relaxed load) and reads the settings
@@ -37,7 +39,7 @@ impl<S: Clone, P, R> Retry<S, P, R> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>, policy: P, replay: R) -> Self {
         let (settings, generation) = shared.settings();
         Self {
-            template: Arc::new(inner.clone()),
+            template: Arc::new(Mutex::new(inner.clone())),
             inner,
             shared,
             settings,

@@ -1295,3 +1295,22 @@ async fn huge_initial_delay_waits_max_delay_not_for_ever() {
     assert_eq!(svc.gaps(), vec![Duration::from_secs(1)]);
     assert_eq!(start.elapsed(), Duration::from_secs(1));
 }
+
+/// A retry over a service that is `Send` but not `Sync` (tower's
+/// `BoxCloneService`) is `Send`, and so is its future: it can be boxed and
+/// spawned.
+#[tokio::test]
+async fn a_send_but_not_sync_service_makes_a_send_retry() {
+    fn assert_send<T: Send>(_: &T) {}
+    let inner = tower::util::BoxCloneService::new(tower::service_fn(|x: u32| async move {
+        Ok::<_, buttress_core::BoxError>(x)
+    }));
+    let svc = buttress_retry::RetryLayer::fixed(2, std::time::Duration::ZERO)
+        .build()
+        .unwrap()
+        .layer(inner);
+    assert_send(&svc);
+    let fut = svc.clone().oneshot(7);
+    assert_send(&fut);
+    assert_eq!(tokio::spawn(fut).await.unwrap().unwrap(), 7);
+}

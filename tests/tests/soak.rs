@@ -62,7 +62,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use pin_project_lite::pin_project;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
-use tower::util::BoxCloneService;
+use tower::util::{BoxCloneService, BoxCloneSyncService};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 #[global_allocator]
@@ -72,8 +72,9 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 type Req = http::Request<ReplayBody<Full<Bytes>>>;
 /// A response with its body read.
 type Res = http::Response<Full<Bytes>>;
-/// The upstream: the hyper client (its body read) or in-process.
-type Upstream = BoxCloneService<Req, Res, BoxError>;
+/// The upstream: the hyper client (its body read) or in-process. `Sync`,
+/// as the retry layer keeps the service below it behind an `Arc`.
+type Upstream = BoxCloneSyncService<Req, Res, BoxError>;
 
 /// Client keys: a few hot ones, and many cold ones (far more than the
 /// keyed rate limiter holds).
@@ -416,7 +417,7 @@ fn stack(name: &'static str, upstream: Upstream, seed: u64) -> Stack {
 
 /// The in-process upstream: an empty 200.
 fn local_upstream() -> Upstream {
-    BoxCloneService::new(tower::service_fn(|_req: Req| async {
+    BoxCloneSyncService::new(tower::service_fn(|_req: Req| async {
         Ok::<_, BoxError>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
     }))
 }
@@ -425,7 +426,7 @@ fn local_upstream() -> Upstream {
 fn http_upstream() -> Upstream {
     let client: Client<_, ReplayBody<Full<Bytes>>> =
         Client::builder(TokioExecutor::new()).build_http();
-    BoxCloneService::new(client.map_err(Into::<BoxError>::into).and_then(
+    BoxCloneSyncService::new(client.map_err(Into::<BoxError>::into).and_then(
         |res: http::Response<hyper::body::Incoming>| async move {
             let (parts, body) = res.into_parts();
             let bytes = body.collect().await?.to_bytes();

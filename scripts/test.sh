@@ -16,8 +16,7 @@
 #      as BUTTRESS_REDIS_URL and BUTTRESS_POSTGRES_URL, stopped on exit
 #   3. cargo fmt --check, clippy -D warnings, cargo check of each crate's
 #      feature combinations, the tests (cargo-nextest when
-#      installed, plus doctests; else cargo test), the circuit breaker's
-#      loom models, cargo doc with warnings
+#      installed, plus doctests; else cargo test), the loom models, cargo doc with warnings
 #      denied (and, when a nightly toolchain is installed, as docs.rs
 #      builds: nightly with --cfg docsrs), cargo deny (licenses, bans,
 #      sources), a 3-second demo run
@@ -292,13 +291,14 @@ else
     run_tests "$libtest_log" cargo test --workspace --all-features --no-fail-fast
 fi
 
-# The circuit breaker's state machine under loom: every interleaving of
-# its model threads. A cfg of its own (tokio's `loom` cfg would switch
-# tokio to loom as well) and a target directory of its own, so the main
-# build stays cached.
-section "Loom models (circuit breaker)"
+# The lock-free state under loom: every interleaving of the model threads
+# (each model bounds itself to 2 preemptions; LOOM_MAX_PREEMPTIONS
+# overrides). A cfg of its own (tokio's `loom` cfg would switch tokio to
+# loom as well) and a target directory of its own, so the main build stays
+# cached.
+section "Loom models (circuit breaker, bulkhead, rate limiter, retry budget)"
 run_tests "$libtest_log" env RUSTFLAGS="--cfg buttress_loom" CARGO_TARGET_DIR="$repo_root/target/loom" \
-    cargo test -p buttress-circuit-breaker --lib loom
+    cargo test -p buttress-circuit-breaker -p buttress-bulkhead -p buttress-rate-limit -p buttress-retry --lib loom
 
 if ! $quick; then
     section "cargo doc (warnings and broken intra-doc links denied)"
@@ -320,6 +320,19 @@ if ! $quick; then
     # GitHub, which the build machines cannot reach.
     section "cargo deny check licenses bans sources"
     cargo deny check licenses bans sources
+
+    # Coverage-guided fuzzing of the parsers of untrusted input, 10 s a
+    # target, where a nightly toolchain and cargo-fuzz are there (the
+    # proptest twins of these targets run in every suite above).
+    if cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
+        section "cargo fuzz (10 s per target)"
+        for spec in core:grpc_timeout core:forwarding core:ratelimit_headers retry:retry_after rate-limit:rate; do
+            (cd "crates/buttress-${spec%%:*}" && CARGO_TARGET_DIR="$repo_root/target/fuzz" \
+                cargo +nightly fuzz run -O "${spec#*:}" -- -max_total_time=10)
+        done
+    else
+        section "cargo fuzz: skipped (needs a nightly toolchain and cargo-fuzz)"
+    fi
 
     if [ -d crates/buttress-demo ]; then
         section "Demo smoke run (3 s)"

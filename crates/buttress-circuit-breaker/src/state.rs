@@ -1283,6 +1283,7 @@ mod loom_models {
             automatic_half_open: false,
             max_wait_in_half_open: None,
             seed: 1,
+            config: crate::CircuitBreakerConfig::default(),
         };
         let shared = Shared::new("model".into(), settings, Listeners::new(), None);
         shared.force_to(State::HalfOpen);

@@ -152,11 +152,17 @@ where
     #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
         let configured = self.configured();
-        if std::mem::take(&mut self.ready.elapsed) {
-            self.ready.deadline = None;
-            return ResponseFuture::elapsed(Elapsed::new(self.shared.name.clone(), configured));
-        }
-        let ready_deadline = self.ready.deadline.take();
+        // The usual call: no readiness budget ran or ran out (one branch,
+        // no write).
+        let ready_deadline = if self.ready.elapsed || self.ready.deadline.is_some() {
+            if std::mem::take(&mut self.ready.elapsed) {
+                self.ready.deadline = None;
+                return ResponseFuture::elapsed(Elapsed::new(self.shared.name.clone(), configured));
+            }
+            self.ready.deadline.take()
+        } else {
+            None
+        };
         let arm = match (self.policy.prepare(&mut req, configured), ready_deadline) {
             (Prepared::Configured, None) => Arm::Lazy(configured),
             (Prepared::Configured | Prepared::Unlimited, Some(at)) => Arm::At(at, configured),

@@ -177,3 +177,62 @@ fn chain_is_bounded_on_a_cyclic_source() {
     assert_eq!(chain(&Cycle).count(), 64);
     assert_eq!(kind_of(&Cycle), None);
 }
+
+mod keys {
+    use buttress_core::key::{Extension, FnKey, GrpcMethod, Header, KeyExtractor, UriAuthority};
+    use http::Request;
+
+    #[test]
+    fn fn_key_returns_what_its_closure_returns() {
+        let by_path = FnKey::new(|req: &Request<()>| Some(req.uri().path().len()));
+        let req = Request::builder().uri("/abcd").body(()).unwrap();
+        assert_eq!(by_path.extract(&req), Some(5));
+        assert_eq!(format!("{by_path:?}"), "FnKey { .. }");
+    }
+
+    #[test]
+    fn header_key_is_the_value_bytes() {
+        let key = Header::new(http::HeaderName::from_static("x-tenant"));
+        let req = Request::builder()
+            .header("x-tenant", "acme")
+            .body(())
+            .unwrap();
+        assert_eq!(key.extract(&req), Some(b"acme".to_vec()));
+        assert_eq!(key.extract(&Request::new(())), None);
+    }
+
+    #[test]
+    fn extension_key_clones_the_typed_extension() {
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        struct Tenant(u32);
+        let key = Extension::<Tenant>::new();
+        let mut req = Request::new(());
+        assert_eq!(key.extract(&req), None);
+        req.extensions_mut().insert(Tenant(7));
+        assert_eq!(key.extract(&req), Some(Tenant(7)));
+        assert!(format!("{key:?}").contains("Tenant"), "{key:?}");
+    }
+
+    #[test]
+    fn authority_key_falls_back_to_the_host_header_lowercased() {
+        let req = Request::builder()
+            .uri("/x")
+            .header("host", "API.Example.COM")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            UriAuthority.extract(&req).as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(UriAuthority.extract(&Request::new(())), None);
+    }
+
+    #[test]
+    fn grpc_method_key_is_the_path() {
+        let req = Request::builder()
+            .uri("http://h/pkg.Svc/Call")
+            .body(())
+            .unwrap();
+        assert_eq!(GrpcMethod.extract(&req).as_deref(), Some("/pkg.Svc/Call"));
+    }
+}

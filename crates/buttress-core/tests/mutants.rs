@@ -236,3 +236,107 @@ mod keys {
         assert_eq!(GrpcMethod.extract(&req).as_deref(), Some("/pkg.Svc/Call"));
     }
 }
+
+mod outcomes {
+    use buttress_core::Outcome;
+
+    #[test]
+    fn outcome_predicates_and_display() {
+        assert!(Outcome::Failure.is_failure());
+        assert!(!Outcome::Success.is_failure());
+        assert!(!Outcome::Ignored.is_failure());
+        assert!(Outcome::Success.is_success());
+        assert!(!Outcome::Failure.is_success());
+        assert!(!Outcome::Ignored.is_success());
+        assert_eq!(Outcome::Success.to_string(), "success");
+        assert_eq!(Outcome::Failure.to_string(), "failure");
+        assert_eq!(Outcome::Ignored.to_string(), "ignored");
+    }
+
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn tonic_classifier_fails_the_server_side_codes_only() {
+        use buttress_core::{Classifier, TonicStatusClassifier};
+        use tonic::Code;
+
+        let c = TonicStatusClassifier::new();
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+            Code::Internal,
+            Code::Unknown,
+            Code::DataLoss,
+        ] {
+            assert_eq!(c.classify_code(code), Outcome::Failure, "{code:?}");
+        }
+        for code in [
+            Code::Ok,
+            Code::Cancelled,
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+        ] {
+            assert_eq!(c.classify_code(code), Outcome::Success, "{code:?}");
+        }
+        let res: Result<(), tonic::Status> = Err(tonic::Status::internal("boom"));
+        assert_eq!(c.classify(&res), Outcome::Failure);
+        assert_eq!(c.classify(&Ok::<(), tonic::Status>(())), Outcome::Success);
+    }
+}
+
+mod registry {
+    use std::any::Any;
+
+    use buttress_core::registry::{Component, Registry};
+
+    #[derive(Clone)]
+    struct Pool(&'static str);
+
+    impl Component for Pool {
+        fn name(&self) -> &str {
+            self.0
+        }
+        fn kind(&self) -> &'static str {
+            "pool"
+        }
+        fn snapshot(&self) -> serde_json::Value {
+            serde_json::json!({ "idle": 3 })
+        }
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+    }
+
+    #[test]
+    fn duplicate_name_names_the_taken_name() {
+        let registry = Registry::new();
+        registry.register(Pool("db")).unwrap();
+        let err = registry.register(Pool("db")).unwrap_err();
+        assert_eq!(err.name(), "db");
+        assert_eq!(err.to_string(), "a component named `db` is registered already");
+    }
+
+    #[test]
+    fn debug_lists_the_registered_names() {
+        let registry = Registry::new();
+        registry.register(Pool("b")).unwrap();
+        registry.register(Pool("a")).unwrap();
+        assert_eq!(format!("{registry:?}"), r#"{"a", "b"}"#);
+    }
+
+    #[test]
+    fn metrics_switch_is_off_by_default_and_shared_by_clones() {
+        let registry = Registry::new();
+        assert!(!registry.metrics_enabled());
+        let earlier = registry.clone();
+        let registry = registry.with_metrics();
+        assert!(registry.metrics_enabled());
+        assert!(earlier.metrics_enabled());
+        // `with_metrics` keeps the map: what was registered stays.
+        let registry = Registry::new();
+        registry.register(Pool("db")).unwrap();
+        assert_eq!(registry.with_metrics().names(), ["db"]);
+    }
+}

@@ -147,12 +147,18 @@ fn retry_after_reads_every_kind_that_carries_one() {
 fn find_returns_the_typed_rejection_and_chain_lists_outermost_first() {
     let limited: BoxError = RateLimited::new("api".into(), None).into();
     let wrapped: BoxError = RetryExhausted::new("x".into(), 2, limited).into();
-    assert_eq!(find::<RateLimited>(&*wrapped).map(|r| r.name()), Some("api"));
+    assert_eq!(
+        find::<RateLimited>(&*wrapped).map(|r| r.name()),
+        Some("api")
+    );
     assert!(find::<CircuitOpen>(&*wrapped).is_none());
     let texts: Vec<String> = chain(&*wrapped).map(|e| e.to_string()).collect();
     assert_eq!(
         texts,
-        ["retry `x` gave up after 2 attempts", "rate limit `api` exceeded"]
+        [
+            "retry `x` gave up after 2 attempts",
+            "rate limit `api` exceeded"
+        ]
     );
 }
 
@@ -291,8 +297,33 @@ mod registry {
 
     use buttress_core::registry::{Component, Registry};
 
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
     #[derive(Clone)]
     struct Pool(&'static str);
+
+    /// A component that counts its resets.
+    #[derive(Clone, Default)]
+    struct Counter(Arc<AtomicUsize>);
+
+    impl Component for Counter {
+        fn name(&self) -> &str {
+            "counter"
+        }
+        fn kind(&self) -> &'static str {
+            "counter"
+        }
+        fn snapshot(&self) -> serde_json::Value {
+            serde_json::json!({ "resets": self.0.load(Ordering::Relaxed) })
+        }
+        fn reset(&self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+    }
 
     impl Component for Pool {
         fn name(&self) -> &str {
@@ -315,7 +346,10 @@ mod registry {
         registry.register(Pool("db")).unwrap();
         let err = registry.register(Pool("db")).unwrap_err();
         assert_eq!(err.name(), "db");
-        assert_eq!(err.to_string(), "a component named `db` is registered already");
+        assert_eq!(
+            err.to_string(),
+            "a component named `db` is registered already"
+        );
     }
 
     #[test]
@@ -338,5 +372,43 @@ mod registry {
         let registry = Registry::new();
         registry.register(Pool("db")).unwrap();
         assert_eq!(registry.with_metrics().names(), ["db"]);
+    }
+
+    #[test]
+    fn register_lookup_snapshot_reset_and_remove() {
+        let registry = Registry::new();
+        registry.register(Pool("db")).unwrap();
+        let counter = Counter::default();
+        registry.register_arc(Arc::new(counter.clone())).unwrap();
+        assert!(registry.register_arc(Arc::new(Pool("db"))).is_err());
+        assert_eq!(registry.names(), ["counter", "db"]);
+
+        assert_eq!(registry.component("db").map(|c| c.kind()), Some("pool"));
+        assert!(registry.component("nope").is_none());
+        assert_eq!(registry.get::<Pool>("db").map(|p| p.0), Some("db"));
+        assert!(registry.get::<Counter>("db").is_none());
+
+        registry.reset_all();
+        registry.reset_all();
+        assert_eq!(counter.0.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            registry.snapshot(),
+            serde_json::json!({
+                "counter": { "kind": "counter", "state": { "resets": 2 } },
+                "db": { "kind": "pool", "state": { "idle": 3 } },
+            })
+        );
+
+        assert_eq!(
+            registry
+                .remove("db")
+                .map(|c| c.name().to_owned())
+                .as_deref(),
+            Some("db")
+        );
+        assert!(registry.remove("db").is_none());
+        assert_eq!(registry.names(), ["counter"]);
+        // The name is free again.
+        registry.register(Pool("db")).unwrap();
     }
 }

@@ -412,3 +412,55 @@ mod registry {
         registry.register(Pool("db")).unwrap();
     }
 }
+
+mod response {
+    use std::time::Duration;
+
+    use buttress_core::error::{BoxError, CircuitOpen, RateLimited};
+    use buttress_core::response::{ErrorBody, ErrorToResponseLayer, Problem};
+    use http::{HeaderMap, StatusCode};
+    use tower::{service_fn, Layer};
+
+    /// A body format that writes every field of the problem it is given.
+    #[derive(Debug, Clone, Copy)]
+    struct Fields;
+
+    impl ErrorBody<String> for Fields {
+        fn body(&self, problem: &Problem<'_>, _headers: &mut HeaderMap) -> String {
+            format!(
+                "{} {:?} {:?} {:?}",
+                problem.status().as_u16(),
+                problem.kind(),
+                problem.detail(),
+                problem.retry_after()
+            )
+        }
+    }
+
+    #[test]
+    fn a_custom_body_sees_status_kind_detail_and_retry_hint() {
+        let layer = ErrorToResponseLayer::new().body(Fields).detailed(true);
+        let open: BoxError = CircuitOpen::new("db".into(), Some(Duration::from_secs(3))).into();
+        let res = layer.response::<String>(&*open);
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            res.body(),
+            r#"503 Some(CircuitOpen) Some("circuit `db` is open") Some(3s)"#
+        );
+        let limited: BoxError = RateLimited::new("api".into(), None).into();
+        assert_eq!(
+            layer.response::<String>(&*limited).body(),
+            r#"429 Some(RateLimited) Some("rate limit `api` exceeded") None"#
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_response_future_has_a_debug_form() {
+        let mut svc = ErrorToResponseLayer::new().layer(service_fn(|_: ()| async {
+            Ok::<_, BoxError>(http::Response::new(String::new()))
+        }));
+        let fut = tower::Service::call(&mut svc, ());
+        assert_eq!(format!("{fut:?}"), "ErrorToResponseFuture { .. }");
+        assert_eq!(fut.await.unwrap().status(), StatusCode::OK);
+    }
+}

@@ -464,3 +464,28 @@ mod response {
         assert_eq!(fut.await.unwrap().status(), StatusCode::OK);
     }
 }
+
+mod bounded_map {
+    use std::time::Duration;
+
+    use buttress_core::key::BoundedMap;
+    use tokio::time::Instant;
+
+    #[test]
+    fn size_accessors_and_debug() {
+        let map: BoundedMap<u32, u32> = BoundedMap::with_shards(10, Duration::from_secs(5), 2);
+        assert_eq!(map.max_keys(), 10);
+        assert_eq!(map.shards(), 2);
+        assert!(map.is_empty());
+        assert_eq!(
+            map.get_or_insert(1, Instant::now(), |k| k * 10, |_| true),
+            Some(10)
+        );
+        assert!(!map.is_empty());
+        assert_eq!(map.len(), 1);
+        assert_eq!(
+            format!("{map:?}"),
+            "BoundedMap { max_keys: 10, idle_timeout: 5s, len: 1, shards: 2, .. }"
+        );
+    }
+}

@@ -74,3 +74,63 @@ fn the_longest_wait_reads_back_as_set() {
         Some(longest - Duration::from_nanos(1))
     );
 }
+
+/// A waker that records whether it was woken.
+struct Flag(std::sync::atomic::AtomicBool);
+
+impl std::task::Wake for Flag {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_caller_polled_from_another_task_wakes_that_task() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
+
+    use tower::{Layer, Service};
+    use tower_test::{assert_request_eq, mock};
+
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .max_queue(1)
+        .build()
+        .unwrap();
+    let (inner, mut upstream) = mock::pair::<&'static str, &'static str>();
+    let mut holder = layer.layer(inner.clone());
+    let mut waiter = layer.layer(inner);
+
+    let first = Arc::new(Flag(AtomicBool::new(false)));
+    let second = Arc::new(Flag(AtomicBool::new(false)));
+    let noop = Waker::from(Arc::new(Flag(AtomicBool::new(false))));
+
+    assert!(holder
+        .poll_ready(&mut Context::from_waker(&noop))
+        .is_ready());
+    let call = holder.call("a");
+
+    // The waiter queues under one task, then is polled by another one (a
+    // future moved between tasks): the second task must be the one woken.
+    let first_waker = Waker::from(first.clone());
+    let second_waker = Waker::from(second.clone());
+    assert!(waiter
+        .poll_ready(&mut Context::from_waker(&first_waker))
+        .is_pending());
+    assert!(waiter
+        .poll_ready(&mut Context::from_waker(&second_waker))
+        .is_pending());
+
+    assert_request_eq!(upstream, "a").send_response("A");
+    assert_eq!(call.await.unwrap(), "A");
+    assert!(
+        second.0.load(Ordering::SeqCst),
+        "the last task was not woken"
+    );
+    assert!(!first.0.load(Ordering::SeqCst), "a stale task was woken");
+    assert!(matches!(
+        waiter.poll_ready(&mut Context::from_waker(&second_waker)),
+        Poll::Ready(Ok(()))
+    ));
+}

@@ -488,4 +488,36 @@ mod bounded_map {
             "BoundedMap { max_keys: 10, idle_timeout: 5s, len: 1, shards: 2, .. }"
         );
     }
+
+    #[test]
+    fn a_refused_insert_asks_about_a_bounded_number_of_entries() {
+        // A full map none of whose entries may go: the sweeps that look for
+        // one stop after 64 entries at home and 64 elsewhere.
+        let n = 10_000;
+        let map: BoundedMap<u32, u32> = BoundedMap::new(n, Duration::from_secs(1));
+        let t0 = Instant::now();
+        for k in 0..n as u32 {
+            map.get_or_insert(k, t0, |k| *k, |_| true);
+        }
+        let later = t0 + Duration::from_secs(2);
+        for k in n as u32..n as u32 + 20 {
+            let asked = std::cell::Cell::new(0usize);
+            let got = map.get_or_insert(
+                k,
+                later,
+                |k| *k,
+                |_| {
+                    asked.set(asked.get() + 1);
+                    false
+                },
+            );
+            assert_eq!(got, None);
+            assert!(
+                (1..=128).contains(&asked.get()),
+                "asked about {} entries",
+                asked.get()
+            );
+        }
+        assert_eq!(map.len(), n);
+    }
 }

@@ -966,4 +966,43 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn filling_a_map_grows_its_tables_no_more_than_hashbrown_would() {
+        // A rebuild is for a table that tombstones filled, never for one
+        // that is really full: that one doubles, as hashbrown would have
+        // it: 10 000 keys take about 16 000 buckets whatever the shard count.
+        let n = 10_000;
+        let map: BoundedMap<u32, u32> = BoundedMap::new(n, IDLE);
+        let t0 = Instant::now();
+        for k in 0..n as u32 {
+            map.get_or_insert(k, t0, |k| *k, |_| true);
+        }
+        let buckets: usize = (0..map.shards())
+            .map(|s| map.lock(s).table.num_buckets())
+            .sum();
+        assert!(buckets <= 4 * n, "{buckets} buckets for {n} keys");
+    }
+
+    #[test]
+    fn a_sweep_of_a_sparse_table_stops_after_its_bucket_budget() {
+        // One shard of 4 096 buckets left with 10 entries, none of which
+        // may go: the sweep gives up after 1 024 buckets, not a full turn.
+        let map: BoundedMap<u32, u32> = BoundedMap::with_shards(10_000, IDLE, 1);
+        let t0 = Instant::now();
+        for k in 0..2_000 {
+            map.get_or_insert(k, t0, |k| *k, |_| true);
+        }
+        let mut shard = map.lock(0);
+        shard.table.retain(|slot| slot.key % 200 == 0);
+        assert_eq!(shard.table.len(), 10);
+        assert!(shard.table.num_buckets() > 2 * SWEEP_BUCKETS);
+        let mut budget = Budget::new();
+        let now = map.nanos(t0 + 2 * IDLE);
+        let evicted = shard.evict(now, map.idle_nanos, &|_: &u32| false, &mut budget);
+        assert!(evicted.is_none());
+        assert_eq!(budget.buckets, 0);
+        assert!(budget.entries > 0, "the entries were not the limit");
+        assert_eq!(shard.hand, SWEEP_BUCKETS);
+    }
 }

@@ -508,8 +508,17 @@ mod tests {
                     let clock = clock.clone();
                     tokio::spawn(async move {
                         let mut last = 0;
-                        let end = Instant::now() + Duration::from_millis(30);
-                        while Instant::now() < end {
+                        // At least 30 ms, and until the clock has moved
+                        // (a loaded machine may not run the ticker that
+                        // soon), at most 10 s.
+                        let start = Instant::now();
+                        let min = start + Duration::from_millis(30);
+                        let max = start + Duration::from_secs(10);
+                        loop {
+                            let t = Instant::now();
+                            if (t >= min && last > 0) || t >= max {
+                                break;
+                            }
                             let now = clock.now_ticks();
                             assert!(now >= last, "{now} after {last}");
                             last = now;

@@ -918,13 +918,22 @@ fn store(
             changed_at_wall,
         }));
         st.running = false;
-        previous.map(|p| p.0)
+        let previous = previous.map(|p| p.0);
+        // The change is counted before the lock is let go: a probe that
+        // sees this run finished (it reads `running` under this lock) can
+        // never be followed by a late notification of the change it
+        // already returned (a subscriber taken after that probe would
+        // otherwise see it as a new change).
+        if previous != Some(status) {
+            inner.changed.send_modify(|n| *n += 1);
+        }
+        previous
     };
-    slot.done.send_modify(|n| *n += 1);
     #[cfg(feature = "metrics")]
     if let Some(m) = &slot.metrics {
         m.record(status, duration);
     }
+    slot.done.send_modify(|n| *n += 1);
     if previous != Some(status) {
         tracing::info!(buttress.name = %slot.name, from = previous.map_or("none", Status::as_str), to = status.as_str(), "health check status changed");
         inner.listeners.emit(|| HealthEvent::StatusChanged {
@@ -932,6 +941,5 @@ fn store(
             from: previous,
             to: status,
         });
-        inner.changed.send_modify(|n| *n += 1);
     }
 }

@@ -7,7 +7,9 @@ use buttress_health::{Check, HealthRegistry, RedisCheck, Status};
 use buttress_test_support::redis_server::Server;
 
 /// Probes until a check's status changes (each probe past the interval
-/// starts a run in the background), at most 200 probes of 25 ms.
+/// starts a run in the background), at most 200 probes of 25 ms. The
+/// subscription is taken after the previous status was read, so the
+/// change it sees is a later one.
 async fn next_change(registry: &HealthRegistry) -> buttress_health::HealthReport {
     let mut changed = registry.subscribe();
     changed.borrow_and_update();

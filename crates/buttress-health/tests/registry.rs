@@ -694,3 +694,31 @@ async fn the_refresher_keeps_results_fresh_without_probes_and_ends_with_the_regi
     assert!(refresher.is_finished());
     assert_eq!(sw.runs(), 2);
 }
+
+/// A probe that returned a new status is never followed by a late
+/// notification of that same change: a subscription taken after the probe
+/// sees only later changes. The change used to be counted after the
+/// waiting probes woke (and after the event listeners ran), so on a
+/// multi-thread runtime a subscriber could see the first run's change as a
+/// new one; the slow listener here holds that window open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_taken_after_a_probe_sees_no_earlier_change() {
+    for round in 0..20 {
+        let registry = HealthRegistry::builder()
+            .check(Check::new("a", fixed(Status::Healthy)).interval(Duration::from_secs(60)))
+            .on_event(|e: &HealthEvent| {
+                if matches!(e, HealthEvent::StatusChanged { .. }) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+            .build()
+            .unwrap();
+        assert_eq!(registry.readiness().await.status, Status::Healthy);
+        let changed = registry.subscribe();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(
+            !changed.has_changed().unwrap(),
+            "round {round}: a change already returned was notified again"
+        );
+    }
+}

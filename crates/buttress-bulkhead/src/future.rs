@@ -43,6 +43,16 @@ impl<F> ResponseFuture<F> {
         }
     }
 
+    /// A call of a pass-through bulkhead: no permit.
+    pub(crate) fn passed(inner: F) -> Self {
+        Self {
+            kind: Kind::Called {
+                inner,
+                permit: None,
+            },
+        }
+    }
+
     pub(crate) fn rejected(error: BulkheadFull) -> Self {
         Self {
             kind: Kind::Rejected { error: Some(error) },

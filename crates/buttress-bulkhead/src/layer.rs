@@ -43,6 +43,8 @@ pub(crate) const KIND: &str = "bulkhead";
 #[derive(Clone)]
 pub struct BulkheadLayer {
     shared: Arc<Shared>,
+    /// See [`BulkheadLayer::pass_through`].
+    pass_through: bool,
 }
 
 impl fmt::Debug for BulkheadLayer {
@@ -83,7 +85,27 @@ impl BulkheadLayer {
     fn from_shared(shared: Shared) -> Self {
         Self {
             shared: Arc::new(shared),
+            pass_through: false,
         }
+    }
+
+    /// A bulkhead that is not there: its services admit every call and
+    /// count nothing, at the cost of one branch, with the type of a real
+    /// one. The facade's policies fill an empty slot with it, so that a
+    /// policy's service has one type whichever slots a configuration
+    /// fills, without a wrapper around every slot's future. Its handle
+    /// sees no call. Not part of the stable API.
+    #[doc(hidden)]
+    pub fn pass_through() -> Self {
+        let mut layer = Self::from_shared(Shared::new(
+            Arc::from("pass_through"),
+            1,
+            0,
+            None,
+            Listeners::default(),
+        ));
+        layer.pass_through = true;
+        layer
     }
 
     /// A handle to observe the bulkhead and change its limits at run time.
@@ -98,7 +120,7 @@ impl<S> Layer<S> for BulkheadLayer {
     type Service = Bulkhead<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Bulkhead::from_shared(inner, self.shared.clone())
+        Bulkhead::from_shared(inner, self.shared.clone(), self.pass_through)
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Bulkhead<S> {
     /// `call` moves two words into the response future.
     permit: Option<Permit>,
     state: State,
+    /// Admit every call, count nothing ([`BulkheadLayer::pass_through`](crate::BulkheadLayer::pass_through)).
+    pass_through: bool,
 }
 
 enum State {
@@ -34,12 +36,13 @@ enum State {
 }
 
 impl<S> Bulkhead<S> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>, pass_through: bool) -> Self {
         Self {
             inner,
             shared,
             permit: None,
             state: State::Idle,
+            pass_through,
         }
     }
 
@@ -63,7 +66,7 @@ impl<S> Bulkhead<S> {
 impl<S: Clone> Clone for Bulkhead<S> {
     /// A clone shares the bulkhead but starts without a permit.
     fn clone(&self) -> Self {
-        Self::from_shared(self.inner.clone(), self.shared.clone())
+        Self::from_shared(self.inner.clone(), self.shared.clone(), self.pass_through)
     }
 }
 
@@ -127,6 +130,9 @@ where
             self.state = State::Idle;
         }
         if self.permit.is_none() {
+            if self.pass_through {
+                return self.inner.poll_ready(cx).map_err(Into::into);
+            }
             if let State::Idle = self.state {
                 if self.shared.try_acquire() {
                     self.permit = Some(Permit::new(&self.shared, None));
@@ -142,6 +148,9 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         if let Some(permit) = self.permit.take() {
             return ResponseFuture::called(self.inner.call(req), permit);
+        }
+        if self.pass_through {
+            return ResponseFuture::passed(self.inner.call(req));
         }
         match std::mem::replace(&mut self.state, State::Idle) {
             State::Rejected(reason) => {

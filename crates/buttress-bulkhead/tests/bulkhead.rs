@@ -777,3 +777,32 @@ async fn a_rejection_no_call_consumed_is_neither_counted_nor_handed_on() {
     assert_eq!(handle.snapshot().rejected, 1);
     drop(held);
 }
+
+/// The facade's empty slot: a pass-through bulkhead admits every call, its
+/// inner service's readiness included, and counts nothing.
+#[tokio::test]
+async fn a_pass_through_bulkhead_admits_every_call_and_counts_nothing() {
+    let l = BulkheadLayer::pass_through();
+    let (inner, mut handle) = mock::pair::<&'static str, &'static str>();
+    let mut services: Vec<_> = (0..5)
+        .map(|_| mock::Spawn::new(l.layer(inner.clone())))
+        .collect();
+    let mut responses = Vec::new();
+    for s in &mut services {
+        assert_ready_ok!(s.poll_ready());
+        responses.push(s.call("a"));
+    }
+    for _ in 0..5 {
+        assert_request_eq!(handle, "a").send_response("A");
+    }
+    for r in responses {
+        assert_eq!(r.await.unwrap(), "A");
+    }
+    // The inner service's backpressure still reaches the caller.
+    handle.allow(0);
+    assert_pending!(services[0].poll_ready());
+    handle.allow(1);
+    assert_ready_ok!(services[0].poll_ready());
+    let snap = l.handle().snapshot();
+    assert_eq!((snap.active, snap.completed, snap.rejected), (0, 0, 0));
+}

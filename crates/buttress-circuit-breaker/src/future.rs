@@ -36,6 +36,11 @@ pin_project! {
         Rejected {
             error: Option<CircuitOpen>,
         },
+        // A pass-through breaker's call: nothing to record.
+        Passed {
+            #[pin]
+            inner: F,
+        },
     }
 }
 
@@ -49,6 +54,13 @@ impl<F, C> ResponseFuture<F, C> {
                 admitted,
                 start,
             },
+        }
+    }
+
+    #[inline]
+    pub(crate) fn passed(inner: F) -> Self {
+        Self {
+            kind: Kind::Passed { inner },
         }
     }
 
@@ -96,6 +108,7 @@ where
                 let error = error.take().expect("polled after completion");
                 Poll::Ready(Err(error.into()))
             }
+            KindProj::Passed { inner } => inner.poll(cx).map_err(Into::into),
         }
     }
 }

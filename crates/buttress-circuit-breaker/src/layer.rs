@@ -47,6 +47,8 @@ use crate::state::{Shared, State};
 pub struct CircuitBreakerLayer<C = ErrorsAsFailures> {
     shared: Arc<Shared>,
     classifier: C,
+    /// See [`CircuitBreakerLayer::pass_through`].
+    pass_through: bool,
 }
 
 impl<C: Clone> Clone for CircuitBreakerLayer<C> {
@@ -54,6 +56,7 @@ impl<C: Clone> Clone for CircuitBreakerLayer<C> {
         Self {
             shared: self.shared.clone(),
             classifier: self.classifier.clone(),
+            pass_through: self.pass_through,
         }
     }
 }
@@ -72,6 +75,32 @@ impl CircuitBreakerLayer {
 }
 
 impl<C> CircuitBreakerLayer<C> {
+    /// A breaker that is not there: its services admit every call and
+    /// record nothing, at the cost of one branch, with the type of a real
+    /// one (`classifier` only gives the type). The facade's policies fill
+    /// an empty slot with it, so that a policy's service has one type
+    /// whichever slots a configuration fills, without a wrapper around
+    /// every slot's future. Its handle sees no call. Not part of the
+    /// stable API.
+    #[doc(hidden)]
+    pub fn pass_through(classifier: C) -> Self {
+        let settings = CircuitBreakerConfig::default()
+            .validate()
+            .expect("the default breaker is valid");
+        Self {
+            shared: Shared::new(
+                Arc::from("pass_through"),
+                settings,
+                Listeners::default(),
+                None,
+            ),
+            classifier,
+            pass_through: true,
+        }
+    }
+}
+
+impl<C> CircuitBreakerLayer<C> {
     /// A handle to observe and control the breaker.
     pub fn handle(&self) -> CircuitBreakerHandle {
         CircuitBreakerHandle {
@@ -84,7 +113,12 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
     type Service = CircuitBreaker<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreaker::new(inner, self.shared.clone(), self.classifier.clone())
+        CircuitBreaker::new(
+            inner,
+            self.shared.clone(),
+            self.classifier.clone(),
+            self.pass_through,
+        )
     }
 }
 
@@ -292,6 +326,7 @@ impl<C> CircuitBreakerBuilder<C> {
                 rates,
             ),
             classifier: self.classifier,
+            pass_through: false,
         };
         if let Some(registry) = &self.registry {
             registry

@@ -31,6 +31,9 @@ pub struct CircuitBreaker<S, C> {
     ticket: Ticket,
     /// The backpressure timer, boxed because the service is not pinned.
     wake: Option<Pin<Box<Sleep>>>,
+    /// Admit every call, record nothing
+    /// ([`CircuitBreakerLayer::pass_through`](crate::CircuitBreakerLayer::pass_through)).
+    pass_through: bool,
 }
 
 enum Ticket {
@@ -90,7 +93,7 @@ impl Drop for Admitted {
 }
 
 impl<S, C> CircuitBreaker<S, C> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>, classifier: C) -> Self {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, classifier: C, pass_through: bool) -> Self {
         Self {
             inner,
             shared,
@@ -98,6 +101,7 @@ impl<S, C> CircuitBreaker<S, C> {
             admitted: None,
             ticket: Ticket::None,
             wake: None,
+            pass_through,
         }
     }
 
@@ -123,6 +127,7 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
             self.inner.clone(),
             self.shared.clone(),
             self.classifier.clone(),
+            self.pass_through,
         )
     }
 }
@@ -179,6 +184,9 @@ where
                 }
                 Ticket::Rejected(_) => return Poll::Ready(Ok(())),
                 Ticket::None => {
+                    if self.pass_through {
+                        return self.inner.poll_ready(cx).map_err(Into::into);
+                    }
                     if let Some(sleep) = &mut self.wake {
                         if !sleep.is_elapsed() && sleep.as_mut().poll(cx).is_pending() {
                             return Poll::Pending;
@@ -211,6 +219,9 @@ where
                 admitted,
                 start,
             );
+        }
+        if self.pass_through {
+            return ResponseFuture::passed(self.inner.call(req));
         }
         match std::mem::replace(&mut self.ticket, Ticket::None) {
             Ticket::Rejected(retry_after) => {

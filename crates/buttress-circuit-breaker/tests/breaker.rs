@@ -761,3 +761,38 @@ async fn a_rejection_no_call_consumed_is_neither_counted_nor_handed_on() {
     assert!(err.downcast_ref::<CircuitOpen>().is_some());
     assert_eq!(handle.snapshot().not_permitted_calls, 1);
 }
+
+/// The facade's empty slot: a pass-through breaker lets every call reach
+/// the inner service, failures included, records nothing and never opens.
+#[tokio::test]
+async fn a_pass_through_breaker_admits_every_call_and_never_opens() {
+    let layer = CircuitBreakerLayer::pass_through(buttress_core::ErrorsAsFailures);
+    let reached = Arc::new(Mutex::new(0u32));
+    let seen = reached.clone();
+    let mut svc = layer.layer(service_fn(move |fail: bool| {
+        *seen.lock().unwrap() += 1;
+        async move {
+            if fail {
+                Err::<u32, BoxError>("down".into())
+            } else {
+                Result::<u32, BoxError>::Ok(7)
+            }
+        }
+    }));
+    for _ in 0..200 {
+        let err = svc.ready().await.unwrap().call(true).await.unwrap_err();
+        assert_eq!(err.to_string(), "down", "the inner error, not a rejection");
+    }
+    assert_eq!(svc.ready().await.unwrap().call(false).await.unwrap(), 7);
+    assert_eq!(*reached.lock().unwrap(), 201);
+    let snap = layer.handle().snapshot();
+    assert_eq!(snap.state, State::Closed);
+    assert_eq!(
+        (
+            snap.buffered_calls,
+            snap.failed_calls,
+            snap.not_permitted_calls
+        ),
+        (0, 0, 0)
+    );
+}

@@ -50,6 +50,8 @@ use crate::KIND;
 pub struct RateLimitLayer<C = Unit, P = Unit, H = NoHeaders> {
     shared: Arc<Limiter>,
     weigh: Arc<Weigh<C, P>>,
+    /// See [`RateLimitLayer::pass_through`].
+    pass_through: bool,
     _headers: PhantomData<fn() -> H>,
 }
 
@@ -58,6 +60,7 @@ impl<C, P, H> Clone for RateLimitLayer<C, P, H> {
         Self {
             shared: self.shared.clone(),
             weigh: self.weigh.clone(),
+            pass_through: self.pass_through,
             _headers: PhantomData,
         }
     }
@@ -82,6 +85,22 @@ impl RateLimitLayer {
     /// ```
     pub fn new(rate: Rate) -> Result<Self, ConfigError> {
         Self::builder(rate).build()
+    }
+
+    /// A limiter that is not there: its services admit every call and
+    /// count nothing, at the cost of one branch, with the type of a real
+    /// one. The facade's policies fill an empty slot with it, so that a
+    /// policy's service has one type whichever slots a configuration
+    /// fills, without a wrapper around every slot's future. Its handle
+    /// sees no call. Not part of the stable API.
+    #[doc(hidden)]
+    pub fn pass_through() -> Self {
+        let mut layer = Self::builder(Rate::per_second(1))
+            .name("pass_through")
+            .build()
+            .expect("one call a second is a valid rate");
+        layer.pass_through = true;
+        layer
     }
 
     /// A builder for a limiter of `rate`.
@@ -114,6 +133,7 @@ impl<S, C: Clone, P: Clone, H> Layer<S> for RateLimitLayer<C, P, H> {
             inner,
             shared: self.shared.clone(),
             weigh: Weigh::clone(&self.weigh),
+            pass_through: self.pass_through,
             _headers: PhantomData,
         }
     }
@@ -438,6 +458,7 @@ impl<C, P, H> RateLimitBuilder<C, P, H> {
         let layer = RateLimitLayer {
             shared: Arc::new(Limiter::new(params, time, policy)),
             weigh: Arc::new(self.weigh),
+            pass_through: false,
             _headers: PhantomData,
         };
         self.common.register(layer.handle())?;

@@ -74,6 +74,9 @@ pub struct RateLimit<S, C, P, H> {
     /// Inline, not behind an `Arc`: a clone (tower's `Retry` clones the
     /// service for every call) costs one reference count, not two.
     pub(crate) weigh: Weigh<C, P>,
+    /// Admit every call, count nothing
+    /// ([`RateLimitLayer::pass_through`](crate::RateLimitLayer::pass_through)).
+    pub(crate) pass_through: bool,
     pub(crate) _headers: PhantomData<fn() -> H>,
 }
 
@@ -100,6 +103,7 @@ impl<S: Clone, C: Clone, P: Clone, H> Clone for RateLimit<S, C, P, H> {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
             weigh: self.weigh.clone(),
+            pass_through: self.pass_through,
             _headers: PhantomData,
         }
     }
@@ -133,6 +137,9 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
+        if self.pass_through {
+            return ResponseFuture::called(self.inner.call(req), Default::default());
+        }
         let shared = &*self.shared;
         let cost = self.weigh.cost.cost(&req);
         let policy = &shared.policy;

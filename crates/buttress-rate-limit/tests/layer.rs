@@ -598,3 +598,20 @@ async fn a_window_set_to_a_longer_period_starts_again_within_one_new_period() {
         );
     }
 }
+
+/// The facade's empty slot: a pass-through limiter admits every call at
+/// once and counts nothing.
+#[tokio::test(start_paused = true)]
+async fn a_pass_through_limiter_admits_every_call_and_counts_nothing() {
+    let layer = RateLimitLayer::pass_through();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn(|x: u32| async move { Ok::<_, Infallible>(x + 1) });
+    let start = Instant::now();
+    for i in 0..100 {
+        assert_eq!(svc.ready().await.unwrap().call(i).await.unwrap(), i + 1);
+    }
+    assert_eq!(Instant::now(), start, "no call waited");
+    let snap = layer.handle().snapshot();
+    assert_eq!((snap.rejected, snap.waiting), (0, 0));
+}

@@ -28,8 +28,16 @@ pin_project! {
     pub struct ResponseFuture<F, S, Q, X, P, T> {
         #[pin]
         state: State<F>,
-        ctx: Ctx<S, Q, X, P, T>,
+        // `None` for a pass-through retry's one attempt (no larger: the
+        // template's `Arc` is the niche).
+        ctx: Option<Ctx<S, Q, X, P, T>>,
     }
+}
+
+/// The projected parts of a retrying call.
+struct Parts<'a, F, S, Q, X, P, T> {
+    state: Pin<&'a mut State<F>>,
+    ctx: &'a mut Ctx<S, Q, X, P, T>,
 }
 
 pin_project! {
@@ -152,7 +160,7 @@ impl<F, S, Q, X, P, T> ResponseFuture<F, S, Q, X, P, T> {
     ) -> Self {
         Self {
             state: State::Called { fut },
-            ctx: Ctx {
+            ctx: Some(Ctx {
                 template,
                 keep,
                 retry: None,
@@ -162,15 +170,25 @@ impl<F, S, Q, X, P, T> ResponseFuture<F, S, Q, X, P, T> {
                 deadline,
                 started,
                 attempts: 0,
-            },
+            }),
+        }
+    }
+
+    /// The one attempt of a pass-through retry.
+    #[inline]
+    pub(crate) fn passed(fut: F) -> Self {
+        Self {
+            state: State::Called { fut },
+            ctx: None,
         }
     }
 }
 
 impl<F, S, Q, X, P, T> fmt::Debug for ResponseFuture<F, S, Q, X, P, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let attempts = self.ctx.as_ref().map_or(0, |ctx| ctx.attempts);
         f.debug_struct("ResponseFuture")
-            .field("attempts", &self.ctx.attempts)
+            .field("attempts", &attempts)
             .finish_non_exhaustive()
     }
 }
@@ -187,7 +205,17 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
+        let Some(ctx) = this.ctx.as_mut() else {
+            return match this.state.project() {
+                StateProj::Called { fut } => fut.poll(cx).map_err(Into::into),
+                _ => panic!("retry ResponseFuture polled after completion"),
+            };
+        };
+        let mut this = Parts {
+            state: this.state,
+            ctx,
+        };
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { fut } => {

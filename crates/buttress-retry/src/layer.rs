@@ -264,6 +264,8 @@ pub struct RetryLayer<P = RetryErrors, R = CloneRequest> {
     shared: Arc<Shared>,
     policy: P,
     replay: R,
+    /// See [`RetryLayer::pass_through`].
+    pass_through: bool,
 }
 
 impl<P: Clone, R: Clone> Clone for RetryLayer<P, R> {
@@ -272,6 +274,7 @@ impl<P: Clone, R: Clone> Clone for RetryLayer<P, R> {
             shared: self.shared.clone(),
             policy: self.policy.clone(),
             replay: self.replay.clone(),
+            pass_through: self.pass_through,
         }
     }
 }
@@ -300,7 +303,23 @@ impl<S: Clone, P: Clone, R: Clone> Layer<S> for RetryLayer<P, R> {
             self.shared.clone(),
             self.policy.clone(),
             self.replay.clone(),
+            self.pass_through,
         )
+    }
+}
+
+impl<P, R> RetryLayer<P, R> {
+    /// This retry, made not there: its services send each request once,
+    /// as the replay strategy gives the first attempt's request (without
+    /// keeping anything for a retry), and count nothing, at the cost of
+    /// one branch, with the type of a real one. The facade's policies
+    /// fill an empty slot with it, so that a policy's service has one
+    /// type whichever slots a configuration fills, without a wrapper
+    /// around every slot's future. Not part of the stable API.
+    #[doc(hidden)]
+    pub fn into_pass_through(mut self) -> Self {
+        self.pass_through = true;
+        self
     }
 }
 
@@ -651,6 +670,7 @@ impl<P, R> RetryBuilder<P, R> {
             }),
             policy: self.policy,
             replay: self.replay,
+            pass_through: false,
         };
         if let Some(registry) = &self.registry {
             registry

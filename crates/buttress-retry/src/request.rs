@@ -27,6 +27,15 @@ pub trait ReplayRequest<Req> {
     /// this request must never be retried (it is still sent once).
     fn first(&self, req: Req) -> (Self::Request, Result<Self::Replay, NotRetried>);
 
+    /// The request of a call that is never retried (a pass-through
+    /// retry): by default the first attempt's, with what was kept
+    /// dropped. [`CloneRequest`] hands the request over without cloning
+    /// it.
+    #[inline]
+    fn only(&self, req: Req) -> Self::Request {
+        self.first(req).0
+    }
+
     /// The caller's deadline, if the request carries one; read before
     /// [`first`](ReplayRequest::first). No retry starts after it.
     fn deadline(&self, req: &Req) -> Option<Instant> {
@@ -74,6 +83,11 @@ impl<Req: Clone> ReplayRequest<Req> for CloneRequest {
     #[inline]
     fn first(&self, req: Req) -> (Req, Result<Cloned<Req>, NotRetried>) {
         (req.clone(), Ok(Cloned(req)))
+    }
+
+    #[inline]
+    fn only(&self, req: Req) -> Req {
+        req
     }
 }
 

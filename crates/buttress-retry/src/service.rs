@@ -33,11 +33,24 @@ pub struct Retry<S, P = RetryErrors, R = CloneRequest> {
     generation: u64,
     policy: P,
     replay: R,
+    /// One attempt, nothing kept, nothing counted
+    /// ([`RetryLayer::pass_through`](crate::RetryLayer::pass_through)).
+    pass_through: bool,
 }
 
 impl<S: Clone, P, R> Retry<S, P, R> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>, policy: P, replay: R) -> Self {
-        let (settings, generation) = shared.settings();
+    pub(crate) fn new(
+        inner: S,
+        shared: Arc<Shared>,
+        policy: P,
+        replay: R,
+        pass_through: bool,
+    ) -> Self {
+        let (settings, mut generation) = shared.settings();
+        if pass_through {
+            // Never the layer's (see `call`).
+            generation = u64::MAX;
+        }
         Self {
             template: Arc::new(Mutex::new(inner.clone())),
             inner,
@@ -46,20 +59,12 @@ impl<S: Clone, P, R> Retry<S, P, R> {
             generation,
             policy,
             replay,
+            pass_through,
         }
     }
 }
 
 impl<S, P, R> Retry<S, P, R> {
-    /// The settings for a call made now.
-    #[inline]
-    fn current(&mut self) -> Settings {
-        if self.shared.generation() != self.generation {
-            self.refresh();
-        }
-        self.settings
-    }
-
     #[cold]
     #[inline(never)]
     fn refresh(&mut self) {
@@ -92,6 +97,7 @@ impl<S: Clone, P: Clone, R: Clone> Clone for Retry<S, P, R> {
             generation: self.generation,
             policy: self.policy.clone(),
             replay: self.replay.clone(),
+            pass_through: self.pass_through,
         }
     }
 }
@@ -103,6 +109,22 @@ impl<S: fmt::Debug, P, R> fmt::Debug for Retry<S, P, R> {
             .field("name", &self.shared.name)
             .field("max_attempts", &self.settings.max_attempts)
             .finish_non_exhaustive()
+    }
+}
+
+impl<S, P, R> Retry<S, P, R> {
+    /// The call of a pass-through retry, out of line so that the usual
+    /// call's code stays as it was.
+    #[inline(never)]
+    fn call_once<Req>(
+        &mut self,
+        req: Req,
+    ) -> ResponseFuture<S::Future, S, R::Request, R::Replay, P, S::Response>
+    where
+        R: ReplayRequest<Req>,
+        S: Service<R::Request>,
+    {
+        ResponseFuture::passed(self.inner.call(self.replay.only(req)))
     }
 }
 
@@ -124,7 +146,15 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let settings = self.current();
+        // A pass-through retry's generation never matches: its calls take
+        // the branch of a run-time change, out of the usual call's way.
+        if self.shared.generation() != self.generation {
+            if self.pass_through {
+                return self.call_once(req);
+            }
+            self.refresh();
+        }
+        let settings = self.settings;
         let deadline = self.replay.deadline(&req);
         let link = self.shared.link();
         link.deposit();

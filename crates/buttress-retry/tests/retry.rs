@@ -1314,3 +1314,67 @@ async fn a_send_but_not_sync_service_makes_a_send_retry() {
     assert_send(&fut);
     assert_eq!(tokio::spawn(fut).await.unwrap().unwrap(), 7);
 }
+
+/// A request that counts its clones.
+#[derive(Debug)]
+struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(self.0.clone())
+    }
+}
+
+/// The facade's empty slot: a pass-through retry sends each request once,
+/// failures included, never clones it, and counts nothing; events and
+/// the budget are untouched.
+#[tokio::test(start_paused = true)]
+async fn a_pass_through_retry_sends_each_request_once_and_counts_nothing() {
+    let (events, sink) = recorder();
+    let layer = RetryLayer::builder()
+        .max_attempts(5)
+        .on_event(sink)
+        .build()
+        .unwrap()
+        .into_pass_through();
+    let svc = Scripted::failing(3);
+    let mut retrying = layer.layer(svc.clone());
+    for i in 0..3 {
+        let err = retrying.ready().await.unwrap().call(i).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("failure {i}"),
+            "the inner error as it is"
+        );
+    }
+    assert_eq!(retrying.ready().await.unwrap().call(9).await.unwrap(), 9);
+    assert_eq!(svc.calls().len(), 4, "one attempt per call");
+
+    let clones = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut once = RetryLayer::builder()
+        .build()
+        .unwrap()
+        .into_pass_through()
+        .layer(tower::service_fn(|_: Counted| async {
+            Ok::<_, BoxError>(1)
+        }));
+    let req = Counted(clones.clone());
+    assert_eq!(once.ready().await.unwrap().call(req).await.unwrap(), 1);
+    assert_eq!(
+        clones.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "never cloned"
+    );
+
+    let snap = layer.handle().snapshot();
+    assert_eq!(
+        (
+            snap.successful_without_retry,
+            snap.failed_without_retry,
+            snap.retries
+        ),
+        (0, 0, 0)
+    );
+    assert!(events.lock().unwrap().is_empty());
+}

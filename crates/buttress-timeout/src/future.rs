@@ -104,6 +104,7 @@ fn deadline_in(timeout: Duration) -> Instant {
 }
 
 impl<F> ResponseFuture<F> {
+    #[inline]
     pub(crate) fn new(inner: F, arm: Arm, link: Link) -> Self {
         Self {
             kind: Kind::Running {

@@ -176,6 +176,9 @@ where
                 }
             }
         };
-        ResponseFuture::new(self.inner.call(req), arm, self.shared.link())
+        // Everything else first, the inner call last: its future is then
+        // built where the response future keeps it, not copied there.
+        let link = self.shared.link();
+        ResponseFuture::new(self.inner.call(req), arm, link)
     }
 }

@@ -12,8 +12,7 @@ use buttress_circuit_breaker::{CircuitBreaker, CircuitBreakerBuilder, CircuitBre
 use buttress_core::{BoxError, ErrorsAsFailures, GrpcClassifier, HttpClassifier, Registry};
 use buttress_rate_limit::RateLimitLayer;
 use buttress_retry::{
-    CloneRequest, GrpcRetry, HttpReplay, HttpRetry, ReplayRequest, Retry, RetryBuilder,
-    RetryErrors, RetryLayer,
+    CloneRequest, GrpcRetry, HttpReplay, HttpRetry, Retry, RetryBuilder, RetryErrors, RetryLayer,
 };
 use buttress_timeout::{Prepared, RequestTimeout, Timeout, TimeoutLayer};
 use pin_project_lite::pin_project;
@@ -46,10 +45,6 @@ pub trait Flavor: sealed::Sealed + Send + Sync + 'static {
 
     /// The retry builder the policy's retry config is applied to.
     fn retry() -> RetryBuilder<Self::RetryPolicy, Self::Replay>;
-
-    /// The retry's replay strategy, also used by an empty retry slot to
-    /// hand requests on in the same form.
-    fn replay() -> Self::Replay;
 
     /// Which flavor this is, as data.
     fn kind() -> FlavorKind;
@@ -109,10 +104,6 @@ impl Flavor for Generic {
         RetryLayer::builder()
     }
 
-    fn replay() -> CloneRequest {
-        CloneRequest
-    }
-
     fn kind() -> FlavorKind {
         FlavorKind::Generic
     }
@@ -129,10 +120,6 @@ impl Flavor for Http {
 
     fn retry() -> RetryBuilder<HttpRetry, HttpReplay> {
         RetryLayer::for_http()
-    }
-
-    fn replay() -> HttpReplay {
-        HttpReplay::new()
     }
 
     fn kind() -> FlavorKind {
@@ -153,10 +140,6 @@ impl Flavor for Grpc {
         RetryLayer::for_grpc()
     }
 
-    fn replay() -> HttpReplay {
-        HttpReplay::new().responses_any_method(true)
-    }
-
     fn kind() -> FlavorKind {
         FlavorKind::Grpc
     }
@@ -174,11 +157,13 @@ pub struct PolicyLayer<F: Flavor = Generic> {
     /// Always there: an empty slot is a timeout that never arms its timer
     /// (one branch), which costs less than a slot of another type.
     pub(crate) timeout: TimeoutLayer<SlotTimeout>,
-    pub(crate) retry: Option<RetryLayer<F::RetryPolicy, F::Replay>>,
-    pub(crate) replay: F::Replay,
-    pub(crate) circuit_breaker: Option<CircuitBreakerLayer<F::Classifier>>,
-    pub(crate) rate_limit: Option<RateLimitLayer>,
-    pub(crate) bulkhead: Option<BulkheadLayer>,
+    pub(crate) retry: Slot<RetryLayer<F::RetryPolicy, F::Replay>>,
+    /// An empty slot of these three holds the layer's pass-through form
+    /// (one branch, the same type), not a wrapper of another type around
+    /// the layers below.
+    pub(crate) circuit_breaker: Slot<CircuitBreakerLayer<F::Classifier>>,
+    pub(crate) rate_limit: Slot<RateLimitLayer>,
+    pub(crate) bulkhead: Slot<BulkheadLayer>,
     pub(crate) attempt_timeout: TimeoutLayer<SlotTimeout>,
 }
 
@@ -188,7 +173,6 @@ impl<F: Flavor> Clone for PolicyLayer<F> {
             name: self.name.clone(),
             timeout: self.timeout.clone(),
             retry: self.retry.clone(),
-            replay: self.replay.clone(),
             circuit_breaker: self.circuit_breaker.clone(),
             rate_limit: self.rate_limit.clone(),
             bulkhead: self.bulkhead.clone(),
@@ -202,10 +186,10 @@ impl<F: Flavor> fmt::Debug for PolicyLayer<F> {
         let on = |present: bool, slot: &'static str| present.then_some(slot);
         let slots: Vec<&str> = [
             on(self.timeout.policy().0, "timeout"),
-            on(self.retry.is_some(), "retry"),
-            on(self.circuit_breaker.is_some(), "circuit_breaker"),
-            on(self.rate_limit.is_some(), "rate_limit"),
-            on(self.bulkhead.is_some(), "bulkhead"),
+            on(self.retry.filled, "retry"),
+            on(self.circuit_breaker.filled, "circuit_breaker"),
+            on(self.rate_limit.filled, "rate_limit"),
+            on(self.bulkhead.filled, "bulkhead"),
             on(self.attempt_timeout.policy().0, "attempt_timeout"),
         ]
         .into_iter()
@@ -234,22 +218,22 @@ impl<F: Flavor> PolicyLayer<F> {
 
     /// The retry's layer, for its handle.
     pub fn retry(&self) -> Option<&RetryLayer<F::RetryPolicy, F::Replay>> {
-        self.retry.as_ref()
+        self.retry.get()
     }
 
     /// The circuit breaker's layer, for its handle.
     pub fn circuit_breaker(&self) -> Option<&CircuitBreakerLayer<F::Classifier>> {
-        self.circuit_breaker.as_ref()
+        self.circuit_breaker.get()
     }
 
     /// The rate limiter's layer, for its handle.
     pub fn rate_limit(&self) -> Option<&RateLimitLayer> {
-        self.rate_limit.as_ref()
+        self.rate_limit.get()
     }
 
     /// The bulkhead's layer, for its handle.
     pub fn bulkhead(&self) -> Option<&BulkheadLayer> {
-        self.bulkhead.as_ref()
+        self.bulkhead.get()
     }
 
     /// The per-attempt timeout's layer, for its handle (`None` when the
@@ -267,22 +251,50 @@ impl<F: Flavor> PolicyLayer<F> {
         if let Some(l) = self.timeout() {
             names.push(l.handle().name().to_owned());
         }
-        if let Some(l) = &self.retry {
+        if let Some(l) = self.retry.get() {
             names.push(l.handle().name().to_owned());
         }
-        if let Some(l) = &self.circuit_breaker {
+        if let Some(l) = self.circuit_breaker.get() {
             names.push(l.handle().name().to_owned());
         }
-        if let Some(l) = &self.rate_limit {
+        if let Some(l) = self.rate_limit.get() {
             names.push(l.handle().name().to_owned());
         }
-        if let Some(l) = &self.bulkhead {
+        if let Some(l) = self.bulkhead.get() {
             names.push(l.handle().name().to_owned());
         }
         if let Some(l) = self.attempt_timeout() {
             names.push(l.handle().name().to_owned());
         }
         names
+    }
+}
+
+/// A slot of a policy: the layer the policy names when `filled`, else the
+/// layer's pass-through form.
+#[derive(Clone)]
+pub(crate) struct Slot<L> {
+    pub(crate) layer: L,
+    pub(crate) filled: bool,
+}
+
+impl<L> Slot<L> {
+    fn new(filled: Option<L>, empty: impl FnOnce() -> L) -> Self {
+        match filled {
+            Some(layer) => Self {
+                layer,
+                filled: true,
+            },
+            None => Self {
+                layer: empty(),
+                filled: false,
+            },
+        }
+    }
+
+    /// The layer, when the policy names one.
+    pub(crate) fn get(&self) -> Option<&L> {
+        self.filled.then_some(&self.layer)
     }
 }
 
@@ -476,11 +488,18 @@ impl Policy {
         Ok(PolicyLayer {
             name: Arc::from(name),
             timeout,
-            retry,
-            replay: F::replay(),
-            circuit_breaker,
-            rate_limit,
-            bulkhead,
+            retry: Slot::new(retry, || {
+                F::retry()
+                    .name("pass_through")
+                    .build()
+                    .expect("the default retry is valid")
+                    .into_pass_through()
+            }),
+            circuit_breaker: Slot::new(circuit_breaker, || {
+                CircuitBreakerLayer::pass_through(F::classifier())
+            }),
+            rate_limit: Slot::new(rate_limit, RateLimitLayer::pass_through),
+            bulkhead: Slot::new(bulkhead, BulkheadLayer::pass_through),
             attempt_timeout,
         })
     }
@@ -510,46 +529,24 @@ pub(crate) fn slot_field(slot: &'static str, field: &'static str) -> &'static st
 
 /// The service of the bulkhead slot and below.
 type Attempt<S> = Timeout<S, SlotTimeout>;
-type Bulk<S> = Maybe<Bulkhead<Attempt<S>>, Attempt<S>>;
-type Rate<S> = Maybe<<RateLimitLayer as Layer<Bulk<S>>>::Service, Bulk<S>>;
-type Breaker<S, F> = Maybe<CircuitBreaker<Rate<S>, <F as Flavor>::Classifier>, Rate<S>>;
-type Retrying<S, F> = Maybe<
-    Retry<Breaker<S, F>, <F as Flavor>::RetryPolicy, <F as Flavor>::Replay>,
-    Passthrough<Breaker<S, F>, <F as Flavor>::Replay>,
->;
+type Bulk<S> = Bulkhead<Attempt<S>>;
+type Rate<S> = <RateLimitLayer as Layer<Bulk<S>>>::Service;
+type Breaker<S, F> = CircuitBreaker<Rate<S>, <F as Flavor>::Classifier>;
+type Retrying<S, F> = Retry<Breaker<S, F>, <F as Flavor>::RetryPolicy, <F as Flavor>::Replay>;
 
 /// The service a [`PolicyLayer`] makes: the slots' services nested in
 /// the policy's order, each present or not.
 pub type PolicyService<S, F = Generic> = Timeout<Retrying<S, F>, SlotTimeout>;
-
-fn maybe<L: Layer<S>, S>(layer: Option<&L>, inner: S) -> Maybe<L::Service, S> {
-    match layer {
-        Some(l) => Maybe::On {
-            service: l.layer(inner),
-        },
-        None => Maybe::Off { service: inner },
-    }
-}
 
 impl<S: Clone, F: Flavor> Layer<S> for PolicyLayer<F> {
     type Service = PolicyService<S, F>;
 
     fn layer(&self, inner: S) -> Self::Service {
         let s = self.attempt_timeout.layer(inner);
-        let s = maybe(self.bulkhead.as_ref(), s);
-        let s = maybe(self.rate_limit.as_ref(), s);
-        let s = maybe(self.circuit_breaker.as_ref(), s);
-        let s = match &self.retry {
-            Some(l) => Maybe::On {
-                service: l.layer(s),
-            },
-            None => Maybe::Off {
-                service: Passthrough {
-                    inner: s,
-                    replay: self.replay.clone(),
-                },
-            },
-        };
+        let s = self.bulkhead.layer.layer(s);
+        let s = self.rate_limit.layer.layer(s);
+        let s = self.circuit_breaker.layer.layer(s);
+        let s = self.retry.layer.layer(s);
         self.timeout.layer(s)
     }
 }
@@ -644,61 +641,5 @@ where
             KindProj::On { future } => future.poll(cx).map_err(Into::into),
             KindProj::Off { future } => future.poll(cx).map_err(Into::into),
         }
-    }
-}
-
-/// The empty retry slot: hands the request to the service below in the
-/// form the retry's replay strategy gives the layers below it, without
-/// keeping anything for a retry (for [`Generic`], the request itself, not
-/// cloned; for [`Http`] and [`Grpc`], the body wrapped as
-/// [`ReplayBody`](buttress_retry::ReplayBody), which is one small
-/// allocation).
-#[derive(Clone, Debug)]
-pub struct Passthrough<S, R> {
-    inner: S,
-    replay: R,
-}
-
-/// What the empty retry slot does with a request: the first attempt's
-/// request of the replay strategy `R`.
-pub trait FirstOnly<Req>: ReplayRequest<Req> {
-    /// The request as the layers below the retry receive it.
-    fn only(&self, req: Req) -> Self::Request;
-}
-
-impl<Req: Clone> FirstOnly<Req> for CloneRequest {
-    #[inline]
-    fn only(&self, req: Req) -> Req {
-        req
-    }
-}
-
-impl<B> FirstOnly<http::Request<B>> for HttpReplay
-where
-    HttpReplay: ReplayRequest<http::Request<B>>,
-{
-    #[inline]
-    fn only(&self, req: http::Request<B>) -> Self::Request {
-        self.first(req).0
-    }
-}
-
-impl<S, R, Req> Service<Req> for Passthrough<S, R>
-where
-    R: FirstOnly<Req>,
-    S: Service<R::Request>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Req) -> S::Future {
-        self.inner.call(self.replay.only(req))
     }
 }

@@ -91,8 +91,8 @@ pub mod __private {
 }
 
 pub use layer::{
-    FirstOnly, Flavor, FlavorKind, Generic, Grpc, Http, Maybe, MaybeFuture, Passthrough,
-    PolicyLayer, PolicyService, SlotTimeout,
+    Flavor, FlavorKind, Generic, Grpc, Http, Maybe, MaybeFuture, PolicyLayer, PolicyService,
+    SlotTimeout,
 };
 pub use server::{PerClient, ServerPolicy, ServerPolicyLayer, ServerPolicyService};
 #[cfg(feature = "config-watch")]

@@ -526,10 +526,9 @@ async fn a_paused_clock_stays_put_while_waiting_on_a_thread_after_calls_ended() 
 }
 
 /// An inner service whose call waits for its request, a signal: pending
-/// (so the timeout arms its timer) until the signal fires. `started`
-/// counts first polls, `produced` the responses it produced.
+/// (so the timeout arms its timer) until the signal fires. `produced`
+/// counts the responses it produced.
 fn on_signal(
-    started: Arc<AtomicUsize>,
     produced: Arc<AtomicUsize>,
 ) -> impl Service<
     tokio::sync::oneshot::Receiver<u64>,
@@ -538,14 +537,31 @@ fn on_signal(
     Future = impl Future<Output = Result<u64, std::convert::Infallible>> + Send,
 > + Clone {
     service_fn(move |signal: tokio::sync::oneshot::Receiver<u64>| {
-        let started = started.clone();
         let produced = produced.clone();
         async move {
-            started.fetch_add(1, Ordering::SeqCst);
             let value = signal.await.expect("every signal is sent");
             produced.fetch_add(1, Ordering::SeqCst);
             Ok(value)
         }
+    })
+}
+
+/// `call`, counting into `armed` when its first poll has returned
+/// pending: the whole poll, so a timeout's timer is armed by then (the
+/// inner future's own first poll comes before the timer is made).
+fn count_first_pending<F: Future>(
+    call: F,
+    armed: Arc<AtomicUsize>,
+) -> impl Future<Output = F::Output> {
+    let mut call = Box::pin(call);
+    let mut counted = false;
+    std::future::poll_fn(move |cx| {
+        let out = call.as_mut().poll(cx);
+        if out.is_pending() && !counted {
+            counted = true;
+            armed.fetch_add(1, Ordering::SeqCst);
+        }
+        out
     })
 }
 
@@ -567,11 +583,11 @@ fn a_runtime_dropped_as_calls_complete_never_panics_nor_loses_a_response() {
         .unwrap()
         .layer(sleeper());
     for round in 0..ROUNDS {
-        let started = Arc::new(AtomicUsize::new(0));
+        let armed = Arc::new(AtomicUsize::new(0));
         let produced = Arc::new(AtomicUsize::new(0));
         let svc = TimeoutLayer::new(Duration::from_secs(60))
             .unwrap()
-            .layer(on_signal(started.clone(), produced.clone()));
+            .layer(on_signal(produced.clone()));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_time()
@@ -586,14 +602,17 @@ fn a_runtime_dropped_as_calls_complete_never_panics_nor_loses_a_response() {
         // Calls on the workers, pending until their signal fires right
         // before the runtime is dropped.
         let spawned: Vec<_> = (0..SPAWNED)
-            .map(|_| rt.spawn(svc.clone().oneshot(signal())))
+            .map(|_| {
+                let call = svc.clone().oneshot(signal());
+                rt.spawn(count_first_pending(call, armed.clone()))
+            })
             .collect();
         // Calls on threads of their own, through `Handle::block_on`: they
         // complete when their signal fires, possibly while the runtime
         // shuts down.
         let driven: Vec<_> = (0..DRIVEN)
             .map(|_| {
-                let call = svc.clone().oneshot(signal());
+                let call = count_first_pending(svc.clone().oneshot(signal()), armed.clone());
                 let handle = rt.handle().clone();
                 std::thread::spawn(move || handle.block_on(call))
             })
@@ -610,8 +629,12 @@ fn a_runtime_dropped_as_calls_complete_never_panics_nor_loses_a_response() {
                 assert!(call.await.unwrap().is_ok(), "round {round}");
             }
         });
-        // Every signalled call has been polled and found pending.
-        while started.load(Ordering::SeqCst) < SPAWNED + DRIVEN {
+        // Every signalled call has been polled and found pending, its
+        // timer armed. Counting the inner future's first poll instead let
+        // a call driven by `block_on` be between that poll and arming its
+        // timer when the runtime shut down: tokio's timer then panics
+        // (the call was pending, not complete, as the runtime went away).
+        while armed.load(Ordering::SeqCst) < SPAWNED + DRIVEN {
             std::thread::yield_now();
         }
 

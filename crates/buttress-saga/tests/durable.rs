@@ -424,19 +424,35 @@ async fn on_crash_resume_reruns_the_step_in_doubt_and_finishes_forward() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_longer_than_the_lease_keeps_its_saga_by_heartbeat() {
-    // Leases run on the wall clock (the database's): this test takes ~1 s.
+    // Leases run on the wall clock (the database's), so the lease is long
+    // next to a loaded machine's scheduling delays: the heartbeat renews
+    // it every third of it, and a renewal later than two thirds of a lease
+    // would let the other process claim the saga (a 150 ms lease failed
+    // on a loaded machine that ran the heartbeat over 100 ms late). The step
+    // runs until the other process has tried for two leases, counted
+    // from the step's start, however slow the machine: this test takes
+    // ~2 s.
+    const LEASE: Duration = Duration::from_secs(1);
     let path = temp_db("heartbeat");
     let log = SqliteLog::open(&path).await.unwrap();
+    let step_started = Arc::new(Mutex::new(None::<Instant>));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (started, step_release) = (step_started.clone(), release.clone());
     let saga = Saga::builder("order", 1)
         .log(log.clone())
-        .lease(Duration::from_millis(150))
+        .lease(LEASE)
         .retry(RetryPolicy::never())
         .step(
             Step::new(
                 "slow",
-                service_fn(|r: StepRequest<Vec<u32>>| async move {
-                    tokio::time::sleep(Duration::from_millis(900)).await;
-                    Ok::<_, String>(r.context)
+                service_fn(move |r: StepRequest<Vec<u32>>| {
+                    let started = started.clone();
+                    let release = step_release.clone();
+                    async move {
+                        *started.lock().unwrap() = Some(Instant::now());
+                        release.notified().await;
+                        Ok::<_, String>(r.context)
+                    }
                 }),
             )
             .compensate(service_fn(|_r: StepRequest<Vec<u32>>| async {
@@ -448,8 +464,11 @@ async fn a_step_longer_than_the_lease_keeps_its_saga_by_heartbeat() {
     let run = tokio::spawn(saga.run_with_id("long", vec![]));
     // Another process keeps trying to claim it while the step runs.
     let other = SqliteLog::open(&path).await.unwrap();
+    let give_up = Instant::now() + Duration::from_secs(60);
     let mut claims = 0;
-    while !run.is_finished() && claims < 200 {
+    let mut released = false;
+    while !run.is_finished() {
+        assert!(Instant::now() < give_up, "the step never ended");
         let ids = other
             .claim("order", "other", Duration::from_secs(60), 10)
             .await
@@ -460,9 +479,15 @@ async fn a_step_longer_than_the_lease_keeps_its_saga_by_heartbeat() {
             log.load("long").await
         );
         claims += 1;
+        let since = *step_started.lock().unwrap();
+        if !released && claims >= 10 && since.is_some_and(|t| t.elapsed() >= 2 * LEASE) {
+            // Claims have failed for two leases of the step: let it end.
+            release.notify_one();
+            released = true;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(claims > 10, "the claims ran while the step did");
+    assert!(released, "the step ended before it was let go");
     run.await.unwrap().unwrap();
     assert_eq!(log.load("long").await.unwrap().phase, Phase::Completed);
 }

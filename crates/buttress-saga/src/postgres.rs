@@ -25,7 +25,7 @@ use crate::error::LogError;
 use crate::log::{
     decode_entry, decode_row, lease_ms, phase_of, BoxFuture, Message, NewSaga, SagaLog, StoredSaga,
 };
-use crate::outbox::{OutboxStore, StoredMessage};
+use crate::outbox::{Backlog, OutboxStore, StoredMessage};
 use crate::state::{Entry, Phase};
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
@@ -600,6 +600,31 @@ impl OutboxStore for PostgresLog {
                 .await
                 .map_err(pg)?;
             Ok(())
+        })
+    }
+
+    fn backlog(&self) -> BoxFuture<'_, Result<Backlog, LogError>> {
+        Box::pin(async move {
+            let client = self.client().lock().await;
+            // count and min(seq) read the partial index of pending messages;
+            // the first one's row gives its time, aged on the database clock.
+            let row = client
+                .query_one(
+                    "SELECT p.n, (SELECT extract(epoch FROM clock_timestamp() - o.created_at)::FLOAT8
+                                  FROM buttress_outbox o WHERE o.seq = p.first)
+                     FROM (SELECT count(*) AS n, min(seq) AS first FROM buttress_outbox
+                           WHERE published_at IS NULL) p",
+                    &[],
+                )
+                .await
+                .map_err(pg)?;
+            let messages: i64 = row.get(0);
+            let age: Option<f64> = row.get(1);
+            Ok(Backlog {
+                messages: u64::try_from(messages).unwrap_or(0),
+                oldest_age: age
+                    .map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or_default()),
+            })
         })
     }
 }

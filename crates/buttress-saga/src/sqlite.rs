@@ -28,7 +28,7 @@ use crate::log::{
     decode_entry, decode_row, lease_ms, now_ms, phase_of, BoxFuture, Message, NewSaga, SagaLog,
     StoredSaga,
 };
-use crate::outbox::{OutboxStore, StoredMessage};
+use crate::outbox::{Backlog, OutboxStore, StoredMessage};
 use crate::state::{Entry, Phase};
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
@@ -616,6 +616,28 @@ impl OutboxStore for SqliteLog {
             )
             .map_err(LogError::db)?;
             Ok(())
+        }))
+    }
+
+    fn backlog(&self) -> BoxFuture<'_, Result<Backlog, LogError>> {
+        Box::pin(self.with(|conn| {
+            // count and min(seq) read the partial index of pending messages
+            // only (seq is the rowid); the first one's row gives its time.
+            let (messages, created): (i64, Option<i64>) = conn
+                .query_row(
+                    "SELECT p.n, (SELECT o.created_ms FROM buttress_outbox o WHERE o.seq = p.first)
+                     FROM (SELECT count(*) AS n, min(seq) AS first FROM buttress_outbox
+                           WHERE published_ms IS NULL) p",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(LogError::db)?;
+            Ok(Backlog {
+                messages: u64::try_from(messages).unwrap_or(0),
+                oldest_age: created.map(|c| {
+                    Duration::from_millis(u64::try_from(now_ms().saturating_sub(c)).unwrap_or(0))
+                }),
+            })
         }))
     }
 }

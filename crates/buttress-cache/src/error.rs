@@ -118,3 +118,48 @@ impl fmt::Display for StoreError {
 }
 
 impl StdError for StoreError {}
+
+/// A revalidation was answered `304 Not Modified` with a validator
+/// (`ETag`, else `Last-Modified`) other than the stored response's: the
+/// 304 is about another representation, so the stored one cannot be
+/// refreshed from it (RFC 9111 §4.3.4). The call is then treated as a
+/// failed one: a stale entry within `max_stale` answers, else the caller
+/// gets this error.
+///
+/// ```
+/// use buttress_cache::error::ValidatorMismatch;
+/// let err = ValidatorMismatch::new("pages".into());
+/// assert_eq!(err.name(), "pages");
+/// assert_eq!(
+///     err.to_string(),
+///     "cache `pages`: a 304 Not Modified named a validator other than the stored response's"
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatorMismatch {
+    name: Arc<str>,
+}
+
+impl ValidatorMismatch {
+    /// The mismatch seen by cache `name`.
+    pub fn new(name: Arc<str>) -> Self {
+        Self { name }
+    }
+
+    /// The cache's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Display for ValidatorMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cache `{}`: a 304 Not Modified named a validator other than the stored response's",
+            self.name
+        )
+    }
+}
+
+impl StdError for ValidatorMismatch {}

@@ -33,8 +33,9 @@ pub enum NotStored {
     Failure,
     /// The status is not one a shared cache may store by default.
     Status,
-    /// `Cache-Control: no-store` (or `no-cache`, which needs a
-    /// revalidation this cache does not make).
+    /// `Cache-Control: no-store` (or `no-cache`, which asks for a
+    /// revalidation on every use; this cache revalidates stale entries
+    /// only).
     NoStore,
     /// `Cache-Control: private`.
     Private,
@@ -117,6 +118,14 @@ pub enum CacheEvent {
         age: Duration,
         /// Why.
         reason: StaleReason,
+    },
+    /// A stale entry was revalidated: the inner service answered `304
+    /// Not Modified` to this cache's conditional request, and the entry,
+    /// its headers updated, answered the call (HTTP caches). The call was
+    /// counted as a miss too.
+    Revalidated {
+        /// The cache's name.
+        name: Arc<str>,
     },
     /// A response was stored.
     Stored {

@@ -52,10 +52,22 @@ pub enum CacheStatus {
     /// The request had no key (an unsafe method, credentials): not
     /// looked up, not stored.
     Bypass,
+    /// A stale entry was revalidated: the inner service answered `304
+    /// Not Modified` to the conditional request this call sent
+    /// (`If-None-Match` with the stored `ETag`, else `If-Modified-Since`
+    /// with its `Last-Modified`), and the stored response, its headers
+    /// updated with the 304's, answers and is stored again.
+    Revalidated,
 }
 
 impl CacheStatus {
-    /// `hit`, `miss`, `coalesced`, `stale` or `bypass`.
+    /// `hit`, `miss`, `coalesced`, `stale`, `bypass` or `revalidated`.
+    ///
+    /// ```
+    /// use buttress_cache::CacheStatus;
+    /// assert_eq!(CacheStatus::Revalidated.as_str(), "revalidated");
+    /// assert_eq!(CacheStatus::Revalidated.age(), None);
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit { .. } => "hit",
@@ -63,6 +75,7 @@ impl CacheStatus {
             CacheStatus::Coalesced => "coalesced",
             CacheStatus::Stale { .. } => "stale",
             CacheStatus::Bypass => "bypass",
+            CacheStatus::Revalidated => "revalidated",
         }
     }
 
@@ -170,6 +183,48 @@ impl CachedResponse {
         *res.headers_mut() = self.0.headers.clone();
         markers.apply(&mut res, status);
         res
+    }
+
+    /// The answer to a `HEAD` request from a stored `GET` response: its
+    /// status and headers (`Content-Length` included), no body.
+    pub(crate) fn to_head_response<B>(
+        &self,
+        status: CacheStatus,
+        markers: Markers,
+    ) -> Response<CacheBody<B>> {
+        let mut res = Response::new(CacheBody::full(Bytes::new()));
+        *res.status_mut() = self.0.status;
+        *res.version_mut() = self.0.version;
+        *res.headers_mut() = self.0.headers.clone();
+        markers.apply(&mut res, status);
+        res
+    }
+
+    /// A `304 Not Modified` answering a conditional request that the
+    /// stored response satisfies: its validators and caching headers, no
+    /// body.
+    pub(crate) fn to_not_modified<B>(
+        &self,
+        status: CacheStatus,
+        markers: Markers,
+    ) -> Response<CacheBody<B>> {
+        let mut res = Response::new(CacheBody::full(Bytes::new()));
+        *res.status_mut() = StatusCode::NOT_MODIFIED;
+        *res.version_mut() = self.0.version;
+        *res.headers_mut() = crate::validate::not_modified_headers(&self.0.headers);
+        markers.apply(&mut res, status);
+        res
+    }
+
+    /// The stored response with its headers updated by those of a `304
+    /// Not Modified`; the status and body stay.
+    pub(crate) fn updated(&self, not_modified: &HeaderMap) -> CachedResponse {
+        CachedResponse::with_version(
+            self.0.status,
+            self.0.version,
+            crate::validate::updated_headers(&self.0.headers, not_modified),
+            self.0.body.clone(),
+        )
     }
 
     #[cfg(feature = "redis")]
@@ -419,6 +474,17 @@ pub(crate) struct Rules {
 
 impl Rules {
     pub(crate) fn verdict(&self, status: StatusCode, headers: &HeaderMap) -> Verdict {
+        self.verdict_at(status, headers, std::time::SystemTime::now())
+    }
+
+    /// The verdict on a response received at `now` (the wall clock, which
+    /// `Expires` is read against when the response has no `Date`).
+    pub(crate) fn verdict_at(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        now: std::time::SystemTime,
+    ) -> Verdict {
         let d = directives(headers);
         if d.no_store || d.no_cache {
             return Verdict::Own(NotStored::NoStore);
@@ -451,9 +517,11 @@ impl Rules {
             return Verdict::Share(NotStored::Status);
         }
         let ttl = if self.respect_max_age {
-            d.s_maxage
-                .or(d.max_age)
-                .map_or(self.ttl, Duration::from_secs)
+            // s-maxage, else max-age, else Expires (RFC 9111 §4.2.1).
+            match d.s_maxage.or(d.max_age) {
+                Some(seconds) => Duration::from_secs(seconds),
+                None => crate::validate::expires_lifetime(headers, now).unwrap_or(self.ttl),
+            }
         } else {
             self.ttl
         };
@@ -601,6 +669,47 @@ mod tests {
         assert_eq!(
             r.verdict(StatusCode::CREATED, &headers(&[])),
             Verdict::Share(NotStored::Status)
+        );
+    }
+
+    #[test]
+    fn expires_sets_the_ttl_without_max_age_and_invalid_is_expired() {
+        let r = rules();
+        let ok = StatusCode::OK;
+        let now = std::time::SystemTime::UNIX_EPOCH;
+        let dated = |expires: &'static str| {
+            headers(&[
+                ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+                ("expires", expires),
+            ])
+        };
+        assert_eq!(
+            r.verdict_at(ok, &dated("Sun, 06 Nov 1994 08:51:37 GMT"), now),
+            Verdict::Store(Duration::from_secs(120))
+        );
+        assert_eq!(
+            r.verdict_at(ok, &dated("0"), now),
+            Verdict::Own(NotStored::ZeroTtl)
+        );
+        assert_eq!(
+            r.verdict_at(ok, &dated("Sun, 06 Nov 1994 08:00:00 GMT"), now),
+            Verdict::Own(NotStored::ZeroTtl)
+        );
+        // max-age wins over Expires, even an invalid one.
+        let mut h = dated("0");
+        h.insert("cache-control", HeaderValue::from_static("max-age=5"));
+        assert_eq!(
+            r.verdict_at(ok, &h, now),
+            Verdict::Store(Duration::from_secs(5))
+        );
+        // Not read when max-age is not respected.
+        let r = Rules {
+            respect_max_age: false,
+            ..rules()
+        };
+        assert_eq!(
+            r.verdict_at(ok, &dated("0"), now),
+            Verdict::Store(Duration::from_secs(60))
         );
     }
 }

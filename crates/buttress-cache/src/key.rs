@@ -218,8 +218,13 @@ pub(crate) struct HttpKeyer {
 
 impl HttpKeyer {
     pub(crate) fn key<B>(&self, req: &http::Request<B>) -> Option<HttpKey> {
-        let method = req.method();
-        if method != Method::GET && method != Method::HEAD {
+        self.key_as(req, req.method())
+    }
+
+    /// The key `req` would have with `method` (a `HEAD` request looks up
+    /// the `GET` response), or `None` when it must pass through.
+    pub(crate) fn key_as<B>(&self, req: &http::Request<B>, method: &Method) -> Option<HttpKey> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
             return None;
         }
         let headers = req.headers();

@@ -351,7 +351,8 @@ macro_rules! common_methods {
 
         /// How long past its ttl an entry may still be served when the
         /// inner call fails or is rejected (stale-if-error), or while it
-        /// is refreshed ([`stale_while_revalidate`](Self::stale_while_revalidate)).
+        /// is refreshed ([`stale_while_revalidate`](Self::stale_while_revalidate));
+        /// an HTTP entry with a validator is revalidated within it.
         /// Default zero: an entry is dropped at its ttl.
         pub fn max_stale(mut self, max_stale: Duration) -> Self {
             self.common.max_stale = max_stale;
@@ -532,9 +533,46 @@ where
 ///   204, 300, 301, 308, 404, 405, 410, 414), without `Cache-Control:
 ///   no-store`, `no-cache` or `private`, without `Set-Cookie`, whose `Vary`
 ///   names only headers of the key, and whose whole body (no trailers)
-///   fits in [`max_body`](Self::max_body). `s-maxage`, else `max-age`, sets
-///   its ttl. Request directives are ignored (a client could otherwise
+///   fits in [`max_body`](Self::max_body). `s-maxage`, else `max-age`,
+///   else `Expires` minus `Date` (minus the time received without a
+///   valid `Date`) sets its ttl; an invalid `Expires` (`0` included)
+///   means already expired, so the response is not stored (RFC 9111
+///   §5.3). Request directives are ignored (a client could otherwise
 ///   empty the cache for everyone).
+/// - **Revalidation.** A stale entry (past its ttl, within
+///   [`max_stale`](Self::max_stale)) with a validator is revalidated
+///   (RFC 9111 §4.3): the inner call carries `If-None-Match` with its
+///   `ETag`, else `If-Modified-Since` with its `Last-Modified`, unless the
+///   request has a precondition of its own (`If-Match`, `If-None-Match`,
+///   `If-Modified-Since`, `If-Unmodified-Since`, `If-Range`), which then
+///   goes as it is and whose `304` answers that caller only. A `304 Not
+///   Modified` to the cache's revalidation updates the stored headers
+///   with its own (all but `Content-Length` and hop-by-hop fields), keeps
+///   the body, stores the entry again for the freshness the updated
+///   headers give, and the caller gets the stored status (a 200) marked
+///   [`CacheStatus::Revalidated`]. A 304 naming another `ETag` (or
+///   `Last-Modified`) than the stored one is a failure
+///   ([`ValidatorMismatch`](crate::error::ValidatorMismatch)); like a
+///   5xx or an error, it is answered with the stale entry when there is
+///   one. A 200 replaces the entry. The background refresh of
+///   [`stale_while_revalidate`](Self::stale_while_revalidate) is
+///   conditional too.
+/// - **Conditional requests and `HEAD`.** A fresh stored 2xx answers
+///   `304 Not Modified` (its `Cache-Control`, `Content-Location`, `Date`,
+///   `ETag`, `Expires`, `Vary` and `Last-Modified`, no body) to a request
+///   whose `If-None-Match` matches its `ETag` (weak comparison, lists,
+///   `*`) or, without `If-None-Match`, whose `If-Modified-Since` is not
+///   before its `Last-Modified`; a request with `If-Match`,
+///   `If-Unmodified-Since` or `If-Range` gets the full response. A `HEAD`
+///   request is answered from a fresh stored `GET` response (its status
+///   and headers, no body); otherwise it is a call of its own. Neither
+///   calls the inner service.
+/// - **Malformed headers.** They never fail a call: a malformed
+///   `If-None-Match` or `If-Modified-Since` is ignored (the full response
+///   answers); a malformed or repeated stored `ETag` or `Last-Modified` is
+///   no validator; a malformed `Expires` means expired; a malformed
+///   `Date` is read as absent; a malformed `max-age` means stale at once;
+///   an unreadable `Cache-Control` means `no-store`.
 /// - **Large bodies.** A body over `max_body` is not stored: the caller
 ///   gets the part already read and the rest of the stream, untouched; it
 ///   is never requested twice.
@@ -634,7 +672,8 @@ impl HttpCacheBuilder {
         self
     }
 
-    /// Whether `s-maxage` / `max-age` set an entry's ttl (default `true`).
+    /// Whether `s-maxage` / `max-age`, else `Expires`, set an entry's ttl
+    /// (default `true`); otherwise every entry has the layer's ttl.
     pub fn respect_max_age(mut self, on: bool) -> Self {
         self.respect_max_age = on;
         self
@@ -684,6 +723,7 @@ impl HttpCacheBuilder {
         let codec = None;
         let ttl = self.common.ttl;
         let shared = self.common.build(weigher, codec)?;
+        let name = shared.name.clone();
         Ok(CacheLayer {
             shared,
             policy: Arc::new(HttpPolicy {
@@ -700,6 +740,7 @@ impl HttpCacheBuilder {
                 markers: self.markers,
                 max_body: self.max_body,
                 invalidate_on_unsafe: self.invalidate_on_unsafe,
+                name,
             }),
         })
     }
@@ -812,6 +853,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Component for CacheHandle<K,
             "misses": s.misses,
             "stale": s.stale,
             "coalesced": s.coalesced,
+            "revalidated": s.revalidated,
             "stored": s.stored,
             "evicted": s.evicted,
             "store_errors": s.store_errors,

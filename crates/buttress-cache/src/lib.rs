@@ -44,7 +44,16 @@
 //!   [`CacheLayer::http`] keys by method and URI plus chosen `Vary`
 //!   headers, never by credentials (a request with `Authorization` or
 //!   `Cookie` passes through by default, see [`Credentials`]), and follows
-//!   `Cache-Control` (see [`HttpCacheBuilder`]).
+//!   `Cache-Control` and `Expires` (see [`HttpCacheBuilder`]).
+//! - **HTTP validation.** A stale HTTP entry (within `max_stale`) with an
+//!   `ETag` or `Last-Modified` is revalidated: the inner call carries
+//!   `If-None-Match` (or `If-Modified-Since`), and a `304 Not Modified`
+//!   refreshes the entry, which answers ([`CacheStatus::Revalidated`]).
+//!   A fresh entry answers a matching `If-None-Match` or
+//!   `If-Modified-Since` with a `304`, and a `HEAD` request with its
+//!   headers; neither calls the inner service. See
+//!   [`HttpCacheBuilder`] for the rules and how malformed headers are
+//!   read.
 //! - **What is stored.** Only successes: a keyed cache stores every `Ok`
 //!   (or what [`cache_if`](CacheBuilder::cache_if) accepts); an HTTP cache
 //!   what the HTTP rules allow. Errors are never stored.
@@ -118,6 +127,7 @@
 //! |---|---|---|
 //! | `cache miss`, `call coalesced` | `trace` | |
 //! | `stale entry served` | `debug` | `cache.age_ms`, `cache.reason` (`error`, `revalidating`) |
+//! | `stale entry revalidated` (a `304 Not Modified`) | `debug` | |
 //! | `response not stored` | `debug` | `cache.reason` ([`NotStored`]) |
 //! | `entries invalidated` | `debug` | `cache.scope` |
 //! | `the leading call was dropped; a waiting call takes over` | `debug` | |
@@ -132,7 +142,8 @@
 //! With the `metrics` feature, `.metrics()` on a builder (or a
 //! [`Registry::with_metrics`](buttress_core::Registry::with_metrics)
 //! registry) publishes `buttress_cache_requests_total{name,result}`
-//! (`hit`, `miss`, `coalesced`, `stale`),
+//! (`hit`, `miss`, `coalesced`, `stale`, and `revalidated`: the misses a
+//! `304 Not Modified` answered),
 //! `buttress_cache_stores_total{name,result}` (`stored` or the reason it
 //! was not), `buttress_cache_evictions_total{name}`,
 //! `buttress_cache_invalidations_total{name,scope}` and
@@ -156,6 +167,7 @@ pub mod redis;
 mod service;
 mod shared;
 mod store;
+mod validate;
 
 pub use config::CacheConfig;
 pub use events::{CacheEvent, Invalidation, NotStored, StaleReason};

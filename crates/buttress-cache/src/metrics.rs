@@ -4,7 +4,7 @@
 //!
 //! | name | type | labels | unit |
 //! |---|---|---|---|
-//! | `buttress_cache_requests_total` | counter | `name`, `result` = `hit` / `miss` / `coalesced` / `stale` | calls |
+//! | `buttress_cache_requests_total` | counter | `name`, `result` = `hit` / `miss` / `coalesced` / `stale` / `revalidated` | calls |
 //! | `buttress_cache_stores_total` | counter | `name`, `result` = `stored` / the [`NotStored`](crate::NotStored) reason | responses |
 //! | `buttress_cache_evictions_total` | counter | `name` | entries |
 //! | `buttress_cache_invalidations_total` | counter | `name`, `scope` = `key` / `prefix` / `all` | invalidations |
@@ -12,7 +12,9 @@
 //!
 //! `hit`, `miss` and `coalesced` are disjoint; `stale` counts the stale
 //! answers, given to a miss or a coalesced call whose inner call failed,
-//! or at once while revalidating (then neither hit nor miss).
+//! or at once while revalidating (then neither hit nor miss);
+//! `revalidated` counts the misses answered by a stale HTTP entry that a
+//! `304 Not Modified` refreshed.
 //!
 //! Every handle is resolved once, when the layer is built, against the
 //! recorder installed then: install the recorder first.
@@ -48,6 +50,7 @@ struct MetricsBridge {
     miss: Counter,
     coalesced: Counter,
     stale: Counter,
+    revalidated: Counter,
     stored: Counter,
     evicted: Counter,
     store_errors: Counter,
@@ -70,6 +73,7 @@ impl MetricsBridge {
             miss: requests("miss"),
             coalesced: requests("coalesced"),
             stale: requests("stale"),
+            revalidated: requests("revalidated"),
             stored: metrics::counter!(STORES, "name" => name.to_owned(), "result" => "stored"),
             evicted: metrics::counter!(EVICTIONS, "name" => name.to_owned()),
             store_errors: metrics::counter!(STORE_ERRORS, "name" => name.to_owned()),
@@ -101,6 +105,7 @@ impl Listener<CacheEvent> for MetricsBridge {
             CacheEvent::Miss { .. } => self.miss.increment(1),
             CacheEvent::Coalesced { .. } => self.coalesced.increment(1),
             CacheEvent::StaleServed { .. } => self.stale.increment(1),
+            CacheEvent::Revalidated { .. } => self.revalidated.increment(1),
             CacheEvent::Stored { .. } => self.stored.increment(1),
             CacheEvent::NotStored { reason, .. } => self.not_stored(*reason),
             CacheEvent::Evicted { .. } => self.evicted.increment(1),

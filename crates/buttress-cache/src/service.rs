@@ -9,12 +9,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use buttress_core::BoxError;
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::error::SharedError;
+use crate::error::{SharedError, ValidatorMismatch};
 use crate::events::{Invalidation, NotStored, StaleReason};
 use crate::future::ResponseFuture;
 use crate::http::{
@@ -23,6 +23,7 @@ use crate::http::{
 use crate::key::{CacheKey, HttpKey, HttpKeyer};
 use crate::shared::{FlightResult, Leading, Role, Shared};
 use crate::store::Lookup;
+use crate::validate;
 
 mod sealed {
     pub trait Sealed {}
@@ -81,6 +82,8 @@ pub struct HttpPolicy {
     pub(crate) markers: Markers,
     pub(crate) max_body: usize,
     pub(crate) invalidate_on_unsafe: bool,
+    /// The cache's name, for the errors made here.
+    pub(crate) name: Arc<str>,
 }
 
 impl sealed::Sealed for HttpPolicy {}
@@ -99,12 +102,15 @@ pub(crate) enum Settled<V, O> {
         out: O,
         store: Result<Option<Duration>, NotStored>,
         failure: bool,
+        /// A `304 Not Modified` refreshed the stale entry.
+        revalidated: bool,
     },
     /// For this caller only.
     Own {
         out: O,
         reason: NotStored,
         failure: bool,
+        revalidated: bool,
     },
 }
 
@@ -115,11 +121,71 @@ pub(crate) trait Flow<T>: Policy {
     /// An answer from a stored or shared value.
     fn respond(&self, value: Self::Value, status: CacheStatus) -> Self::Out;
 
-    /// Decides what to do with an inner result.
+    /// Decides what to do with an inner result; `revalidating` is the
+    /// stale value whose validator the call carried.
     fn settle(
         self: Arc<Self>,
         res: T,
+        revalidating: Option<Self::Value>,
     ) -> impl Future<Output = Result<Settled<Self::Value, Self::Out>, BoxError>> + Send;
+}
+
+/// One policy's handling of the requests of type `Req`.
+pub(crate) trait Requests<Req, T>: Flow<T> {
+    /// The answer to `req` from a fresh value (a hit).
+    #[inline]
+    fn answer(&self, value: Self::Value, status: CacheStatus, req: &Req) -> Self::Out {
+        let _ = req;
+        self.respond(value, status)
+    }
+
+    /// Makes `req` a revalidation of the stale `value` (a conditional
+    /// request); `true` when it did.
+    fn revalidate(&self, req: &mut Req, value: &Self::Value) -> bool {
+        let _ = (req, value);
+        false
+    }
+}
+
+impl<F, K, V, Req> Requests<Req, V> for ByKey<F, K, V>
+where
+    F: Send + Sync + 'static,
+    K: CacheKey,
+    V: Clone + Send + Sync + 'static,
+{
+}
+
+impl<ReqB, B> Requests<Request<ReqB>, Response<B>> for HttpPolicy
+where
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    #[inline]
+    fn answer(&self, value: CachedResponse, status: CacheStatus, req: &Request<ReqB>) -> Self::Out {
+        if validate::not_modified(req.headers(), value.status(), value.headers()) {
+            return value.to_not_modified(status, self.markers);
+        }
+        if req.method() == Method::HEAD {
+            return value.to_head_response(status, self.markers);
+        }
+        value.to_response(status, self.markers)
+    }
+
+    fn revalidate(&self, req: &mut Request<ReqB>, value: &CachedResponse) -> bool {
+        if validate::is_conditional(req.headers()) {
+            // The caller's own precondition goes as it is; its answer is
+            // for that caller.
+            return false;
+        }
+        match validate::validator(value.headers()) {
+            Some((name, validator)) => {
+                req.headers_mut().insert(name, validator);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl<F, K, V> Flow<V> for ByKey<F, K, V>
@@ -141,6 +207,7 @@ where
     fn settle(
         self: Arc<Self>,
         res: V,
+        _revalidating: Option<V>,
     ) -> impl Future<Output = Result<Settled<V, V>, BoxError>> + Send {
         async move {
             let success = self.cache_if.as_ref().is_none_or(|f| f(&res));
@@ -155,6 +222,7 @@ where
                 out,
                 store,
                 failure: !success,
+                revalidated: false,
             })
         }
     }
@@ -176,9 +244,24 @@ where
     fn settle(
         self: Arc<Self>,
         res: Response<B>,
+        revalidating: Option<CachedResponse>,
     ) -> impl Future<Output = Result<Settled<CachedResponse, Self::Out>, BoxError>> + Send {
         async move {
             let (mut parts, body) = res.into_parts();
+            if parts.status == StatusCode::NOT_MODIFIED {
+                if let Some(stale) = revalidating {
+                    return self.not_modified(&stale, &parts.headers);
+                }
+                // The answer to the caller's own precondition: for that
+                // caller only (a waiter without one needs the response).
+                parts.extensions.insert(CacheStatus::Miss);
+                return Ok(Settled::Own {
+                    out: Response::from_parts(parts, CacheBody::inner(body)),
+                    reason: NotStored::Status,
+                    failure: false,
+                    revalidated: false,
+                });
+            }
             parts.extensions.insert(CacheStatus::Miss);
             let failure = self
                 .rules
@@ -193,6 +276,7 @@ where
                         out,
                         reason,
                         failure,
+                        revalidated: false,
                     });
                 }
                 Verdict::Store(ttl) => Ok(Some(ttl)),
@@ -203,6 +287,7 @@ where
                     out: Response::from_parts(parts, CacheBody::streaming(pending, rest)),
                     reason,
                     failure,
+                    revalidated: false,
                 }),
                 Collected::Whole(bytes) => {
                     let value = CachedResponse::with_version(
@@ -217,10 +302,51 @@ where
                         out,
                         store,
                         failure,
+                        revalidated: false,
                     })
                 }
             }
         }
+    }
+}
+
+impl HttpPolicy {
+    /// A `304 Not Modified` answering this cache's revalidation of
+    /// `stale`: the stored response, its headers updated with the 304's,
+    /// answers as a 200 (or whatever was stored) and is stored again for
+    /// the freshness those headers give (RFC 9111 §4.3.4).
+    fn not_modified<O>(
+        &self,
+        stale: &CachedResponse,
+        headers: &http::HeaderMap,
+    ) -> Result<Settled<CachedResponse, Response<CacheBody<O>>>, BoxError> {
+        if !validate::same_validators(stale.headers(), headers) {
+            return Err(Box::new(ValidatorMismatch::new(self.name.clone())));
+        }
+        let value = stale.updated(headers);
+        let out = value.to_response(CacheStatus::Revalidated, self.markers);
+        Ok(match self.rules.verdict(value.status(), value.headers()) {
+            Verdict::Store(ttl) => Settled::Share {
+                value,
+                out,
+                store: Ok(Some(ttl)),
+                failure: false,
+                revalidated: true,
+            },
+            Verdict::Share(reason) => Settled::Share {
+                value,
+                out,
+                store: Err(reason),
+                failure: false,
+                revalidated: true,
+            },
+            Verdict::Own(reason) => Settled::Own {
+                out,
+                reason,
+                failure: false,
+                revalidated: true,
+            },
+        })
     }
 }
 
@@ -286,7 +412,7 @@ impl<S, P: Policy> Cache<S, P> {
         req: Req,
     ) -> ResponseFuture<S::Future, T, <P as Flow<T>>::Out>
     where
-        P: Flow<T>,
+        P: Requests<Req, T>,
         S: Service<Req, Response = T> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
@@ -299,16 +425,20 @@ impl<S, P: Policy> Cache<S, P> {
                 Lookup::FreshCounted(value, stored_at) => {
                     self.shared.hit_counted();
                     let age = now.saturating_duration_since(stored_at);
-                    return ResponseFuture::ready(Ok(self
-                        .policy
-                        .respond(value, CacheStatus::Hit { age })));
+                    return ResponseFuture::ready(Ok(self.policy.answer(
+                        value,
+                        CacheStatus::Hit { age },
+                        &req,
+                    )));
                 }
                 Lookup::Fresh(value, stored_at) => {
                     self.shared.hit();
                     let age = now.saturating_duration_since(stored_at);
-                    return ResponseFuture::ready(Ok(self
-                        .policy
-                        .respond(value, CacheStatus::Hit { age })));
+                    return ResponseFuture::ready(Ok(self.policy.answer(
+                        value,
+                        CacheStatus::Hit { age },
+                        &req,
+                    )));
                 }
                 other => Some(other),
             }
@@ -357,11 +487,11 @@ async fn slow<P, T, S, Req>(
     shared: Arc<Shared<P::Key, P::Value>>,
     key: P::Key,
     mut svc: S,
-    req: Req,
+    mut req: Req,
     first: Option<Lookup<P::Value>>,
 ) -> Result<P::Out, BoxError>
 where
-    P: Flow<T>,
+    P: Requests<Req, T>,
     S: Service<Req, Response = T> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -372,16 +502,16 @@ where
         Some(found) => found,
         None => shared.lookup(&key).await,
     };
-    match found {
+    let stale = match found {
         Lookup::FreshCounted(value, stored_at) => {
             shared.hit_counted();
             let age = Instant::now().saturating_duration_since(stored_at);
-            return Ok(policy.respond(value, CacheStatus::Hit { age }));
+            return Ok(policy.answer(value, CacheStatus::Hit { age }, &req));
         }
         Lookup::Fresh(value, stored_at) => {
             shared.hit();
             let age = Instant::now().saturating_duration_since(stored_at);
-            return Ok(policy.respond(value, CacheStatus::Hit { age }));
+            return Ok(policy.answer(value, CacheStatus::Hit { age }, &req));
         }
         Lookup::Stale(entry) if shared.revalidate => {
             let age = Instant::now().saturating_duration_since(entry.stored_at);
@@ -395,21 +525,32 @@ where
             );
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 if let Some(leading) = shared.try_lead(&key) {
+                    let revalidating = policy
+                        .revalidate(&mut req, &entry.value)
+                        .then(|| entry.value.clone());
                     let fut = svc.call(req);
                     runtime.spawn(async move {
-                        let _ = lead(policy, leading, fut).await;
+                        let _ = lead(policy, leading, fut, revalidating).await;
                     });
                 }
             }
             return Ok(out);
         }
-        _ => {}
-    }
+        Lookup::Stale(entry) => Some(entry),
+        Lookup::Missing => None,
+    };
     match shared.join_or_lead(&key) {
         Role::Lead(leading) => {
             shared.miss();
+            // A stale entry with a validator is revalidated: the call
+            // asks for it conditionally (RFC 9111 §4.3.1).
+            let revalidating = stale.and_then(|entry| {
+                policy
+                    .revalidate(&mut req, &entry.value)
+                    .then(|| entry.value.clone())
+            });
             let fut = svc.call(req);
-            lead(policy, leading, fut).await
+            lead(policy, leading, fut, revalidating).await
         }
         Role::Wait(flight) => {
             shared.coalesced();
@@ -423,6 +564,7 @@ async fn lead<P, T, Fut, E>(
     policy: Arc<P>,
     leading: Leading<P::Key, P::Value>,
     fut: Fut,
+    revalidating: Option<P::Value>,
 ) -> Result<P::Out, BoxError>
 where
     P: Flow<T>,
@@ -436,7 +578,7 @@ where
     // need not be `Send`.
     let called: Result<T, BoxError> = fut.await.map_err(Into::into);
     let result = match called {
-        Ok(res) => policy.clone().settle(res).await,
+        Ok(res) => policy.clone().settle(res, revalidating).await,
         Err(e) => Err(e),
     };
     match result {
@@ -452,7 +594,11 @@ where
             out,
             store,
             failure,
+            revalidated,
         }) => {
+            if revalidated {
+                shared.revalidated();
+            }
             if failure {
                 leading.complete(FlightResult::Value { value, failure });
                 shared.not_stored(NotStored::Failure);
@@ -472,7 +618,11 @@ where
             out,
             reason,
             failure,
+            revalidated,
         }) => {
+            if revalidated {
+                shared.revalidated();
+            }
             leading.complete(FlightResult::Own);
             shared.not_stored(reason);
             if failure {
@@ -506,7 +656,7 @@ where
         Err(e) => Err(e),
     };
     let result = match called {
-        Ok(res) => policy.clone().settle(res).await,
+        Ok(res) => policy.clone().settle(res, None).await,
         Err(e) => Err(e),
     };
     match result {
@@ -519,6 +669,7 @@ where
             out,
             store,
             failure,
+            ..
         }) => {
             if failure {
                 shared.not_stored(NotStored::Failure);
@@ -537,6 +688,7 @@ where
             out,
             reason,
             failure,
+            ..
         }) => {
             shared.not_stored(reason);
             if failure {
@@ -594,7 +746,7 @@ where
                         return Err(leading.fail(e));
                     }
                     let fut = svc.call(req);
-                    return lead(policy, leading, fut).await;
+                    return lead(policy, leading, fut, None).await;
                 }
                 Role::Wait(next) => flight = next,
             },
@@ -629,6 +781,67 @@ where
             Some(key) => self.call_keyed(key, req),
             None => ResponseFuture::inner(self.inner.call(req), identity),
         }
+    }
+}
+
+impl<S> Cache<S, HttpPolicy> {
+    /// A `HEAD` request: answered from a fresh stored `GET` response
+    /// (RFC 9110 §9.3.2: the same headers, no body), else by its own
+    /// entry or call.
+    fn call_head<ReqB, ResB>(
+        &mut self,
+        key: HttpKey,
+        req: Request<ReqB>,
+    ) -> ResponseFuture<S::Future, Response<ResB>, Response<CacheBody<ResB>>>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ResB: Body + Unpin + Send + 'static,
+        ResB::Data: Send,
+        ResB::Error: Into<BoxError>,
+        ReqB: Send + 'static,
+    {
+        let Some(get) = self.policy.keyer.key_as(&req, &Method::GET) else {
+            return self.call_keyed(key, req);
+        };
+        if self.shared.is_memory() {
+            let now = Instant::now();
+            let found = match self.shared.lookup_memory(&get, now) {
+                Lookup::FreshCounted(value, stored_at) => {
+                    self.shared.hit_counted();
+                    Some((value, stored_at))
+                }
+                Lookup::Fresh(value, stored_at) => {
+                    self.shared.hit();
+                    Some((value, stored_at))
+                }
+                _ => None,
+            };
+            if let Some((value, stored_at)) = found {
+                let age = now.saturating_duration_since(stored_at);
+                return ResponseFuture::ready(Ok(self.policy.answer(
+                    value,
+                    CacheStatus::Hit { age },
+                    &req,
+                )));
+            }
+            return self.call_keyed(key, req);
+        }
+        // A store over the network: the lookup of the GET response is
+        // part of the boxed call.
+        let clone = self.inner.clone();
+        let svc = std::mem::replace(&mut self.inner, clone);
+        let policy = self.policy.clone();
+        let shared = self.shared.clone();
+        ResponseFuture::boxed(Box::pin(async move {
+            if let Lookup::Fresh(value, stored_at) = shared.lookup(&get).await {
+                shared.hit();
+                let age = Instant::now().saturating_duration_since(stored_at);
+                return Ok(policy.answer(value, CacheStatus::Hit { age }, &req));
+            }
+            slow(policy, shared, key, svc, req, None).await
+        }))
     }
 }
 
@@ -669,6 +882,9 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         if let Some(key) = self.policy.keyer.key(&req) {
+            if req.method() == Method::HEAD {
+                return self.call_head(key, req);
+            }
             return self.call_keyed(key, req);
         }
         if self.policy.invalidate_on_unsafe && is_unsafe(req.method()) && self.shared.is_memory() {

@@ -31,6 +31,7 @@ pub(crate) struct Counters {
     pub(crate) misses: AtomicU64,
     pub(crate) stale: AtomicU64,
     pub(crate) coalesced: AtomicU64,
+    pub(crate) revalidated: AtomicU64,
     pub(crate) stored: AtomicU64,
     pub(crate) evicted: AtomicU64,
     pub(crate) store_errors: AtomicU64,
@@ -41,7 +42,9 @@ pub(crate) struct Counters {
 /// `hits + misses + coalesced` is the number of calls that had a key;
 /// `stale` counts the calls among them answered with a stale entry (a miss
 /// or a coalesced call whose inner call failed, or a stale-while-revalidate
-/// answer, which is counted as neither hit nor miss but as `stale` only).
+/// answer, which is counted as neither hit nor miss but as `stale` only);
+/// `revalidated` counts the misses among them answered by a revalidated
+/// entry (an HTTP `304 Not Modified`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
@@ -63,6 +66,9 @@ pub struct CacheSnapshot {
     pub stale: u64,
     /// Calls that waited for another call's result instead of calling.
     pub coalesced: u64,
+    /// Misses whose conditional call (HTTP revalidation) was answered
+    /// `304 Not Modified`: the stale entry answered and was refreshed.
+    pub revalidated: u64,
     /// Responses stored (warmed entries included).
     pub stored: u64,
     /// Entries moka evicted to stay within its bounds.
@@ -466,6 +472,19 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Shared<K, V> {
         });
     }
 
+    /// A `304 Not Modified` refreshed a stale entry.
+    pub(crate) fn revalidated(&self) {
+        self.counters.revalidated.fetch_add(1, Relaxed);
+        tracing::debug!(
+            buttress.pattern = "cache",
+            buttress.name = %self.name,
+            "stale entry revalidated"
+        );
+        self.listeners.emit(|| CacheEvent::Revalidated {
+            name: self.name.clone(),
+        });
+    }
+
     pub(crate) fn stale_served(&self, age: Duration, reason: StaleReason) {
         self.counters.stale.fetch_add(1, Relaxed);
         tracing::debug!(
@@ -589,6 +608,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Shared<K, V> {
             misses: c.misses.load(Relaxed),
             stale: c.stale.load(Relaxed),
             coalesced: c.coalesced.load(Relaxed),
+            revalidated: c.revalidated.load(Relaxed),
             stored: c.stored.load(Relaxed),
             evicted: c.evicted.load(Relaxed),
             store_errors: c.store_errors.load(Relaxed),
@@ -603,6 +623,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Shared<K, V> {
             &c.misses,
             &c.stale,
             &c.coalesced,
+            &c.revalidated,
             &c.stored,
             &c.evicted,
             &c.store_errors,

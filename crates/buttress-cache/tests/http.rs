@@ -108,15 +108,22 @@ async fn get_is_stored_by_method_and_uri_and_marked() {
     );
     assert_eq!(res.headers()["age"], "5");
     assert_eq!(text(res).await, "1 GET /a?x=1");
-    // Another query, another entry; HEAD is another method.
+    // Another query, another entry; HEAD is answered from the stored GET
+    // response (headers, no body) without a call.
     assert_eq!(
         text(svc.clone().oneshot(get("/a?x=2")).await.unwrap()).await,
         "2 GET /a?x=2"
     );
     let head = Request::head("/a?x=1").body(()).unwrap();
+    let res = svc.clone().oneshot(head).await.unwrap();
+    assert!(matches!(status_of(&res), CacheStatus::Hit { .. }));
+    assert_eq!(text(res).await, "");
+    assert_eq!(server.calls(), 2);
+    // Without a stored GET response, HEAD is a call of its own.
+    let head = Request::head("/b").body(()).unwrap();
     assert_eq!(
         text(svc.clone().oneshot(head).await.unwrap()).await,
-        "3 HEAD /a?x=1"
+        "3 HEAD /b"
     );
     assert_eq!(server.calls(), 3);
 }

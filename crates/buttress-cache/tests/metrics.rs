@@ -105,3 +105,55 @@ async fn coalesced_calls_are_counted() {
         ])
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_revalidated_http_entry_is_a_miss_counted_as_revalidated() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let layer = CacheLayer::http()
+        .name("pages")
+        .max_stale(Duration::from_secs(60))
+        .metrics()
+        .build()
+        .unwrap();
+    let svc = layer.layer(service_fn(|req: http::Request<()>| async move {
+        let conditional = req.headers().contains_key("if-none-match");
+        let res = http::Response::builder()
+            .status(if conditional { 304 } else { 200 })
+            .header("etag", "\"a\"")
+            .header("cache-control", "max-age=10")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                if conditional { b"" } else { b"page" },
+            )))
+            .unwrap();
+        Ok::<_, Infallible>(res)
+    }));
+    let get = || http::Request::get("/p").body(()).unwrap();
+    svc.clone().oneshot(get()).await.unwrap();
+    tokio::time::advance(Duration::from_secs(11)).await;
+    svc.clone().oneshot(get()).await.unwrap();
+    svc.clone().oneshot(get()).await.unwrap();
+    let all = series(&snapshotter);
+    assert_eq!(
+        nonzero(&all, "buttress_cache_"),
+        expect([
+            (
+                "buttress_cache_requests_total{name=pages,result=hit}",
+                V::Counter(1)
+            ),
+            (
+                "buttress_cache_requests_total{name=pages,result=miss}",
+                V::Counter(2)
+            ),
+            (
+                "buttress_cache_requests_total{name=pages,result=revalidated}",
+                V::Counter(1)
+            ),
+            (
+                "buttress_cache_stores_total{name=pages,result=stored}",
+                V::Counter(2)
+            ),
+        ])
+    );
+}

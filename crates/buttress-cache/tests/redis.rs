@@ -200,3 +200,81 @@ async fn redis_killed_mid_run_calls_succeed_through_the_inner_service_then_recov
     );
     assert_eq!(events.lock().unwrap()[0], "unavailable");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_conditional_requests_and_revalidation_work_from_redis() {
+    let server = Server::start();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let origin = service_fn(move |req: Request<()>| {
+        s.lock().unwrap().push((
+            req.method().clone(),
+            req.headers().get("if-none-match").cloned(),
+        ));
+        let not_modified = req
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"e1\"");
+        let res = http::Response::builder()
+            .status(if not_modified { 304 } else { 200 })
+            .header("etag", "\"e1\"")
+            .header("cache-control", "max-age=1")
+            .header("x-gen", if not_modified { "2" } else { "1" })
+            .body(Full::new(Bytes::from_static(if not_modified {
+                b""
+            } else {
+                b"page"
+            })))
+            .unwrap();
+        async move { Ok::<_, Infallible>(res) }
+    });
+    let layer = CacheLayer::http()
+        .name("cond")
+        .max_stale(Duration::from_secs(60))
+        .redis(options(&server))
+        .build()
+        .unwrap();
+    let svc = layer.layer(origin);
+    assert_eq!(
+        text(svc.clone().oneshot(get("/c")).await.unwrap()).await,
+        "page"
+    );
+    // HEAD and a conditional GET, from the stored GET response.
+    let res = svc
+        .clone()
+        .oneshot(Request::head("/c").body(()).unwrap())
+        .await
+        .unwrap();
+    assert!(matches!(
+        res.extensions().get::<CacheStatus>(),
+        Some(CacheStatus::Hit { .. })
+    ));
+    assert_eq!(res.headers()["etag"], "\"e1\"");
+    assert_eq!(text(res).await, "");
+    let res = svc
+        .clone()
+        .oneshot(
+            Request::get("/c")
+                .header("if-none-match", "\"e1\"")
+                .body(())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), http::StatusCode::NOT_MODIFIED);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    // Stale (max-age=1): revalidated with the stored ETag.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let res = svc.clone().oneshot(get("/c")).await.unwrap();
+    assert_eq!(
+        res.extensions().get::<CacheStatus>(),
+        Some(&CacheStatus::Revalidated)
+    );
+    assert_eq!(res.status(), http::StatusCode::OK);
+    assert_eq!(res.headers()["x-gen"], "2");
+    assert_eq!(text(res).await, "page");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].0, http::Method::GET);
+    assert_eq!(seen[1].1.as_ref().unwrap(), "\"e1\"");
+}

@@ -361,7 +361,31 @@ where
     type Output = Result<S::Response, BoxError>;
 
     #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The admitted call, small enough to inline into the layer above;
+        // a wait or a rejection out of line.
+        let this = self.as_mut().project();
+        if let KindProj::Called { inner } = this.kind.project() {
+            let mut res = ready!(inner.poll(cx)).map_err(Into::into)?;
+            H::add(&mut res, std::mem::take(this.quota));
+            return Poll::Ready(Ok(res));
+        }
+        self.poll_other(cx)
+    }
+}
+
+impl<S, Req, D, H> ResponseFuture<S, Req, D, H>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    D: Decide,
+    H: Headers<S::Response>,
+{
+    #[inline(never)]
+    fn poll_other(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<S::Response, BoxError>> {
         let mut this = self.project();
         loop {
             match this.kind.as_mut().project() {

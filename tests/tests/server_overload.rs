@@ -16,11 +16,10 @@
 //!   and a generic message (the rejection's text only in the detailed
 //!   mode), `OK` for every admitted call.
 //!
-//! The bulkhead is saturated and the rate limit exhausted in two waves:
-//! a request the limiter refuses passes the bulkhead's `poll_ready` first
-//! (the ignored `a_rate_limited_request_never_takes_a_bulkhead_queue_slot`
-//! shows it), so with both at once the split between 503 and 429 would
-//! depend on the order the requests arrive in.
+//! The bulkhead is saturated and the rate limit exhausted in two waves,
+//! so that each wave's counts are exact; that a refused request never
+//! takes the bulkhead's permit or queue place when both apply at once is
+//! `a_rate_limited_request_never_takes_a_bulkhead_queue_slot`.
 //!
 //! Sockets need the real clock: the tests assert counts, never durations;
 //! they wait for events with generous bounded polls, never fixed sleeps.
@@ -489,13 +488,11 @@ async fn http_server_answers_queue_timeouts_503_and_request_timeouts_504() {
 /// once without waiting in the bulkhead's queue, and client B, within its
 /// limit, must then find the queue slot free.
 ///
-/// Fails today: the limiters decide in `call`, and their `poll_ready` is
-/// the inner service's, so the bulkhead below reserves a permit or a queue
-/// slot (and waits in the queue, up to `max_wait`) for a request before
-/// the limiter knows it will refuse it. A's refused request waits in the
-/// queue, and B is answered 503.
+/// (It failed while the limiters' `poll_ready` was the inner service's:
+/// the bulkhead below reserved a permit or a queue place, and waited in
+/// the queue, before the limiter refused the request; A's refused request
+/// waited in the queue and B was answered 503.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: a rate-limited request takes a bulkhead queue slot before its 429"]
 async fn a_rate_limited_request_never_takes_a_bulkhead_queue_slot() {
     let server = HttpServer::start(HttpPolicy {
         burst: 1,

@@ -61,9 +61,54 @@ pub(crate) fn queue_full_hint<D: Decide>(d: &D, key: &D::Key, now: u64) -> u64 {
         .max(1_000_000)
 }
 
+/// `poll_ready` of a limiter, which decides in `call` (the key, cost and
+/// priority come from the request): the service below is asked, but
+/// nothing it would reserve is held for a call the limiter may refuse.
+/// Ready at once (a bulkhead's free permit, the usual case): kept, and an
+/// admitted call is made on it. Not ready (a bulkhead's queue): what it
+/// started is dropped, the limiter answers ready, and an admitted call
+/// waits for the service below in its response future. So a call over
+/// its limit never takes a place in a queue below, and is refused at once.
+#[inline]
+pub(crate) fn poll_below<S, Req>(
+    inner: &mut S,
+    ready: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), BoxError>>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+{
+    match inner.poll_ready(cx) {
+        Poll::Ready(Ok(())) => {
+            *ready = true;
+            Poll::Ready(Ok(()))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+        Poll::Pending => {
+            release(inner, ready);
+            Poll::Ready(Ok(()))
+        }
+    }
+}
+
+/// Lets go of what the service below reserved for a call that will not
+/// be made on it now (refused, queued, or not ready yet): the service is
+/// replaced by a clone, which starts with nothing reserved, and the old
+/// one is dropped (tower's contract: dropping a service releases what
+/// `poll_ready` took).
+#[cold]
+#[inline(never)]
+pub(crate) fn release<S: Clone>(inner: &mut S, ready: &mut bool) {
+    *ready = false;
+    let fresh = inner.clone();
+    drop(std::mem::replace(inner, fresh));
+}
+
 /// A call that was denied, or that arrives while others wait: rejected at
-/// once, or queued, keeping the ready inner service (a clone stays behind,
-/// tower's `mem::replace` idiom) and its request until its turn.
+/// once, or queued with a clone of the inner service (nothing reserved
+/// below: the caller released it) and its request until its turn, when
+/// the clone is made ready and called.
 #[cold]
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
@@ -109,11 +154,9 @@ where
         queued: d.queue().len(),
         priority,
     });
-    let ready = inner.clone();
-    let service = std::mem::replace(inner, ready);
     ResponseFuture::waiting(Wait {
         shared: shared.clone(),
-        service: Some(service),
+        service: Some(inner.clone()),
         request: Some(req),
         enrolled: Enrolled {
             queue: d.queue().clone(),
@@ -177,7 +220,18 @@ pin_project! {
         Rejected {
             error: Option<BoxError>,
         },
+        // Admitted, the service below not ready yet.
+        Readying {
+            call: Box<Readying<S, Req>>,
+        },
     }
+}
+
+/// An admitted call whose service below was not ready when it was
+/// admitted: made ready, then called.
+pub(crate) struct Readying<S, Req> {
+    service: S,
+    request: Option<Req>,
 }
 
 /// A call waiting in the queue, with the ready inner service and the
@@ -205,6 +259,21 @@ where
     pub(crate) fn called(inner: S::Future, quota: H::Kept) -> Self {
         Self {
             kind: Kind::Called { inner },
+            quota,
+        }
+    }
+
+    /// An admitted call on a service below that is not ready yet.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn readying(service: S, request: Req, quota: H::Kept) -> Self {
+        Self {
+            kind: Kind::Readying {
+                call: Box::new(Readying {
+                    service,
+                    request: Some(request),
+                }),
+            },
             quota,
         }
     }
@@ -237,6 +306,7 @@ where
             Kind::Called { .. } => "called",
             Kind::Waiting { .. } => "waiting",
             Kind::Rejected { .. } => "rejected",
+            Kind::Readying { .. } => "readying",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -245,9 +315,11 @@ where
 }
 
 /// Where a waiting call stands after one turn.
-enum Step<F> {
+enum Step<S, Req> {
     Pending,
-    Call(F),
+    /// Its permits granted: the service below (made ready next) and the
+    /// request.
+    Granted(S, Req),
     Reject(BoxError),
 }
 
@@ -258,7 +330,7 @@ where
     fn poll_turn<H: Headers<S::Response>>(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> (Step<S::Future>, H::Kept) {
+    ) -> (Step<S, Req>, H::Kept) {
         let shared = self.shared.clone();
         let d = &*shared;
         loop {
@@ -282,12 +354,12 @@ where
                         Backend::Local,
                     );
                     let quota = H::keep(|| d.quota(&self.enrolled.key, now));
-                    let (Some(mut service), Some(request)) =
+                    let (Some(service), Some(request)) =
                         (self.service.take(), self.request.take())
                     else {
                         unreachable!("a waiter is served once")
                     };
-                    return (Step::Call(service.call(request)), quota);
+                    return (Step::Granted(service, request), quota);
                 }
                 Turn::Denied(wait) => {
                     let until = wait.map(|w| now.saturating_add(w));
@@ -398,11 +470,24 @@ where
                     let error = error.take().expect("polled after completion");
                     return Poll::Ready(Err(error));
                 }
+                KindProj::Readying { call } => {
+                    if let Err(e) = ready!(call.service.poll_ready(cx)) {
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    let request = call.request.take().expect("polled after completion");
+                    let inner = call.service.call(request);
+                    this.kind.set(Kind::Called { inner });
+                }
                 KindProj::Waiting { wait } => match wait.poll_turn::<H>(cx) {
                     (Step::Pending, _) => return Poll::Pending,
-                    (Step::Call(inner), quota) => {
+                    (Step::Granted(service, request), quota) => {
                         *this.quota = quota;
-                        this.kind.set(Kind::Called { inner });
+                        this.kind.set(Kind::Readying {
+                            call: Box::new(Readying {
+                                service,
+                                request: Some(request),
+                            }),
+                        });
                     }
                     (Step::Reject(error), _) => {
                         this.kind.set(Kind::Rejected { error: Some(error) });

@@ -18,7 +18,9 @@ use tower_service::Service;
 use crate::algorithm::{Algorithm, Levels, Params, State, Verdict};
 use crate::config::RateLimitConfig;
 use crate::events::{Backend, RejectReason};
-use crate::future::{reject, wait_or_reject, Decide, Decision, ResponseFuture};
+use crate::future::{
+    poll_below, reject, release, wait_or_reject, Decide, Decision, ResponseFuture,
+};
 use crate::headers::{Headers, NoHeaders, WithHeaders};
 use crate::layer::{common_setters, Common, RateLimitSnapshot};
 use crate::limiter::{quota, Limiter, Policy, TimeSource};
@@ -323,6 +325,7 @@ impl<S, X, K, C, P, H> Layer<S> for KeyedRateLimitLayer<X, K, C, P, H> {
             extractor: self.extractor.clone(),
             shared: self.shared.clone(),
             weigh: self.weigh.clone(),
+            ready: false,
             _headers: PhantomData,
         }
     }
@@ -493,6 +496,9 @@ pub struct KeyedRateLimit<S, X, K, C, P, H> {
     extractor: Arc<X>,
     shared: Arc<KeyedShared<K>>,
     weigh: Arc<Weigh<C, P>>,
+    /// Whether `poll_ready` left `inner` ready (see
+    /// `future::poll_below`).
+    ready: bool,
     _headers: PhantomData<fn() -> H>,
 }
 
@@ -503,6 +509,7 @@ impl<S: Clone, X, K, C, P, H> Clone for KeyedRateLimit<S, X, K, C, P, H> {
             extractor: self.extractor.clone(),
             shared: self.shared.clone(),
             weigh: self.weigh.clone(),
+            ready: false,
             _headers: PhantomData,
         }
     }
@@ -533,10 +540,33 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+        poll_below(&mut self.inner, &mut self.ready, cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        let future = self.decide(req);
+        // Refused or queued: nothing reserved below is held meanwhile.
+        if self.ready {
+            release(&mut self.inner, &mut self.ready);
+        }
+        future
+    }
+}
+
+impl<S, X, K, C, P, H> KeyedRateLimit<S, X, K, C, P, H> {
+    /// The call's future: made on the ready service below when admitted
+    /// (which clears `ready`), else refused or queued.
+    #[inline]
+    fn decide<Req>(&mut self, req: Req) -> ResponseFuture<S, Req, KeyedShared<K>, H>
+    where
+        S: Service<Req> + Clone,
+        S::Error: Into<BoxError>,
+        X: KeyExtractor<Req, Key = K>,
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        C: Cost<Req>,
+        P: Priority<Req>,
+        H: Headers<S::Response>,
+    {
         let shared = &*self.shared;
         let slot = match self.extractor.extract(&req) {
             Some(key) => Slot::Key(key),
@@ -564,7 +594,10 @@ where
                 Decision::Allow => {
                     policy.emit_permitted(cost, Duration::ZERO, Backend::Local);
                     let quota = H::keep(|| shared.quota(&slot, now));
-                    return ResponseFuture::called(self.inner.call(req), quota);
+                    if std::mem::take(&mut self.ready) {
+                        return ResponseFuture::called(self.inner.call(req), quota);
+                    }
+                    return ResponseFuture::readying(self.inner.clone(), req, quota);
                 }
                 Decision::Deny(wait) => wait,
                 Decision::KeysFull => {

@@ -134,6 +134,7 @@ impl<S, C: Clone, P: Clone, H> Layer<S> for RateLimitLayer<C, P, H> {
             shared: self.shared.clone(),
             weigh: Weigh::clone(&self.weigh),
             pass_through: self.pass_through,
+            ready: false,
             _headers: PhantomData,
         }
     }

@@ -11,7 +11,7 @@ use tower_service::Service;
 
 use crate::algorithm::Verdict;
 use crate::events::Backend;
-use crate::future::{wait_or_reject, Decide, Decision, ResponseFuture};
+use crate::future::{poll_below, release, wait_or_reject, Decide, Decision, ResponseFuture};
 use crate::headers::Headers;
 use crate::limiter::{quota, Limiter, Policy, TimeSource};
 use crate::queue::Queue;
@@ -61,13 +61,21 @@ impl Decide for Limiter {
 /// [`RateLimitLayer`](crate::RateLimitLayer).
 ///
 /// The decision is made in `call`, where the request (its cost, its
-/// priority) is known: `poll_ready` is the inner service's. A call that is
-/// admitted calls the inner service at once; one that is rejected fails
-/// with [`RateLimited`](buttress_core::RateLimited) without reaching it;
-/// one that may wait keeps the ready inner service and its request in its
-/// response future until its turn, and calls it then. That is why the
-/// inner service must be `Clone` (as for tower's `Retry`): the ready
-/// instance goes with the waiting call and a clone stays behind.
+/// priority) is known, and nothing the inner service reserves is held for
+/// a call the limiter may refuse. `poll_ready` asks the inner service: if
+/// it is ready at once (a bulkhead's free permit), an admitted call is
+/// made on it at once, and a refused one gives back what it reserved; if
+/// it is not (a full bulkhead's queue), what it started is dropped,
+/// `poll_ready` answers ready all the same, and an admitted call waits for
+/// the inner service in its response future. So a call over the limit is
+/// refused at once and never takes a bulkhead's permit or queue place. A
+/// rejected call fails with [`RateLimited`](buttress_core::RateLimited)
+/// without reaching the inner service; one that may wait keeps a clone of
+/// the inner service and its request in its response future until its
+/// turn, then makes the clone ready and calls it. That is why the inner
+/// service must be `Clone` (as for tower's `Retry`); by tower's contract a
+/// clone starts with nothing reserved, and dropping a service releases
+/// what its `poll_ready` took.
 pub struct RateLimit<S, C, P, H> {
     pub(crate) inner: S,
     pub(crate) shared: Arc<Limiter>,
@@ -77,6 +85,9 @@ pub struct RateLimit<S, C, P, H> {
     /// Admit every call, count nothing
     /// ([`RateLimitLayer::pass_through`](crate::RateLimitLayer::pass_through)).
     pub(crate) pass_through: bool,
+    /// Whether `poll_ready` left `inner` ready (see
+    /// `future::poll_below`).
+    pub(crate) ready: bool,
     pub(crate) _headers: PhantomData<fn() -> H>,
 }
 
@@ -104,6 +115,7 @@ impl<S: Clone, C: Clone, P: Clone, H> Clone for RateLimit<S, C, P, H> {
             shared: self.shared.clone(),
             weigh: self.weigh.clone(),
             pass_through: self.pass_through,
+            ready: false,
             _headers: PhantomData,
         }
     }
@@ -132,7 +144,10 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+        if self.pass_through {
+            return self.inner.poll_ready(cx).map_err(Into::into);
+        }
+        poll_below(&mut self.inner, &mut self.ready, cx)
     }
 
     #[inline]
@@ -156,7 +171,10 @@ where
                 Verdict::Allow => {
                     policy.emit_permitted(cost, std::time::Duration::ZERO, Backend::Local);
                     let quota = H::keep(|| quota(&policy.name, &p, shared.levels(&p, now)));
-                    return ResponseFuture::called(self.inner.call(req), quota);
+                    if std::mem::take(&mut self.ready) {
+                        return ResponseFuture::called(self.inner.call(req), quota);
+                    }
+                    return ResponseFuture::readying(self.inner.clone(), req, quota);
                 }
                 Verdict::Deny(wait) => wait,
             }
@@ -164,6 +182,10 @@ where
             // Someone waits: take a place behind them.
             Some(0)
         };
+        // Refused or queued: nothing reserved below is held meanwhile.
+        if self.ready {
+            release(&mut self.inner, &mut self.ready);
+        }
         wait_or_reject(
             &self.shared,
             &mut self.inner,

@@ -513,3 +513,69 @@ async fn set_rate_applies_at_the_next_decision_and_clears_the_precheck() {
     assert_eq!((s.rate, s.burst), (Rate::per_hour(2), 5));
     assert_eq!((s.permitted, s.rejected, s.precheck_rejections), (5, 2, 0));
 }
+
+/// The Redis limiter decides before the service below reserves anything:
+/// with a bulkhead of one permit held by a call in flight, a call over the
+/// limit is refused without waiting for (or holding) the bulkhead, and an
+/// admitted call made ready only after its decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_call_never_holds_the_service_below() {
+    let server = Server::start();
+    let limiter = RedisRateLimitLayer::builder_url(server.url(), Rate::per_hour(2))
+        .name("below")
+        .decision_timeout(Duration::from_secs(10))
+        .outage(OutagePolicy::FailClosed)
+        .build()
+        .unwrap();
+    let bulkhead = buttress_bulkhead::BulkheadLayer::builder()
+        .max_concurrent(1)
+        .build()
+        .unwrap();
+    let (release, hold) = tokio::sync::oneshot::channel::<()>();
+    let hold = Arc::new(tokio::sync::Mutex::new(Some(hold)));
+    let inner = tower::service_fn(move |_req: http::Request<()>| {
+        let hold = hold.clone();
+        async move {
+            if let Some(rx) = hold.lock().await.take() {
+                rx.await.ok();
+            }
+            Ok::<_, Infallible>(())
+        }
+    });
+    let svc = tower::Layer::layer(&limiter, tower::Layer::layer(&bulkhead, inner));
+    // The first call holds the bulkhead's only permit.
+    let mut first = svc.clone();
+    let first = tokio::spawn(async move { call(&mut first, req()).await });
+    let b = bulkhead.handle();
+    for _ in 0..1000 {
+        if b.snapshot().active == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(b.snapshot().active, 1);
+    // The second is admitted by Redis but the bulkhead is full: refused
+    // by the bulkhead after its decision. The third is over the limit:
+    // refused by the limiter, the bulkhead untouched.
+    let mut svc2 = svc.clone();
+    let err = call(&mut svc2, req()).await.unwrap_err();
+    assert!(
+        buttress_core::error::find::<buttress_core::BulkheadFull>(&*err).is_some(),
+        "{err}"
+    );
+    let rejected_before = b.snapshot().rejected;
+    let mut svc3 = svc.clone();
+    let err = call(&mut svc3, req()).await.unwrap_err();
+    assert!(
+        buttress_core::error::find::<RateLimited>(&*err).is_some(),
+        "{err}"
+    );
+    assert_eq!(
+        b.snapshot().rejected,
+        rejected_before,
+        "the bulkhead was never asked"
+    );
+    release.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    assert_eq!(b.snapshot().active, 0);
+}

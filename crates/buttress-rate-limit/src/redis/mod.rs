@@ -831,9 +831,14 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Response>;
 
+    /// Always ready: the decision (a Redis round trip) comes first, and
+    /// the service below is made ready only for an admitted call, in its
+    /// response future; so a call over its limit never holds what the
+    /// service below would reserve (a bulkhead's permit or queue place)
+    /// while Redis answers, and is refused without it.
     #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
@@ -856,11 +861,13 @@ where
             let err = shared.reject(cost, Backend::Redis, denied);
             return Box::pin(async move { Err(err) });
         }
-        let ready = self.inner.clone();
-        let mut service = std::mem::replace(&mut self.inner, ready);
+        let mut service = self.inner.clone();
         Box::pin(async move {
             let decided = shared.decide(&key, cost, now).await;
             shared.finish(cost, decided)?;
+            std::future::poll_fn(|cx| service.poll_ready(cx))
+                .await
+                .map_err(Into::into)?;
             service.call(req).await.map_err(Into::into)
         })
     }

@@ -354,8 +354,7 @@ where
                         Backend::Local,
                     );
                     let quota = H::keep(|| d.quota(&self.enrolled.key, now));
-                    let (Some(service), Some(request)) =
-                        (self.service.take(), self.request.take())
+                    let (Some(service), Some(request)) = (self.service.take(), self.request.take())
                     else {
                         unreachable!("a waiter is served once")
                     };

@@ -539,9 +539,19 @@ impl RateLimitHandle {
 
     /// Changes the rate and the burst (`None`: the rate's permits) for the
     /// next decision, validated as the builder validates them; on an error
-    /// nothing changes. Permits already taken stay taken: with GCRA and the
-    /// token bucket the debt is kept in time, so a lower rate refills it
-    /// more slowly from now on; a window keeps its count.
+    /// nothing changes. What was taken is kept: a window keeps its count;
+    /// GCRA and the token bucket keep it as time (the debt, or the level),
+    /// which the new numbers read from then on. A change that keeps the
+    /// bucket's span (`burst` × the rate's interval; with the default
+    /// burst, the rate's period) leaves every client as full as it was; a
+    /// change of the span moves them: from 10 a second (burst 10, a span
+    /// of 1 s) to 10 a minute (burst 10, a span of 60 s), a client that had
+    /// used its whole burst owes 1 s of a 60 s bucket and may make 9 calls
+    /// at once; the other way (10 a minute to 10 a second), a client that
+    /// had used its whole burst owes 60 s against a span of 1 s, and waits
+    /// about 59 s for its next call, where at the new rate it would owe
+    /// 1 s. Keeping the span (or raising the burst with the rate) avoids
+    /// both.
     ///
     /// ```
     /// use buttress_rate_limit::{Rate, RateLimitLayer};
@@ -564,9 +574,10 @@ impl RateLimitHandle {
     /// validates it (the same errors). What is live: `rate` and `burst`,
     /// swapped as one value (readers never see the new rate with the old
     /// burst) and used by the next decision, as with
-    /// [`set_rate`](Self::set_rate). Permits already taken stay taken (GCRA
-    /// and the token bucket keep the debt in time, a window keeps its
-    /// count); a call waiting in the queue keeps the deadline it joined
+    /// [`set_rate`](Self::set_rate), which says how what was taken is
+    /// kept (as time, by GCRA and the token bucket: a change of the
+    /// bucket's span moves how full each client is); a call waiting in the
+    /// queue keeps the deadline it joined
     /// with, and its permits are decided under the numbers in force when
     /// its turn comes.
     ///

@@ -2,9 +2,9 @@
 //! a tonic server protected by buttress, their handlers held shut by a gate
 //! the test opens, called by more clients at once than they admit.
 //!
-//! - **HTTP**: the layers of `Policy::server()` in its order (rejections as
-//!   responses, a rate limit per client IP, a bulkhead with a short queue,
-//!   a timeout), built one by one and configured small. The clients are
+//! - **HTTP**: `Policy::server()` itself (rejections as responses, a rate
+//!   limit per client IP, a bulkhead with a short queue, a timeout),
+//!   configured small. The clients are
 //!   told apart by `X-Forwarded-For` behind one trusted proxy (the peer,
 //!   127.0.0.1), so each has its own bucket and the counts are exact:
 //!   requests that reached the handler, the most in it at once, queued,
@@ -32,13 +32,11 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use buttress::bulkhead::{BulkheadHandle, BulkheadLayer};
+use buttress::bulkhead::{BulkheadConfig, BulkheadHandle, BulkheadLayer};
 use buttress::core::grpc::{ErrorToStatusLayer, RETRY_PUSHBACK_MS};
-use buttress::core::response::ErrorToResponseLayer;
-use buttress::timeout::TimeoutLayer;
-use buttress_core::key::{ClientIp, MissingKey};
+use buttress::policy::{PerClient, Policy};
 use buttress_integration_tests::{client, HttpClient};
-use buttress_rate_limit::{KeyedRateLimitHandle, KeyedRateLimitLayer, Rate, RateLimitLayer};
+use buttress_rate_limit::{KeyedRateLimitHandle, Rate, RateLimitLayer};
 use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
@@ -106,7 +104,7 @@ async fn pass(gate: &Semaphore) {
 
 // ===== HTTP =====
 
-/// The server preset's layers, configured small.
+/// `Policy::server()`'s settings, configured small.
 struct HttpPolicy {
     /// Per client IP: a burst, then one request an hour (none in a test).
     burst: u64,
@@ -117,8 +115,8 @@ struct HttpPolicy {
     timeout: Duration,
 }
 
-/// An axum server on 127.0.0.1 whose one route is gated, behind the
-/// layers of `Policy::server()` in its order: rejections answered as
+/// An axum server on 127.0.0.1 whose one route is gated, behind
+/// `Policy::server()` with small numbers: rejections answered as
 /// responses, the rate limit per client IP (one trusted proxy, so
 /// `X-Forwarded-For` names the client), the bulkhead, the timeout.
 struct HttpServer {
@@ -133,24 +131,23 @@ struct HttpServer {
 
 impl HttpServer {
     async fn start(p: HttpPolicy) -> HttpServer {
-        let per_client = KeyedRateLimitLayer::builder(ClientIp::new(1), Rate::per_hour(1))
-            .name("server.per_client")
-            .burst(p.burst)
-            .on_missing_key(MissingKey::SharedBucket)
-            .build::<IpAddr>()
-            .expect("rate limit config");
-        let mut bulkhead = BulkheadLayer::builder()
-            .name("server.bulkhead")
-            .max_concurrent(p.permits)
-            .max_queue(p.queue);
-        if let Some(wait) = p.max_wait {
-            bulkhead = bulkhead.max_wait(wait);
-        }
-        let bulkhead = bulkhead.build().expect("bulkhead config");
-        let timeout = TimeoutLayer::builder(p.timeout)
-            .name("server.timeout")
+        let policy = Policy::server()
+            .per_client(
+                PerClient::new(Rate::per_hour(1))
+                    .burst(p.burst)
+                    .trusted_proxies(1),
+            )
+            .bulkhead(BulkheadConfig {
+                max_concurrent: p.permits,
+                max_queue: p.queue,
+                max_wait: p.max_wait,
+                ..BulkheadConfig::default()
+            })
+            .timeout(p.timeout)
             .build()
-            .expect("timeout config");
+            .expect("server policy");
+        let per_client = policy.per_client().expect("a per-client limit").clone();
+        let bulkhead = policy.bulkhead().expect("a bulkhead").clone();
         let (per_client_handle, bulkhead_handle) = (per_client.handle(), bulkhead.handle());
         let counters = Arc::new(Counters::default());
         let gate = Arc::new(Semaphore::new(0));
@@ -168,13 +165,7 @@ impl HttpServer {
                     }
                 }),
             )
-            .layer(
-                ServiceBuilder::new()
-                    .layer(ErrorToResponseLayer::new())
-                    .layer(per_client)
-                    .layer(bulkhead)
-                    .layer(timeout),
-            );
+            .layer(policy);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();

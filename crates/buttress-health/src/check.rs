@@ -97,6 +97,7 @@ pub struct Check {
     pub(crate) critical: Option<bool>,
     pub(crate) depends_on: Vec<String>,
     pub(crate) liveness: bool,
+    pub(crate) startup: Option<bool>,
 }
 
 impl fmt::Debug for Check {
@@ -110,6 +111,7 @@ impl fmt::Debug for Check {
             .field("critical", &self.critical)
             .field("depends_on", &self.depends_on)
             .field("liveness", &self.liveness)
+            .field("startup", &self.startup)
             .finish_non_exhaustive()
     }
 }
@@ -132,6 +134,7 @@ impl Check {
             critical: None,
             depends_on: Vec::new(),
             liveness: false,
+            startup: None,
         }
     }
 
@@ -191,6 +194,34 @@ impl Check {
         self.liveness = true;
         self
     }
+
+    /// Includes the check in the [startup probe](crate::HealthRegistry::startup):
+    /// startup completes once every startup check has passed (healthy or
+    /// degraded) at least once.
+    ///
+    /// Which checks gate startup: the checks marked here (or `startup:
+    /// true` in the [`HealthConfig`](crate::HealthConfig)); when no check
+    /// is marked, every critical check. A slow first connection, a cache to
+    /// warm: mark the checks that say the app has come up.
+    ///
+    /// ```
+    /// use buttress_health::{Check, HealthRegistry, Status};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let registry = HealthRegistry::builder()
+    ///     .check(Check::new("migrations", || async { Status::Healthy }).startup())
+    ///     .check(Check::new("db", || async { Status::Unhealthy }))
+    ///     .build()
+    ///     .unwrap();
+    /// // Only `migrations` gates startup; `db` is for readiness to report.
+    /// assert_eq!(registry.startup().await.http_status(), 200);
+    /// assert_eq!(registry.readiness().await.http_status(), 503);
+    /// # });
+    /// ```
+    pub fn startup(mut self) -> Self {
+        self.startup = Some(true);
+        self
+    }
 }
 
 /// A check's settings once resolved and validated.
@@ -201,6 +232,8 @@ pub(crate) struct Settings {
     pub(crate) retries: u32,
     pub(crate) retry_delay: Duration,
     pub(crate) critical: bool,
+    /// Marked for the startup probe.
+    pub(crate) startup: bool,
 }
 
 impl Settings {

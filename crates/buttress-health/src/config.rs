@@ -36,6 +36,10 @@ pub struct CheckConfig {
     pub retry_delay: Option<Duration>,
     /// Whether an unhealthy result makes readiness unhealthy.
     pub critical: Option<bool>,
+    /// Whether the check gates the startup probe (see
+    /// [`Check::startup`]): `true` marks it. When no check of a registry is
+    /// marked, its critical checks gate startup.
+    pub startup: Option<bool>,
 }
 
 /// The configuration of a [`HealthRegistry`](crate::HealthRegistry): the
@@ -86,6 +90,7 @@ impl HealthConfig {
             retries: 0,
             retry_delay: DEFAULT_RETRY_DELAY,
             critical: true,
+            startup: false,
         };
         let defaults = apply(base, &self.defaults);
         defaults.validate()?;
@@ -107,6 +112,7 @@ impl HealthConfig {
             retries: self.defaults.retries.unwrap_or(0),
             retry_delay: self.defaults.retry_delay.unwrap_or(DEFAULT_RETRY_DELAY),
             critical: self.defaults.critical.unwrap_or(true),
+            startup: self.defaults.startup.unwrap_or(false),
         };
         let own = CheckConfig {
             timeout: check.timeout,
@@ -114,6 +120,7 @@ impl HealthConfig {
             retries: check.retries,
             retry_delay: check.retry_delay,
             critical: check.critical,
+            startup: check.startup,
         };
         s = apply(s, &own);
         if let Some(c) = self.checks.get(&check.name) {
@@ -138,6 +145,9 @@ fn apply(mut s: Settings, c: &CheckConfig) -> Settings {
     }
     if let Some(c) = c.critical {
         s.critical = c;
+    }
+    if let Some(m) = c.startup {
+        s.startup = m;
     }
     s
 }

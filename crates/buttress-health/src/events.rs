@@ -68,4 +68,10 @@ pub enum HealthEvent {
     /// [`ShutdownHandle::shut_down`](crate::ShutdownHandle::shut_down) was
     /// called: readiness is not-serving from now on.
     ShutdownStarted,
+    /// Startup completed: every startup check has passed once and the
+    /// manual gate, if any, is open. Emitted once per registry.
+    Started {
+        /// Time from the registry's creation.
+        after: Duration,
+    },
 }

@@ -1,4 +1,5 @@
-//! [`HealthService`]: `/health/live` and `/health/ready` as a tower service.
+//! [`HealthService`]: `/health/live`, `/health/ready` and `/health/startup`
+//! as a tower service.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,14 +17,17 @@ use crate::report::Probe;
 pub type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static>>;
 
-/// Serves the liveness and readiness probes as JSON (the shape of
+/// Serves the liveness, readiness and startup probes as JSON (the shape of
 /// [`HealthReport`](crate::HealthReport)), 200 or 503.
 ///
 /// It routes on the last path segment: `…/live` is liveness, `…/ready` is
-/// readiness, anything else 404; `GET` and `HEAD` only (else 405). So it
+/// readiness, `…/startup` is [startup](HealthRegistry::startup), anything
+/// else 404; `GET` and `HEAD` only (else 405). So it
 /// works mounted at `/health/live` and `/health/ready`, nested under
 /// `/health` (axum's `nest_service`, which strips the prefix), or as the
-/// whole service of a hyper server. `Infallible`, `Clone`: an axum route as
+/// whole service of a hyper server (Kubernetes: `startupProbe` on
+/// `…/startup`, `livenessProbe` on `…/live`, `readinessProbe` on
+/// `…/ready`). `Infallible`, `Clone`: an axum route as
 /// is. Answers carry `Cache-Control: no-store`.
 ///
 /// ```
@@ -85,6 +89,7 @@ impl<B> tower_service::Service<Request<B>> for HealthService {
         let probe = match req.uri().path().trim_end_matches('/').rsplit('/').next() {
             Some("live") => Probe::Liveness,
             Some("ready") => Probe::Readiness,
+            Some("startup") => Probe::Startup,
             _ => return Box::pin(async { Ok(plain(StatusCode::NOT_FOUND, "not found\n")) }),
         };
         let head = req.method() == Method::HEAD;

@@ -23,6 +23,11 @@
 //!   readiness says whether it should get traffic. [`HealthService`] serves
 //!   both as JSON with 200 or 503 ([`HealthReport`] documents the stable
 //!   shape), as an axum route or a hyper service.
+//! - [Startup](HealthRegistry::startup), for a Kubernetes `startupProbe`:
+//!   fails until the startup checks ([`Check::startup`], or the critical
+//!   checks when none is marked) have each passed once and the manual gate
+//!   ([`StartupHandle`]), if used, is open; then ok for good, without
+//!   running checks. [`HealthService`] serves it at `…/startup`.
 //! - gRPC: `TonicHealth` (feature `tonic`) keeps a `tonic-health` reporter's
 //!   serving status in step with readiness, per service name.
 //! - Graceful shutdown: a [`ShutdownHandle`] flips readiness to not-serving
@@ -56,7 +61,7 @@
 //!
 //! let app: Router = Router::new()
 //!     .route("/", get(|| async { "hello" }))
-//!     .nest_service("/health", health.service()); // /health/live, /health/ready
+//!     .nest_service("/health", health.service()); // /health/live, /ready, /startup
 //!
 //! let ready = health.readiness().await;
 //! assert_eq!(ready.http_status(), 200);
@@ -76,13 +81,15 @@
 //! # Events, tracing, metrics
 //!
 //! [`on_event`](HealthRegistryBuilder::on_event) listeners receive
-//! [`HealthEvent`]s. `tracing`: a status change at `info`, timeouts,
+//! [`HealthEvent`]s. `tracing`: a status change and startup completing at
+//! `info`, timeouts,
 //! retries and skipped runs at `debug`. With the `metrics` feature and
 //! [`metrics`](HealthRegistryBuilder::metrics) (or a
 //! `Registry::with_metrics()` given to
 //! [`components`](HealthRegistryBuilder::components)):
 //! `buttress_health_status{check}` (1 healthy, 0.5 degraded, 0 unhealthy),
-//! `buttress_health_check_duration_seconds{check}`, `buttress_health_ready`.
+//! `buttress_health_check_duration_seconds{check}`, `buttress_health_ready`,
+//! `buttress_health_started` (0, then 1 once startup completes).
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -118,7 +125,9 @@ pub use postgres::PostgresCheck;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisCheck;
-pub use registry::{HealthRegistry, HealthRegistryBuilder, RegisterError, ShutdownHandle};
+pub use registry::{
+    HealthRegistry, HealthRegistryBuilder, RegisterError, ShutdownHandle, StartupHandle,
+};
 pub use report::{aggregate, CheckReport, HealthReport, Probe};
 pub use status::{CheckResult, Status};
 pub use summary::{BreakerSummary, BulkheadUsage, RateLimiterUsage, Summary};

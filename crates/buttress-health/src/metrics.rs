@@ -31,3 +31,8 @@ impl CheckMetrics {
 pub(crate) fn ready_gauge() -> metrics::Gauge {
     metrics::gauge!("buttress_health_ready")
 }
+
+/// `buttress_health_started`: 0 until startup completes, then 1.
+pub(crate) fn started_gauge() -> metrics::Gauge {
+    metrics::gauge!("buttress_health_started")
+}

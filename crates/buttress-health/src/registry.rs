@@ -106,6 +106,7 @@ pub struct HealthRegistryBuilder {
     components: Option<Registry>,
     listeners: Listeners<HealthEvent>,
     metrics: bool,
+    manual_startup: bool,
 }
 
 impl HealthRegistryBuilder {
@@ -138,11 +139,35 @@ impl HealthRegistryBuilder {
 
     /// Publishes results through the `metrics` facade (feature `metrics`):
     /// `buttress_health_status{check}` (1 healthy, 0.5 degraded, 0
-    /// unhealthy), `buttress_health_check_duration_seconds{check}` and
-    /// `buttress_health_ready` (1 or 0, set by each readiness report).
+    /// unhealthy), `buttress_health_check_duration_seconds{check}`,
+    /// `buttress_health_ready` (1 or 0, set by each readiness report) and
+    /// `buttress_health_started` (0 until startup completes, then 1).
     /// Install the recorder first. Without the feature it does nothing.
     pub fn metrics(mut self) -> Self {
         self.metrics = true;
+        self
+    }
+
+    /// Startup also waits for the app to say it is done: the startup probe
+    /// fails until [`StartupHandle::done`] is called (on a handle from
+    /// [`HealthRegistry::startup_handle`]), as well as until the startup
+    /// checks have passed. For work no check sees: migrations, a cache to
+    /// warm, a model to load.
+    ///
+    /// ```
+    /// use buttress_health::HealthRegistry;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let registry = HealthRegistry::builder().manual_startup().build().unwrap();
+    /// let startup = registry.startup_handle();
+    /// assert_eq!(registry.startup().await.http_status(), 503);
+    /// // ... migrations ran, caches are warm:
+    /// startup.done();
+    /// assert_eq!(registry.startup().await.http_status(), 200);
+    /// # });
+    /// ```
+    pub fn manual_startup(mut self) -> Self {
+        self.manual_startup = true;
         self
     }
 
@@ -169,6 +194,9 @@ impl HealthRegistryBuilder {
         };
         let registry =
             HealthRegistry::with_parts(self.config, self.components, self.listeners, metrics);
+        if self.manual_startup {
+            registry.inner.gate_open.store(false, Ordering::Release);
+        }
         for check in self.checks {
             registry.register(check)?;
         }
@@ -281,12 +309,21 @@ pub(crate) struct Inner {
     components: Option<Registry>,
     listeners: Listeners<HealthEvent>,
     shutting_down: AtomicBool,
+    /// Startup completed; never goes back.
+    started: AtomicBool,
+    /// The manual startup gate is open (open from the start without
+    /// [`HealthRegistryBuilder::manual_startup`]).
+    gate_open: AtomicBool,
+    /// When the registry was created, for [`HealthEvent::Started`].
+    created: Instant,
     /// Bumped when a check's status changes or shutdown starts.
     changed: watch::Sender<u64>,
     #[cfg(feature = "metrics")]
     metrics: bool,
     #[cfg(feature = "metrics")]
     ready_gauge: Option<metrics::Gauge>,
+    #[cfg(feature = "metrics")]
+    started_gauge: Option<metrics::Gauge>,
 }
 
 #[derive(Default)]
@@ -303,6 +340,8 @@ struct Slot {
     settings: Settings,
     depends_on: Vec<String>,
     liveness: bool,
+    /// Has had a healthy or degraded result at least once.
+    passed: AtomicBool,
     state: Mutex<SlotState>,
     /// Bumped after each run.
     done: watch::Sender<u64>,
@@ -382,11 +421,20 @@ impl HealthRegistry {
                 components,
                 listeners,
                 shutting_down: AtomicBool::new(false),
+                started: AtomicBool::new(false),
+                gate_open: AtomicBool::new(true),
+                created: Instant::now(),
                 changed: watch::Sender::new(0),
                 #[cfg(feature = "metrics")]
                 metrics,
                 #[cfg(feature = "metrics")]
                 ready_gauge: metrics.then(crate::metrics::ready_gauge),
+                #[cfg(feature = "metrics")]
+                started_gauge: metrics.then(|| {
+                    let g = crate::metrics::started_gauge();
+                    g.set(0.0);
+                    g
+                }),
             }),
         }
     }
@@ -444,6 +492,7 @@ impl HealthRegistry {
             settings,
             depends_on: check.depends_on,
             liveness: check.liveness,
+            passed: AtomicBool::new(false),
             state: Mutex::new(SlotState::default()),
             done: watch::Sender::new(0),
         });
@@ -482,8 +531,104 @@ impl HealthRegistry {
         self.report(Probe::Liveness).await
     }
 
+    /// The startup report, for a Kubernetes `startupProbe`: 503 until
+    /// startup completes, then 200 for the life of the registry.
+    ///
+    /// Startup completes once every startup check has passed (healthy or
+    /// degraded) at least once, not necessarily at the same time, and the
+    /// manual gate is open ([`HealthRegistryBuilder::manual_startup`],
+    /// [`StartupHandle::done`]). The startup checks are those marked
+    /// [`Check::startup`] (or `startup: true` in the config); when none is
+    /// marked, every critical check. Until then this probe runs the startup
+    /// checks as [`readiness`](HealthRegistry::readiness) does (cached for
+    /// their interval, first runs awaited) and lists them; any probe's
+    /// runs count, so startup may complete before the kubelet asks.
+    ///
+    /// Once started it answers at once, runs no check and lists none: a
+    /// later failure is for liveness and readiness to report, as Kubernetes
+    /// expects (it stops the startup probe once it succeeds). Startup is
+    /// looked at when a probe asks, a check passes or the gate opens; a
+    /// check registered after startup completed does not gate it. A
+    /// registry with no startup check and no manual gate is started at its
+    /// first probe.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// use buttress_health::{Check, HealthRegistry, Status};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+    /// let up = Arc::new(AtomicBool::new(false));
+    /// let flag = up.clone();
+    /// let registry = HealthRegistry::builder()
+    ///     .check(Check::new("db", move || {
+    ///         let up = flag.load(Ordering::SeqCst);
+    ///         async move { if up { Status::Healthy } else { Status::Unhealthy } }
+    ///     }))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(registry.startup().await.http_status(), 503);
+    ///
+    /// up.store(true, Ordering::SeqCst);
+    /// tokio::time::sleep(std::time::Duration::from_secs(5)).await; // the cache interval
+    /// registry.startup().await; // starts a run in the background
+    /// tokio::time::sleep(std::time::Duration::from_millis(1)).await; // the run ends
+    /// let report = registry.startup().await;
+    /// assert_eq!(report.http_status(), 200);
+    /// assert!(report.started && registry.is_started());
+    /// # });
+    /// ```
+    pub async fn startup(&self) -> HealthReport {
+        if self.is_started() {
+            return started_report();
+        }
+        let slots = startup_slots(&self.inner.read());
+        let first_runs = start_stale(&self.inner, &slots);
+        for slot in first_runs {
+            slot.idle().await;
+        }
+        maybe_start(&self.inner);
+        self.cached_startup(&slots)
+    }
+
+    /// `true` once startup completed (see
+    /// [`startup`](HealthRegistry::startup)); it never goes back.
+    pub fn is_started(&self) -> bool {
+        self.inner.started.load(Ordering::Acquire)
+    }
+
+    /// A handle that opens the manual startup gate (see
+    /// [`HealthRegistryBuilder::manual_startup`]).
+    pub fn startup_handle(&self) -> StartupHandle {
+        StartupHandle {
+            inner: self.inner.clone(),
+        }
+    }
+
+    fn cached_startup(&self, slots: &[Arc<Slot>]) -> HealthReport {
+        if self.is_started() {
+            return started_report();
+        }
+        let mut report = self.cached_report(Probe::Startup, slots);
+        if !self.inner.gate_open.load(Ordering::Acquire) {
+            report
+                .summary
+                .issues
+                .push("startup not done: waiting for `StartupHandle::done`".to_owned());
+        }
+        // `maybe_start` may have completed it since the check above.
+        if self.is_started() {
+            return started_report();
+        }
+        report.status = Status::Unhealthy;
+        report
+    }
+
     /// The report of `probe` (see the type's docs for caching).
     pub async fn report(&self, probe: Probe) -> HealthReport {
+        if probe == Probe::Startup {
+            return self.startup().await;
+        }
         let slots: Vec<Arc<Slot>> = {
             let g = self.inner.read();
             g.order
@@ -570,6 +715,14 @@ impl HealthRegistry {
     /// never waits. A check that never ran is reported unhealthy
     /// (`"not checked yet"`).
     pub fn cached(&self, probe: Probe) -> HealthReport {
+        if probe == Probe::Startup {
+            maybe_start(&self.inner);
+            if self.is_started() {
+                return started_report();
+            }
+            let slots = startup_slots(&self.inner.read());
+            return self.cached_startup(&slots);
+        }
         let slots: Vec<Arc<Slot>> = {
             let g = self.inner.read();
             g.order
@@ -642,6 +795,7 @@ impl HealthRegistry {
             probe,
             status,
             shutting_down,
+            started: self.is_started(),
             checks,
             summary,
         }
@@ -731,6 +885,106 @@ impl ShutdownHandle {
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutting_down.load(Ordering::Acquire)
     }
+}
+
+/// Opens the manual startup gate of a registry built with
+/// [`HealthRegistryBuilder::manual_startup`]: the app calls
+/// [`done`](StartupHandle::done) once its own startup work is over.
+///
+/// ```
+/// use buttress_health::{Check, HealthRegistry, Status};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// let registry = HealthRegistry::builder()
+///     .check(Check::new("db", || async { Status::Healthy }))
+///     .manual_startup()
+///     .build()
+///     .unwrap();
+/// let startup = registry.startup_handle();
+/// assert_eq!(registry.startup().await.http_status(), 503); // db passed, the gate is closed
+/// startup.done();
+/// assert!(startup.is_started());
+/// assert_eq!(registry.startup().await.http_status(), 200);
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct StartupHandle {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for StartupHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StartupHandle")
+            .field("done", &self.inner.gate_open.load(Ordering::Acquire))
+            .field("started", &self.is_started())
+            .finish()
+    }
+}
+
+impl StartupHandle {
+    /// Opens the gate: startup completes now if every startup check has
+    /// passed once, else when the last of them does. Idempotent; without
+    /// [`manual_startup`](HealthRegistryBuilder::manual_startup) it does
+    /// nothing (the gate is open).
+    pub fn done(&self) {
+        self.inner.gate_open.store(true, Ordering::Release);
+        maybe_start(&self.inner);
+    }
+
+    /// `true` once startup completed.
+    pub fn is_started(&self) -> bool {
+        self.inner.started.load(Ordering::Acquire)
+    }
+}
+
+/// The checks that gate startup, in dependency order: those marked
+/// startup, or every critical check when none is marked.
+fn startup_slots(g: &Graph) -> Vec<Arc<Slot>> {
+    let marked = g.slots.iter().any(|s| s.settings.startup);
+    g.order
+        .iter()
+        .map(|&i| g.slots[i].clone())
+        .filter(|s| {
+            if marked {
+                s.settings.startup
+            } else {
+                s.settings.critical
+            }
+        })
+        .collect()
+}
+
+/// The startup report once started: ok, no checks run or listed.
+fn started_report() -> HealthReport {
+    HealthReport {
+        probe: Probe::Startup,
+        status: Status::Healthy,
+        shutting_down: false,
+        started: true,
+        checks: Vec::new(),
+        summary: Summary::default(),
+    }
+}
+
+/// Completes startup if the gate is open and every startup check has
+/// passed once: once, with an event, an `info` trace and the metric.
+fn maybe_start(inner: &Inner) {
+    if inner.started.load(Ordering::Acquire) || !inner.gate_open.load(Ordering::Acquire) {
+        return;
+    }
+    let all_passed = startup_slots(&inner.read())
+        .iter()
+        .all(|s| s.passed.load(Ordering::Acquire));
+    if !all_passed || inner.started.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let after = inner.created.elapsed();
+    tracing::info!(after = ?after, "health: startup complete");
+    #[cfg(feature = "metrics")]
+    if let Some(g) = &inner.started_gauge {
+        g.set(1.0);
+    }
+    inner.listeners.emit(|| HealthEvent::Started { after });
 }
 
 /// Ends a run that is dropped before it stores its result (its task was
@@ -933,6 +1187,9 @@ fn store(
     if let Some(m) = &slot.metrics {
         m.record(status, duration);
     }
+    // Before the waiting probes wake: a startup probe that waited for this
+    // run sees it passed.
+    let first_pass = status != Status::Unhealthy && !slot.passed.swap(true, Ordering::AcqRel);
     slot.done.send_modify(|n| *n += 1);
     if previous != Some(status) {
         tracing::info!(buttress.name = %slot.name, from = previous.map_or("none", Status::as_str), to = status.as_str(), "health check status changed");
@@ -941,5 +1198,10 @@ fn store(
             from: previous,
             to: status,
         });
+    }
+    // After the status change, so that listeners see a check's result
+    // before the startup it completes.
+    if first_pass {
+        maybe_start(inner);
     }
 }

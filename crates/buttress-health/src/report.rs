@@ -14,14 +14,20 @@ pub enum Probe {
     /// Should it get traffic? Every check, and not-serving once shutdown
     /// started.
     Readiness,
+    /// Has the app finished starting? The startup checks (see
+    /// [`Check::startup`](crate::Check::startup)) and the manual gate, if
+    /// any; once started, ok for the life of the registry (see
+    /// [`HealthRegistry::startup`](crate::HealthRegistry::startup)).
+    Startup,
 }
 
 impl Probe {
-    /// `"liveness"` or `"readiness"`, as in the JSON.
+    /// `"liveness"`, `"readiness"` or `"startup"`, as in the JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             Probe::Liveness => "liveness",
             Probe::Readiness => "readiness",
+            Probe::Startup => "startup",
         }
     }
 }
@@ -71,8 +77,9 @@ pub struct CheckReport {
 /// ```json
 /// {
 ///   "status": "healthy" | "degraded" | "unhealthy",
-///   "probe": "readiness" | "liveness",
+///   "probe": "readiness" | "liveness" | "startup",
 ///   "shutting_down": false,
+///   "started": true,
 ///   "checks": [
 ///     {
 ///       "name": "db",
@@ -107,7 +114,10 @@ pub struct CheckReport {
 /// [`components`](crate::HealthRegistryBuilder::components) (empty without
 /// one, and in liveness reports); keyed breakers count once per key.
 /// `issues` lists in words what is not healthy: checks, open or half-open
-/// breakers, shutdown.
+/// breakers, shutdown, a startup gate still closed. `started` says whether
+/// startup has completed (in every probe's report). A startup report lists
+/// the startup checks until startup completes, and no checks after (it no
+/// longer runs them).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct HealthReport {
@@ -117,6 +127,9 @@ pub struct HealthReport {
     pub status: Status,
     /// Readiness only: shutdown started.
     pub shutting_down: bool,
+    /// Startup has completed (see
+    /// [`HealthRegistry::startup`](crate::HealthRegistry::startup)).
+    pub started: bool,
     /// Every check of the probe, in dependency order.
     pub checks: Vec<CheckReport>,
     /// Breakers, bulkheads, rate limiters and issues.
@@ -150,6 +163,7 @@ impl HealthReport {
             "status": self.status.as_str(),
             "probe": self.probe.as_str(),
             "shutting_down": self.shutting_down,
+            "started": self.started,
             "checks": checks,
         });
         if let serde_json::Value::Object(map) = &mut v {

@@ -35,6 +35,7 @@ fn check_config() -> impl Strategy<Value = CheckConfig> {
                 retries,
                 retry_delay,
                 critical,
+                startup: None,
             },
         )
 }

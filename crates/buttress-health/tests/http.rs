@@ -111,6 +111,7 @@ async fn hyper_server_answers_live_and_ready_with_codes_and_the_documented_json(
             "status",
             "probe",
             "shutting_down",
+            "started",
             "checks",
             "circuit_breakers",
             "bulkheads",
@@ -293,4 +294,127 @@ async fn a_non_critical_open_breaker_degrades_readiness_but_keeps_it_200() {
         ready["circuit_breakers"],
         serde_json::json!({ "total": 1, "by_state": { "forced_open": 1 } })
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn startup_route_is_503_until_started_then_200_with_the_documented_json() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    let up = Arc::new(AtomicBool::new(false));
+    let runs = Arc::new(AtomicU32::new(0));
+    let (flag, count) = (up.clone(), runs.clone());
+    let registry = HealthRegistry::builder()
+        .check(
+            Check::new("db", move || {
+                count.fetch_add(1, Ordering::SeqCst);
+                let up = flag.load(Ordering::SeqCst);
+                async move {
+                    if up {
+                        CheckResult::healthy()
+                    } else {
+                        CheckResult::unhealthy("connection refused")
+                    }
+                }
+            })
+            .startup()
+            .interval(Duration::from_secs(1)),
+        )
+        .manual_startup()
+        .build()
+        .unwrap();
+    let startup = registry.startup_handle();
+    let addr = serve_hyper(registry.service()).await;
+
+    let (status, body) = get_json(addr, "/health/startup").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        keys(&body),
+        BTreeSet::from([
+            "status",
+            "probe",
+            "shutting_down",
+            "started",
+            "checks",
+            "circuit_breakers",
+            "bulkheads",
+            "rate_limiters",
+            "issues"
+        ])
+    );
+    assert_eq!(body["probe"], "startup");
+    assert_eq!(body["status"], "unhealthy");
+    assert_eq!(body["started"], false);
+    assert_eq!(body["checks"][0]["name"], "db");
+    assert_eq!(body["checks"][0]["status"], "unhealthy");
+    let issues: Vec<&str> = body["issues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        issues,
+        [
+            "check `db` is unhealthy: connection refused",
+            "startup not done: waiting for `StartupHandle::done`"
+        ]
+    );
+
+    // The check passes; the gate is still closed.
+    up.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    get_json(addr, "/health/startup").await; // starts a run in the background
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let (status, body) = get_json(addr, "/health/startup").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["checks"][0]["status"], "healthy");
+    assert_eq!(body["started"], false);
+
+    startup.done();
+    let (status, body) = get_json(addr, "/health/startup").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "healthy");
+    assert_eq!(body["probe"], "startup");
+    assert_eq!(body["started"], true);
+    assert_eq!(body["checks"], serde_json::json!([]));
+    assert_eq!(body["issues"], serde_json::json!([]));
+
+    // A later failure: readiness says so, startup stays 200 and runs nothing.
+    up.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    get_json(addr, "/health/ready").await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let (status, ready) = get_json(addr, "/health/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready["started"], true);
+    let before = runs.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (status, _) = get_json(addr, "/health/startup").await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), before);
+
+    // The same conventions as the other routes.
+    let (status, _, body) = request(addr, Method::HEAD, "/health/startup").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.is_empty());
+    let (status, ctype, _) = request(addr, Method::POST, "/health/startup").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(ctype.starts_with("text/plain"));
+    let (status, _, _) = request(addr, Method::GET, "/health/starting").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(start_paused = true)]
+async fn axum_serves_startup_next_to_live_and_ready() {
+    let registry = HealthRegistry::builder()
+        .check(Check::new("db", || async { Status::Healthy }))
+        .build()
+        .unwrap();
+    let addr = serve_axum(&registry).await;
+    let (status, body) = get_json(addr, "/health/startup").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["probe"], "startup");
+    assert_eq!(body["started"], true);
 }

@@ -43,6 +43,7 @@ async fn status_gauges_durations_and_readiness_are_published_per_check() {
                 V::Histogram(vec![0.0])
             ),
             ("buttress_health_ready{}", V::Gauge(1.0)),
+            ("buttress_health_started{}", V::Gauge(1.0)),
             ("buttress_health_status{check=cache}", V::Gauge(0.5)),
             ("buttress_health_status{check=db}", V::Gauge(1.0)),
             ("buttress_health_status{check=search}", V::Gauge(0.0)),
@@ -79,4 +80,32 @@ async fn without_metrics_asked_for_nothing_is_published() {
         .unwrap();
     registry.readiness().await;
     assert!(nonzero(&series(&snapshotter), "buttress_health_").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_started_gauge_is_zero_until_startup_completes_then_one() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let registry = HealthRegistry::builder()
+        .check(Check::new("db", || async { Status::Healthy }))
+        .manual_startup()
+        .metrics()
+        .build()
+        .unwrap();
+    assert_eq!(
+        series(&snapshotter)["buttress_health_started{}"],
+        V::Gauge(0.0)
+    );
+    registry.startup().await;
+    assert_eq!(
+        series(&snapshotter)["buttress_health_started{}"],
+        V::Gauge(0.0)
+    );
+    registry.startup_handle().done();
+    assert_eq!(
+        series(&snapshotter)["buttress_health_started{}"],
+        V::Gauge(1.0)
+    );
 }

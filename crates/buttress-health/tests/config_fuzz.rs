@@ -27,15 +27,16 @@ fn check_config() -> impl Strategy<Value = CheckConfig> {
         proptest::option::of(counts()),
         proptest::option::of(durations()),
         proptest::option::of(any::<bool>()),
+        proptest::option::of(any::<bool>()),
     )
         .prop_map(
-            |(timeout, interval, retries, retry_delay, critical)| CheckConfig {
+            |(timeout, interval, retries, retry_delay, critical, startup)| CheckConfig {
                 timeout,
                 interval,
                 retries,
                 retry_delay,
                 critical,
-                startup: None,
+                startup,
             },
         )
 }
@@ -59,6 +60,7 @@ proptest! {
         if let Some(r) = own.retries { check = check.retries(r); }
         if let Some(d) = own.retry_delay { check = check.retry_delay(d); }
         if let Some(c) = own.critical { check = check.critical(c); }
+        if own.startup == Some(true) { check = check.startup(); }
         let built = fuzz::bounded(GLOBAL, || {
             HealthRegistry::builder().config(config).check(check).build()
         });
@@ -67,6 +69,10 @@ proptest! {
             Ok(registry) => {
                 let report = fuzz::finishes(registry.readiness());
                 prop_assert_eq!(report.status, Status::Healthy);
+                // A healthy check: whichever rule picks the startup checks,
+                // startup has completed.
+                let startup = fuzz::finishes(registry.startup());
+                prop_assert_eq!(startup.status, Status::Healthy);
             }
         }
     }
